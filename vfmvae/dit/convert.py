@@ -116,9 +116,12 @@ def _load_mapped(model: nn.Module, official: Mapping[str, torch.Tensor], recompu
         if off_key not in official:
             continue  # a table the official model would not have (e.g. RoPE off) is simply absent
         stored, computed = official[off_key].float(), buffers[our_key].float()
-        if stored.reshape(computed.shape).shape != computed.shape or not torch.allclose(
-            stored.reshape(computed.shape), computed, atol=1e-5, rtol=0
-        ):
+        if stored.shape != computed.shape:
+            raise ValueError(
+                f"{label}: stored {off_key!r} has shape {tuple(stored.shape)}, the config gives "
+                f"{tuple(computed.shape)} (wrong input_size / patch_size / hidden_size?)"
+            )
+        if not torch.allclose(stored, computed, atol=1e-5, rtol=0):
             raise ValueError(f"{label}: stored {off_key!r} differs from the recomputed table (config mismatch?)")
     for key, value in official.items():
         if key in ours and value.shape != ours[key].shape:
