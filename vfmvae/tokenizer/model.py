@@ -1,0 +1,157 @@
+"""`VFMVAE`: frozen VFM + latent head + decoder (paper Fig. 2; spec `tokenizer.md` §0-§3).
+
+    images_01 (B, 3, H, W) --x2 bilinear, frozen VFM, layers [0, 12, -1]--> 3 x (B, (2H/16)*(2W/16), D)
+               --LatentHead--> DiagonalGaussian over (B, z_dim, H/16, W/16) --sample--> z
+               --Decoder--> image (B, 3, H, W) in [-1, 1] + multi-scale images {H/2: ..., ..., H/32: ...}
+
+Any H, W that are multiples of 64 work (latent side divisible by 4, fixed by the fusion adapters):
+192 px -> 12x12 latent -> 192 px. The VFM is always frozen: it runs under `no_grad`, stays in
+`eval()` when the model trains, and its parameters have `requires_grad=False`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import VFMVAEConfig, get_config
+from .decoder import Decoder, DecoderOutput
+from .latent_head import LatentHead
+from .posterior import DiagonalGaussian
+
+
+@dataclass
+class VFMVAEOutput:
+    """Result of `VFMVAE.forward`.
+
+    posterior: over the latent, (B, z_dim, h, w); z: the latent that was decoded (sampled unless
+    `sample=False`); image: (B, 3, H, W) in [-1, 1]; multiscale: {side: (B, 3, side, side)}, largest
+    first; vfm_features: the VFM token tensors (B, N, D) of `cfg.vfm_layers` (detached; the VF loss
+    uses the last one).
+    """
+
+    posterior: DiagonalGaussian
+    z: torch.Tensor
+    image: torch.Tensor
+    multiscale: dict[int, torch.Tensor] = field(default_factory=dict)
+    vfm_features: list[torch.Tensor] = field(default_factory=list)
+
+
+def _build_vfm(cfg: VFMVAEConfig, pretrained=None, config: dict | None = None) -> nn.Module:
+    try:
+        from vfmvae.vfm import build_vfm
+    except ImportError as e:  # the VFM wrappers are a separate module
+        raise ImportError("VFMVAE needs vfmvae.vfm.build_vfm to build its VFM; pass vfm=... or "
+                          "decoder_only=True") from e
+    return build_vfm(cfg.vfm_name, pretrained=pretrained, config=config)
+
+
+class VFMVAE(nn.Module):
+    """The tokenizer. `VFMVAE(cfg, vfm=None, decoder_only=False, vfm_pretrained=None, vfm_config=None)`.
+
+    - `vfm`: a built frozen VFM (`vfmvae.vfm.FrozenVFM`); if None it is built from `cfg.vfm_name`
+      (random weights unless `vfm_pretrained` is a local folder/file).
+    - `decoder_only=True`: no VFM and no head are built (diffusion decoding); `encode` then raises.
+    """
+
+    def __init__(self, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2", vfm: nn.Module | None = None,
+                 decoder_only: bool = False, vfm_pretrained=None, vfm_config: dict | None = None):
+        super().__init__()
+        cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+        self.cfg = cfg
+        self.decoder = Decoder(cfg)
+        self.head: LatentHead | None = None
+        self.vfm: nn.Module | None = None
+        if not decoder_only:
+            self.head = LatentHead(cfg)
+            self.vfm = vfm if vfm is not None else _build_vfm(cfg, vfm_pretrained, vfm_config)
+            self.vfm.requires_grad_(False)
+            self.vfm.eval()
+
+    @classmethod
+    def decoder_only(cls, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2") -> VFMVAE:
+        return cls(cfg, decoder_only=True)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.vfm is not None and self.head is not None
+
+    def train(self, mode: bool = True) -> VFMVAE:
+        super().train(mode)
+        if self.vfm is not None:
+            self.vfm.eval()  # frozen VFM never trains (dropout off, fixed statistics)
+        return self
+
+    # ------------------------------------------------------------------ encoder
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"VFMVAE.encode: images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0  # loaders yield uint8; the model takes [0, 1]
+        elif not images.is_floating_point():
+            raise TypeError(f"VFMVAE.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
+        lo, hi = images.min().item(), images.max().item()
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"VFMVAE.encode: images must be in [0, 1] (got range [{lo:.3f}, {hi:.3f}]); "
+                             f"map [-1, 1] images with (x + 1) / 2")
+        H, W = images.shape[-2:]
+        step = self.cfg.compression * self.decoder.min_latent_multiple
+        if H % step or W % step:
+            raise ValueError(f"VFMVAE.encode: image size {H}x{W} must be a multiple of {step} "
+                             f"(latent = size/{self.cfg.compression}, divisible by {self.decoder.min_latent_multiple})")
+        return images
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """VFM token grid for an input image of this size (after the x`vfm_scale` resize)."""
+        p = self.cfg.vfm_patch_size
+        return int(height * self.cfg.vfm_scale) // p, int(width * self.cfg.vfm_scale) // p
+
+    def vfm_features(self, images_01: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen VFM tokens of `cfg.vfm_layers`: list of float32 `(B, N, D)`; never carries gradients."""
+        if not self.has_encoder:
+            raise RuntimeError("this VFMVAE was built decoder-only: it has no VFM / latent head to encode with")
+        images_01 = self._check_images(images_01)
+        with torch.no_grad():
+            feats = self.vfm(images_01, list(self.cfg.vfm_layers), scale=self.cfg.vfm_scale)
+        return [f.float().detach() for f in feats]
+
+    def encode(self, images_01: torch.Tensor, return_features: bool = False):
+        """`(B, 3, H, W)` in [0, 1] -> `DiagonalGaussian` over `(B, z_dim, H/16, W/16)`
+        (and the VFM features when `return_features`)."""
+        feats = self.vfm_features(images_01)
+        posterior = self.head(feats, self.token_grid(*images_01.shape[-2:]))
+        return (posterior, feats) if return_features else posterior
+
+    # ------------------------------------------------------------------ decoder
+    def decode(self, z: torch.Tensor, return_multiscale: bool = False):
+        """`(B, z_dim, h, w) -> image (B, 3, 16h, 16w)` in [-1, 1]; with `return_multiscale`, a
+        `DecoderOutput` (image, multiscale {side: image}, ws, z_lifted)."""
+        out: DecoderOutput = self.decoder(z)
+        return out if return_multiscale else out.image
+
+    def forward(self, images_01: torch.Tensor, eps: torch.Tensor | None = None, sample: bool = True) -> VFMVAEOutput:
+        """Encode, sample z (with `eps` if given; the mean if `sample=False`), decode."""
+        posterior, feats = self.encode(images_01, return_features=True)
+        z = posterior.sample(eps) if sample else posterior.mode()
+        dec = self.decoder(z)
+        return VFMVAEOutput(posterior=posterior, z=z, image=dec.image, multiscale=dec.multiscale, vfm_features=feats)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part (spec §3.4 table)."""
+
+        def n(m):
+            return 0 if m is None else sum(p.numel() for p in m.parameters())
+
+        vf = n(self.head.vf_projection) if self.head is not None else 0
+        return {
+            "vfm": n(self.vfm),
+            "head": n(self.head) - vf,
+            "vf_projection": vf,
+            "lift": n(self.decoder.lift),
+            "mapping": n(self.decoder.mapping),
+            "synthesis": n(self.decoder.synthesis),
+            "decoder": n(self.decoder),
+        }
