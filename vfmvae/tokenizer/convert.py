@@ -210,6 +210,7 @@ def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None =
     need(g.get("how_to_process_concat_z", "unshuffle") == "unshuffle", "how_to_process_concat_z must be 'unshuffle'")
     need(not g.get("use_cross_attn", False), "use_cross_attn=True")
     need(g.get("use_self_attn", True), "use_self_attn=False")
+    need(g.get("use_convnext", True), "use_convnext=False (StyleGAN2 layers)")
     unused_syn = sorted(set(syn) - {"channel_base", "channel_max", "num_res_blocks", "architecture"})
     need(not unused_syn, f"synthesis_kwargs {unused_syn}")
     in_dims = list(g["patch_in_dimensions"])
@@ -217,8 +218,12 @@ def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None =
     vc = dict(vfm_config or {})
     if vc:
         need(vc.get("hidden_size", in_dims[0]) == in_dims[0], "vfm hidden_size != patch_in_dimensions")
+    if vfm_name is None:  # official names are hub ids / local folders; map them onto our preset
+        official = str(g.get("vfm_name", "siglip2")).lower()
+        need("siglip" in official, f"vfm_name {g.get('vfm_name')!r}: pass vfm_name= (a vfmvae.vfm preset key)")
+        vfm_name = "siglip2-large-patch16-512"
     return VFMVAEConfig(
-        vfm_name=vfm_name or g.get("vfm_name", "siglip2-large-patch16-512"),
+        vfm_name=vfm_name,
         vfm_hidden_size=in_dims[0],
         vfm_patch_size=int(vc.get("patch_size", 16)),
         vfm_scale=float(g.get("scale_factor", 2.0)),

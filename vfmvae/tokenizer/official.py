@@ -35,7 +35,7 @@ def load_vfm_weights(vfm: nn.Module, vfm_sd: Mapping) -> None:
 
 def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | None = None, *,
                   vfm: nn.Module | None = None, decoder_only: bool = False, vfm_name: str | None = None,
-                  vfm_pretrained=None) -> VFMVAE:
+                  vfm_pretrained=None, vfm_dtype: str | None = None) -> VFMVAE:
     """Official `networks.generator.Generator` weights -> `VFMVAE` (eval mode).
 
     state_dict: official keys (as in `../shared/fixtures/vfmvae_tiny.safetensors`), or a released
@@ -45,6 +45,10 @@ def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | N
     vfm: an already built frozen VFM (e.g. real SigLIP2 weights from a local folder); the
         checkpoint's VFM weights, when present, are loaded into it.
     decoder_only: build only the decoder and ignore all encoder-side keys (VFM, head, VF projection).
+    vfm_name: our VFM preset (default: "siglip2-large-patch16-512" for the official SigLIP names);
+        `vfm_config` (SigLIP fields) overrides its shape.
+    vfm_dtype: VFM compute dtype override ("float32" for exact CPU comparisons; the paper preset runs
+        bf16 autocast like the official code on CUDA).
     """
     sd = load_official_state_dict(state_dict)
     cfg = config_from_official(generator_kwargs, vfm_config, vfm_name)
@@ -53,7 +57,7 @@ def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | N
         model = VFMVAE(cfg, decoder_only=True)
     else:
         if vfm is None:
-            vfm = _build_default_vfm(cfg, vfm_config, vfm_pretrained)
+            vfm = _build_default_vfm(cfg, vfm_config, vfm_pretrained, vfm_dtype)
         model = VFMVAE(cfg, vfm=vfm)
     mapped, vfm_sd = convert_state_dict(sd, model, decoder_only=decoder_only)
     model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict
@@ -66,7 +70,21 @@ def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | N
     return model.eval()
 
 
-def _build_default_vfm(cfg, vfm_config, vfm_pretrained):
+# SigLIP `SiglipVisionConfig` field -> `vfmvae.vfm.VFMConfig` field.
+_SIGLIP_FIELDS = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
+                  "intermediate_size": "mlp_hidden_size", "patch_size": "patch_size", "image_size": "image_size",
+                  "hidden_act": "hidden_act", "layer_norm_eps": "layer_norm_eps"}
+
+
+def vfm_overrides_from_siglip_config(vfm_config: Mapping | None, compute_dtype: str | None = None) -> dict:
+    """`build_vfm` config overrides that reproduce an official SigLIP vision config."""
+    out = {ours: vfm_config[theirs] for theirs, ours in _SIGLIP_FIELDS.items() if vfm_config and theirs in vfm_config}
+    if compute_dtype is not None:
+        out["compute_dtype"] = compute_dtype
+    return out
+
+
+def _build_default_vfm(cfg, vfm_config, vfm_pretrained, vfm_dtype):
     from .model import _build_vfm
 
-    return _build_vfm(cfg, pretrained=vfm_pretrained, config=dict(vfm_config) if vfm_config else None)
+    return _build_vfm(cfg, pretrained=vfm_pretrained, config=vfm_overrides_from_siglip_config(vfm_config, vfm_dtype))
