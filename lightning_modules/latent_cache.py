@@ -1,0 +1,225 @@
+"""Latent caching as a Lightning `predict` run (diffusion.md §4), so it scales to many GPUs and nodes.
+
+Work is split into *shards*: shard `k` holds images `[k * shard_size, (k + 1) * shard_size)` of the source
+in its fixed (sorted) order. Each rank takes the unfinished shards `k` with `k % world_size == rank`; a
+finished shard (sidecar present, checksum verified) is never redone, a partial one is redone from scratch,
+so a crashed or repeated run continues where it stopped. Rank 0 writes the manifest and the statistics
+once every shard exists.
+
+Each image is `adm_center`-cropped, then the tokenizer encodes the image and its horizontal flip; the
+posterior moments of both are stored (not a sample: the sampling policy is the DataModule's choice).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.crops import adm_center_crop
+from datamodules.decoding import decode_rgb
+from datamodules.imagefolder import ImageFolderSource
+from datamodules.latent_dataset import compute_latent_stats
+from datamodules.latent_shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    STATS,
+    ShardReader,
+    read_record,
+    shard_name,
+    shard_is_finished,
+    write_json_atomic,
+    write_shard,
+)
+from vfmvae.codec import uint8_to_unit
+from vfmvae.provenance import to_jsonable
+
+log = logging.getLogger(__name__)
+
+
+class ShardImages(Dataset):
+    """The images of the given shards, in order: items `{image, label, key, index, ok, reason}`.
+
+    A corrupt image yields `ok=False` and a zero image, so that the writer can record its key as bad
+    instead of the run dying (or silently losing the key).
+    """
+
+    def __init__(self, source: ImageFolderSource, shards: list[int], shard_size: int, image_size: int):
+        self.source = source
+        self.image_size = image_size
+        self.indices = [i for k in shards for i in range(k * shard_size, min((k + 1) * shard_size, len(source)))]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        record = self.source[index]
+        try:
+            crop = adm_center_crop(decode_rgb(record.data), self.image_size)
+            image, ok, reason = torch.from_numpy(crop.copy()).permute(2, 0, 1).contiguous(), True, ""
+        except Exception as err:  # noqa: BLE001 - any decoder failure marks the image bad
+            image, ok, reason = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False, repr(err)
+        return {"image": image, "label": record.label, "key": record.key, "index": index, "ok": ok, "reason": reason}
+
+
+class LatentCacheDataModule(LightningDataModule):
+    """Serves the unfinished shards of this rank (computed after the processes are launched)."""
+
+    def __init__(self, data_root: str, out_dir: str, image_size: int = 256, shard_size: int = 10_000,
+                 batch_size: int = 64, num_workers: int = 4, keep_keys: frozenset[str] | None = None):
+        super().__init__()
+        self.data_root, self.out_dir = data_root, Path(out_dir)
+        self.image_size, self.shard_size = image_size, shard_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.keep_keys = keep_keys
+        self.source: ImageFolderSource | None = None
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self.source) // self.shard_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.source = ImageFolderSource(self.data_root, keep_keys=self.keep_keys)
+
+    def shard_size_of(self, k: int) -> int:
+        return min(self.shard_size, len(self.source) - k * self.shard_size)
+
+    def pending_shards(self, rank: int, world_size: int) -> list[int]:
+        return [k for k in range(rank, self.num_shards, world_size) if not shard_is_finished(self.out_dir, k)]
+
+    def predict_dataloader(self) -> DataLoader:
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        shards = self.pending_shards(rank, world)
+        log.info("rank %d: %d of %d shards to do", rank, len(shards), len(range(rank, self.num_shards, world)))
+        data = ShardImages(self.source, shards, self.shard_size, self.image_size)
+        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False,
+                          pin_memory=torch.cuda.is_available())
+
+
+class LatentCacheModule(LightningModule):
+    """Encodes each image and its flip; returns the posterior moments on the CPU."""
+
+    def __init__(self, tokenizer: torch.nn.Module, moments_dtype: str = "float32"):
+        super().__init__()
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.moments_dtype = getattr(torch, moments_dtype)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        images = batch["image"]
+        both = torch.cat([images, images.flip(-1)])
+        # fp32 like the official prefetch scripts (autocast off): the moments are the cache's ground truth.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            posterior = self.tokenizer.encode(uint8_to_unit(both))
+        n = images.shape[0]
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+        out = {name: t.to("cpu", self.moments_dtype) for name, t in (
+            ("mean", mean[:n]), ("logvar", logvar[:n]), ("mean_flip", mean[n:]), ("logvar_flip", logvar[n:]))}
+        out.update(image=images.cpu(), label=batch["label"].cpu(), key=list(batch["key"]),
+                   index=batch["index"].cpu(), ok=batch["ok"].cpu(), reason=list(batch["reason"]))
+        return out
+
+
+class LatentShardWriter(BasePredictionWriter):
+    """Collects predictions per shard and writes each shard the moment its last image arrives."""
+
+    def __init__(self, store_images: bool = False, stats_samples: int = 10_000, seed: int = 0,
+                 provenance: dict[str, Any] | None = None):
+        super().__init__(write_interval="batch")
+        self.store_images = store_images
+        self.stats_samples, self.seed = stats_samples, seed
+        self.provenance = provenance or {}
+        self._buffers: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self._seen: dict[int, int] = defaultdict(int)
+        self._t0 = time.time()
+        self.images_done = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        dm: LatentCacheDataModule = trainer.datamodule
+        for row, index in enumerate(prediction["index"].tolist()):
+            k = index // dm.shard_size
+            self._buffers[k].append({name: prediction[name][row] for name in prediction})
+            self._seen[k] += 1
+            if self._seen[k] == dm.shard_size_of(k):
+                self._flush(dm, k)
+        self.images_done += len(prediction["index"])
+        self._show_speed(trainer)
+
+    def _show_speed(self, trainer) -> None:
+        # `self.log` is not available in predict; put images/s on the tqdm bar instead.
+        rate = self.images_done / max(time.time() - self._t0, 1e-6)
+        bar = getattr(trainer.progress_bar_callback, "predict_progress_bar", None)
+        if bar is not None:
+            bar.set_postfix({"img/s": f"{rate:.1f}"}, refresh=False)
+
+    def _flush(self, dm: LatentCacheDataModule, k: int) -> None:
+        rows = sorted(self._buffers.pop(k), key=lambda r: int(r["index"]))
+        good = [r for r in rows if bool(r["ok"])]
+        bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not bool(r["ok"])]
+        for b in bad:
+            log.warning("latent cache: skipped unreadable image %s (%s)", b["key"], b["reason"])
+        names = ["mean", "logvar", "mean_flip", "logvar_flip"] + (["image"] if self.store_images else [])
+        tensors = {name: _stack([r[name] for r in good], rows[0][name]) for name in names}
+        tensors["label"] = torch.tensor([int(r["label"]) for r in good], dtype=torch.int64)
+        write_shard(dm.out_dir, k, tensors, [r["key"] for r in good], bad)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._buffers:
+            raise RuntimeError(f"latent cache: shards {sorted(self._buffers)} did not receive all their images")
+        trainer.strategy.barrier("latent_cache_done")
+        if trainer.is_global_zero:
+            finalize_cache(trainer.datamodule, self.store_images, self.stats_samples, self.seed, self.provenance)
+        trainer.strategy.barrier("latent_cache_manifest")
+
+
+def _stack(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.stack(values) if values else like.new_empty((0, *like.shape))
+
+
+def finalize_cache(dm: LatentCacheDataModule, store_images: bool, stats_samples: int, seed: int,
+                   provenance: dict[str, Any]) -> dict[str, Any]:
+    """Verify every shard, write `manifest.json` and `latents_stats.pt` (rank 0 only)."""
+    records = []
+    for k in range(dm.num_shards):
+        if not shard_is_finished(dm.out_dir, k):
+            raise RuntimeError(f"latent cache: shard {k} is missing or corrupt after the run; run again to redo it")
+        records.append(read_record(dm.out_dir, k))
+    first = _first_nonempty(dm.out_dir, records)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": to_jsonable(provenance.get("tokenizer", {})),
+        "source": {"root": str(dm.data_root), "num_images": len(dm.source), "crop": "adm_center",
+                   "image_size": dm.image_size},
+        "latent_shape": first["latent_shape"],
+        "dtype": first["dtype"],
+        "store_images": store_images,
+        "num_classes": provenance.get("num_classes", 1000),
+        "shard_size": dm.shard_size,
+        "num_written": sum(r.count for r in records),
+        "num_bad": sum(len(r.bad) for r in records),
+        "bad": [b for r in records for b in r.bad],
+        "shards": [{k: v for k, v in r.to_json().items()} for r in records],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(dm.out_dir / MANIFEST, manifest)
+    compute_latent_stats(dm.out_dir, stats_samples, seed).save(dm.out_dir / STATS)
+    log.info("latent cache: %d latents in %d shards, %d bad images -> %s", manifest["num_written"],
+             len(records), manifest["num_bad"], dm.out_dir)
+    return manifest
+
+
+def _first_nonempty(root: Path, records) -> dict[str, Any]:
+    for r in records:
+        if r.count:
+            t = ShardReader(root / shard_name(r.index)).tensor("mean")
+            return {"latent_shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")}
+    raise RuntimeError("latent cache: no image could be encoded (all shards empty)")
+

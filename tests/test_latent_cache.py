@@ -1,0 +1,194 @@
+"""Latent cache: shards, resume, manifest, statistics and the latents-mode dataset (issue 8)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+from torch import nn
+
+from datamodules.crops import adm_center_crop
+from datamodules.latent_dataset import LatentDataset, compute_latent_stats, fixed_posterior_sample
+from datamodules.latent_shards import MANIFEST, STATS, ShardReader, shard_name, sidecar_name
+from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter
+from vfmvae.codec import LatentNormalizer, uint8_to_unit
+from vfmvae.tokenizer.posterior import DiagonalGaussian
+
+IMAGE_SIZE = 32
+
+
+class StandInTokenizer(nn.Module):
+    """A tiny f8 encoder with a 4-channel latent: enough to test the cache plumbing exactly."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 8, stride=8)
+
+    def encode(self, images_01: torch.Tensor) -> DiagonalGaussian:
+        return DiagonalGaussian(self.conv(images_01 * 2 - 1))
+
+
+def make_folder(root, n_per_class=(5, 4, 4), corrupt: bool = True):
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(n_per_class):
+        d = root / f"n0000000{c}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            h, w = rng.integers(36, 80, size=2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"c{c}_{i:03d}.png")
+    if corrupt:
+        (root / "n00000001" / "c1_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    return root
+
+
+def run_cache(data_root, out_dir, tokenizer, shard_size=4, writer_cls=LatentShardWriter, store_images=True):
+    dm = LatentCacheDataModule(str(data_root), str(out_dir), image_size=IMAGE_SIZE, shard_size=shard_size,
+                               batch_size=3, num_workers=0)
+    writer = writer_cls(store_images=store_images, stats_samples=10_000, seed=0,
+                        provenance={"tokenizer": {"weights_sha256": "abc", "config": {"name": "stand-in"}}})
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      callbacks=[writer], enable_model_summary=False)
+    trainer.predict(LatentCacheModule(tokenizer), datamodule=dm, return_predictions=False)
+    return dm
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lc")
+    data = make_folder(root / "data")
+    tok = StandInTokenizer()
+    run_cache(data, root / "cache", tok)
+    return root, data, root / "cache", tok
+
+
+def test_moments_equal_direct_encode_and_flips(cache):
+    _, data, out, tok = cache
+    ds = LatentDataset(out, normalize=False, return_images=True)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["num_bad"] == 1 and manifest["bad"][0]["key"] == "c1_bad"
+    assert len(ds) == 13 and manifest["latent_shape"] == [4, 4, 4]
+    keys = [ds[i]["key"] for i in range(len(ds))]
+    assert len(set(keys)) == 13 and "c1_bad" not in keys
+    for i in (0, 5, 12):
+        key = keys[i]
+        label = int(key[1])
+        path = next(data.glob(f"*/{key}.png"))
+        crop = torch.from_numpy(adm_center_crop(Image.open(path).convert("RGB"), IMAGE_SIZE)).permute(2, 0, 1)
+        with torch.no_grad():
+            direct = tok.encode(uint8_to_unit(crop[None]))
+            direct_flip = tok.encode(uint8_to_unit(crop[None].flip(-1)))
+        mean, logvar = ds.moments(i)
+        torch.testing.assert_close(mean, direct.mean[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(logvar, direct.logvar[0], atol=1e-6, rtol=0)
+        mean_f, _ = ds.moments(i, flip=True)
+        torch.testing.assert_close(mean_f, direct_flip.mean[0], atol=1e-6, rtol=0)
+        item = ds[i]
+        assert item["label"] == label
+        expected_image = crop.flip(-1) if item["flipped"] else crop
+        assert torch.equal(item["image"], expected_image)
+
+
+def test_lightningdit_policy_fixed_sample_random_flip(cache):
+    _, _, out, _ = cache
+    ds = LatentDataset(out, policy="lightningdit", normalize=False)
+    flips = []
+    for epoch in range(40):
+        ds.set_epoch(epoch)
+        item = ds[3]
+        mean, logvar = ds.moments(3, item["flipped"])
+        torch.testing.assert_close(item["latent"], fixed_posterior_sample(mean, logvar, 0, 3, item["flipped"]))
+        flips.append(item["flipped"])
+    assert 8 <= sum(flips) <= 32  # p = 0.5 over 40 draws
+    # Within an epoch the same index gives the same latent (resume-exact, worker-independent).
+    assert torch.equal(ds[3]["latent"], ds[3]["latent"])
+
+
+def test_reg_policy_fresh_sample_no_flip(cache):
+    _, _, out, _ = cache
+    ds = LatentDataset(out, policy="reg", normalize=False)
+    draws = []
+    for epoch in range(200):
+        ds.set_epoch(epoch)
+        item = ds[2]
+        assert not item["flipped"]
+        draws.append(item["latent"])
+    draws = torch.stack(draws)
+    mean, logvar = ds.moments(2)
+    assert not torch.equal(draws[0], draws[1])
+    # Fresh posterior samples: their mean and std approach the stored moments.
+    torch.testing.assert_close(draws.mean(0), mean, atol=4 * float(torch.exp(0.5 * logvar).max()) / 200**0.5, rtol=0)
+    torch.testing.assert_close(draws.std(0), torch.exp(0.5 * logvar), rtol=0.25, atol=1e-3)
+
+
+def test_statistics_match_numpy(cache):
+    _, _, out, _ = cache
+    stats = torch.load(out / STATS, weights_only=True)
+    ds = LatentDataset(out, normalize=False)
+    samples = np.stack([fixed_posterior_sample(*ds.moments(i), 0, i, False).numpy() for i in range(len(ds))])
+    ref_mean = samples.transpose(1, 0, 2, 3).reshape(4, -1).mean(1)
+    ref_std = samples.transpose(1, 0, 2, 3).reshape(4, -1).std(1, ddof=1)
+    np.testing.assert_allclose(stats["mean"].flatten().numpy(), ref_mean, atol=1e-5)
+    np.testing.assert_allclose(stats["std"].flatten().numpy(), ref_std, atol=1e-5)
+    assert stats["mean"].shape == (1, 4, 1, 1)
+    # A subset of the images gives other numbers (the sample count is honoured).
+    sub = compute_latent_stats(out, num_samples=5, seed=1)
+    assert not torch.allclose(sub.mean, stats["mean"])
+
+
+def test_normalised_latents_and_official_stats_import(cache, tmp_path):
+    _, _, out, _ = cache
+    raw = LatentDataset(out, normalize=False)
+    ds = LatentDataset(out)
+    stats = torch.load(out / STATS, weights_only=True)
+    expected = (raw[4]["latent"] - stats["mean"][0]) / stats["std"][0]
+    torch.testing.assert_close(ds[4]["latent"], expected)
+    # The official latents_stats.pt is a {"mean", "std"} dict of (1, C, 1, 1): it loads as is.
+    official = tmp_path / "latents_stats.pt"
+    torch.save({"mean": torch.zeros(1, 4, 1, 1), "std": torch.full((1, 4, 1, 1), 2.0)}, official)
+    norm = LatentNormalizer.load(official)
+    z = torch.randn(2, 4, 4, 4)
+    torch.testing.assert_close(norm.normalize(z), z / 2)
+    torch.testing.assert_close(norm.denormalize(norm.normalize(z)), z)
+
+
+def test_mismatches_are_refused(cache, tmp_path):
+    _, _, out, _ = cache
+    with pytest.raises(ValueError, match=r"\(4, 4, 4\).*\(32, 16, 16\)"):
+        LatentDataset(out, expected_latent_shape=(32, 16, 16))
+    with pytest.raises(ValueError, match="abc.*other-tokenizer"):
+        LatentDataset(out, expected_tokenizer_hash="other-tokenizer")
+    with pytest.raises(FileNotFoundError, match="statistics"):
+        LatentDataset(out, stats_path=tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        LatentDataset(tmp_path)
+
+
+class CrashAfterOneShard(LatentShardWriter):
+    def _flush(self, dm, k):
+        super()._flush(dm, k)
+        raise RuntimeError("simulated crash")
+
+
+def test_interrupted_cache_resumes_to_identical_shards(cache, tmp_path):
+    _, data, out, tok = cache
+    resumed = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cache(data, resumed, tok, writer_cls=CrashAfterOneShard)
+    assert (resumed / sidecar_name(0)).exists() and not (resumed / MANIFEST).exists()
+    first_mtime = (resumed / shard_name(0)).stat().st_mtime_ns
+    # A partial shard left behind (file without sidecar) is redone.
+    (resumed / shard_name(1)).write_bytes(b"partial")
+    run_cache(data, resumed, tok)
+    assert (resumed / shard_name(0)).stat().st_mtime_ns == first_mtime  # finished shard kept
+    ref = json.loads((out / MANIFEST).read_text())
+    got = json.loads((resumed / MANIFEST).read_text())
+    assert [s["sha256"] for s in got["shards"]] == [s["sha256"] for s in ref["shards"]]
+    for s in ref["shards"]:
+        a, b = ShardReader(out / s["file"]), ShardReader(resumed / s["file"])
+        for name in ("mean", "logvar", "mean_flip", "logvar_flip", "label", "image"):
+            assert torch.equal(a.tensor(name), b.tensor(name))
