@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vfmvae.dit.layers import RMSNorm, TimestepEmbedder, unpatchify, PatchEmbed
+from vfmvae.dit.layers import PatchEmbed, RMSNorm, TimestepEmbedder, unpatchify
 from vfmvae.dit.pos_embed import AxialRoPE2d, sincos_2d_pos_embed
 
 

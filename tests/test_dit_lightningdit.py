@@ -75,8 +75,9 @@ def test_official_cfg_semantics_reproducible_from_forward(official, model, tag, 
     T, meta, _ = official
     kw = dict(cfg_interval=True, cfg_interval_start=meta["cfg_interval_start"]) if interval else {}
     with torch.no_grad():
-        out = _official_forward_with_cfg(model, T["inputs.cfg_x"], T[f"inputs.cfg_t_{tag}"], T["inputs.cfg_y"],
-                                         meta["cfg_scale"], **kw)
+        out = _official_forward_with_cfg(
+            model, T["inputs.cfg_x"], T[f"inputs.cfg_t_{tag}"], T["inputs.cfg_y"], meta["cfg_scale"], **kw
+        )
     name = f"outputs.forward_with_cfg_{'interval' if interval else 'nointerval'}_{tag}"
     torch.testing.assert_close(out, T[name], **ATOL)
 
@@ -90,7 +91,9 @@ def test_meta_build_to_empty_reset_buffers_then_load(official):
     model.reset_buffers()
     model.load_state_dict(reference.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(T["inputs.x"], T["inputs.t"], T["inputs.y"]), T["outputs.forward"], **ATOL)
+        torch.testing.assert_close(
+            model.eval()(T["inputs.x"], T["inputs.t"], T["inputs.y"]), T["outputs.forward"], **ATOL
+        )
 
 
 def _independent_param_count(cfg) -> int:

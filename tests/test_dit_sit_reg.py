@@ -85,7 +85,13 @@ def test_xl1_parameter_counts_on_meta():
 def _independent_param_count(cfg) -> int:
     D, hd, p, C, z = cfg.hidden_size, cfg.hidden_size // cfg.num_heads, cfg.patch_size, cfg.in_channels, cfg.z_dims[0]
     H, P = int(D * cfg.mlp_ratio), cfg.projector_dim
-    block = (3 * D * D + 3 * D) + (4 * hd if cfg.qk_norm else 0) + (D * D + D) + (D * H + H + H * D + D) + (6 * D * D + 6 * D)
+    block = (
+        (3 * D * D + 3 * D)
+        + (4 * hd if cfg.qk_norm else 0)
+        + (D * D + D)
+        + (D * H + H + H * D + D)
+        + (6 * D * D + 6 * D)
+    )
     embed = C * p * p * D + D + (256 * D + D) + (D * D + D) + (cfg.num_classes + 1) * D
     cls_in = z * D + D + 2 * D
     projector = D * P + P + P * P + P + P * z + z
@@ -118,7 +124,9 @@ def test_activation_checkpointing_gives_identical_gradients(official, model):
         model.activation_checkpointing = flag
         model.zero_grad()
         out = model(*_inputs(T))
-        (out.velocity.square().mean() + out.projections[0].square().mean() + out.cls_velocity.square().mean()).backward()
+        (
+            out.velocity.square().mean() + out.projections[0].square().mean() + out.cls_velocity.square().mean()
+        ).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     model.activation_checkpointing = False
     model.zero_grad()

@@ -36,23 +36,53 @@ from vfmvae.dit.sit_reg import SiTREG, SiTREGConfig
 # Official constructor signatures (defaults included) so that omitted kwargs mean what they mean
 # upstream, not what our presets say.
 OFFICIAL_LIGHTNINGDIT_DEFAULTS: dict[str, Any] = dict(
-    input_size=32, patch_size=2, in_channels=32, hidden_size=1152, depth=28, num_heads=16,
-    mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=False, use_qknorm=False,
-    use_swiglu=False, use_rope=False, use_rmsnorm=False, wo_shift=False, use_checkpoint=False,
+    input_size=32,
+    patch_size=2,
+    in_channels=32,
+    hidden_size=1152,
+    depth=28,
+    num_heads=16,
+    mlp_ratio=4.0,
+    class_dropout_prob=0.1,
+    num_classes=1000,
+    learn_sigma=False,
+    use_qknorm=False,
+    use_swiglu=False,
+    use_rope=False,
+    use_rmsnorm=False,
+    wo_shift=False,
+    use_checkpoint=False,
 )
 OFFICIAL_REG_DEFAULTS: dict[str, Any] = dict(
-    path_type="edm", input_size=32, patch_size=2, in_channels=4, hidden_size=1152,
-    decoder_hidden_size=768, encoder_depth=8, depth=28, num_heads=16, mlp_ratio=4.0,
-    class_dropout_prob=0.1, num_classes=1000, use_cfg=False, z_dims=(768,), projector_dim=2048,
-    cls_token_dim=768, fused_attn=True, qk_norm=False,
+    path_type="edm",
+    input_size=32,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=1152,
+    decoder_hidden_size=768,
+    encoder_depth=8,
+    depth=28,
+    num_heads=16,
+    mlp_ratio=4.0,
+    class_dropout_prob=0.1,
+    num_classes=1000,
+    use_cfg=False,
+    z_dims=(768,),
+    projector_dim=2048,
+    cls_token_dim=768,
+    fused_attn=True,
+    qk_norm=False,
 )
 # Kwargs that do not change the network function (named so that nothing is dropped silently):
 # REG `path_type`/`use_cfg` only matter to the training script, `fused_attn` picks the same
 # attention maths (we always use SDPA), and `cls_token_dim` is overwritten by `z_dims[0]` upstream.
 REG_IGNORED_KWARGS = ("path_type", "use_cfg", "fused_attn", "cls_token_dim")
 # Fixed tables that we recompute instead of loading; the stored copies are compared with ours.
-LIGHTNINGDIT_RECOMPUTED = {"pos_embed": "pos_embed", "feat_rope.freqs_cos": "feat_rope.freqs_cos",
-                           "feat_rope.freqs_sin": "feat_rope.freqs_sin"}
+LIGHTNINGDIT_RECOMPUTED = {
+    "pos_embed": "pos_embed",
+    "feat_rope.freqs_cos": "feat_rope.freqs_cos",
+    "feat_rope.freqs_sin": "feat_rope.freqs_sin",
+}
 REG_RECOMPUTED = {"pos_embed": "pos_embed"}
 _WRAPPER_KEYS = ("ema", "model", "state_dict")
 
@@ -104,7 +134,9 @@ def _resolve_kwargs(kwargs: Mapping[str, Any], defaults: Mapping[str, Any], mode
     return {**defaults, **kwargs}
 
 
-def _load_mapped(model: nn.Module, official: Mapping[str, torch.Tensor], recomputed: Mapping[str, str], label: str) -> None:
+def _load_mapped(
+    model: nn.Module, official: Mapping[str, torch.Tensor], recomputed: Mapping[str, str], label: str
+) -> None:
     """Rename official -> ours (identity names here), check recomputed tables, load strictly."""
     ours = model.state_dict()
     buffers = dict(model.named_buffers())

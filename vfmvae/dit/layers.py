@@ -79,9 +79,7 @@ class Attention(nn.Module):
     it is the same function, so we always use SDPA.
     """
 
-    def __init__(
-        self, dim: int, num_heads: int, qk_norm: Callable[[int], nn.Module] | None = None
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, qk_norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
@@ -142,9 +140,7 @@ class TimestepEmbedder(nn.Module):
 
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_dim // 2
-        freqs = torch.exp(
-            -math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-        )
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[:, None] * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if self.frequency_dim % 2:
@@ -175,7 +171,9 @@ class LabelEmbedder(nn.Module):
         rows = self.embedding_table.num_embeddings
         if labels.device.type == "cpu" and labels.numel() and (labels.min() < 0 or labels.max() >= rows):
             # Only checked on CPU: a value check on an accelerator would force a host sync per step.
-            raise ValueError(f"class ids must lie in [0, {rows - 1}] (null id {self.num_classes}), got {labels.tolist()}")
+            raise ValueError(
+                f"class ids must lie in [0, {rows - 1}] (null id {self.num_classes}), got {labels.tolist()}"
+            )
         if force_drop_ids is not None:
             labels = torch.where(force_drop_ids == 1, self.num_classes, labels)
         elif self.training and self.dropout_prob > 0:

@@ -184,7 +184,8 @@ class LightningDiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [
-            self.final_layer.adaLN_modulation[-1], self.final_layer.linear
+            self.final_layer.adaLN_modulation[-1],
+            self.final_layer.linear,
         ]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -253,8 +254,12 @@ class LightningDiT(nn.Module):
         return result
 
 
-def build_lightningdit(preset: str = "LightningDiT-XL/1", *, activation_checkpointing: bool = False, **overrides) -> LightningDiT:
+def build_lightningdit(
+    preset: str = "LightningDiT-XL/1", *, activation_checkpointing: bool = False, **overrides
+) -> LightningDiT:
     """Build from a named preset (`LIGHTNINGDIT_PRESETS`), with optional shape overrides."""
     if preset not in LIGHTNINGDIT_PRESETS:
         raise KeyError(f"unknown LightningDiT preset {preset!r}; choose from {sorted(LIGHTNINGDIT_PRESETS)}")
-    return LightningDiT(replace(LIGHTNINGDIT_PRESETS[preset], **overrides), activation_checkpointing=activation_checkpointing)
+    return LightningDiT(
+        replace(LIGHTNINGDIT_PRESETS[preset], **overrides), activation_checkpointing=activation_checkpointing
+    )

@@ -43,9 +43,7 @@ def sincos_2d_pos_embed(embed_dim: int, grid_size: int, extra_tokens: int = 0) -
         raise ValueError(f"2-D sin-cos embedding needs an even dimension, got {embed_dim}")
     coords = torch.arange(grid_size, dtype=torch.float64)
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (H, W) each
-    emb = torch.cat(
-        [sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1
-    )
+    emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
     if extra_tokens:
         emb = torch.cat([torch.zeros(extra_tokens, embed_dim, dtype=emb.dtype), emb], dim=0)
     return emb.float()
@@ -98,9 +96,6 @@ class AxialRoPE2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != self.freqs_cos.shape:
-            raise ValueError(
-                f"RoPE expects (..., {self.grid_size ** 2} tokens, {self.head_dim}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"RoPE expects (..., {self.grid_size**2} tokens, {self.head_dim}), got {tuple(x.shape)}")
         cos, sin = self.freqs_cos.to(x.dtype), self.freqs_sin.to(x.dtype)
         return x * cos + rotate_pairs(x) * sin
-

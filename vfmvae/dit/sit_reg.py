@@ -45,8 +45,16 @@ class SiTREGConfig:
     z_dims: tuple[int, ...] = (768,)  # one projector per alignment target; z_dims[0] = class token dim
 
     def __post_init__(self) -> None:
-        for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
-                     "num_classes", "projector_dim"):
+        for name in (
+            "input_size",
+            "patch_size",
+            "in_channels",
+            "hidden_size",
+            "depth",
+            "num_heads",
+            "num_classes",
+            "projector_dim",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"SiTREGConfig.{name} must be positive, got {getattr(self, name)}")
         if self.input_size % self.patch_size:
@@ -73,8 +81,9 @@ class SiTREGConfig:
 
 
 def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int, encoder_depth: int) -> SiTREGConfig:
-    return SiTREGConfig(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size,
-                        encoder_depth=encoder_depth)
+    return SiTREGConfig(
+        depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch_size, encoder_depth=encoder_depth
+    )
 
 
 # Encoder depths follow REPA/REG: 4 for B, 8 for L and XL.
@@ -86,16 +95,26 @@ SIT_REG_PRESETS: dict[str, SiTREGConfig] = {
     "SiT-XL/1-REG": _preset(28, 1152, 16, 1, 8),
     "SiT-XL/2-REG": _preset(28, 1152, 16, 2, 8),
     # Tiny CPU config (same topology as the sit_reg_tiny fixture).
-    "debug": SiTREGConfig(input_size=8, in_channels=8, hidden_size=64, depth=3, num_heads=4, encoder_depth=2,
-                          projector_dim=64, z_dims=(32,)),
+    "debug": SiTREGConfig(
+        input_size=8,
+        in_channels=8,
+        hidden_size=64,
+        depth=3,
+        num_heads=4,
+        encoder_depth=2,
+        projector_dim=64,
+        z_dims=(32,),
+    ),
 }
 
 
 def build_projector(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential:
     """REPA projector `(..., D) -> (..., z_dim)`: Linear-SiLU-Linear-SiLU-Linear (8.13 M for XL/DINOv2-B)."""
     return nn.Sequential(
-        nn.Linear(hidden_size, projector_dim), nn.SiLU(),
-        nn.Linear(projector_dim, projector_dim), nn.SiLU(),
+        nn.Linear(hidden_size, projector_dim),
+        nn.SiLU(),
+        nn.Linear(projector_dim, projector_dim),
+        nn.SiLU(),
         nn.Linear(projector_dim, z_dim),
     )
 
@@ -180,7 +199,11 @@ class SiTREG(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         final = self.final_layer
-        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [final.adaLN_modulation[-1], final.linear, final.linear_cls]:
+        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [
+            final.adaLN_modulation[-1],
+            final.linear,
+            final.linear_cls,
+        ]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
