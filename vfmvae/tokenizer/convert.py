@@ -10,7 +10,7 @@ Release files: `load_official_state_dict(path_or_obj)` accepts the released `.pt
 dict with `"ema"`/`"model"`/`"state_dict"`, a pickled module, or a plain state dict.
 
 Key map (official -> ours):
-    vfm_encoder.encoder.vision_model.[vision_model.]X -> the SiglipVisionModel inside `vfm` (key X)
+    vfm_encoder.encoder.*                             -> `vfm` (by vfmvae.vfm.load_official_vfm_state_dict)
     ldm_adapter.patch_quants.{i}.0.*                  -> head.level_projections.{i}.*
     ldm_adapter.final_quant.*                         -> head.final_projection.*
     ldm_adapter.linear_proj.weight                    -> head.vf_projection.weight
@@ -35,12 +35,10 @@ from torch import nn
 
 from .config import VFMVAEConfig
 
-VFM_PREFIX = "vfm_encoder.encoder.vision_model."
+VFM_OFFICIAL_PREFIX = "vfm_encoder.encoder."  # the frozen VFM; mapped by the VFM module's own loader
 
-# Official keys we deliberately drop, with the reason.
+# Official keys we deliberately drop here, with the reason.
 IGNORED_KEYS: dict[str, str] = {
-    r"^vfm_encoder\.encoder\.vision_model\.(vision_model\.)?head\.": "SigLIP MAP head: pooled output unused by the "
-                                                                       "unconditional tokenizer",
     r"\.attn\.zero_k_bias$": "fixed all-zero key bias buffer (checked to be zero), built in on the fly",
     r"\.blur_weight$": "fixed binomial blur kernel, recomputed (checked to be equal)",
 }
@@ -152,26 +150,22 @@ def _check_fixed_buffer(key: str, value: torch.Tensor, model: nn.Module, fusion_
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
-                       decoder_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split an official state dict into (ours-without-VFM, VFM tokens keyed as in `SiglipVisionModel`).
+                       decoder_only: bool = False) -> dict[str, torch.Tensor]:
+    """Map the official head/decoder keys onto `model`'s names (VFM keys are left to the VFM loader).
 
     Raises `KeyError` listing unknown official keys and keys of `model` left unset.
     """
     ours_sd = model.state_dict()
     slots = _fusion_slots(state_dict)
     mapped: dict[str, torch.Tensor] = {}
-    vfm: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
+        if key.startswith(VFM_OFFICIAL_PREFIX):
+            continue
         if decoder_only and any(re.search(p, key) for p in ENCODER_KEYS):
             continue
         if any(re.search(p, key) for p in IGNORED_KEYS):
-            if not (decoder_only and key.startswith("vfm_encoder.")):
-                _check_fixed_buffer(key, value, model, slots)
-            continue
-        if key.startswith(VFM_PREFIX):
-            sub = key[len(VFM_PREFIX):]
-            vfm[sub[len("vision_model."):] if sub.startswith("vision_model.") else sub] = value
+            _check_fixed_buffer(key, value, model, slots)
             continue
         new = map_key(key, slots)
         if new is None or new not in ours_sd:
@@ -183,7 +177,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
     missing = sorted(k for k in ours_sd if k not in mapped and not k.startswith("vfm."))
     if missing:
         raise KeyError(f"from_official: {len(missing)} of our keys have no official counterpart: {missing}")
-    return mapped, vfm
+    return mapped
 
 
 def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None = None,

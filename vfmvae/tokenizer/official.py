@@ -1,6 +1,9 @@
 """`from_official`: build a `VFMVAE` from an official VFM-VAE Generator checkpoint.
 
-See `convert.py` for the key map and the release-file format.
+See `convert.py` for the key map of the head and decoder and for the release-file format. The
+frozen VFM is built and loaded by the VFM module's own official loaders
+(`vfmvae.vfm.vfm_from_hf_config`, `vfmvae.vfm.load_official_vfm_state_dict`), which map
+`vfm_encoder.encoder.vision_model.[vision_model.]<HF key>` and ignore the unused MAP head.
 """
 
 from __future__ import annotations
@@ -9,28 +12,19 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .convert import config_from_official, convert_state_dict, load_official_state_dict
+from .convert import VFM_OFFICIAL_PREFIX, config_from_official, convert_state_dict, load_official_state_dict
 from .model import VFMVAE
 
 
-def _find_hf_vision_model(vfm: nn.Module) -> nn.Module:
-    """The transformers vision tower inside a `FrozenVFM` (whatever attribute name it uses)."""
-    for m in vfm.modules():
-        if all(hasattr(m, a) for a in ("embeddings", "encoder", "post_layernorm")):
-            return m
-    raise TypeError(f"from_official: no SigLIP vision model (embeddings/encoder/post_layernorm) found in "
-                    f"{type(vfm).__name__}")
+def _build_vfm_for(cfg, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: str | None) -> nn.Module:
+    from vfmvae.vfm import build_vfm, get_vfm_config, vfm_from_hf_config
 
-
-def load_vfm_weights(vfm: nn.Module, vfm_sd: Mapping) -> None:
-    """Load `SiglipVisionModel`-keyed weights into the VFM; error on unknown or missing keys
-    (the MAP head `head.*` may be absent on either side: it is unused)."""
-    target = _find_hf_vision_model(vfm)
-    result = target.load_state_dict(dict(vfm_sd), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("head.")]
-    if result.unexpected_keys or missing:
-        raise KeyError(f"from_official: VFM keys do not match the vision model: unexpected "
-                       f"{result.unexpected_keys}, missing {missing}")
+    dtype = vfm_dtype or get_vfm_config(cfg.vfm_name).compute_dtype  # the paper preset: bf16 autocast
+    if vfm_pretrained is not None:
+        return build_vfm(cfg.vfm_name, pretrained=vfm_pretrained, config={"compute_dtype": dtype})
+    if vfm_config:
+        return vfm_from_hf_config(dict(vfm_config), compute_dtype=dtype)
+    return build_vfm(cfg.vfm_name, config={"compute_dtype": dtype})
 
 
 def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | None = None, *,
@@ -41,50 +35,31 @@ def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | N
     state_dict: official keys (as in `../shared/fixtures/vfmvae_tiny.safetensors`), or a released
         file / wrapper dict (`G_ema`, see `load_official_state_dict`).
     generator_kwargs: the official `G_kwargs` (YAML) / fixture `generator_kwargs`.
-    vfm_config: `SiglipVisionConfig` fields used to build the VFM when `vfm` is not given.
+    vfm_config: the HF `SiglipVisionConfig` dict used to build the VFM when `vfm` is not given.
     vfm: an already built frozen VFM (e.g. real SigLIP2 weights from a local folder); the
         checkpoint's VFM weights, when present, are loaded into it.
+    vfm_pretrained: local folder/file with the VFM weights (used when `vfm` is None).
     decoder_only: build only the decoder and ignore all encoder-side keys (VFM, head, VF projection).
-    vfm_name: our VFM preset (default: "siglip2-large-patch16-512" for the official SigLIP names);
-        `vfm_config` (SigLIP fields) overrides its shape.
-    vfm_dtype: VFM compute dtype override ("float32" for exact CPU comparisons; the paper preset runs
-        bf16 autocast like the official code on CUDA).
+    vfm_name: our VFM preset (default: "siglip2-large-patch16-512" for the official SigLIP names).
+    vfm_dtype: VFM compute dtype; default the preset's ("bfloat16" for SigLIP2-L, like the official
+        CUDA autocast). Pass "float32" for exact CPU comparisons.
     """
     sd = load_official_state_dict(state_dict)
     cfg = config_from_official(generator_kwargs, vfm_config, vfm_name)
-    vfm_supplied = vfm is not None or vfm_pretrained is not None
+    has_vfm_weights = any(k.startswith(VFM_OFFICIAL_PREFIX) for k in sd)
     if decoder_only:
         model = VFMVAE(cfg, decoder_only=True)
     else:
-        if vfm is None:
-            vfm = _build_default_vfm(cfg, vfm_config, vfm_pretrained, vfm_dtype)
-        model = VFMVAE(cfg, vfm=vfm)
-    mapped, vfm_sd = convert_state_dict(sd, model, decoder_only=decoder_only)
-    model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict
-    if not decoder_only:
-        if vfm_sd:
-            load_vfm_weights(model.vfm, vfm_sd)
-        elif not vfm_supplied:
+        if vfm is None and vfm_pretrained is None and not has_vfm_weights:
             raise KeyError("from_official: the state dict has no VFM weights (vfm_encoder.*); pass vfm= or "
                            "vfm_pretrained= with the real SigLIP2 weights")
+        if vfm is None:
+            vfm = _build_vfm_for(cfg, vfm_config, vfm_pretrained, vfm_dtype)
+        model = VFMVAE(cfg, vfm=vfm)
+    mapped = convert_state_dict(sd, model, decoder_only=decoder_only)
+    model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict
+    if not decoder_only and has_vfm_weights:
+        from vfmvae.vfm import load_official_vfm_state_dict
+
+        load_official_vfm_state_dict(model.vfm, sd, prefix=VFM_OFFICIAL_PREFIX)
     return model.eval()
-
-
-# SigLIP `SiglipVisionConfig` field -> `vfmvae.vfm.VFMConfig` field.
-_SIGLIP_FIELDS = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
-                  "intermediate_size": "mlp_hidden_size", "patch_size": "patch_size", "image_size": "image_size",
-                  "hidden_act": "hidden_act", "layer_norm_eps": "layer_norm_eps"}
-
-
-def vfm_overrides_from_siglip_config(vfm_config: Mapping | None, compute_dtype: str | None = None) -> dict:
-    """`build_vfm` config overrides that reproduce an official SigLIP vision config."""
-    out = {ours: vfm_config[theirs] for theirs, ours in _SIGLIP_FIELDS.items() if vfm_config and theirs in vfm_config}
-    if compute_dtype is not None:
-        out["compute_dtype"] = compute_dtype
-    return out
-
-
-def _build_default_vfm(cfg, vfm_config, vfm_pretrained, vfm_dtype):
-    from .model import _build_vfm
-
-    return _build_vfm(cfg, pretrained=vfm_pretrained, config=vfm_overrides_from_siglip_config(vfm_config, vfm_dtype))
