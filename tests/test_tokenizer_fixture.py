@@ -1,0 +1,170 @@
+"""VFM-VAE tokenizer vs the official Generator (`../shared/fixtures/vfmvae_tiny.*`), fp32, atol 1e-5."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vfmvae.tokenizer import VFMVAE, config_from_official, from_official, load_official_state_dict
+from vfmvae.tokenizer.convert import convert_state_dict
+
+ATOL = 1e-5
+
+
+def close(actual, expected, name):
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture(scope="module")
+def fx(fixtures_dir):
+    tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
+    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
+    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    return tensors, meta, sd
+
+
+@pytest.fixture(scope="module")
+def full_model(fx):
+    _, meta, sd = fx
+    return from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def full_out(fx, full_model):
+    T, _, _ = fx
+    with torch.no_grad():
+        return full_model(T["inputs.img"], eps=T["inputs.eps"])
+
+
+def test_config_translation_matches_recorded_derivations(fx):
+    _, meta, _ = fx
+    cfg = config_from_official(meta["generator_kwargs"], meta["siglip_vision_config"])
+    d = meta["derived"]
+    assert cfg.z_resolution == d["z_resolution"]
+    assert cfg.num_ws == d["num_ws"]
+    assert cfg.block_resolutions == d["block_resolutions"]
+    assert cfg.block_channels == d["block_channels"]
+    assert cfg.token_resolution == d["patch_resolutions"][0]
+
+
+def test_vfm_features(fx, full_out):
+    T, _, _ = fx
+    assert len(full_out.vfm_features) == 3
+    for i, f in enumerate(full_out.vfm_features):
+        close(f, T[f"intermediates.vfm_feature_{i}"], f"vfm_feature_{i}")
+
+
+def test_posterior_and_sampled_z(fx, full_out):
+    T, _, _ = fx
+    post = full_out.posterior
+    close(post.mean, T["outputs.mean"], "mean")
+    close(post.moments, T["outputs.moments"], "moments (unclamped logvar)")
+    close(post.logvar, T["outputs.logvar"].clamp(-30, 20), "logvar")
+    close(full_out.z, T["outputs.z"], "z")
+    close(post.kl().mean().reshape(1), T["outputs.kl_loss"], "kl")
+
+
+def test_decoded_image_and_every_multiscale_output(fx, full_out):
+    T, meta, _ = fx
+    close(full_out.image, T["outputs.img"], "image")
+    order = meta["multiscale_order_returned_by_official"]
+    assert list(full_out.multiscale) == order  # largest first, like the official list
+    for res in order:
+        close(full_out.multiscale[res], T[f"outputs.multiscale_{res}"], f"multiscale_{res}")
+
+
+def test_vf_projection_reproduces_official_vf_loss(fx, full_model, full_out):
+    """VF loss recomputed here from its definition (spec §4.4, margins 0) on our linear_proj(z)."""
+    T, _, _ = fx
+    feats = full_out.vfm_features[-1]
+    B, N, D = feats.shape
+    side = int(N**0.5)
+    target = F.adaptive_avg_pool2d(feats.transpose(1, 2).reshape(B, D, side, side), full_out.z.shape[-2:])
+    with torch.no_grad():
+        pred = full_model.head.vf_projection(full_out.z)
+    zp = F.normalize(pred.flatten(2), dim=1)
+    ft = F.normalize(target.flatten(2), dim=1)
+    l_dm = (zp.transpose(1, 2) @ zp - ft.transpose(1, 2) @ ft).abs().mean()
+    l_cos = F.relu(1 - (zp * ft).sum(1)).mean()
+    close((l_dm + l_cos).reshape(1), T["outputs.vf_loss"], "vf_loss")
+
+
+def test_decoder_only_path_never_builds_the_vfm(fx):
+    T, meta, sd = fx
+    model = from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], decoder_only=True)
+    assert model.vfm is None and model.head is None
+    with torch.no_grad():
+        out = model.decode(T["outputs.z"], return_multiscale=True)
+    close(out.z_lifted, T["intermediates.post_quant_out"], "post_quant_out")
+    close(F.adaptive_avg_pool2d(out.z_lifted, 1).flatten(1), T["intermediates.z_pooled"], "z_pooled")
+    close(out.ws, T["intermediates.ws"], "ws")
+    close(out.image, T["outputs.img"], "image")
+    with pytest.raises(RuntimeError, match="decoder-only"):
+        model.encode(T["inputs.img"])
+
+
+def test_head_on_stored_vfm_features(fx):
+    """Localises head errors independently of the VFM wrapper."""
+    T, meta, sd = fx
+    cfg = config_from_official(meta["generator_kwargs"], meta["siglip_vision_config"])
+    model = VFMVAE(cfg, vfm=torch.nn.Identity())
+    model.load_state_dict(convert_state_dict(sd, model), strict=False)
+    feats = [T[f"intermediates.vfm_feature_{i}"] for i in range(3)]
+    with torch.no_grad():
+        moments = model.head.moments(feats, (cfg.token_resolution, cfg.token_resolution))
+    close(moments, T["outputs.moments"], "moments")
+
+
+def test_unknown_official_keys_are_named(fx):
+    _, meta, sd = fx
+    doctored = dict(sd)
+    doctored["synthesis.blocks.0.bogus_layer.weight"] = torch.zeros(1)
+    doctored["not_a_module.weight"] = torch.zeros(1)
+    with pytest.raises(KeyError) as err:
+        from_official(doctored, meta["generator_kwargs"], meta["siglip_vision_config"], decoder_only=True)
+    assert "synthesis.blocks.0.bogus_layer.weight" in str(err.value)
+    assert "not_a_module.weight" in str(err.value)
+
+
+def test_unknown_official_vfm_keys_are_named(fx):
+    _, meta, sd = fx
+    doctored = dict(sd)
+    doctored["vfm_encoder.encoder.vision_model.encoder.layers.9.bogus.weight"] = torch.zeros(1)
+    with pytest.raises(KeyError, match="layers.9.bogus"):
+        from_official(doctored, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
+
+
+def test_missing_official_keys_are_named(fx):
+    _, meta, sd = fx
+    doctored = {k: v for k, v in sd.items() if k != "synthesis.blocks.2.convs1.1.gamma"}
+    with pytest.raises(KeyError, match=r"blocks\.2\.layers\.2\.layer_scale"):
+        from_official(doctored, meta["generator_kwargs"], decoder_only=True)
+
+
+def test_wrong_fixed_buffer_is_rejected(fx):
+    _, meta, sd = fx
+    doctored = dict(sd)
+    doctored["synthesis.blocks.0.seperate_upsample_conv.blur_weight"] = torch.ones(16, 1, 3, 3)
+    with pytest.raises(ValueError, match="blur kernel"):
+        from_official(doctored, meta["generator_kwargs"], decoder_only=True)
+
+
+def test_release_file_with_g_ema_wrapper(fx, tmp_path):
+    T, meta, sd = fx
+    path = tmp_path / "release.pth"
+    torch.save({"G_ema": sd, "D": {"x": torch.zeros(1)}}, path)
+    assert set(load_official_state_dict(path)) == set(sd)
+    model = from_official(path, meta["generator_kwargs"], decoder_only=True)
+    with torch.no_grad():
+        close(model.decode(T["outputs.z"]), T["outputs.img"], "image from release file")
+
+
+def test_unsupported_official_settings_are_rejected(fx):
+    _, meta, _ = fx
+    kwargs = dict(meta["generator_kwargs"], how_to_compress="conv")
+    with pytest.raises(ValueError, match="how_to_compress"):
+        config_from_official(kwargs)
