@@ -1,0 +1,84 @@
+"""Atomic checkpoint writing (conventions.md, "Training state": temporary name + rename).
+
+A checkpoint written in place is destroyed if the job is killed half way (pre-emption, OOM
+kill, full disk): the previous good file is already truncated. Here every write goes to a
+temporary file *in the same directory* (so the final rename never crosses a filesystem),
+is flushed and fsync'ed, and only then replaces the target with ``os.replace``, which POSIX
+guarantees to be atomic. A reader therefore sees either the old file or the complete new
+one, never a partial file. Leftover ``.tmp`` files from a killed write are harmless and are
+removed on the next failure path we can see (the ``except`` below).
+
+Used by ``callbacks/atomic_checkpoint.py`` (every Lightning checkpoint) and by scripts that
+write ``.pt``/``.safetensors``/``.npz`` artefacts via :func:`atomic_write`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = ["atomic_save", "atomic_write", "atomic_open"]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (the directory entry); a no-op where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows, some network filesystems
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and rename it to ``path``.
+
+    If the body raises (or the process dies), ``path`` keeps its previous content.
+    ``mode`` must be a write mode (``"wb"`` or ``"w"``).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open only supports write modes 'wb' and 'w', got {mode!r}")
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise IsADirectoryError(f"atomic checkpoint target {str(path)!r} is a directory")
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    # Same directory => same filesystem => os.replace is a rename, not a copy.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # BaseException: KeyboardInterrupt / SystemExit must not leave the temp file either.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write_fn(file_object)`` on a temporary file and atomically move it to ``path``.
+
+    For writers that take a file object (``numpy.savez``, ``safetensors`` via bytes, ...).
+    """
+    with atomic_open(path, "wb") as f:
+        write_fn(f)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that either fully succeeds or leaves ``path`` untouched."""
+    atomic_write(path, lambda f: torch.save(obj, f))
