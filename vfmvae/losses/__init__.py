@@ -1,0 +1,81 @@
+"""Tokenizer objectives (spec `tokenizer.md` §4). Every loss returns a dict of named terms.
+
+Public entry points:
+    kl_divergence                                   KL of the diagonal Gaussian (§4.3)
+    l1_loss, l2_loss, ssim_loss, MultiScalePixelLoss pixel terms (§4.2)
+    LPIPS                                           LPIPS-VGG (§4.2)
+    vf_loss, vf_loss_from_latent, adaptive_vf_weight VF alignment (§4.4)
+    EquivarianceSampler, transform_*                equivariance regularisation (§4.1)
+    hinge_*, lsgan_*, feature_matching_loss         adversarial terms (§4.5)
+    safe_loss_rule                                  safe-loss rule (§4.7)
+    TokenizerLossConfig, TOKENIZER_LOSS_PRESETS,
+    ReconstructionLoss, generator_total,
+    discriminator_total                             per-stage objectives (§4.6)
+"""
+
+from .adversarial import feature_matching_loss, hinge_d_loss, hinge_g_loss, lsgan_d_loss, lsgan_g_loss
+from .equivariance import (
+    EQUIVARIANCE_PRESETS,
+    EquivarianceConfig,
+    EquivarianceSample,
+    EquivarianceSampler,
+    transform_input,
+    transform_latent,
+    transform_target,
+    validate_scales,
+)
+from .kl import kl_divergence, split_moments
+from .lpips import LPIPS
+from .objective import (
+    TOKENIZER_LOSS_PRESETS,
+    ReconstructionLoss,
+    TokenizerLossConfig,
+    discriminator_total,
+    generator_total,
+    get_loss_config,
+)
+from .pixel import MultiScalePixelLoss, MultiScalePixelLossConfig, l1_loss, l2_loss, resize_like_vfm, ssim_loss
+from .safe_loss import SafeLossConfig, SafeLossDecision, check_discriminator_terms, check_generator_terms, safe_loss_rule
+from .vf_alignment import VF_BASE_WEIGHTS, VFLossConfig, adaptive_vf_weight, tokens_to_latent_grid, vf_loss, vf_loss_from_latent
+
+__all__ = [
+    "EQUIVARIANCE_PRESETS",
+    "LPIPS",
+    "TOKENIZER_LOSS_PRESETS",
+    "VF_BASE_WEIGHTS",
+    "EquivarianceConfig",
+    "EquivarianceSample",
+    "EquivarianceSampler",
+    "MultiScalePixelLoss",
+    "MultiScalePixelLossConfig",
+    "ReconstructionLoss",
+    "SafeLossConfig",
+    "SafeLossDecision",
+    "TokenizerLossConfig",
+    "VFLossConfig",
+    "adaptive_vf_weight",
+    "check_discriminator_terms",
+    "check_generator_terms",
+    "discriminator_total",
+    "feature_matching_loss",
+    "generator_total",
+    "get_loss_config",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "kl_divergence",
+    "l1_loss",
+    "l2_loss",
+    "lsgan_d_loss",
+    "lsgan_g_loss",
+    "resize_like_vfm",
+    "safe_loss_rule",
+    "split_moments",
+    "ssim_loss",
+    "tokens_to_latent_grid",
+    "transform_input",
+    "transform_latent",
+    "transform_target",
+    "validate_scales",
+    "vf_loss",
+    "vf_loss_from_latent",
+]

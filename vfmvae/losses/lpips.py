@@ -57,9 +57,11 @@ def find_vgg16_weights(weights_path: str | os.PathLike | None = None) -> Path | 
 
 
 def _build_vgg16_features() -> nn.Sequential:
-    from torchvision.models import vgg16
+    # torchvision's VGG16 feature stack ("D" config) without building the 120 M-parameter classifier;
+    # module indices match `vgg16().features`, so its state-dict keys load unchanged.
+    from torchvision.models.vgg import cfgs, make_layers
 
-    return vgg16(weights=None).features[: SLICE_ENDS[-1]]
+    return make_layers(cfgs["D"], batch_norm=False)[: SLICE_ENDS[-1]]
 
 
 class LPIPS(nn.Module):

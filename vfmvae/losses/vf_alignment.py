@@ -103,3 +103,18 @@ def adaptive_vf_weight(
         raise ValueError(f"adaptive_vf_weight: the {missing} does not depend on the given last-layer weight")
     ratio = rec_grad.float().norm() / (vf_grad.float().norm() + eps)
     return (ratio.clamp(0.0, max_ratio) * base_weight).detach()
+
+
+def vf_loss_from_latent(
+    z: torch.Tensor,
+    vfm_last_tokens: torch.Tensor,
+    projection: torch.nn.Module,
+    config: VFLossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """VF loss from the sampled, *untransformed* z `(B, C, h, w)` and the VFM's final post-LN tokens `(B, N, D)`.
+
+    `projection` is the tokenizer's 1x1 `linear_proj` (C -> D, no bias); the tokens are pooled to
+    the latent grid here.
+    """
+    target = tokens_to_latent_grid(vfm_last_tokens, tuple(z.shape[-2:]))
+    return vf_loss(projection(z), target, config)
