@@ -223,6 +223,15 @@ def test_compute_dtype_bfloat16_runs_under_autocast():
     assert 0 < (a - b).abs().max() < 0.1  # bf16 rounding, not a different computation
 
 
+def test_weights_cast_to_bfloat16_still_accept_float_images():
+    torch.manual_seed(0)
+    vfm = build_vfm("debug-dino-vits", config={"num_layers": 1}).to(torch.bfloat16)
+    with torch.no_grad():
+        tokens, cls = vfm(_images(1, 32), [0, -1], return_cls=True)
+    assert tokens[1].dtype == torch.float32 and cls[1].shape == (1, 64)
+    assert torch.isfinite(tokens[1]).all()
+
+
 def test_bad_inputs_raise_clear_errors(siglip):
     x = _images(1, 64)
     with pytest.raises(TypeError, match="uint8"):

@@ -163,6 +163,10 @@ class FrozenVFM(nn.Module):
         targets = [resolve_layer(i, self.num_layers) for i in layers]
         pixel_values = self.preprocess(images, size, scale, interpolation, antialias)
         hidden_indices = {t for t in targets if t != FINAL}
+        # If the frozen weights were cast (e.g. Lightning "bf16-true"), feed inputs of their dtype.
+        weight_dtype = next(self.backbone.parameters()).dtype
+        if weight_dtype.is_floating_point and weight_dtype != pixel_values.dtype:
+            pixel_values = pixel_values.to(weight_dtype)
         with self._autocast(pixel_values.device):
             hidden, final = self._run_backbone(pixel_values, hidden_indices, FINAL in targets)
         seqs = [(final if t == FINAL else hidden[t]).float() for t in targets]
