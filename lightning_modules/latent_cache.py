@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.crops import adm_center_crop
 from datamodules.decoding import decode_rgb
@@ -101,7 +101,10 @@ class LatentCacheDataModule(LightningDataModule):
         shards = self.pending_shards(rank, world)
         log.info("rank %d: %d of %d shards to do", rank, len(shards), len(range(rank, self.num_shards, world)))
         data = ShardImages(self.source, shards, self.shard_size, self.image_size)
-        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False,
+        # The split over ranks is by shard (above). A DistributedSampler over one replica keeps Lightning from
+        # splitting this rank's images a second time (it only injects its own sampler for non-distributed ones).
+        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=False)
+        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers, sampler=sampler,
                           pin_memory=torch.cuda.is_available())
 
 

@@ -192,3 +192,21 @@ def test_interrupted_cache_resumes_to_identical_shards(cache, tmp_path):
         a, b = ShardReader(out / s["file"]), ShardReader(resumed / s["file"])
         for name in ("mean", "logvar", "mean_flip", "logvar_flip", "label", "image"):
             assert torch.equal(a.tensor(name), b.tensor(name))
+
+
+@pytest.mark.slow
+def test_two_rank_cache_has_every_key_once(tmp_path, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    data = make_folder(tmp_path / "data", n_per_class=(4, 4, 3), corrupt=False)
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    proc = subprocess.run([sys.executable, str(repo_root / "tests/scripts/cache_ddp.py"), str(data),
+                           str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "cache" / MANIFEST).read_text())
+    keys = [k for s in manifest["shards"] for k in s["keys"]]
+    expected = sorted(p.stem for p in data.glob("*/*.png"))
+    assert sorted(keys) == expected and len(keys) == len(set(keys)) == 11
+    assert len(manifest["shards"]) == 4  # 11 images in shards of 3, split over two ranks
