@@ -121,7 +121,7 @@ def demo_sample(index: int, config: DemoDataConfig) -> tuple[np.ndarray, int, st
     left = int(rng.integers(0, width - side, endpoint=True))
     crop = Image.fromarray(photo[top : top + side, left : left + side])
     image = np.asarray(crop.resize((config.resolution, config.resolution), Image.LANCZOS), dtype=np.uint8)
-    return image, label, f"demo_{name}_{index:06d}"
+    return image, label, f"demo{config.seed}_{name}_{index:06d}"  # seed in the key: splits differ
 
 
 class DemoPhotoDataset(Dataset):

@@ -50,7 +50,8 @@ class ImageTransform:
         if record.data is None:
             raise ValueError("sample has no image or no valid class label")
         arr = self.crop(decode_rgb(record.data), self.size, self.rng(record.key, epoch))
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        # PIL-backed arrays are read-only; torch wants a writable buffer.
+        return torch.from_numpy(np.require(arr, requirements=["W", "C"])).permute(2, 0, 1).contiguous()
 
 
 class _EpochMixin:

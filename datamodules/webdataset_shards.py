@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
 
 from datamodules.imagefolder import ImageRecord
 
@@ -74,9 +73,17 @@ def iter_tar_samples(path: str) -> Iterator[dict]:
                 if current is not None:
                     yield current
                 current = {"__key__": key, "__url__": path}
-            current[ext.lower()] = tar.extractfile(member).read()
+            data = tar.extractfile(member).read()
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"member {member.name} truncated ({len(data)} of {member.size} bytes)")
+            current[ext.lower()] = data
+        end_of_members = tar.offset
     if current is not None:
         yield current
+    # tarfile ends silently when a shard is cut inside a member header; a complete archive has at
+    # least two zero blocks after its last member, so a shorter file was truncated.
+    if os.path.getsize(path) < end_of_members + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"no end-of-archive marker after byte {end_of_members}: truncated shard")
 
 
 def partition_plan(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[slice, int, int]:
@@ -130,6 +137,8 @@ class WebDatasetSource:
             raise ValueError("WebDatasetSource needs at least one shard")
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+        import torch.distributed as dist  # here, so that header-only tools need not import torch
+
         initialised = dist.is_available() and dist.is_initialized()
         self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
