@@ -149,6 +149,21 @@ def test_official_key_mapping_variants():
         load_official_vfm_state_dict(vfm, partial)
 
 
+def test_vfm_from_hf_config_variants():
+    from transformers import Dinov2Config, SiglipConfig
+
+    dino = vfm_from_hf_config(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           image_size=28, patch_size=14).to_dict())
+    assert (dino.hidden_size, dino.num_layers, dino.patch_size, dino.has_cls) == (32, 1, 14, True)
+    full = SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=16))
+    sig = vfm_from_hf_config(full.to_dict(), keep_head=True)
+    assert (sig.hidden_size, sig.num_layers, sig.image_size, sig.has_cls) == (32, 2, 32, False)
+    assert any(k.startswith("backbone.head.") for k in sig.state_dict())
+    with pytest.raises(ValueError, match="model_type"):
+        vfm_from_hf_config({"model_type": "clip_vision_model"})
+
+
 # --------------------------------------------------------------------------- real presets on meta
 @pytest.mark.parametrize("name,overrides,expected,pos_shape", [
     ("siglip2-large-patch16-512", {"keep_head": True}, 316_742_656, (1024, 1024)),

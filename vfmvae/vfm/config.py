@@ -44,6 +44,7 @@ class VFMConfig:
     layerscale_value: DINOv2 LayerScale init (HF `layerscale_value`, timm `init_values`).
     timm_arch: timm architecture name used for backend "timm" (kwargs override its shape).
     hub_id: the public hub id, used only when `allow_download=True` and no local file is given.
+    extra: additional kwargs for the HF config / `timm.create_model` (rarely needed).
     """
 
     family: str
@@ -65,7 +66,7 @@ class VFMConfig:
     timm_arch: str | None = None
     hub_id: str | None = None
     attn_implementation: str = "sdpa"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)  # extra backbone kwargs
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
