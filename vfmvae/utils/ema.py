@@ -13,6 +13,7 @@ Two update rules, one class:
   optimiser step, EMA initialised as a copy of the weights.
 
 Buffers (e.g. BatchNorm statistics) are copied, not averaged, as in the official code.
+Shadows keep the parameter dtype, except fp16/bf16 parameters, whose shadows are fp32.
 
 Only the sub-modules you pass are tracked, minus ``exclude`` name prefixes and, by default,
 parameters with ``requires_grad=False`` at construction (a frozen VFM is never averaged, and a
@@ -127,7 +128,12 @@ class EMA:
         self.param_names, self.buffer_names = self._select()
         with torch.no_grad():
             params, buffers = self._live()
-            self.shadow_params = [p.detach().clone() for p in params]
+            # Low-precision weights get an fp32 shadow: with beta = 0.9999 a bf16 lerp would
+            # round every update away.
+            self.shadow_params = [
+                p.detach().clone().float() if p.dtype in (torch.float16, torch.bfloat16) else p.detach().clone()
+                for p in params
+            ]
             self.shadow_buffers = [b.detach().clone() for b in buffers]
         self.num_updates = 0
         self.nimg = 0  # images seen before the next update (used when update() gets no cur_nimg)
@@ -146,21 +152,26 @@ class EMA:
         for key, module in self.modules.items():
             for name, p in module.named_parameters():
                 full = f"{key}.{name}" if key else name
-                if id(p) in seen or _has_prefix(full, self.exclude):
+                if _has_prefix(full, self.exclude):
                     continue
                 if not p.requires_grad and not self.config.include_frozen:
                     continue  # frozen (e.g. a VFM): never averaged
-                seen.add(id(p))
-                params.append(full)
                 counts[key] += 1
+                if id(p) not in seen:  # a shared parameter is averaged once
+                    seen.add(id(p))
+                    params.append(full)
         empty = [k or "<module>" for k, n in counts.items() if n == 0]
         if empty:
             raise ValueError(
                 f"EMA: no trainable parameters to average in {empty} (all frozen or excluded); "
                 "do not pass frozen networks (VFM) or set include_frozen=True deliberately"
             )
-        buffers = [n for n, _ in self._named("b") if not _has_prefix(n, self.exclude)]
-        return params, list(dict.fromkeys(buffers))
+        buffers, seen = [], set()
+        for n, b in self._named("b"):
+            if not _has_prefix(n, self.exclude) and id(b) not in seen:
+                seen.add(id(b))
+                buffers.append(n)
+        return params, buffers
 
     def _live(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Current parameter / buffer tensors, looked up by name each call: robust to
@@ -201,6 +212,7 @@ class EMA:
         s_p, p, s_b, b = self._pairs()
         if s_p:
             # s <- s + (1 - beta) (p - s)  ==  beta * s + (1 - beta) * p, on local shards.
+            p = [x if x.dtype == y.dtype else x.to(y.dtype) for x, y in zip(p, s_p)]
             torch._foreach_lerp_(s_p, p, 1.0 - beta)
         if s_b:
             torch._foreach_copy_(s_b, b)
