@@ -12,8 +12,9 @@
 
 The official REG sampler guides the SDE drift ``d = v − ½·w·s``; on the linear path
 ``d = (2 − t)·v + x`` is affine in ``v`` with the same ``x`` in both halves, so guiding ``v``
-gives the same drift (up to float rounding). Both bounds of an interval are inclusive and
-are compared in the interval's own convention (exact when it matches the model's).
+gives the same drift (up to float rounding). Both bounds of an interval are inclusive; when
+the model's convention differs from the interval's, the bounds are mapped (``1 − bound``)
+and compared with the model's raw ``t``, so the switch is exact at the mapped bound.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .paths import TimeConvention, convert_time, parse_convention
+from .paths import TimeConvention, parse_convention
 from .state import State, VelocityFn, as_components, batch_size, expand_time, like, tree_map
 
 
@@ -53,8 +54,12 @@ class GuidanceInterval:
 
     def active(self, t: Tensor, t_convention: TimeConvention | str) -> Tensor:
         """Boolean ``(B,)`` mask: which entries of ``t`` (given in ``t_convention``) are guided."""
-        tc = convert_time(t, t_convention, self.convention)
-        return (tc >= self.low) & (tc <= self.high)
+        low, high = self.low, self.high
+        if parse_convention(t_convention) != self.convention:
+            # Move the bounds, not t: `1 - t` would round (e.g. 1 - nextafter(0.25, 0) == 0.75 in
+            # float32), whereas t compared with 1 - bound switches exactly at that bound.
+            low, high = 1.0 - self.high, 1.0 - self.low
+        return (t >= low) & (t <= high)
 
 
 class ClassifierFreeGuidance:
