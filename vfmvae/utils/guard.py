@@ -112,9 +112,9 @@ def _to_floats(terms: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, torch.Tensor):
             # Non-scalar terms are summed: the sum is NaN/inf iff an element is (or it
             # overflows, which is unsafe too).
-            scalars.append(value.detach().float().sum())
+            scalars.append(value.detach().double().sum())
         elif isinstance(value, (int, float)):
-            scalars.append(torch.tensor(float(value)))
+            scalars.append(torch.tensor(float(value), dtype=torch.float64))
         else:
             raise TypeError(f"loss term {name!r} must be a tensor or a number, got {type(value).__name__}")
     device = next((s.device for s in scalars if s.device.type != "cpu"), torch.device("cpu"))
