@@ -33,7 +33,7 @@ def tiny():
     model = VFMVAE("debug", vfm_config={"compute_dtype": "float32"})
     # Perturb zero-initialised paths (layer scale, attention out, noise strength) so they matter.
     with torch.no_grad():
-        for name, p in model.decoder.named_parameters():
+        for p in model.decoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
 
