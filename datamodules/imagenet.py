@@ -202,8 +202,6 @@ class ImageNetDataModule(L.LightningDataModule):
         cfg = self.config
         if stage in (None, "fit") and "train" not in self._splits:
             self._splits["train"] = self._build(cfg.train_split, train=True)
-            if "sampler" in self._pending_state and self._splits["train"].sampler is not None:
-                self._splits["train"].sampler.load_state_dict(self._pending_state.pop("sampler"))
         if stage in (None, "fit", "validate", "test", "predict") and cfg.val_split is not None:
             if "val" not in self._splits:
                 self._splits["val"] = self._build(cfg.val_split, train=False)
@@ -276,21 +274,21 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._split("train").classes
 
     def state_dict(self) -> dict[str, Any]:
+        """Bad-image counts and the WebDataset epoch counter. The ImageFolder sampler's epoch and
+        position are checkpointed by ``callbacks/sampler_state.py`` (it knows how many batches trained)."""
         state: dict[str, Any] = {"bad_images": {"num_seen": self.bad_images.num_seen, "num_bad": self.bad_images.num_bad}}
-        if self.train_sampler is not None:
-            state["sampler"] = self.train_sampler.state_dict()
-        if self._train_loader is not None:
-            # The epoch now running (the loader's counter was advanced when it was iterated).
-            state["train_epoch"] = max(self._train_loader.next_epoch - 1, 0)
+        if self._train_loader is not None and self.train_sampler is None:
+            # WebDataset: a resumed run starts the next unused stream epoch (new shard/sample order),
+            # so it does not re-train the stream from its beginning; it is not an exact mid-stream resume.
+            state["train_epoch"] = self._train_loader.next_epoch
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         counts = state_dict.get("bad_images", {})
         self.bad_images.num_seen = int(counts.get("num_seen", 0))
         self.bad_images.num_bad = int(counts.get("num_bad", 0))
-        self._pending_state = {k: v for k, v in state_dict.items() if k in ("sampler", "train_epoch")}
-        if "sampler" in self._pending_state and self.train_sampler is not None:
-            self.train_sampler.load_state_dict(self._pending_state.pop("sampler"))
+        if "train_epoch" in state_dict:
+            self._pending_state["train_epoch"] = int(state_dict["train_epoch"])
 
     def teardown(self, stage: str | None = None) -> None:
         if self.bad_images.num_bad:
