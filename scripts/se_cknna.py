@@ -1,0 +1,264 @@
+"""Offline SE-CKNNA protocol (paper §SE-CKNNA; spec diffusion.md §1.2-1.4): CSV + PNG.
+
+    python scripts/se_cknna.py --images DIR --reference dinov2-large[@WEIGHTS] \
+        --model tokenizer:vfmvae-f16d32-siglip2@CKPT --model vfm:siglip2-large-patch16-512@WEIGHTS \
+        --model lightningdit:LightningDiT-XL/1@CKPT --tokenizer vfmvae-f16d32-siglip2@CKPT --latent-stats STATS \
+        --out-dir outputs/se_cknna
+
+Images: PNGs in DIR, sorted by stem (index i -> transform seed 42 + i), Lanczos-resized to --resolution if needed.
+Models (`KIND:PRESET[@WEIGHTS]`, repeatable):
+- `vfm:<vfmvae.vfm preset>`  DINOv2 or SigLIP rules by family; `tokenizer:<vfmvae.tokenizer preset>` (weights: a
+  state dict of our `VFMVAE`, optionally wrapped in `state_dict`/`G_ema`/`ema`);
+- `lightningdit:<preset>` / `reg:<preset>`: block features at t = 0.5 (own time convention), null label, on clean
+  images encoded by `--tokenizer` and normalised by `--latent-stats` (a `latents_stats.pt` with `mean`/`std`; if
+  omitted, per-channel statistics of these latents are used). PRESET `official` + `--dit-kwargs JSON` loads an
+  official checkpoint through `vfmvae.dit.from_official_*`. REG's class token comes from `--cls-vfm` (DINOv2-B).
+Tokenizer/VFM models get one value per condition (clean, equivariance, noise_0.050..0.200) plus
+`mean_over_conditions`; DiTs get one value per block on the clean images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vfmvae.metrics.cknna import cknna  # noqa: E402
+from vfmvae.metrics.se_cknna import (  # noqa: E402
+    AGGREGATE_NAME, DINOv2SEExtractor, SigLIPSEExtractor, TokenizerSEExtractor, dit_block_features,
+    extract_condition_features, lightningdit_probe, se_cknna, sit_reg_probe,
+)
+from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images, load_image  # noqa: E402
+
+DIT_KINDS = ("lightningdit", "reg")
+KINDS = ("vfm", "tokenizer") + DIT_KINDS
+
+
+def parse_spec(spec: str, default_kind: str | None = None) -> tuple[str, str, str | None]:
+    """`KIND:PRESET[@WEIGHTS]` -> (kind, preset, weights or None)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        if default_kind is None:
+            raise ValueError(f"model spec {spec!r} must look like KIND:PRESET[@WEIGHTS] with KIND in {KINDS}")
+        kind, rest = default_kind, spec
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r} in {spec!r}; known: {KINDS}")
+    preset, _, weights = rest.partition("@")
+    if not preset:
+        raise ValueError(f"model spec {spec!r} has no preset name")
+    if weights and not Path(weights).exists():
+        raise FileNotFoundError(f"weights for {spec!r} not found: {weights}")
+    return kind, preset, weights or None
+
+
+def _state_dict(path: str) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("G_ema", "ema", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    return obj
+
+
+def build_vfm_extractor(preset: str, weights: str | None, device: str, config: dict | None = None):
+    from vfmvae.vfm import build_vfm
+
+    vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
+    token_fn = lambda x: vfm(x, [-1])[0]  # final tokens after the last norm, CLS/registers removed
+    family = vfm.config.family
+    if family == "dinov2":
+        return DINOv2SEExtractor(token_fn, patch_size=vfm.patch_size, device=device), vfm
+    if family == "siglip":
+        return SigLIPSEExtractor(token_fn, device=device), vfm
+    raise ValueError(f"SE-CKNNA has pipelines for DINOv2 and SigLIP VFMs only, not {family!r} ({preset})")
+
+
+def build_tokenizer(preset: str, weights: str | None, device: str):
+    from vfmvae.tokenizer import VFMVAE
+
+    model = VFMVAE(preset, vfm_config={"compute_dtype": "float32"})
+    if weights:
+        model.load_state_dict(_state_dict(weights), strict=True)
+    return model.to(device).eval()
+
+
+def build_dit(kind: str, preset: str, weights: str | None, dit_kwargs: dict, device: str):
+    from vfmvae import dit
+
+    if preset == "official":
+        if not weights:
+            raise ValueError(f"{kind}:official needs @CHECKPOINT")
+        convert = dit.from_official_lightningdit if kind == "lightningdit" else dit.from_official_reg
+        model = convert(weights, dit_kwargs)
+    else:
+        model = (dit.build_lightningdit if kind == "lightningdit" else dit.build_sit_reg)(preset)
+        if weights:
+            model.load_state_dict(dit.unwrap_checkpoint(torch.load(weights, map_location="cpu", weights_only=False),
+                                                        prefer="ema"), strict=True)
+    model = model.to(device).eval()
+    return model, (lightningdit_probe(model) if kind == "lightningdit" else sit_reg_probe(model))
+
+
+def encode_latents(tokenizer, paths, resolution, device, batch_size, seed) -> torch.Tensor:
+    """Posterior samples z (official: the diffusion prefetch samples, it never takes the mode)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    zs = []
+    for start in range(0, len(paths), batch_size):
+        images = np.stack([load_image(p, resolution) for p in paths[start:start + batch_size]])
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            zs.append(tokenizer.encode(x).sample(generator=gen).cpu())
+    return torch.cat(zs)
+
+
+def load_latent_stats(path: str | None, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if path is None:
+        return latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
+    stats = torch.load(path, map_location="cpu", weights_only=False)
+    mean, std = torch.as_tensor(stats["mean"]).float(), torch.as_tensor(stats["std"]).float()
+    return mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
+
+
+def dinov2_cls_tokens(preset, weights, config, paths, resolution, device, batch_size) -> torch.Tensor:
+    """REG's extra input: DINOv2 `x_norm_clstoken` at 224 px bicubic (diffusion prefetch)."""
+    from vfmvae.vfm import build_vfm
+
+    vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
+    out = []
+    for start in range(0, len(paths), batch_size):
+        images = np.stack([load_image(p, resolution) for p in paths[start:start + batch_size]])
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            _, cls = vfm(x, [-1], size=224, interpolation="bicubic", antialias=True, return_cls=True)
+        out.append(cls[0].float().cpu())
+    return torch.cat(out)
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    se_rows = [r for r in rows if r["feature"] == "pooled" and r["condition"] != AGGREGATE_NAME]
+    dit_rows = [r for r in rows if r["feature"] != "pooled"]
+    panels = [p for p in (("conditions", se_rows), ("blocks", dit_rows)) if p[1]]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
+    for ax, (kind, subset) in zip(axes[0], panels):
+        for model in dict.fromkeys(r["model"] for r in subset):
+            pts = [r for r in subset if r["model"] == model]
+            xs = [r["condition"] if kind == "conditions" else r["feature"] for r in pts]
+            ax.plot(range(len(xs)), [r["cknna"] for r in pts], marker="o", label=model)
+            ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("CKNNA (k=10)" if kind == "conditions" else "CKNNA vs reference (clean)")
+        ax.set_title("SE-CKNNA per condition" if kind == "conditions" else "DiT blocks, t = 0.5, null label")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, help="folder of PNG evaluation images (10k ImageNet-val in the paper)")
+    p.add_argument("--num-images", type=int, default=None, help="use the first N images (error if fewer)")
+    p.add_argument("--reference", default="dinov2-large", help="reference VFM: PRESET[@WEIGHTS] (DINOv2 or SigLIP)")
+    p.add_argument("--reference-config", default=None, help="JSON overrides for the reference VFM config")
+    p.add_argument("--model", action="append", default=[], help="KIND:PRESET[@WEIGHTS] (repeatable)")
+    p.add_argument("--tokenizer", default=None, help="PRESET[@WEIGHTS] that encodes latents for DiT models")
+    p.add_argument("--latent-stats", default=None, help="latents_stats.pt (mean/std) of the DiT's training latents")
+    p.add_argument("--dit-kwargs", default="{}", help="JSON constructor kwargs for `official` DiT checkpoints")
+    p.add_argument("--cls-vfm", default="dinov2-base", help="PRESET[@WEIGHTS] for REG's class token (DINOv2-B)")
+    p.add_argument("--cls-vfm-config", default=None, help="JSON overrides for --cls-vfm")
+    p.add_argument("--noise-fraction", type=float, default=0.5, help="DiT probe noise level s (paper t = 0.5)")
+    p.add_argument("--noise-levels", type=float, nargs="+", default=list(NOISE_LEVELS))
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-dir", default="outputs/se_cknna")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    if not args.model:
+        raise SystemExit("give at least one --model KIND:PRESET[@WEIGHTS]")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    paths = list_images(args.images)
+    if args.num_images is not None:
+        if len(paths) < args.num_images:
+            raise SystemExit(f"{args.images} holds {len(paths)} PNG images, fewer than the {args.num_images} requested")
+        paths = paths[: args.num_images]
+    specs = [parse_spec(s) for s in args.model]
+    _, ref_preset, ref_weights = parse_spec(args.reference, default_kind="vfm")
+    ref_extractor, _ = build_vfm_extractor(ref_preset, ref_weights, device, json.loads(args.reference_config or "{}"))
+    conditions = condition_names(args.noise_levels)
+    common = dict(noise_levels=args.noise_levels, resolution=args.resolution, seed=args.seed,
+                  batch_size=args.batch_size)
+    needs_se = any(k in ("vfm", "tokenizer") for k, _, _ in specs)
+    ref_feats = extract_condition_features(ref_extractor, paths, conditions if needs_se else ["clean"], **common)
+    rows: list[dict] = []
+    latents = cls_tokens = None
+    for kind, preset, weights in specs:
+        name = f"{kind}:{preset}"
+        if kind in ("vfm", "tokenizer"):
+            if kind == "vfm":
+                extractor, _ = build_vfm_extractor(preset, weights, device)
+            else:
+                extractor = TokenizerSEExtractor(build_tokenizer(preset, weights, device).encode, device=device,
+                                                 seed=args.seed)
+            feats = extract_condition_features(extractor, paths, conditions, **common)
+            for cond, value in se_cknna(feats, ref_feats, topk=args.topk).items():
+                rows.append({"model": name, "feature": "pooled", "condition": cond, "cknna": value})
+            continue
+        if latents is None:
+            if args.tokenizer is None:
+                raise SystemExit("DiT models need --tokenizer PRESET[@WEIGHTS] to encode the images")
+            _, tok_preset, tok_weights = parse_spec(args.tokenizer, default_kind="tokenizer")
+            latents = encode_latents(build_tokenizer(tok_preset, tok_weights, device), paths, args.resolution,
+                                     device, args.batch_size, args.seed)
+            mean, std = load_latent_stats(args.latent_stats, latents)
+            latents = (latents - mean) / std
+        model, probe = build_dit(kind, preset, weights, json.loads(args.dit_kwargs), device)
+        if probe.needs_cls_token and cls_tokens is None:
+            _, cls_preset, cls_weights = parse_spec(args.cls_vfm, default_kind="vfm")
+            cls_tokens = dinov2_cls_tokens(cls_preset, cls_weights, json.loads(args.cls_vfm_config or "{}"), paths,
+                                           args.resolution, device, args.batch_size)
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        feats = dit_block_features(probe, latents.to(device), noise_fraction=args.noise_fraction,
+                                   cls_tokens=None if cls_tokens is None else cls_tokens.to(device),
+                                   batch_size=args.batch_size, generator=gen)
+        for feature, value in feats.items():
+            rows.append({"model": name, "feature": feature, "condition": f"clean_t{args.noise_fraction:.2f}",
+                         "cknna": cknna(value, ref_feats["clean"], topk=args.topk)})
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r.update(reference=args.reference.partition("@")[0], n_images=len(paths), topk=args.topk)
+    with open(out_dir / "se_cknna.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "feature", "condition", "cknna", "reference", "n_images",
+                                               "topk"])
+        writer.writeheader()
+        writer.writerows(rows)
+    write_plot(rows, out_dir / "se_cknna.png")
+    for r in rows:
+        print(f"{r['model']:<36}{r['feature']:<14}{r['condition']:<22}{r['cknna']:.4f}")
+    print(f"wrote {out_dir / 'se_cknna.csv'} and {out_dir / 'se_cknna.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
