@@ -40,7 +40,8 @@ def test_parameter_counts_match_the_official_measurements():
 
 
 def test_dino_vits16_backbone_architecture():
-    vit = build_dino_vit(ProjectedDiscriminatorConfig())
+    with torch.device("meta"):  # shapes only: no 21.7 M-parameter random init on CPU
+        vit = build_dino_vit(ProjectedDiscriminatorConfig())
     assert _count(vit) == 21_665_664
 
 
@@ -183,3 +184,24 @@ def test_patchgan_conv_init_std():
     torch.manual_seed(0)
     w = MultiScalePatchGAN().scales[0].stages[2][0].weight
     assert abs(w.std().item() - 0.02) < 1e-3
+
+
+def test_projected_d_uses_the_project_vfm_builder_and_loads_local_weights(tmp_path):
+    """`vfm_name` routes through `vfmvae.vfm.build_vfm` (random init or a local file, never a download)."""
+    from vfmvae.vfm import build_vfm
+
+    cfg = ProjectedDiscriminatorConfig(
+        vit_embed_dim=64, vit_depth=4, tap_blocks=(0, 1, 2, 3), vfm_name="debug-dino-vits", diffaug_policy=()
+    )
+    torch.manual_seed(0)
+    source = build_vfm("debug-dino-vits")
+    path = tmp_path / "dino.pth"
+    source.save_pretrained(path)
+    d_loaded = ProjectedDiscriminator(cfg, vit_weights_path=path).eval()
+    d_wrapped = ProjectedDiscriminator(cfg, vit=source).eval()  # a FrozenVFM wrapper is accepted too
+    d_loaded.heads.load_state_dict(d_wrapped.heads.state_dict())
+    img = torch.rand(2, 3, 224, 224) * 2 - 1
+    torch.testing.assert_close(d_loaded(img), d_wrapped(img))
+    assert d_loaded(img).shape == (2, 5 * 196)
+    with pytest.raises(ValueError, match="does not match the discriminator config"):
+        ProjectedDiscriminator(ProjectedDiscriminatorConfig(vfm_name="debug-dino-vits"))

@@ -47,10 +47,8 @@ def test_lpips_is_frozen_eval_pinned_and_passes_input_gradients(reference_and_we
     assert pred.grad is not None and pred.grad.abs().sum() > 0
 
 
-def test_lpips_heads_are_the_torchmetrics_v01_heads():
-    from torchmetrics.functional.image.lpips import _LPIPS
-
-    reference = _LPIPS(pretrained=True, net="vgg", pnet_rand=True)
+def test_lpips_heads_are_the_torchmetrics_v01_heads(reference_and_weights):
+    reference, _ = reference_and_weights
     ours = LPIPS(random_backbone=True)
     for i, head in enumerate(ours.heads):
         torch.testing.assert_close(head.weight, reference.lins[i].model[-1].weight)

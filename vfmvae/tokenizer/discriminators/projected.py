@@ -12,11 +12,12 @@ LReLU] with (f(x) + x) / sqrt(2) -> SN-Conv1d to 1 channel. Logits concatenated 
 The ViT is frozen (`requires_grad_(False)`, pinned to eval) but *not* run under `no_grad`: the
 generator learns through the discriminator, so gradients must reach the input image.
 
-Backbone: the timm `vit_small_patch16_224_dino` architecture built here (random init, or weights
-from a local file). This is a small adapter over timm's `VisionTransformer` internals
-(`patch_embed`, `_pos_embed`, `blocks`), kept in this file because the discriminator needs its
-pre-norm block outputs and the embedding output with the CLS token, which a generic
-final-feature wrapper does not expose.
+Backbone: the frozen DINO ViT-S/16 from `vfmvae.vfm.build_vfm(config.vfm_name, pretrained=path)`
+(the project's one place that loads frozen networks; local files only), whose timm
+`VisionTransformer` (`.backbone`) is read by a small adapter (`DinoTaps`) over timm's internals
+(`patch_embed`, `_pos_embed`, `blocks`): the discriminator needs the embedding output and the
+pre-norm block outputs *with* the CLS token. Presets with `vfm_name=None` (the `debug` one) build
+a timm ViT of the configured shape directly.
 """
 
 from __future__ import annotations
@@ -54,19 +55,37 @@ class ProjectedDiscriminatorConfig:
     diffaug_policy: tuple[str, ...] = ("color", "translation", "cutout")
     diffaug_strength: float = 1.0
     interpolation: str = "bilinear"
+    vfm_name: str | None = "dino-vits16"  # `vfmvae.vfm` preset; None: build a timm ViT from the fields above
 
 
 PROJECTED_DISCRIMINATOR_PRESETS: dict[str, ProjectedDiscriminatorConfig] = {
     "dino-vits16": ProjectedDiscriminatorConfig(),
     # Tiny random ViT for CPU tests: 32 px input, 4 x 4 tokens, 4 blocks of width 32.
     "debug": ProjectedDiscriminatorConfig(
-        vit_embed_dim=32, vit_depth=4, vit_heads=2, vit_patch_size=8, image_size=32, tap_blocks=(0, 1, 2, 3)
+        vit_embed_dim=32, vit_depth=4, vit_heads=2, vit_patch_size=8, image_size=32, tap_blocks=(0, 1, 2, 3),
+        vfm_name=None,
     ),
 }
 
 
 def build_dino_vit(config: ProjectedDiscriminatorConfig, weights_path: str | os.PathLike | None = None) -> nn.Module:
-    """timm ViT with DINO ViT-S/16's architecture (no classifier head), optionally loaded from a local file."""
+    """The frozen timm ViT: via `vfmvae.vfm.build_vfm(config.vfm_name)` when set, else built from the config.
+
+    `weights_path`: local DINO ViT-S/16 weights (timm / original DINO keys); None = random init.
+    """
+    if config.vfm_name is not None:
+        from vfmvae.vfm import build_vfm
+
+        wrapper = build_vfm(config.vfm_name, pretrained=weights_path)
+        vit = getattr(wrapper, "backbone", None)
+        if vit is None or not hasattr(vit, "blocks"):
+            raise TypeError(f"VFM preset {config.vfm_name!r} is not a timm ViT; the projected discriminator needs one")
+        if vit.embed_dim != config.vit_embed_dim or len(vit.blocks) != config.vit_depth:
+            raise ValueError(
+                f"VFM preset {config.vfm_name!r} (width {vit.embed_dim}, depth {len(vit.blocks)}) does not match the "
+                f"discriminator config (width {config.vit_embed_dim}, depth {config.vit_depth})"
+            )
+        return vit
     from timm.models.vision_transformer import VisionTransformer
 
     vit = VisionTransformer(
@@ -184,7 +203,8 @@ class ProjectedDiscriminator(nn.Module):
 
     Args:
         config: shapes and preprocessing (`PROJECTED_DISCRIMINATOR_PRESETS`).
-        vit: an already built frozen ViT (e.g. from `vfmvae.vfm`); default builds one from `config`.
+        vit: an already built timm ViT, or a `vfmvae.vfm` wrapper holding one as `.backbone`;
+            default: `build_dino_vit(config, vit_weights_path)`.
         vit_weights_path: local DINO ViT-S/16 state dict (timm names) when `vit` is not given.
     """
 
@@ -196,7 +216,10 @@ class ProjectedDiscriminator(nn.Module):
     ):
         super().__init__()
         self.config = config or ProjectedDiscriminatorConfig()
-        self.dino = DinoTaps(vit if vit is not None else build_dino_vit(self.config, vit_weights_path), self.config.tap_blocks, self.config.tap_embedding)
+        if vit is None:
+            vit = build_dino_vit(self.config, vit_weights_path)
+        vit = getattr(vit, "backbone", vit)  # accept a vfmvae.vfm.TimmViTVFM wrapper
+        self.dino = DinoTaps(vit, self.config.tap_blocks, self.config.tap_embedding)
         self.heads = build_heads(self.config)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
