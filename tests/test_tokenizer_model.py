@@ -173,3 +173,28 @@ def test_legacy_noise_resizes_with_the_feature_map():
     with torch.no_grad():
         assert dec(torch.randn(1, 8, 8, 8)).image.shape == (1, 3, 128, 128)
     assert not any("noise" in k for k in dec.state_dict())
+
+
+def test_trainable_modules_per_stage():
+    with torch.device("meta"):
+        model = VFMVAE(get_config("vfmvae-f16d32-siglip2", use_vf_projection=True), vfm=torch.nn.Identity())
+
+    def count(mode):
+        return sum(p.numel() for m in model.trainable_modules(mode).values() for p in m.parameters())
+
+    assert count("train_all") == 139_770_680  # spec §3.4, stages 0-1
+    assert count("train_decoder") == 128_144_952
+    assert count("train_second_half_decoder") == 31_827_994  # the intended stage-3 set (spec §8.1)
+    with pytest.raises(ValueError, match="unknown train mode"):
+        model.trainable_modules("freeze32")
+
+
+def test_reset_buffers_after_meta_build():
+    with torch.device("meta"):
+        model = VFMVAE.decoder_only("debug")
+    model.to_empty(device="cpu")
+    model.reset_buffers()
+    ref = Decoder(get_config("debug"))
+    for (name, a), (_, b) in zip(model.decoder.named_buffers(), ref.named_buffers()):
+        if "blur_kernel" in name:
+            torch.testing.assert_close(a, b)

@@ -112,11 +112,18 @@ class SeparableBlurUpsample(nn.Module):
         self.norm = nn.GroupNorm(min(32, norm_ch // 4), norm_ch)
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
         self.pointwise = nn.Conv2d(in_channels, 4 * out_channels, 1, bias=False)
-        k = torch.tensor(BINOMIAL_KERNELS[blur_size])
-        k2 = torch.outer(k, k)
-        self.register_buffer("blur_kernel", (k2 / k2.sum()).expand(out_channels, 1, -1, -1).clone(),
-                             persistent=False)
+        self.blur_size = blur_size
+        self.register_buffer("blur_kernel", self._binomial(), persistent=False)
         self.pad = blur_size // 2
+
+    def _binomial(self) -> torch.Tensor:
+        k = torch.tensor(BINOMIAL_KERNELS[self.blur_size])
+        k2 = torch.outer(k, k)
+        return (k2 / k2.sum()).expand(self.out_channels, 1, -1, -1).clone()
+
+    def reset_buffers(self) -> None:
+        """Recompute the (non-persistent) blur kernel, e.g. after `to_empty()` of a meta build."""
+        self.blur_kernel = self._binomial().to(self.blur_kernel.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:

@@ -139,6 +139,32 @@ class VFMVAE(nn.Module):
         return VFMVAEOutput(posterior=posterior, z=z, image=dec.image, multiscale=dec.multiscale, vfm_features=feats)
 
     # ------------------------------------------------------------------ bookkeeping
+    def trainable_modules(self, mode: str = "train_all") -> dict[str, nn.Module]:
+        """Sub-modules an optimiser / EMA should cover per training stage (never the VFM).
+
+        - "train_all" (stages 0-1): head (+ VF projection) and decoder.
+        - "train_decoder" (stage 2): decoder (lift, mapping, synthesis); the latent space is fixed.
+        - "train_second_half_decoder" (stage 3): synthesis blocks at 64/128/256 px, i.e. blocks
+          num_blocks-3.. (the intent of the official mode, whose name matching selects nothing; spec §8.1).
+        """
+        if mode == "train_all":
+            if not self.has_encoder:
+                raise RuntimeError("train_all needs the encoder head; this model is decoder-only")
+            return {"head": self.head, "decoder": self.decoder}
+        if mode == "train_decoder":
+            return {"decoder": self.decoder}
+        if mode == "train_second_half_decoder":
+            blocks = self.decoder.synthesis.blocks
+            return {f"decoder.synthesis.blocks.{i}": blocks[i] for i in range(len(blocks) - 3, len(blocks))}
+        raise ValueError(f"unknown train mode {mode!r}; use train_all, train_decoder or train_second_half_decoder")
+
+    def reset_buffers(self) -> None:
+        """Recompute non-persistent buffers (blur kernels) after `to_empty()` of a `meta` build.
+        Persistent ones (legacy `noise_const`, `w_avg`) come from the checkpoint."""
+        for m in self.decoder.modules():
+            if hasattr(m, "reset_buffers") and m is not self.decoder:
+                m.reset_buffers()
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part (spec §3.4 table)."""
 
