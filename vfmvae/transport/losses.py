@@ -13,7 +13,7 @@ Both are written against callables, never a network: the LightningDiT loss takes
 function ``v(x_t, t, y)``; the REG loss takes ``fn(x_t, t, y, cls_t) -> (v, zs_tilde, cls_v)``,
 the official SiT-REG output triple. ``t`` and the noise may be passed explicitly (fixtures,
 tests); otherwise they are drawn from the :class:`TimestepSampler` and ``torch.randn``.
-Loss reductions run in float32 whatever the network's dtype (style.md, principle 8).
+Loss reductions run in (at least) float32 whatever the network's dtype (style.md, principle 8).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from torch import Tensor
 
 from .paths import LinearPath, TimeConvention
 from .timesteps import TimestepSampler
+
+
+def _f32(x: Tensor) -> Tensor:
+    """At least float32 (bf16/fp16 network outputs are upcast, float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -50,7 +55,7 @@ def projection_loss(zs: Sequence[Tensor], zs_tilde: Sequence[Tensor]) -> Tensor:
     for z, z_tilde in zip(zs, zs_tilde):
         if z.shape != z_tilde.shape:
             raise ValueError(f"projection target {tuple(z.shape)} and output {tuple(z_tilde.shape)} differ in shape")
-        cos = (F.normalize(z.float(), dim=-1) * F.normalize(z_tilde.float(), dim=-1)).sum(dim=-1)
+        cos = (F.normalize(_f32(z), dim=-1) * F.normalize(_f32(z_tilde), dim=-1)).sum(dim=-1)
         terms.append(-cos.mean(dim=-1))  # (B,): mean over tokens
     return torch.stack(terms).mean()
 
@@ -98,7 +103,7 @@ class LightningDiTLoss:
         pred = velocity_fn(x_t, t, y)
         if pred.shape != target.shape:
             raise ValueError(f"velocity shape {tuple(pred.shape)} does not match the latent shape {tuple(target.shape)}")
-        pred32, target32 = pred.float(), target.float()
+        pred32, target32 = _f32(pred), _f32(target)
         mse = mean_flat((pred32 - target32) ** 2)
         cos = channel_cosine_loss(pred32, target32)
         terms = {"mse": mse.mean(), "cos": cos.mean()}
@@ -144,8 +149,8 @@ class REGLoss:
         if pred.shape != target.shape or cls_pred.shape != cls_target.shape:
             raise ValueError(f"REG outputs {tuple(pred.shape)}/{tuple(cls_pred.shape)} do not match "
                              f"targets {tuple(target.shape)}/{tuple(cls_target.shape)}")
-        mse = mean_flat((pred.float() - target.float()) ** 2)
-        cls_mse = mean_flat((cls_pred.float() - cls_target.float()) ** 2)
+        mse = mean_flat((_f32(pred) - _f32(target)) ** 2)
+        cls_mse = mean_flat((_f32(cls_pred) - _f32(cls_target)) ** 2)
         proj = projection_loss(zs, zs_tilde)
         terms = {"mse": mse.mean(), "proj": proj, "cls_mse": cls_mse.mean()}
         terms["total"] = terms["mse"] + self.proj_weight * proj + self.cls_weight * terms["cls_mse"]
