@@ -177,3 +177,26 @@ def test_unsupported_official_settings_are_rejected(fx):
     kwargs = dict(meta["generator_kwargs"], how_to_compress="conv")
     with pytest.raises(ValueError, match="how_to_compress"):
         config_from_official(kwargs)
+
+
+def test_default_sampler_draws_like_the_official_one(fx, full_model):
+    """On CPU, `torch.manual_seed(S)` then `posterior.sample()` gives the official z (same randn call)."""
+    T, meta, _ = fx
+    with torch.no_grad():
+        post = full_model.encode(T["inputs.img"])
+    torch.manual_seed(meta["seed_S"])
+    close(post.sample(), T["outputs.z"], "z from seed")
+
+
+def test_vf_projection_weight_is_dropped_when_unused(fx):
+    """A stage-0/1 checkpoint loads into a model without the VF head (official reconstruct: use_vf_loss=False)."""
+    T, meta, sd = fx
+    kwargs = dict(meta["generator_kwargs"], use_vf_loss=False)
+    model = from_official(sd, kwargs, meta["siglip_vision_config"], vfm_dtype="float32")
+    assert model.head.vf_projection is None
+    with torch.no_grad():
+        close(model(T["inputs.img"], eps=T["inputs.eps"]).image, T["outputs.img"], "image")
+    # ... but a model that needs the VF head refuses a checkpoint without it
+    no_vf = {k: v for k, v in sd.items() if "linear_proj" not in k}
+    with pytest.raises(KeyError, match="vf_projection"):
+        from_official(no_vf, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")

@@ -42,6 +42,7 @@ IGNORED_KEYS: dict[str, str] = {
     r"\.attn\.zero_k_bias$": "fixed all-zero key bias buffer (checked to be zero), built in on the fly",
     r"\.blur_weight$": "fixed binomial blur kernel, recomputed (checked to be equal)",
 }
+VF_PROJECTION_KEY = "ldm_adapter.linear_proj.weight"
 # Keys of encoder-side parts, dropped on the decoder-only path.
 ENCODER_KEYS = (r"^vfm_encoder\.", r"^ldm_adapter\.(patch_quants|final_quant|linear_proj)[.]")
 
@@ -162,6 +163,8 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
     for key, value in state_dict.items():
         if key.startswith(VFM_OFFICIAL_PREFIX):
             continue
+        if key == VF_PROJECTION_KEY and "head.vf_projection.weight" not in ours_sd:
+            continue  # stage 0-1 training head; dropped when use_vf_loss is off (official loads strict=False)
         if decoder_only and any(re.search(p, key) for p in ENCODER_KEYS):
             continue
         if any(re.search(p, key) for p in IGNORED_KEYS):

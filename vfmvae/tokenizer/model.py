@@ -74,6 +74,20 @@ class VFMVAE(nn.Module):
     def decoder_only(cls, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2") -> VFMVAE:
         return cls(cfg, decoder_only=True)
 
+    @classmethod
+    def from_pretrained(cls, directory, decoder_only: bool = False, vfm_pretrained=None, **kwargs) -> VFMVAE:
+        """Load an export folder written by `save_pretrained` (`vfmvae.tokenizer.export`); eval mode.
+        `decoder_only=True` never builds the VFM; `vfm_pretrained` overrides the recorded VFM path."""
+        from .export import from_pretrained
+
+        return from_pretrained(directory, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs) -> dict:
+        """Write safetensors + JSON config (+ weights hash) to `directory`; see `vfmvae.tokenizer.export`."""
+        from .export import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
     @property
     def has_encoder(self) -> bool:
         return self.vfm is not None and self.head is not None

@@ -1,0 +1,277 @@
+"""Tokenizer export folders: `save_pretrained` / `from_pretrained` / `load_tokenizer`.
+
+An export folder holds what a user of the trained tokenizer needs, and nothing that can be rebuilt:
+
+    <dir>/config.json          format tag, `VFMVAEConfig`, VFM record, weights hash, provenance
+    <dir>/model.safetensors    head (if any) + decoder weights (the EMA weights when trained:
+                               the paper evaluates and releases `G_ema`, spec `tokenizer.md` §5-§6)
+    <dir>/vfm.safetensors      only when the frozen VFM is included (see below)
+
+The frozen VFM (1.2 GB for SigLIP2-L) is **not** duplicated by default: `config.json` records its
+preset name, its config overrides, the local path it was loaded from and the sha256 of its
+weights; `from_pretrained` rebuilds it from that path (or from `vfm_pretrained=`) and checks the
+hash. A VFM that was *not* loaded from a file (random init: tests, the CPU demo) cannot be rebuilt,
+so it is included automatically; `include_vfm=True` forces inclusion.
+
+`weights_sha256` is `vfmvae.provenance.state_dict_sha256` of exactly the tensors in
+`model.safetensors`; it flows into latent-cache manifests and diffusion checkpoints
+(conventions.md, "Training state"). `decoder_only=True` loading never builds the VFM or the head.
+
+`load_tokenizer(path)` accepts an export folder or an official release file
+(`..._legacy.pth`, a dict with `G_ema`) together with its official `generator_kwargs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vfmvae.provenance import state_dict_sha256, to_jsonable
+
+from .config import VFMVAEConfig
+from .model import VFMVAE
+
+EXPORT_FORMAT = "vfmvae-tokenizer/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+VFM_WEIGHTS_NAME = "vfm.safetensors"
+ENCODER_PREFIXES = ("head.",)  # encoder-side keys, skipped by decoder-only loading
+VFM_PREFIX = "vfm."
+
+
+def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
+    """Fields of the VFM's `VFMConfig` that differ from its preset (so loading rebuilds the same VFM)."""
+    cfg = getattr(vfm, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return {}
+    from vfmvae.vfm.config import VFM_PRESETS
+
+    preset = VFM_PRESETS.get(preset_name)
+    if preset is None:
+        return {}
+    return {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(preset, f.name)}
+
+
+def _weights_state(model: VFMVAE) -> dict[str, torch.Tensor]:
+    """Everything but the VFM, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(VFM_PREFIX)}
+
+
+def save_pretrained(
+    model: VFMVAE,
+    directory: str | os.PathLike,
+    *,
+    vfm_pretrained: str | os.PathLike | None = None,
+    include_vfm: bool | None = None,
+    weights: str = "raw",
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `model` as an export folder; returns the `config.json` record.
+
+    Args:
+        model: a `VFMVAE` (with or without encoder). Pass it with the EMA weights swapped in
+            (`with ema.swap(): ...`) and `weights="ema"` to export `G_ema`.
+        vfm_pretrained: local folder/file the VFM was loaded from (default: `model.vfm_pretrained`
+            when set by `from_pretrained` / the training module). Recorded, not copied.
+        include_vfm: store the VFM weights too. Default: only when there is no `vfm_pretrained`
+            (a randomly initialised VFM cannot be rebuilt otherwise).
+        weights: label recorded in the JSON ("ema" or "raw").
+        provenance: extra JSON-able facts (stage, image counters, source checkpoint, ...).
+    """
+    from vfmvae.utils.checkpoint_io import atomic_write
+
+    if not isinstance(model, VFMVAE):
+        raise TypeError(f"save_pretrained expects a VFMVAE, got {type(model).__name__}")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"save_pretrained: weights must be 'ema' or 'raw', got {weights!r}")
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    state = _weights_state(model)
+    digest = state_dict_sha256(state)
+    record: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "config": model.cfg.to_dict(),
+        "has_encoder": model.has_encoder,
+        "weights": weights,
+        "weights_sha256": digest,
+        "parameter_counts": model.parameter_counts(),
+        "provenance": to_jsonable(dict(provenance or {})),
+    }
+    if model.has_encoder:
+        vfm_path = vfm_pretrained if vfm_pretrained is not None else getattr(model, "vfm_pretrained", None)
+        include = (vfm_path is None) if include_vfm is None else bool(include_vfm)
+        vfm_state = {k: v.detach().cpu().contiguous().clone() for k, v in model.vfm.state_dict().items()}
+        record["vfm"] = {
+            "name": model.cfg.vfm_name,
+            "config_overrides": _config_overrides(model.vfm, model.cfg.vfm_name),
+            "pretrained": None if vfm_path is None else str(Path(vfm_path).expanduser().resolve()),
+            "included": include,
+            "weights_sha256": state_dict_sha256(vfm_state),
+        }
+        if include:
+            atomic_write(out / VFM_WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(vfm_state)))
+        elif (out / VFM_WEIGHTS_NAME).exists():
+            (out / VFM_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
+    atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(state, {"weights_sha256": digest})))
+    atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    return record
+
+
+def _safetensors_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    from safetensors.torch import save
+
+    return save(dict(state), metadata=dict(metadata or {}))
+
+
+def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The `config.json` record of an export folder (format checked)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a tokenizer export folder: {CONFIG_NAME} is missing")
+    record = json.loads(path.read_text())
+    if record.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: unsupported export format {record.get('format')!r} (expected {EXPORT_FORMAT!r})")
+    return record
+
+
+def _build_vfm(record: Mapping[str, Any], directory: Path, vfm_pretrained, verify_vfm: bool) -> tuple[nn.Module, str | None]:
+    from vfmvae.vfm import build_vfm
+
+    info = record.get("vfm")
+    if info is None:
+        raise ValueError(f"{directory}: the export has no VFM record (decoder-only export); load it with decoder_only=True")
+    overrides = dict(info.get("config_overrides") or {}) or None
+    source = vfm_pretrained if vfm_pretrained is not None else info.get("pretrained")
+    if info.get("included") and vfm_pretrained is None:
+        from safetensors.torch import load_file
+
+        vfm = build_vfm(info["name"], config=overrides)
+        vfm.load_state_dict(load_file(str(directory / VFM_WEIGHTS_NAME)))
+        return vfm, None
+    if source is None:
+        raise ValueError(f"{directory}: the VFM weights are neither included nor recorded; pass vfm_pretrained=")
+    if not Path(source).expanduser().exists():
+        raise FileNotFoundError(
+            f"the frozen VFM of this export was loaded from {source!r}, which does not exist here; pass "
+            f"vfm_pretrained=<local folder/file of {info['name']}> (or decoder_only=True to skip the encoder)")
+    vfm = build_vfm(info["name"], pretrained=source, config=overrides)
+    if verify_vfm and info.get("weights_sha256"):
+        got = state_dict_sha256(vfm)
+        if got != info["weights_sha256"]:
+            raise ValueError(f"VFM weights at {source} (sha256 {got[:12]}) differ from the ones the tokenizer was "
+                             f"trained with ({info['weights_sha256'][:12]}); pass verify_vfm=False to override")
+    return vfm, str(source)
+
+
+def from_pretrained(
+    directory: str | os.PathLike,
+    decoder_only: bool = False,
+    vfm_pretrained: str | os.PathLike | None = None,
+    verify_vfm: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> VFMVAE:
+    """Load an export folder as a `VFMVAE` in eval mode.
+
+    `decoder_only=True` builds only the decoder (no VFM, no head; diffusion decoding).
+    `vfm_pretrained` overrides the recorded VFM location; the VFM weights hash is checked unless
+    `verify_vfm=False`. The exported weights are checked against `weights_sha256`.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    record = read_export_config(directory)
+    cfg = VFMVAEConfig.from_dict(record["config"])
+    state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+    digest = state_dict_sha256(state)
+    if digest != record["weights_sha256"]:
+        raise ValueError(f"{directory / WEIGHTS_NAME}: weights hash {digest[:12]} != recorded {record['weights_sha256'][:12]} "
+                         "(file corrupted or replaced)")
+    if decoder_only or not record.get("has_encoder", True):
+        if not decoder_only:
+            raise ValueError(f"{directory} is a decoder-only export; load it with decoder_only=True")
+        model = VFMVAE(cfg, decoder_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)}
+        source = None
+    else:
+        vfm, source = _build_vfm(record, directory, vfm_pretrained, verify_vfm)
+        model = VFMVAE(cfg, vfm=vfm)
+    own = {k for k in model.state_dict() if not k.startswith(VFM_PREFIX)}
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        raise KeyError(f"{directory}: export does not match its config: missing {missing[:10]}, unexpected {unexpected[:10]}")
+    model.load_state_dict(state, strict=False)  # the VFM was loaded above; completeness checked just now
+    model.vfm_pretrained = source
+    model.export_record = record
+    return model.eval()
+
+
+def _read_kwargs(generator_kwargs) -> dict[str, Any]:
+    if isinstance(generator_kwargs, Mapping):
+        return dict(generator_kwargs)
+    path = Path(generator_kwargs)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    # Accept an official training YAML / fixture JSON that nests the kwargs.
+    for key in ("generator_kwargs", "G_kwargs"):
+        if isinstance(data, Mapping) and key in data:
+            return dict(data[key])
+    return dict(data)
+
+
+def load_tokenizer(
+    path: str | os.PathLike,
+    decoder_only: bool = False,
+    *,
+    vfm_pretrained: str | os.PathLike | None = None,
+    generator_kwargs: Mapping[str, Any] | str | os.PathLike | None = None,
+    vfm_config: Mapping[str, Any] | None = None,
+    vfm_dtype: str | None = None,
+    verify_vfm: bool = True,
+) -> VFMVAE:
+    """One loader for both formats: an export folder (`from_pretrained`) or an official release file.
+
+    Official files (`.pth`/`.pt`/`.safetensors`, possibly wrapping `G_ema`) need the official
+    `generator_kwargs` (a dict, or a JSON/YAML file holding them, e.g. the stage config); the VFM
+    comes from `vfm_pretrained` (a local SigLIP2 folder) unless the file contains it.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return from_pretrained(p, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, verify_vfm=verify_vfm)
+    if not p.is_file():
+        raise FileNotFoundError(f"load_tokenizer: {p} is neither an export folder nor a checkpoint file")
+    if generator_kwargs is None:
+        raise ValueError(f"load_tokenizer: {p.name} is an official checkpoint file; pass generator_kwargs= "
+                         "(the official G_kwargs dict or the stage YAML/JSON that holds them)")
+    from .official import from_official
+
+    source: Any = p
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        source = load_file(str(p))
+    model = from_official(source, _read_kwargs(generator_kwargs), vfm_config, decoder_only=decoder_only,
+                          vfm_pretrained=vfm_pretrained, vfm_dtype=vfm_dtype)
+    model.vfm_pretrained = None if vfm_pretrained is None else str(vfm_pretrained)
+    return model
+
+
+def is_export_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+__all__ = ["EXPORT_FORMAT", "save_pretrained", "from_pretrained", "load_tokenizer", "read_export_config", "is_export_dir"]
