@@ -125,7 +125,9 @@ class EMACallback(Callback):
             )
         return int(bs) * trainer.world_size * trainer.accumulate_grad_batches
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step
         if trainer.global_step == self._last_global_step:
@@ -180,7 +182,9 @@ class EMACallback(Callback):
         if self.ema is None or not self.ema.swapped or "state_dict" not in checkpoint:
             return
         sd = checkpoint["state_dict"]
-        for name, raw in zip(self.ema.param_names + self.ema.buffer_names, self.ema.shadow_params + self.ema.shadow_buffers):
+        for name, raw in zip(
+            self.ema.param_names + self.ema.buffer_names, self.ema.shadow_params + self.ema.shadow_buffers
+        ):
             if name in sd:
                 sd[name] = raw.detach().clone()
 

@@ -96,7 +96,9 @@ class SamplerStateCallback(Callback):
         if self._sampler is not None:
             self._start_position, self._batches = self._sampler.position, 0
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batches += 1
 
     def state_dict(self) -> dict[str, Any]:

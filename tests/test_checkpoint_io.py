@@ -113,8 +113,13 @@ class _Tiny(LightningModule):
 def test_atomic_model_checkpoint_installs_plugin(tmp_path):
     cb = AtomicModelCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=1)
     trainer = Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[cb], default_root_dir=tmp_path,
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+        default_root_dir=tmp_path,
     )
     trainer.fit(_Tiny())
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -40,8 +40,14 @@ class Tiny(LightningModule):
 
 def _trainer(tmp_path, callbacks, **kw):
     return Trainer(
-        default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kw,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **kw,
     )
 
 

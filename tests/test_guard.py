@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vfmvae.utils.guard import NonFiniteGuard, NonFiniteLossError, SafeLossRule, non_finite_rule
+from vfmvae.utils.guard import NonFiniteGuard, NonFiniteLossError, non_finite_rule
 
 
 def _loss_terms(model: nn.Module, x: torch.Tensor, inject: float | None = None) -> dict[str, torch.Tensor]:
@@ -88,25 +88,41 @@ def test_custom_rule_tensor_terms_and_bad_input():
     assert non_finite_rule({"a": 1.0, "b": float("-inf")}) == ["b"]
 
 
-def test_safe_loss_rule_matches_official_thresholds():
-    # tokenizer.md §4.7: ratio terms unsafe if > 10x the last safe value (when that was > 1e-6);
-    # |D term| > 1e4 unsafe; only after the warm-up (set_active).
-    rule = SafeLossRule(ratio_terms=["l1"], abs_terms=["d_loss"])
+class RatioRule:
+    """A stateful rule in the shape of the tokenizer's: > 10x the last *accepted* value is unsafe."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.accepted = 0
+
+    def __call__(self, terms):
+        return [k for k, v in terms.items() if k in self.last and v > 10 * self.last[k]]
+
+    def accept(self, terms):
+        self.accepted += 1
+        self.last = dict(terms)
+
+    def state_dict(self):
+        return {"last": dict(self.last), "accepted": self.accepted}
+
+    def load_state_dict(self, state):
+        self.last, self.accepted = dict(state["last"]), state["accepted"]
+
+
+def test_stateful_rule_accept_hook_and_state_round_trip():
+    rule = RatioRule()
     guard = NonFiniteGuard(max_consecutive_skips=0, rule=rule)
-    assert guard.check({"l1": 1.0, "d_loss": 2e4, "gan": 3.0})  # warm-up: only non-finite counts
-    rule.set_active(True)
-    assert guard.check({"l1": 9.9, "d_loss": 1.0, "gan": 1e9})  # 9.9 <= 10 * 1.0; gan: finite only
-    assert not guard.check({"l1": 99.1, "d_loss": 1.0, "gan": 1.0})  # > 10 * 9.9
+    assert guard.check({"l1": 1.0})
+    assert guard.check({"l1": 9.5})
+    assert not guard.check({"l1": 96.0})  # > 10 x 9.5
+    assert rule.last == {"l1": 9.5} and rule.accepted == 2  # accept() only after taken steps
     assert guard.last_bad_terms == ["l1"]
-    assert rule.last_safe["l1"] == 9.9  # the reference is the last *safe* value
-    assert not guard.check({"l1": 1.0, "d_loss": -1.5e4, "gan": 1.0})
-    assert guard.last_bad_terms == ["d_loss"]
-    rule.last_safe["l1"] = 1e-7  # tiny references are not used
-    assert guard.check({"l1": 1.0, "d_loss": 1.0, "gan": 1.0})
-    # State (counters and rule) round-trips through a checkpoint.
-    restored = NonFiniteGuard(max_consecutive_skips=0, rule=SafeLossRule(ratio_terms=["l1"], abs_terms=["d_loss"]))
+    restored = NonFiniteGuard(max_consecutive_skips=0, rule=RatioRule())
     restored.load_state_dict(guard.state_dict())
     assert restored.state_dict() == guard.state_dict()
-    assert restored.rule.active and restored.rule.last_safe == {"l1": 1.0}
+    assert restored.rule.last == {"l1": 9.5}
+    assert (restored.num_steps, restored.num_skipped, restored.consecutive_skips) == (3, 1, 1)
     with pytest.raises(KeyError, match="num_skipped"):
         restored.load_state_dict({"num_steps": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        NonFiniteGuard(max_consecutive_skips=-1)

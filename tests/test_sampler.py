@@ -9,15 +9,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datamodules.samplers import ResumableDistributedSampler
 
 
-@pytest.mark.parametrize("n,world,drop_last", [(20, 2, False), (23, 2, False), (23, 2, True), (5, 4, False), (7, 3, True)])
+@pytest.mark.parametrize(
+    "n,world,drop_last", [(20, 2, False), (23, 2, False), (23, 2, True), (5, 4, False), (7, 3, True)]
+)
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_matches_torch_distributed_sampler(n, world, drop_last, shuffle):
     data = list(range(n))
     for epoch in (0, 3):
         for rank in range(world):
             ref = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=11, drop_last=drop_last)
-            ours = ResumableDistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=11,
-                                               drop_last=drop_last)
+            ours = ResumableDistributedSampler(
+                data, num_replicas=world, rank=rank, shuffle=shuffle, seed=11, drop_last=drop_last
+            )
             ref.set_epoch(epoch)
             ours.set_epoch(epoch)
             assert list(ours) == list(ref)

@@ -150,14 +150,25 @@ def test_without_sampler_callback_lightning_replays_epoch_start(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     model_a = Tiny()
     trainer_a = Trainer(
-        default_root_dir=tmp_path / "a", max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[ckpt],
+        default_root_dir=tmp_path / "a",
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[ckpt],
     )
     trainer_a.fit(model_a)
     model_b = Tiny()
     trainer_b = Trainer(
-        default_root_dir=tmp_path / "b", max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
+        default_root_dir=tmp_path / "b",
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -304,9 +304,7 @@ class EMA:
                 if n in saved:
                     src = saved[n]
                     if tuple(src.shape) != tuple(shadows[i].shape):
-                        raise ValueError(
-                            f"EMA {kind} {n}: saved shape {tuple(src.shape)} != {tuple(shadows[i].shape)}"
-                        )
+                        raise ValueError(f"EMA {kind} {n}: saved shape {tuple(src.shape)} != {tuple(shadows[i].shape)}")
                     shadows[i].copy_(src.to(device=shadows[i].device) if not _is_dtensor(src) else src)
         if "config" in state:
             saved_cfg = dict(state["config"])

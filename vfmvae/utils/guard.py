@@ -10,8 +10,11 @@ names the offending terms.
 Deviation from the official code (tokenizer.md §4.7): the official loop backprops
 ``nan_to_num(loss) * 0`` and still calls Adam's ``step`` (with beta1 = 0 the weights stay put
 but the second moment decays). We skip the step entirely, which is what "no parameter
-change" means for any optimiser. The official *rule* (ratio to the last safe value, warm-up
-of 50k images) is available as :class:`SafeLossRule` and plugs in as ``rule=``.
+change" means for any optimiser (the caller neither backprops nor steps; the graph is freed
+when the terms go out of scope). The official *rule* (ratio to the last safe value, warm-up
+of 50k images) lives with the tokenizer losses, ``vfmvae.losses.safe_loss.TokenizerSafeLossRule``,
+and plugs in as ``rule=``. A rule may also have ``accept(terms)`` (called after each step all
+ranks took) and ``state_dict``/``load_state_dict`` (checkpointed with the guard).
 
 Distributed: when ``torch.distributed`` is initialised the per-rank "unsafe" flag is
 max-reduced over ranks (as the official code does), so every rank skips together and DDP /
@@ -22,13 +25,13 @@ that saw them; the others report ``"<another rank>"``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError", "GuardRule", "non_finite_rule", "SafeLossRule"]
+__all__ = ["NonFiniteGuard", "NonFiniteLossError", "GuardRule", "non_finite_rule"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,65 +47,6 @@ class GuardRule(Protocol):
 def non_finite_rule(terms: Mapping[str, float]) -> list[str]:
     """Default rule: a term is unsafe iff it is NaN or +-inf."""
     return [name for name, value in terms.items() if not math.isfinite(value)]
-
-
-class SafeLossRule:
-    """The official tokenizer rule (tokenizer.md §4.7), as a pluggable, stateful rule.
-
-    - Terms in ``ratio_terms`` are unsafe when non-finite or when larger than
-      ``max_ratio`` x their value at the previous *safe* step (only if that value > ``min_ref``).
-    - Terms in ``abs_terms`` are unsafe when non-finite or ``|value| > abs_limit``.
-    - Every other term is unsafe only when non-finite.
-    Before :meth:`set_active` is called with ``True`` (e.g. the first 50k images of a run),
-    only the non-finite test applies. Reference values update only on safe steps, through
-    :meth:`accept`, which the guard calls after the distributed decision.
-    """
-
-    def __init__(
-        self,
-        ratio_terms: Iterable[str] = (),
-        abs_terms: Iterable[str] = (),
-        max_ratio: float = 10.0,
-        min_ref: float = 1e-6,
-        abs_limit: float = 1e4,
-    ) -> None:
-        if max_ratio <= 1.0:
-            raise ValueError(f"SafeLossRule max_ratio must be > 1, got {max_ratio}")
-        self.ratio_terms = set(ratio_terms)
-        self.abs_terms = set(abs_terms)
-        self.max_ratio, self.min_ref, self.abs_limit = float(max_ratio), float(min_ref), float(abs_limit)
-        self.active = False
-        self.last_safe: dict[str, float] = {}
-
-    def set_active(self, active: bool) -> None:
-        self.active = bool(active)
-
-    def __call__(self, terms: Mapping[str, float]) -> list[str]:
-        bad = []
-        for name, value in terms.items():
-            if not math.isfinite(value):
-                bad.append(name)
-            elif not self.active:
-                continue
-            elif name in self.abs_terms and abs(value) > self.abs_limit:
-                bad.append(name)
-            elif name in self.ratio_terms:
-                ref = self.last_safe.get(name)
-                if ref is not None and ref > self.min_ref and value > self.max_ratio * ref:
-                    bad.append(name)
-        return bad
-
-    def accept(self, terms: Mapping[str, float]) -> None:
-        """Record the values of a step that was taken (all ranks agreed it was safe)."""
-        for name in self.ratio_terms.intersection(terms):
-            self.last_safe[name] = terms[name]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"active": self.active, "last_safe": dict(self.last_safe)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.active = bool(state["active"])
-        self.last_safe = {str(k): float(v) for k, v in state["last_safe"].items()}
 
 
 def _to_floats(terms: Mapping[str, Any]) -> dict[str, float]:
