@@ -1,0 +1,133 @@
+"""Periodic sample grids during diffusion training, decoded by the tokenizer's decoder, to TensorBoard.
+
+Every ``every_n_steps`` optimiser steps the network samples ``num_samples`` images with fixed noise
+and fixed labels (so successive grids are comparable), with the EMA weights when an
+`callbacks.ema.EMACallback` is present, de-normalises the latents with the run's statistics and
+decodes them with a decoder-only tokenizer (`lightning_modules.tokenizer_loading.load_decoder`).
+The grid is logged as ``samples/grid`` (image) on rank 0.
+
+Every rank samples (a sharded FSDP network needs all ranks in each forward); only rank 0 decodes
+and logs. The decoder is a plain attribute of the callback, never part of the LightningModule, so
+it is not trained, averaged or checkpointed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lightning_modules.diffusion_sampling import class_labels, sample_latents, sampler_config
+from lightning_modules.tokenizer_loading import load_decoder, load_latent_stats
+from vfmvae.codec import signed_to_uint8
+
+log = logging.getLogger(__name__)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> one uint8 ``(3, rows*(H+pad)+pad, cols*(W+pad)+pad)`` mosaic."""
+    b, c, h, w = images.shape
+    cols = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / cols)
+    grid = images.new_zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for i in range(b):
+        r, q = divmod(i, cols)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = images[i]
+    return grid
+
+
+class SampleGridCallback(Callback):
+    """Log decoded sample grids every ``every_n_steps`` (see the module docstring).
+
+    Args:
+        tokenizer: decoder source for `load_decoder` (folder / official file / ``None`` = random demo decoder).
+        tokenizer_preset: tokenizer preset for the ``None`` case (``"debug"`` in the demo).
+        tokenizer_kwargs: official generator kwargs (file or dict) for an official release file.
+        latent_stats: ``latents_stats.pt``; default: the statistics of the training latent dataset.
+        every_n_steps, num_samples: cadence and grid size.
+        sampler / num_steps / cfg_scale: sampler preset (default: the family's paper sampler) and overrides.
+        label_mode: ``"balanced"`` (classes 0, 1, ...) or ``"random"``; seed: fixed noise and labels.
+        use_ema: sample with the EMA weights when an EMA callback exists.
+    """
+
+    def __init__(self, tokenizer: str | None = None, tokenizer_preset: str = "vfmvae-f16d32-siglip2",
+                 tokenizer_kwargs: str | dict | None = None, latent_stats: str | None = None,
+                 every_n_steps: int = 10_000, num_samples: int = 16, sampler: str | None = None,
+                 num_steps: int | None = 50, cfg_scale: float | None = None, label_mode: str = "balanced",
+                 seed: int = 0, use_ema: bool = True) -> None:
+        if every_n_steps < 1 or num_samples < 1:
+            raise ValueError(f"every_n_steps ({every_n_steps}) and num_samples ({num_samples}) must be >= 1")
+        self.tokenizer, self.tokenizer_preset, self.tokenizer_kwargs = tokenizer, tokenizer_preset, tokenizer_kwargs
+        self.latent_stats = latent_stats
+        self.every_n_steps, self.num_samples = int(every_n_steps), int(num_samples)
+        self.sampler, self.num_steps, self.cfg_scale = sampler, num_steps, cfg_scale
+        self.label_mode, self.seed, self.use_ema = label_mode, int(seed), use_ema
+        self.decoder: torch.nn.Module | None = None
+        self.normalizer = None
+        self.last_grid: torch.Tensor | None = None
+        self.num_logged = 0
+        self._last_step = -1
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or self.decoder is not None:
+            return
+        self.decoder = load_decoder(self.tokenizer, self.tokenizer_preset, self.tokenizer_kwargs)
+
+    def _normalizer(self, trainer: Trainer):
+        if self.normalizer is None:
+            from lightning_modules.diffusion import _find_latent_dataset
+
+            ds = _find_latent_dataset(trainer.datamodule) if self.latent_stats is None else None
+            stats = ds.normalizer.stats_dict() if ds is not None and ds.normalizer is not None else None
+            self.normalizer = load_latent_stats(self.latent_stats, stats)
+        return self.normalizer
+
+    def _ema(self, trainer: Trainer):
+        if not self.use_ema:
+            return None
+        from callbacks.ema import EMACallback
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, EMACallback) and cb.ema is not None:
+                return cb.ema
+        return None
+
+    @torch.no_grad()
+    def sample_grid(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor | None:
+        """Sample on every rank; decode and return the uint8 grid on rank 0 (``None`` elsewhere)."""
+        family = pl_module.network
+        config = sampler_config(family, self.sampler, cfg_scale=self.cfg_scale, num_steps=self.num_steps)
+        g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        labels = class_labels(self.label_mode, self.num_samples, pl_module.net.config.num_classes,
+                              generator=torch.Generator().manual_seed(self.seed)).to(pl_module.device)
+        ema = self._ema(trainer)
+        if ema is not None:
+            with ema.swap():
+                latents = sample_latents(pl_module.net, family, config, labels, generator=g)
+        else:
+            latents = sample_latents(pl_module.net, family, config, labels, generator=g)
+        if not trainer.is_global_zero:
+            return None
+        normalizer = self._normalizer(trainer).to(latents.device)
+        decoder = self.decoder.to(latents.device)
+        with torch.autocast(device_type=latents.device.type, enabled=False):  # decode in fp32 (diffusion.md §3.5)
+            images = signed_to_uint8(decoder.decode(normalizer.denormalize(latents)))
+        return make_grid(images.cpu())
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        grid = self.sample_grid(trainer, pl_module)
+        if grid is None:
+            return
+        self.last_grid = grid
+        self.num_logged += 1
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image("samples/grid", grid, global_step=step)

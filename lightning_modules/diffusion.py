@@ -1,0 +1,323 @@
+"""`DiffusionModule`: flow-matching training of LightningDiT-XL/1 or REG SiT-XL/1 on cached latents.
+
+The paper's diffusion runs (diffusion.md §3.2-§3.3): AdamW (lr 2e-4, betas (0.9, 0.95), wd 0,
+constant lr), global batch 1024, EMA 0.9999 over the network only (`callbacks.ema.EMACallback`
+with ``attributes: [net]``), gradient clipping 1.0 for REG, none for LightningDiT, and for
+LightningDiT the logit-normal -> uniform time switch at step 600k (one run instead of the two
+official stage yamls). Numerics live in `vfmvae.transport` and `vfmvae.dit`; this module only
+orchestrates: it builds the network, picks the loss, steps the optimiser and logs.
+
+Batches: ``{"latent": (B, C, h, w) float32 normalised, "label": (B,) int64, ...}``. When the
+joint-alignment callback (`callbacks/joint_alignment.py`) runs, it adds
+``batch["alignment"] = {"proj_targets": [(B, [1+]N, D)], "cls_target": (B, D) | None,
+"proj_weight": float, "cls_weight": float}``; REG then gets the noised class token as input, the
+projection loss and the class-token velocity loss (REG's ``loss.py``), LightningDiT (with a REPA
+projector, ``repa_encoder_depth``) the projection loss. Without it REG runs with a zero class token
+and no alignment terms.
+
+Global batch: ``global_batch_size`` = world size x micro-batch x accumulation. The micro-batch is
+``global_batch_size / world`` unless ``micro_batch_size`` is given (then accumulation makes up the
+rest); anything not divisible is an error. The module sets the DataModule's per-device batch
+size and accumulates itself (manual optimisation), because the non-finite guard must be able to
+drop a whole optimiser step (`vfmvae.utils.guard.NonFiniteGuard`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from lightning_modules.diffusion_networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
+from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.transport import (
+    TRANSPORT_PRESETS,
+    LightningDiTLoss,
+    REGLoss,
+    TransportConfig,
+    parse_convention,
+    projection_loss,
+)
+from vfmvae.utils.guard import NonFiniteGuard
+
+log = logging.getLogger(__name__)
+
+# Each family's native time convention (conventions.md, "Time in diffusion").
+NATIVE_CONVENTION = {"lightningdit": "data_at_one", "reg": "noise_at_one"}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """``global_batch_size = world_size * micro_batch_size * accumulation``."""
+
+    global_batch_size: int
+    world_size: int
+    micro_batch_size: int
+    accumulation: int
+
+    @classmethod
+    def derive(cls, global_batch_size: int, world_size: int, micro_batch_size: int | None = None) -> BatchPlan:
+        if global_batch_size < 1 or world_size < 1:
+            raise ValueError(f"global_batch_size ({global_batch_size}) and world size ({world_size}) must be >= 1")
+        if global_batch_size % world_size:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the world size {world_size} "
+                             "(devices x nodes)")
+        per_rank = global_batch_size // world_size
+        micro = per_rank if micro_batch_size is None else int(micro_batch_size)
+        if micro < 1 or per_rank % micro:
+            raise ValueError(f"micro_batch_size {micro} must divide the per-device batch {per_rank} "
+                             f"(= global_batch_size {global_batch_size} / world size {world_size})")
+        return cls(global_batch_size, world_size, micro, per_rank // micro)
+
+
+def transport_config(preset: str, overrides: dict[str, Any] | None = None) -> TransportConfig:
+    """A :data:`vfmvae.transport.TRANSPORT_PRESETS` entry with field overrides."""
+    if preset not in TRANSPORT_PRESETS:
+        raise ValueError(f"unknown transport preset {preset!r}; choose one of {sorted(TRANSPORT_PRESETS)}")
+    return TransportConfig(**{**asdict(TRANSPORT_PRESETS[preset]), **(overrides or {})})
+
+
+class DiffusionModule(LightningModule):
+    """Flow-matching training of one diffusion network (see the module docstring).
+
+    Args:
+        network: ``"lightningdit"`` or ``"reg"``; ``preset`` a key of that family's presets
+            (``"LightningDiT-XL/1"``, ``"SiT-XL/1-REG"``, ``"debug"``); ``network_overrides`` shape fields.
+        repa_encoder_depth / repa_projector_dim / repa_z_dim: LightningDiT only, a REPA projector on
+            block ``repa_encoder_depth`` (1-based) predicting ``repa_z_dim`` features (beyond the paper).
+        transport / transport_overrides: a `vfmvae.transport.TRANSPORT_PRESETS` key and field overrides
+            (e.g. ``{"uniform_from_step": 600000}``); its convention must be the network's own.
+        lr, betas, weight_decay, adam_eps, fused: AdamW (constant lr); ``fused=None`` = fused on CUDA.
+        global_batch_size, micro_batch_size: see the module docstring.
+        gradient_clip_norm: max global gradient norm (1.0 for REG, ``None`` for LightningDiT).
+        max_consecutive_skips: the non-finite guard's stop (0 = never stop).
+        activation_checkpointing, compile_blocks: runtime knobs of the network.
+    """
+
+    def __init__(
+        self,
+        network: str = "lightningdit",
+        preset: str | None = None,
+        network_overrides: dict[str, Any] | None = None,
+        repa_encoder_depth: int | None = None,
+        repa_projector_dim: int = 2048,
+        repa_z_dim: int = 768,
+        transport: str = "lightningdit",
+        transport_overrides: dict[str, Any] | None = None,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
+        fused: bool | None = None,
+        global_batch_size: int = 1024,
+        micro_batch_size: int | None = None,
+        gradient_clip_norm: float | None = None,
+        max_consecutive_skips: int = 100,
+        activation_checkpointing: bool = False,
+        compile_blocks: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if network not in FAMILIES:
+            raise ValueError(f"unknown network {network!r}; choose one of {FAMILIES}")
+        self.network = network
+        self.net = build_diffusion_network(
+            network, preset, network_overrides, repa_encoder_depth=repa_encoder_depth,
+            repa_projector_dim=repa_projector_dim, repa_z_dim=repa_z_dim,
+            activation_checkpointing=activation_checkpointing)
+        self.transport = transport_config(transport, transport_overrides)
+        expected = NATIVE_CONVENTION[network]
+        if parse_convention(self.transport.convention) != parse_convention(expected):
+            raise ValueError(f"transport {transport!r} uses time convention {self.transport.convention!r}, but the "
+                             f"{network} network's weights embed t in {expected!r}")
+        if (self.transport.loss == "reg") != (network == "reg"):
+            raise ValueError(f"transport loss {self.transport.loss!r} does not fit the {network} network")
+        self.timestep_sampler = self.transport.timestep_sampler()
+        if gradient_clip_norm is not None and gradient_clip_norm <= 0:
+            raise ValueError(f"gradient_clip_norm must be positive or null, got {gradient_clip_norm}")
+        if lr <= 0 or len(betas) != 2:
+            raise ValueError(f"need lr > 0 and two betas, got lr={lr}, betas={betas}")
+        self.guard = NonFiniteGuard(max_consecutive_skips=max_consecutive_skips)
+        self.automatic_optimization = False  # accumulation + guard-skipped steps are ours
+        self.plan: BatchPlan | None = None
+        self._micro_step = 0  # micro-batches into the current accumulation window
+        self._window_unsafe = False
+        self._checked_batch = False
+        self.last_time_distribution: str | None = None
+        if compile_blocks:
+            self.net.compile_blocks()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return latent_shape_of(self.net)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("set global_batch_size / micro_batch_size on the model, not trainer.accumulate_grad_batches "
+                             f"(got {trainer.accumulate_grad_batches}); the model derives accumulation itself")
+        hp = self.hparams
+        self.plan = BatchPlan.derive(hp.global_batch_size, trainer.world_size, hp.micro_batch_size)
+        log.info("diffusion batch plan: %s", self.plan)
+        dm = trainer.datamodule
+        if dm is not None:
+            _set_batch_size(dm, self.plan.micro_batch_size)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        fused = hp.fused if hp.fused is not None else all(p.is_cuda for p in params)
+        return torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
+                                 eps=hp.adam_eps, fused=bool(fused))
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named loss terms (``total`` first-class) for one batch; see the module docstring."""
+        x, y = batch["latent"], batch["label"]
+        if x.shape[1:] != self.latent_shape:
+            raise ValueError(f"batch latents have shape {tuple(x.shape[1:])}, the network takes {self.latent_shape}")
+        step = int(self.global_step)
+        self.last_time_distribution = self.timestep_sampler.distribution_at(step)
+        align = batch.get("alignment")
+        if self.network == "reg":
+            return self._reg_loss(x, y, align, step)
+        return self._lightningdit_loss(x, y, align, step)
+
+    def _reg_loss(self, x, y, align, step) -> dict[str, torch.Tensor]:
+        conv = self.transport.convention
+        if align is None:
+            # No alignment callback: a zero class token and the velocity MSE only.
+            zeros = x.new_zeros(x.shape[0], self.net.config.cls_token_dim)
+            loss = LightningDiTLoss(self.timestep_sampler, 0.0, conv)
+            return loss(lambda x_t, t, yy: self.net(x_t, t, yy, zeros).velocity, x, y, step=step)
+        if align.get("cls_target") is None:
+            raise ValueError("REG needs a class-token target: the alignment callback gave cls_target=None")
+        loss = REGLoss(self.timestep_sampler, float(align["proj_weight"]), float(align["cls_weight"]), conv)
+        fn = lambda x_t, t, yy, cls_t: tuple(self.net(x_t, t, yy, cls_t))
+        return loss(fn, x, align["cls_target"].to(x.dtype), y, list(align["proj_targets"]), step=step)
+
+    def _lightningdit_loss(self, x, y, align, step) -> dict[str, torch.Tensor]:
+        loss = LightningDiTLoss(self.timestep_sampler, self.transport.cos_weight, self.transport.convention)
+        if align is None:
+            return loss(self.net, x, y, step=step)
+        if not isinstance(self.net, LightningDiTREPA):
+            raise ValueError("the alignment callback supplies targets, but this LightningDiT has no projector: "
+                             "set repa_encoder_depth (REPA option) or remove the callback")
+        captured: dict[str, list[torch.Tensor]] = {}
+
+        def velocity(x_t, t, yy):
+            v, zs = self.net.forward_with_projections(x_t, t, yy)
+            captured["zs"] = zs
+            return v
+
+        terms = loss(velocity, x, y, step=step)
+        terms["proj"] = projection_loss(list(align["proj_targets"]), captured["zs"])
+        terms["total"] = terms["total"] + float(align["proj_weight"]) * terms["proj"]
+        return terms
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        plan = self.plan or BatchPlan.derive(self.hparams.global_batch_size, 1, self.hparams.micro_batch_size)
+        if not self._checked_batch:
+            self._checked_batch = True
+            if batch["latent"].shape[0] != plan.micro_batch_size:
+                raise ValueError(f"the DataModule gives batches of {batch['latent'].shape[0]}, but the batch plan "
+                                 f"{plan} needs micro-batches of {plan.micro_batch_size}")
+        opt = self.optimizers()
+        terms = self.compute_loss(batch)
+        safe = self.guard.check(terms)  # identical decision on every rank
+        self._micro_step += 1
+        last = self._micro_step >= plan.accumulation
+        if safe:
+            if last or not hasattr(self.trainer.strategy, "block_backward_sync"):
+                self.manual_backward(terms["total"] / plan.accumulation)
+            else:
+                with self.trainer.strategy.block_backward_sync():  # no DDP all-reduce inside a window
+                    self.manual_backward(terms["total"] / plan.accumulation)
+        else:
+            self._window_unsafe = True
+        if last:
+            if not self._window_unsafe:
+                if self.hparams.gradient_clip_norm is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_norm,
+                                        gradient_clip_algorithm="norm")
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            self._micro_step, self._window_unsafe = 0, False
+        self._log_step(terms)
+        return terms["total"].detach()
+
+    def _log_step(self, terms: dict[str, torch.Tensor]) -> None:
+        scalars = {f"loss/{k}": v.detach().float() for k, v in terms.items()}
+        scalars.update({k: torch.tensor(v) for k, v in self.guard.log_dict().items()})
+        scalars["train/uniform_time"] = torch.tensor(float(self.last_time_distribution == "uniform"))
+        scalars["train/lr"] = torch.tensor(float(self.optimizers().param_groups[0]["lr"]))
+        self.log_dict(scalars, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False)
+        self.log("loss", terms["total"].detach().float(), on_step=True, prog_bar=True, logger=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["diffusion"] = {
+            "guard": self.guard.state_dict(),
+            "micro_step": self._micro_step,
+            "network": {"family": self.network, "latent_shape": list(self.latent_shape),
+                        "config": to_jsonable(self.net.config)},
+            "transport": to_jsonable(self.transport),
+            "batch_plan": to_jsonable(self.plan) if self.plan else None,
+            "provenance": _data_provenance(self.trainer.datamodule if self._trainer else None),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("diffusion")
+        if state:
+            self.guard.load_state_dict(state["guard"])
+            self._micro_step = int(state.get("micro_step", 0))
+
+    def network_sha256(self) -> str:
+        return state_dict_sha256(self.net)
+
+
+# ---------------------------------------------------------------------- helpers
+def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
+    """Give the DataModule the derived per-device batch size (before its loaders are built)."""
+    for owner in (dm, getattr(dm, "config", None)):
+        if owner is not None and hasattr(owner, "batch_size"):
+            if getattr(owner, "batch_size") != micro_batch_size:
+                log.info("setting the DataModule's per-device batch size %s -> %d (from global_batch_size)",
+                         getattr(owner, "batch_size"), micro_batch_size)
+            setattr(owner, "batch_size", micro_batch_size)
+            return
+    log.warning("the DataModule exposes no batch_size; its batches must hold %d latents", micro_batch_size)
+
+
+def _find_latent_dataset(dm: Any) -> Any:
+    for name in ("latent_dataset", "train_dataset", "dataset"):
+        ds = getattr(dm, name, None)
+        if ds is not None and hasattr(ds, "manifest"):
+            return ds
+    for split in getattr(dm, "_splits", {}).values():  # ImageNetDataModule keeps its datasets per split
+        ds = getattr(split, "dataset", None)
+        if ds is not None and hasattr(ds, "manifest"):
+            return ds
+    return None
+
+
+def _data_provenance(dm: Any) -> dict[str, Any]:
+    """Tokenizer record of the latent cache and the latent statistics used (conventions.md provenance)."""
+    ds = _find_latent_dataset(dm) if dm is not None else None
+    if ds is None:
+        return {}
+    out: dict[str, Any] = {"tokenizer": to_jsonable(ds.manifest.get("tokenizer", {})),
+                           "latent_root": str(getattr(ds, "root", "")),
+                           "latent_policy": getattr(ds, "policy", None)}
+    normalizer = getattr(ds, "normalizer", None)
+    if normalizer is not None:
+        out["latent_stats"] = {k: v.tolist() for k, v in normalizer.stats_dict().items()}
+        out["latent_multiplier"] = normalizer.multiplier
+    return out
