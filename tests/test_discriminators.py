@@ -74,7 +74,14 @@ def test_projected_d_taps_equal_timm_intermediates_with_cls_readout(debug_d):
     taps = debug_d.dino(x)
     cfg = debug_d.config
     # timm's own intermediate API (pre-norm block outputs, with the prefix token returned separately).
-    inter = vit.forward_intermediates(x, indices=list(cfg.tap_blocks), return_prefix_tokens=True, norm=False, output_fmt="NLC", intermediates_only=True)
+    inter = vit.forward_intermediates(
+        x,
+        indices=list(cfg.tap_blocks),
+        return_prefix_tokens=True,
+        norm=False,
+        output_fmt="NLC",
+        intermediates_only=True,
+    )
     for tap, (patches, prefix) in zip(taps[:4], inter):
         torch.testing.assert_close(tap, (patches + prefix[:, :1]).transpose(1, 2))
     # Embedding tap: patch embedding + CLS concat + position embedding, CLS added to every token.
@@ -97,7 +104,12 @@ def test_projected_d_input_sizes_and_errors(debug_d):
 def test_projected_d_crop_or_resize_keeps_the_native_size(debug_d):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
-    d = ProjectedDiscriminator(ProjectedDiscriminatorConfig(**{**PROJECTED_DISCRIMINATOR_PRESETS["debug"].__dict__, "diffaug_policy": (), "p_crop": 1.0}), vit=debug_d.dino.vit)
+    d = ProjectedDiscriminator(
+        ProjectedDiscriminatorConfig(
+            **{**PROJECTED_DISCRIMINATOR_PRESETS["debug"].__dict__, "diffaug_policy": (), "p_crop": 1.0}
+        ),
+        vit=debug_d.dino.vit,
+    )
     crop = d.preprocess(x, generator=g) * d.std + d.mean
     # p_crop = 1: a 32x32 window of the [0, 1] image, no resampling.
     windows = [((x + 1) / 2)[..., i : i + 32, j : j + 32] for i in range(33) for j in range(33)]

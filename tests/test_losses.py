@@ -188,7 +188,7 @@ def test_official_fixture_kl_and_vf_through_the_tokenizer(fixtures_dir):
 
     meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
     t = load_file(str(fixtures_dir / "vfmvae_tiny.safetensors"))
-    sd = {k[len("state_dict."):]: v for k, v in t.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in t.items() if k.startswith("state_dict.")}
     # fp32 VFM (the official fixture ran fp32 on CPU; the default is the paper's bf16 autocast).
     model = from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
     with torch.no_grad():
@@ -233,7 +233,9 @@ def test_equivariance_sampler_is_reproducible_and_resumable():
 
 
 def test_invalid_scale_sets_are_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match=r"invalid at 128 px.*latent scale 0.25 -> latent side 2.*Valid scales here: \[0.5, 1.0\]"):
+    with pytest.raises(
+        ValueError, match=r"invalid at 128 px.*latent scale 0.25 -> latent side 2.*Valid scales here: \[0.5, 1.0\]"
+    ):
         EquivarianceSampler(EquivarianceConfig(), resolution=128)
     with pytest.raises(ValueError, match="invalid at 64 px"):
         validate_scales(EquivarianceConfig(), 64)
@@ -259,7 +261,9 @@ def test_equivariance_transforms():
     assert transform_input(img, s).shape[-2:] == (128, 128)
     assert transform_latent(z, s) is z  # input branch leaves the latent alone
     gt = transform_target(img, EquivarianceSample("latent", 0.25, 3))
-    ref = torch.rot90(F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False, antialias=True), 3, dims=(-1, -2))
+    ref = torch.rot90(
+        F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False, antialias=True), 3, dims=(-1, -2)
+    )
     torch.testing.assert_close(gt, ref)
     assert transform_target(img, EquivarianceSample()) is img
 
@@ -342,8 +346,42 @@ def test_reconstruction_and_totals_combine_named_terms():
     total = generator_total(terms, cfg, vf_weight=0.0)
     assert total.item() == pytest.approx(expected_rec + 2.0, abs=1e-6)  # KL weight 0 in stage 2
     s0 = TOKENIZER_LOSS_PRESETS["stage0"]
-    assert generator_total(terms, s0, vf_weight=torch.tensor(0.5)).item() == pytest.approx(expected_rec + 2.0 + 1e-4 + 1.5, abs=1e-5)
-    d = discriminator_total({"d_hinge": torch.tensor(1.5), "d_lsgan": torch.tensor(0.25)}, TOKENIZER_LOSS_PRESETS["stage3"])
+    assert generator_total(terms, s0, vf_weight=torch.tensor(0.5)).item() == pytest.approx(
+        expected_rec + 2.0 + 1e-4 + 1.5, abs=1e-5
+    )
+    d = discriminator_total(
+        {"d_hinge": torch.tensor(1.5), "d_lsgan": torch.tensor(0.25)}, TOKENIZER_LOSS_PRESETS["stage3"]
+    )
     assert d.item() == pytest.approx(1.75)
     with pytest.raises(ValueError, match="no LPIPS module"):
         ReconstructionLoss(TOKENIZER_LOSS_PRESETS["stage0"], lpips=None)
+
+
+def test_safe_loss_rule_plugs_into_the_guard():
+    from vfmvae.losses import TokenizerSafeLossRule
+    from vfmvae.utils.guard import NonFiniteGuard
+
+    rule = TokenizerSafeLossRule("G")
+    guard = NonFiniteGuard(max_consecutive_skips=0, rule=rule)
+    rule.set_run_nimg(10_000)
+    assert guard.check({"l1": torch.tensor(0.1), "g_hinge": torch.tensor(1.0)})  # warm-up, stored as reference
+    rule.set_run_nimg(60_000)
+    assert not guard.check({"l1": torch.tensor(1.5), "g_hinge": torch.tensor(1.0)})  # 15x the last safe value
+    assert guard.last_bad_terms == ["l1"]
+    assert guard.check({"l1": torch.tensor(0.9), "g_hinge": torch.tensor(-3.0)})  # 9x: safe, new reference 0.9
+    assert not guard.check({"l1": torch.tensor(9.5)})
+    restored = TokenizerSafeLossRule("G")
+    restored.load_state_dict(rule.state_dict())
+    assert restored({"l1": 9.5}) == ["l1"] and restored({"l1": 8.9}) == []
+
+
+def test_vf_loss_is_a_float32_island_under_autocast():
+    g = torch.Generator().manual_seed(2)
+    z, f = torch.randn(2, 64, 4, 4, generator=g), torch.randn(2, 64, 4, 4, generator=g)
+    reference = vf_loss(z, f)["vf"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = vf_loss(z.bfloat16().float(), f)["vf"]
+    ref_rounded = vf_loss(z.bfloat16().float(), f)["vf"]
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, ref_rounded, atol=1e-6, rtol=0)
+    assert abs(reference.item() - under_autocast.item()) < 1e-2

@@ -7,7 +7,7 @@ Public entry points:
     vf_loss, vf_loss_from_latent, adaptive_vf_weight VF alignment (§4.4)
     EquivarianceSampler, transform_*                equivariance regularisation (§4.1)
     hinge_*, lsgan_*, feature_matching_loss         adversarial terms (§4.5)
-    safe_loss_rule                                  safe-loss rule (§4.7)
+    safe_loss_rule, TokenizerSafeLossRule           safe-loss rule (§4.7); the latter plugs into utils.guard
     TokenizerLossConfig, TOKENIZER_LOSS_PRESETS,
     ReconstructionLoss, generator_total,
     discriminator_total                             per-stage objectives (§4.6)
@@ -35,8 +35,22 @@ from .objective import (
     get_loss_config,
 )
 from .pixel import MultiScalePixelLoss, MultiScalePixelLossConfig, l1_loss, l2_loss, resize_like_vfm, ssim_loss
-from .safe_loss import SafeLossConfig, SafeLossDecision, check_discriminator_terms, check_generator_terms, safe_loss_rule
-from .vf_alignment import VF_BASE_WEIGHTS, VFLossConfig, adaptive_vf_weight, tokens_to_latent_grid, vf_loss, vf_loss_from_latent
+from .safe_loss import (
+    SafeLossConfig,
+    SafeLossDecision,
+    TokenizerSafeLossRule,
+    check_discriminator_terms,
+    check_generator_terms,
+    safe_loss_rule,
+)
+from .vf_alignment import (
+    VF_BASE_WEIGHTS,
+    VFLossConfig,
+    adaptive_vf_weight,
+    tokens_to_latent_grid,
+    vf_loss,
+    vf_loss_from_latent,
+)
 
 __all__ = [
     "EQUIVARIANCE_PRESETS",
@@ -52,6 +66,7 @@ __all__ = [
     "SafeLossConfig",
     "SafeLossDecision",
     "TokenizerLossConfig",
+    "TokenizerSafeLossRule",
     "VFLossConfig",
     "adaptive_vf_weight",
     "check_discriminator_terms",

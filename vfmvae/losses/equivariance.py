@@ -74,7 +74,9 @@ def _scaled_side(side: int, scale: float) -> Fraction:
     return Fraction(side) * Fraction(scale).limit_denominator(1000)
 
 
-def validate_scales(config: EquivarianceConfig, resolution: int, compression: int = 16, latent_multiple: int = 4) -> None:
+def validate_scales(
+    config: EquivarianceConfig, resolution: int, compression: int = 16, latent_multiple: int = 4
+) -> None:
     """Refuse scale sets that give latent sizes the decoder cannot take at `resolution` px.
 
     A scale s is valid when `resolution * s / compression` is an integer divisible by
@@ -82,7 +84,9 @@ def validate_scales(config: EquivarianceConfig, resolution: int, compression: in
     downscaled image). Raises `ValueError` naming the bad scales and the valid subset.
     """
     if resolution % compression != 0:
-        raise ValueError(f"resolution {resolution} is not a multiple of the tokenizer's compression factor {compression}")
+        raise ValueError(
+            f"resolution {resolution} is not a multiple of the tokenizer's compression factor {compression}"
+        )
     for name, p in (("p_latent", config.p_latent), ("p_input_scale", config.p_input_scale)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"equivariance {name}={p} is not a probability")
@@ -93,6 +97,7 @@ def validate_scales(config: EquivarianceConfig, resolution: int, compression: in
     if any(k not in (0, 1, 2, 3) for k in config.rotations) or not config.rotations:
         raise ValueError(f"equivariance rotations must be a non-empty subset of (0, 1, 2, 3), got {config.rotations}")
     latent_side = resolution // compression
+
     def fits(s: float) -> bool:
         side = _scaled_side(latent_side, s)
         return 0.0 < s <= 1.0 and side.denominator == 1 and side.numerator % latent_multiple == 0
@@ -129,7 +134,9 @@ class EquivarianceSampler:
         if not cfg.enabled or not training:
             return EquivarianceSample()
         if self.rng.random() < cfg.p_latent:
-            return EquivarianceSample(BRANCH_LATENT, float(self.rng.choice(cfg.latent_scales)), int(self.rng.choice(cfg.rotations)))
+            return EquivarianceSample(
+                BRANCH_LATENT, float(self.rng.choice(cfg.latent_scales)), int(self.rng.choice(cfg.rotations))
+            )
         if cfg.input_scales and self.rng.random() < cfg.p_input_scale:
             return EquivarianceSample(BRANCH_INPUT, float(self.rng.choice(cfg.input_scales)), 0)
         return EquivarianceSample(BRANCH_INPUT, 1.0, 0)

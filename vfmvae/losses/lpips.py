@@ -100,7 +100,7 @@ class LPIPS(nn.Module):
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'} ($TORCH_HOME); random_backbone=True is for tests only"
             )
         state = torch.load(found, map_location="cpu", weights_only=True)
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")} or state
         # Only the convs up to relu5_3 are used; the classifier and the last max-pool are dropped.
         wanted = self.features.state_dict().keys()
         missing = [k for k in wanted if k not in state]
@@ -134,9 +134,16 @@ class LPIPS(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample LPIPS distance `(B,)` between `(B, 3, H, W)` images in [-1, 1]."""
         if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
-            raise ValueError(f"LPIPS expects two (B, 3, H, W) images of equal shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-        # Float32 island: the unit-normalisation divides by small feature norms.
-        batch = torch.cat([pred, target]).float()
+            raise ValueError(
+                f"LPIPS expects two (B, 3, H, W) images of equal shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        # Float32 island, autocast off: the official loss ran fp32 (TF32 off) and the unit-normalisation
+        # divides by small feature norms.
+        with torch.autocast(pred.device.type, enabled=False):
+            return self._distance(pred.float(), target.float())
+
+    def _distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        batch = torch.cat([pred, target])
         taps = self._vgg_taps((batch - self.shift) / self.scale)
         total = pred.new_zeros(pred.shape[0], dtype=torch.float32)
         for tap, head in zip(taps, self.heads):

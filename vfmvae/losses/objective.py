@@ -121,14 +121,20 @@ class ReconstructionLoss(nn.Module):
             terms["ssim"] = ssim_loss(pred, target)
             rec = rec + cfg.ssim * terms["ssim"]
         if self.multiscale is not None:
-            outputs = list(multiscale_outputs.values()) if isinstance(multiscale_outputs, Mapping) else list(multiscale_outputs)
+            outputs = (
+                list(multiscale_outputs.values())
+                if isinstance(multiscale_outputs, Mapping)
+                else list(multiscale_outputs)
+            )
             terms.update(self.multiscale(outputs, target, global_nimg))
             rec = rec + terms["multiscale_l1"]  # already weighted (0.1 each) and gated
         terms["rec"] = rec
         return terms
 
 
-def generator_total(terms: Mapping[str, torch.Tensor], config: TokenizerLossConfig, vf_weight: torch.Tensor | float = 0.0) -> torch.Tensor:
+def generator_total(
+    terms: Mapping[str, torch.Tensor], config: TokenizerLossConfig, vf_weight: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """Weighted G objective from named terms (`rec`, `g_hinge`, `g_lsgan`, `feature_matching`, `vf`, `kl`).
 
     `vf_weight` is the adaptive lambda (or the plain base weight when not adaptive). Missing terms count as 0.
@@ -136,7 +142,12 @@ def generator_total(terms: Mapping[str, torch.Tensor], config: TokenizerLossConf
     if "rec" not in terms:
         raise KeyError("generator_total: the reconstruction total 'rec' is missing (use ReconstructionLoss)")
     total = terms["rec"]
-    weighted = (("g_hinge", config.stylegan_t), ("g_lsgan", config.patchgan), ("feature_matching", config.feature_matching), ("kl", config.kl))
+    weighted = (
+        ("g_hinge", config.stylegan_t),
+        ("g_lsgan", config.patchgan),
+        ("feature_matching", config.feature_matching),
+        ("kl", config.kl),
+    )
     for name, weight in weighted:
         if weight != 0 and name in terms:
             total = total + weight * terms[name]

@@ -23,7 +23,9 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(
+            f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
 
 
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,9 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, kernel_size: int = 11, s
     """
     _check_pair(pred, target, "ssim_loss")
     if min(pred.shape[-2:]) < kernel_size:
-        raise ValueError(f"ssim_loss: images of size {tuple(pred.shape[-2:])} are smaller than the SSIM window {kernel_size}")
+        raise ValueError(
+            f"ssim_loss: images of size {tuple(pred.shape[-2:])} are smaller than the SSIM window {kernel_size}"
+        )
     ssim = structural_similarity_index_measure(
         pred.float().clamp(-1, 1),
         target.float().clamp(-1, 1),
@@ -105,15 +109,21 @@ class MultiScalePixelLoss:
     def __init__(self, config: MultiScalePixelLossConfig | None = None):
         self.config = config or MultiScalePixelLossConfig()
         if self.config.end_nimg < self.config.start_nimg:
-            raise ValueError(f"multi-scale loss window is empty: end_nimg {self.config.end_nimg} < start_nimg {self.config.start_nimg}")
+            raise ValueError(
+                f"multi-scale loss window is empty: end_nimg {self.config.end_nimg} < start_nimg {self.config.start_nimg}"
+            )
 
     def is_active(self, global_nimg: int) -> bool:
         return self.config.start_nimg <= global_nimg < self.config.end_nimg
 
-    def __call__(self, outputs: Sequence[torch.Tensor], target: torch.Tensor, global_nimg: int) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, outputs: Sequence[torch.Tensor], target: torch.Tensor, global_nimg: int
+    ) -> dict[str, torch.Tensor]:
         weights = self.config.weights
         if len(outputs) != len(weights):
-            raise ValueError(f"multi-scale loss has {len(weights)} weights but the decoder returned {len(outputs)} outputs")
+            raise ValueError(
+                f"multi-scale loss has {len(weights)} weights but the decoder returned {len(outputs)} outputs"
+            )
         gate = 1.0 if self.is_active(global_nimg) else 0.0
         total = target.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {}

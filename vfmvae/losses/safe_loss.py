@@ -119,3 +119,39 @@ def safe_loss_rule(
     if phase == "D":
         return check_discriminator_terms(terms, run_nimg, config)
     raise ValueError(f"safe_loss_rule: phase must be 'G' or 'D', got {phase!r}")
+
+
+class TokenizerSafeLossRule:
+    """Stateful adapter of `safe_loss_rule` to the guard's rule protocol (`vfmvae.utils.guard.NonFiniteGuard(rule=...)`).
+
+    `rule(terms) -> unsafe names`; the guard calls `accept(terms)` after every step all ranks took,
+    which records the reference values for the 10x test. The caller advances the per-run image
+    counter with `set_run_nimg(n)` before each check. Checkpointable (`state_dict`).
+    """
+
+    def __init__(self, phase: str, config: SafeLossConfig = SafeLossConfig()):
+        if phase not in ("G", "D"):
+            raise ValueError(f"TokenizerSafeLossRule: phase must be 'G' or 'D', got {phase!r}")
+        self.phase = phase
+        self.config = config
+        self.run_nimg = 0
+        self.prev_safe_terms: dict[str, float] | None = None
+
+    def set_run_nimg(self, run_nimg: int) -> None:
+        self.run_nimg = int(run_nimg)
+
+    def __call__(self, terms: Mapping[str, float]) -> list[str]:
+        decision = safe_loss_rule(self.phase, terms, self.run_nimg, self.prev_safe_terms, self.config)
+        return list(decision.unsafe_terms)
+
+    def accept(self, terms: Mapping[str, float]) -> None:
+        if self.phase == "G":
+            self.prev_safe_terms = {k: _as_float(v) for k, v in terms.items() if k in G_RATIO_CHECKED}
+
+    def state_dict(self) -> dict:
+        return {"run_nimg": self.run_nimg, "prev_safe_terms": self.prev_safe_terms}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.run_nimg = int(state["run_nimg"])
+        prev = state["prev_safe_terms"]
+        self.prev_safe_terms = None if prev is None else {str(k): float(v) for k, v in prev.items()}

@@ -64,7 +64,13 @@ def vf_loss(z_proj: torch.Tensor, target: torch.Tensor, config: VFLossConfig | N
             f"vf_loss: projected latent {tuple(z_proj.shape)} and VFM target {tuple(target.shape)} differ; "
             "pool the VFM features to the latent grid and project z to the VFM width first"
         )
-    # Float32 island: the N x N cosine matrices are reductions over D channels.
+    # Float32 island (also under an ambient bf16/fp16 autocast, which would otherwise run the
+    # einsums in half precision): the N x N cosine matrices are reductions over D channels.
+    with torch.autocast(z_proj.device.type, enabled=False):
+        return _vf_loss_fp32(z_proj, target, cfg)
+
+
+def _vf_loss_fp32(z_proj: torch.Tensor, target: torch.Tensor, cfg: VFLossConfig) -> dict[str, torch.Tensor]:
     z = z_proj.float().flatten(2)  # (B, D, N)
     f = target.detach().float().flatten(2)
     z_unit = F.normalize(z, dim=1)
@@ -93,7 +99,9 @@ def adaptive_vf_weight(
     + multi-scale L1); the GAN terms are not part of the reference gradient (official code).
     """
     if not last_layer_weight.requires_grad:
-        raise ValueError("adaptive_vf_weight: the encoder head's last-layer weight does not require grad (is the head frozen?)")
+        raise ValueError(
+            "adaptive_vf_weight: the encoder head's last-layer weight does not require grad (is the head frozen?)"
+        )
     if base_weight == 0:
         return torch.zeros((), device=last_layer_weight.device)
     (rec_grad,) = torch.autograd.grad(rec_loss, last_layer_weight, retain_graph=True, allow_unused=True)

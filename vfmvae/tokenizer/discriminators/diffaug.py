@@ -37,7 +37,9 @@ def augment_color(x: torch.Tensor, strength: float = 1.0, generator: torch.Gener
     return x
 
 
-def augment_translation(x: torch.Tensor, strength: float = 1.0, ratio: float = 0.125, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_translation(
+    x: torch.Tensor, strength: float = 1.0, ratio: float = 0.125, generator: torch.Generator | None = None
+) -> torch.Tensor:
     b, _, h, w = x.shape
     max_dy, max_dx = int(h * ratio * strength + 0.5), int(w * ratio * strength + 0.5)
     if max_dy == 0 and max_dx == 0:
@@ -52,7 +54,9 @@ def augment_translation(x: torch.Tensor, strength: float = 1.0, ratio: float = 0
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def augment_cutout(x: torch.Tensor, strength: float = 1.0, ratio: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_cutout(
+    x: torch.Tensor, strength: float = 1.0, ratio: float = 0.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
     b, _, h, w = x.shape
     cut_h, cut_w = int(h * ratio * strength + 0.5), int(w * ratio * strength + 0.5)
     if cut_h == 0 or cut_w == 0:
@@ -61,7 +65,12 @@ def augment_cutout(x: torch.Tensor, strength: float = 1.0, ratio: float = 0.2, g
     cx = _randint(0, w + (1 - cut_w % 2), b, x.device, generator).view(b, 1, 1)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = (rows >= cy - cut_h // 2) & (rows < cy - cut_h // 2 + cut_h) & (cols >= cx - cut_w // 2) & (cols < cx - cut_w // 2 + cut_w)
+    inside = (
+        (rows >= cy - cut_h // 2)
+        & (rows < cy - cut_h // 2 + cut_h)
+        & (cols >= cx - cut_w // 2)
+        & (cols < cx - cut_w // 2 + cut_w)
+    )
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 

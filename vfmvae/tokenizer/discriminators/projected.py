@@ -62,7 +62,12 @@ PROJECTED_DISCRIMINATOR_PRESETS: dict[str, ProjectedDiscriminatorConfig] = {
     "dino-vits16": ProjectedDiscriminatorConfig(),
     # Tiny random ViT for CPU tests: 32 px input, 4 x 4 tokens, 4 blocks of width 32.
     "debug": ProjectedDiscriminatorConfig(
-        vit_embed_dim=32, vit_depth=4, vit_heads=2, vit_patch_size=8, image_size=32, tap_blocks=(0, 1, 2, 3),
+        vit_embed_dim=32,
+        vit_depth=4,
+        vit_heads=2,
+        vit_patch_size=8,
+        image_size=32,
+        tap_blocks=(0, 1, 2, 3),
         vfm_name=None,
     ),
 }
@@ -113,7 +118,9 @@ class DinoTaps(nn.Module):
     def __init__(self, vit: nn.Module, tap_blocks: tuple[int, ...], tap_embedding: bool = True):
         super().__init__()
         if list(tap_blocks) != sorted(tap_blocks) or max(tap_blocks) >= len(vit.blocks):
-            raise ValueError(f"tap_blocks {tap_blocks} must be ascending block indices below the ViT depth {len(vit.blocks)}")
+            raise ValueError(
+                f"tap_blocks {tap_blocks} must be ascending block indices below the ViT depth {len(vit.blocks)}"
+            )
         if getattr(vit, "num_prefix_tokens", 1) != 1 or getattr(vit, "cls_token", None) is None:
             raise ValueError("the discriminator ViT must have exactly one prefix token (CLS) and no registers")
         self.vit = vit
@@ -163,7 +170,9 @@ class ResidualBlock(nn.Module):
 
 
 def _sn_conv1d(c_in: int, c_out: int, kernel_size: int, circular: bool) -> nn.Conv1d:
-    conv = nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, padding_mode="circular" if circular else "zeros")
+    conv = nn.Conv1d(
+        c_in, c_out, kernel_size, padding=kernel_size // 2, padding_mode="circular" if circular else "zeros"
+    )
     # Legacy hook API on purpose: keys `weight_orig/weight_u/weight_v` as in the official checkpoints.
     return spectral_norm(conv, n_power_iterations=1, eps=1e-12, dim=0)
 
@@ -194,7 +203,10 @@ class DiscriminatorHead(nn.Module):
 def build_heads(config: ProjectedDiscriminatorConfig) -> nn.ModuleDict:
     n_taps = len(config.tap_blocks) + int(config.tap_embedding)
     return nn.ModuleDict(
-        {str(i): DiscriminatorHead(config.vit_embed_dim, config.head_kernel_size, config.virtual_batch) for i in range(n_taps)}
+        {
+            str(i): DiscriminatorHead(config.vit_embed_dim, config.head_kernel_size, config.virtual_batch)
+            for i in range(n_taps)
+        }
     )
 
 
