@@ -111,4 +111,4 @@ def load_image(path: str | Path, resolution: int = SE_RESOLUTION) -> np.ndarray:
     img = Image.open(path).convert("RGB")
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable copy (torch.from_numpy warns on read-only arrays)
