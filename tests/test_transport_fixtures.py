@@ -26,6 +26,15 @@ from vfmvae.transport import (
 ATOL = 1e-5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def case(fixtures_dir):
     tensors = load_file(str(fixtures_dir / "transport_cases.safetensors"))

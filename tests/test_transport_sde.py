@@ -20,6 +20,15 @@ from vfmvae.transport import SAMPLER_PRESETS, cast_velocity_fn, euler_maruyama_s
 F64 = torch.float64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def reference_reg_sde(model_fn, z, cls, y, num_steps, cfg, cls_cfg, low, high, null=1000):
     ts = torch.cat([torch.linspace(1.0, 0.04, num_steps, dtype=F64), torch.zeros(1, dtype=F64)])
     x, c = z.to(F64), cls.to(F64)

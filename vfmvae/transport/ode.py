@@ -28,6 +28,11 @@ def _check_grid(grid: Tensor) -> None:
         raise ValueError("the time grid must be strictly monotonic")
 
 
+def _step(x: State, v: State, dt: Tensor) -> State:
+    """``x + dt·v`` component-wise."""
+    return tree_map(lambda xc, vc: xc + dt * vc, x, v)
+
+
 @torch.no_grad()
 def integrate_ode(velocity_fn: VelocityFn, state: State, y: Tensor, grid: Tensor, *, method: str = "euler",
                   return_trajectory: bool = False) -> State | list[State]:
@@ -54,12 +59,12 @@ def integrate_ode(velocity_fn: VelocityFn, state: State, y: Tensor, grid: Tensor
         t0, t1 = grid[i], grid[i + 1]
         dt = t1 - t0
         v0 = velocity_fn(x, time_vector(t0, x), y)
+        x_euler = _step(x, v0, dt)
         if method == "euler":
-            x = tree_map(lambda xc, vc: xc + dt * vc, x, v0)
+            x = x_euler
         else:
-            x_pred = tree_map(lambda xc, vc: xc + dt * vc, x, v0)
-            v1 = velocity_fn(x_pred, time_vector(t1, x), y)
-            x = tree_map(lambda xc, a, b: xc + dt * 0.5 * (a + b), x, v0, v1)
+            v1 = velocity_fn(x_euler, time_vector(t1, x), y)
+            x = _step(x, tree_map(lambda a, b: 0.5 * (a + b), v0, v1), dt)
         if return_trajectory:
             trajectory.append(x)
     return trajectory if return_trajectory else x
