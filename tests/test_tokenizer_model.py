@@ -198,3 +198,15 @@ def test_reset_buffers_after_meta_build():
     for (name, a), (_, b) in zip(model.decoder.named_buffers(), ref.named_buffers()):
         if "blur_kernel" in name:
             torch.testing.assert_close(a, b)
+
+
+def test_paper_preset_dynamic_resolution_on_meta(paper_meta):
+    """Full paper model (SigLIP2-L on meta): 192 px -> 12x12x32 latent -> 192 px."""
+    side, latent = 192, 12
+    with torch.device("meta"):
+        out = paper_meta(torch.empty(1, 3, side, side))
+    tokens = (2 * side // 16) ** 2
+    assert [tuple(f.shape) for f in out.vfm_features] == [(1, tokens, 1024)] * 3
+    assert out.posterior.mean.shape == (1, 32, latent, latent) and out.z.shape == (1, 32, latent, latent)
+    assert out.image.shape == (1, 3, side, side)
+    assert list(out.multiscale) == [side // 2, side // 4, side // 8, side // 16, side // 32]

@@ -106,7 +106,7 @@ class VFMVAE(nn.Module):
             images = images.float() / 255.0  # loaders yield uint8; the model takes [0, 1]
         elif not images.is_floating_point():
             raise TypeError(f"VFMVAE.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
-        lo, hi = images.min().item(), images.max().item()
+        lo, hi = (0.0, 1.0) if images.device.type == "meta" else (t.item() for t in torch.aminmax(images))
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"VFMVAE.encode: images must be in [0, 1] (got range [{lo:.3f}, {hi:.3f}]); "
                              f"map [-1, 1] images with (x + 1) / 2")
