@@ -5,8 +5,9 @@ Why a callback is needed (checked against lightning 2.6.6, ``loops/training_epoc
 DataLoader without ``state_dict``, it simply starts a *fresh* iterator over the epoch and stops
 once the restored count plus the new batches reaches ``len(dataloader)``. It skips nothing, so
 without help the resumed run re-trains the first ``N - k`` batches of the epoch instead of the
-last ``N - k``. The iterator is created in ``FitLoop.setup_data`` (and its first batch already
-prefetched) *before* any callback hook of the resumed run, and before ``set_epoch``.
+last ``N - k``. The iterator is created in ``FitLoop.setup_data``, *before* any callback hook
+of the resumed run and before ``set_epoch``; with worker processes it pulls indices from the
+sampler right away, so loading the sampler state later is not enough on its own.
 
 What this callback does:
 - counts trained batches of the current epoch in ``on_train_batch_end`` and saves
@@ -93,8 +94,9 @@ class SamplerStateCallback(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Not called for the resumed epoch (Lightning skips it when restarting mid-epoch).
-        if self._sampler is not None:
-            self._start_position, self._batches = self._sampler.position, 0
+        # Re-attach: `reload_dataloaders_every_n_epochs` may have built a new sampler.
+        sampler = self._attach(trainer)
+        self._start_position, self._batches = sampler.position, 0
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -38,8 +38,9 @@ class IndexedData(Dataset):
 
 
 class Tiny(LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, num_workers: int = 0) -> None:
         super().__init__()
+        self.num_workers = num_workers
         torch.manual_seed(0)
         self.net = nn.Linear(3, 1)
         self.frozen = nn.Linear(3, 1).requires_grad_(False)  # stands in for a frozen VFM
@@ -61,7 +62,7 @@ class Tiny(LightningModule):
 
     def train_dataloader(self):
         sampler = ResumableDistributedSampler(IndexedData(), num_replicas=1, rank=0, shuffle=True, seed=3)
-        return DataLoader(sampler.dataset, batch_size=BATCH, sampler=sampler)
+        return DataLoader(sampler.dataset, batch_size=BATCH, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self):
         return DataLoader(IndexedData(), batch_size=8)
@@ -110,12 +111,22 @@ def uninterrupted(tmp_path_factory):
     return tmp_path / "ck", model_a, trainer_a
 
 
-@pytest.mark.parametrize("resume_step", [3, 6, 8])  # mid-epoch 0, end of epoch 0, mid-epoch 1
-def test_resume_matches_uninterrupted(tmp_path, uninterrupted, resume_step):
+@pytest.mark.parametrize(
+    "resume_step,num_workers",
+    [
+        (3, 0),  # mid-epoch 0
+        (6, 0),  # end of epoch 0
+        (8, 0),  # mid-epoch 1
+        # Worker processes make the DataLoader pull indices from the sampler as soon as the
+        # iterator exists (before any hook of the resumed run): the case the re-iteration is for.
+        pytest.param(8, 1, marks=pytest.mark.slow),
+    ],
+)
+def test_resume_matches_uninterrupted(tmp_path, uninterrupted, resume_step, num_workers):
     ckpt_dir, model_a, trainer_a = uninterrupted
     total = TOTAL_STEPS
     seen_a = model_a.seen
-    model_b = Tiny()
+    model_b = Tiny(num_workers)
     trainer_b = _trainer(tmp_path / "b", total)
     path = next(ckpt_dir.glob(f"step={resume_step}*.ckpt"))
     with warnings.catch_warnings():
