@@ -160,7 +160,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
             xs = [r["condition"] if kind == "conditions" else r["feature"] for r in pts]
             ax.plot(range(len(xs)), [r["cknna"] for r in pts], marker="o", label=model)
             ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("CKNNA (k=10)" if kind == "conditions" else "CKNNA vs reference (clean)")
+        k = subset[0].get("topk", 10)
+        ax.set_ylabel(f"CKNNA (k={k})" if kind == "conditions" else f"CKNNA (k={k}) vs reference, clean")
         ax.set_title("SE-CKNNA per condition" if kind == "conditions" else "DiT blocks, t = 0.5, null label")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

@@ -1,0 +1,246 @@
+"""SE-CKNNA: transform generator vs the official global-RNG code, per-model pipelines/pooling with stand-ins,
+DiT probes (time conventions, null label, class-token exclusion), and the offline script on tiny models."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vfmvae.metrics.se_cknna import (
+    AGGREGATE_NAME, DINOv2SEExtractor, DiTProbe, SigLIPSEExtractor, TokenizerSEExtractor, dit_block_features,
+    extract_condition_features, lightningdit_probe, se_cknna, sit_reg_probe,
+)
+from vfmvae.metrics.se_transforms import (
+    EquivarianceTransform, add_pixel_noise, condition_names, equivariance_params, equivariance_records,
+    rotate_quarter_turns,
+)
+
+# ------------------------------------------------------------------------------------------------ transforms
+
+
+def test_equivariance_params_match_official_global_rng():
+    for idx in range(60):
+        np.random.seed(42 + idx)  # official preprocess.get_transformation_params, verbatim order
+        rotation = int(np.random.choice([0, 90, 180, 270]))
+        scale = float(np.random.choice([1.0, 0.75, 0.5, 0.25]))
+        assert equivariance_params(idx) == EquivarianceTransform(rotation, scale)
+    records = equivariance_records(["b", "a", "c"])
+    assert list(records) == ["a", "b", "c"] and records["b"] == equivariance_params(1).as_record()
+    draws = {(equivariance_params(i).rotation, equivariance_params(i).scale) for i in range(200)}
+    assert len(draws) == 16  # every rotation x scale pair occurs
+
+
+def test_pixel_noise_matches_official_and_shares_pattern():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for sigma in (0.05, 0.2):
+        np.random.seed(42 + 7)
+        noise = np.random.normal(0, sigma, image.shape).astype(np.float32)
+        expected = np.clip(image + noise * 255.0, 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(add_pixel_noise(image, sigma, 7), expected)
+    gray = np.full((32, 32, 3), 128, np.uint8)
+    d1 = add_pixel_noise(gray, 0.05, 3).astype(float) - 128
+    d2 = add_pixel_noise(gray, 0.10, 3).astype(float) - 128
+    assert np.corrcoef(d1.ravel(), d2.ravel())[0, 1] > 0.95  # same pattern, different scale
+    assert not np.array_equal(add_pixel_noise(gray, 0.1, 3), add_pixel_noise(gray, 0.1, 4))
+    assert condition_names() == ["clean", "equivariance", "noise_0.050", "noise_0.100", "noise_0.150",
+                                 "noise_0.200"]
+    with pytest.raises(TypeError, match="uint8"):
+        add_pixel_noise(gray.astype(np.float32), 0.1, 0)
+
+
+def test_rotation_matches_numpy_rot90():
+    image = np.arange(2 * 3 * 3).reshape(2, 3, 3).astype(np.float32)  # HWC, non-square
+    for rot in (90, 180, 270):
+        expected = np.rot90(image, k=rot // 90, axes=(0, 1))
+        got = rotate_quarter_turns(torch.from_numpy(image).permute(2, 0, 1), rot).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------- pipelines with stand-ins
+
+
+class Recorder:
+    """Stand-in token_fn: remembers its input, returns tokens whose mean is known."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, x):
+        self.inputs.append(x.clone())
+        b = x.shape[0]
+        # tokens (B, 3, 2): per token the channel means scaled by token index + 1 -> mean = 2 * channel mean
+        cm = x.mean((2, 3))[:, :2]
+        return torch.stack([cm * (i + 1) for i in range(3)], dim=1)
+
+
+def _img(seed=0, size=256):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_dinov2_pipeline():
+    rec = Recorder()
+    ext = DINOv2SEExtractor(rec, resolution=224, patch_size=14)
+    images = np.stack([_img(0), _img(1)])
+    pooled = ext.clean(images)
+    x = rec.inputs[-1]
+    assert x.shape == (2, 3, 224, 224)
+    pil = np.asarray(Image.fromarray(images[1]).resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255
+    torch.testing.assert_close(x[1], torch.from_numpy(pil).permute(2, 0, 1))
+    torch.testing.assert_close(pooled, 2 * x.mean((2, 3))[:, :2])
+    # equivariance: rotate, bilinear (no antialias) to int(224 * scale), reflect-pad to a multiple of 14
+    ext100 = DINOv2SEExtractor(rec, resolution=100, patch_size=14)
+    ext100.equivariance(images[0], EquivarianceTransform(90, 0.75))
+    x = rec.inputs[-1]
+    assert x.shape == (1, 3, 84, 84)  # 75 -> padded to 84
+    rotated = torch.from_numpy(np.rot90(images[0], 1, axes=(0, 1)).copy()).permute(2, 0, 1).float() / 255
+    resized = F.interpolate(rotated[None], size=75, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x[..., :75, :75], resized)
+    torch.testing.assert_close(x[..., 75:, :75], resized[..., 65:74, :].flip(-2))  # reflection, edge row not repeated
+
+
+def test_siglip_and_tokenizer_pipelines():
+    rec = Recorder()
+    ext = SigLIPSEExtractor(rec)
+    image = _img(2)
+    ext.clean(image[None])
+    assert rec.inputs[-1].shape == (1, 3, 256, 256)
+    ext.equivariance(image, EquivarianceTransform(180, 0.5))
+    x = rec.inputs[-1]
+    assert x.shape == (1, 3, 128, 128)
+    flipped = torch.from_numpy(image[::-1, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
+    torch.testing.assert_close(x, F.interpolate(flipped, scale_factor=0.5, mode="bilinear", antialias=True))
+    ext.equivariance(image, EquivarianceTransform(0, 1.0))
+    assert rec.inputs[-1].shape == (1, 3, 256, 256)  # scale 1: no resize at all
+
+    class Posterior:
+        def __init__(self, mean):
+            self.mean = mean
+
+        def sample(self, generator=None):
+            return self.mean + 100.0
+
+    seen = []
+    encode = lambda x: seen.append(x.shape) or Posterior(x[:, :2, ::16, ::16])
+    tok = TokenizerSEExtractor(encode)
+    images = np.stack([_img(3), _img(4)])
+    x01 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(tok.clean(images), x01[:, :2, ::16, ::16].mean((2, 3)) + 100.0)
+    tok_mean = TokenizerSEExtractor(encode, use_sample=False)
+    torch.testing.assert_close(tok_mean.clean(images), x01[:, :2, ::16, ::16].mean((2, 3)))
+    tok.equivariance(images[0], EquivarianceTransform(90, 0.25))
+    assert seen[-1] == (1, 3, 64, 64)
+
+
+def test_extract_conditions_and_aggregate(tmp_path):
+    for i in range(12):
+        Image.fromarray(_img(i, 32)).save(tmp_path / f"{i:02d}.png")
+    from vfmvae.metrics.se_transforms import list_images
+
+    paths = list_images(tmp_path)
+    ext = SigLIPSEExtractor(lambda x: x.flatten(2).transpose(1, 2)[:, :, :3] * 1.0)  # tokens = pixels
+    feats = extract_condition_features(ext, paths, resolution=32, batch_size=5)
+    assert set(feats) == set(condition_names()) and all(v.shape == (12, 3) for v in feats.values())
+    noisy = np.stack([add_pixel_noise(_img(i, 32), 0.15, i) for i in range(12)])
+    torch.testing.assert_close(feats["noise_0.150"], torch.from_numpy(noisy).float().mean((1, 2)) / 255)
+    scores = se_cknna(feats, feats, topk=5)
+    assert scores[AGGREGATE_NAME] == pytest.approx(np.mean([scores[c] for c in feats]))
+    assert scores["clean"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown SE conditions"):
+        extract_condition_features(ext, paths, ["rotation"])
+    with pytest.raises(KeyError, match="lack conditions"):
+        se_cknna(feats, {"clean": feats["clean"]})
+
+
+# ------------------------------------------------------------------------------------------------ DiT probes
+
+
+@pytest.mark.parametrize("convention,expected_t", [("data_at_1", 0.7), ("noise_at_1", 0.3)])
+def test_dit_probe_time_convention_noise_and_null_label(convention, expected_t):
+    calls = []
+
+    def hidden_fn(x_t, t, y, cls_t):
+        calls.append((x_t, t, y))
+        return {"block_0": x_t.flatten(2).transpose(1, 2)}
+
+    latents = torch.randn(5, 4, 3, 3)
+    feats = dit_block_features(DiTProbe(hidden_fn, convention), latents, noise_fraction=0.3, batch_size=2,
+                               generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 3 and feats["block_0"].shape == (5, 4)
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn((2, 4, 3, 3), generator=g)
+    torch.testing.assert_close(calls[0][0], 0.7 * latents[:2] + 0.3 * eps)
+    assert torch.allclose(calls[0][1], torch.full((2,), expected_t)) and (calls[0][2] == 1000).all()
+    with pytest.raises(ValueError, match="time_convention"):
+        DiTProbe(hidden_fn, "t1")
+
+
+def test_real_dit_probes_exclude_class_token():
+    from vfmvae.dit import build_lightningdit, build_sit_reg
+
+    torch.manual_seed(0)
+    ldit = build_lightningdit("debug").eval()
+    feats = dit_block_features(lightningdit_probe(ldit), torch.randn(3, 8, 8, 8))
+    assert set(feats) == {"embedder", "block_0", "block_1", "final_layer"}
+    assert feats["block_1"].shape == (3, 64) and feats["final_layer"].shape == (3, 8)
+
+    reg = build_sit_reg("debug").eval()
+    probe = sit_reg_probe(reg)
+    x, cls = torch.randn(2, 8, 8, 8), torch.randn(2, 32)
+    t, y = torch.full((2,), 0.5), torch.full((2,), 1000)
+    hidden = probe.hidden_fn(x, t, y, cls)
+    _, raw = reg(x, t, y, cls, return_hidden=[1])
+    assert hidden["block_1"].shape == (2, 64, 64)  # 1 + 64 tokens -> 64 patch tokens
+    torch.testing.assert_close(hidden["block_1"], raw[1][:, 1:])
+    assert hidden["projector_0"].shape == (2, 64, 32)
+    with pytest.raises(ValueError, match="class token"):
+        dit_block_features(probe, torch.randn(2, 8, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------ the script
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("se_images")
+    for i in range(8):
+        Image.fromarray(_img(10 + i, 64)).save(folder / f"img_{i:02d}.png")  # resized to --resolution (Lanczos)
+    return folder
+
+
+def _run(repo_root, args):
+    cmd = [sys.executable, str(repo_root / "scripts" / "se_cknna.py"), "--device", "cpu", "--topk", "5", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_script_tokenizer_and_vfm(repo_root, image_dir, tmp_path):
+    proc = _run(repo_root, ["--images", str(image_dir), "--reference", "debug-dinov2", "--model", "vfm:debug-siglip",
+                            "--model", "tokenizer:debug", "--noise-levels", "0.1", "--out-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "se_cknna.csv")))
+    conds = ["clean", "equivariance", "noise_0.100", AGGREGATE_NAME]
+    assert [(r["model"], r["condition"]) for r in rows] == [(m, c) for m in ("vfm:debug-siglip", "tokenizer:debug")
+                                                            for c in conds]
+    assert all(-1 <= float(r["cknna"]) <= 1 for r in rows) and (tmp_path / "se_cknna.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_script_dit_blocks_and_errors(repo_root, image_dir, tmp_path):
+    proc = _run(repo_root, ["--images", str(image_dir), "--reference", "debug-dinov2", "--model", "lightningdit:debug",
+                            "--model", "reg:debug", "--tokenizer", "debug", "--cls-vfm", "debug-dinov2",
+                            "--cls-vfm-config", '{"hidden_size": 32}', "--resolution", "128",
+                            "--out-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "se_cknna.csv")))
+    reg = [r["feature"] for r in rows if r["model"] == "reg:debug"]
+    assert reg == ["embedder", "block_0", "block_1", "block_2", "final_layer", "projector_0"]
+    assert {r["condition"] for r in rows} == {"clean_t0.50"}
+    bad = _run(repo_root, ["--images", str(image_dir), "--model", "vfm:debug-siglip", "--num-images", "50",
+                           "--out-dir", str(tmp_path)])
+    assert bad.returncode != 0 and "fewer than the 50 requested" in bad.stderr
