@@ -113,8 +113,7 @@ def test_reg_sde_with_official_tiny_sit(fixtures_dir):
     y = torch.tensor([3, 999])
     with torch.no_grad():
         torch.manual_seed(5)
-        ours = sample(SAMPLER_PRESETS["reg-cfg"].replace(num_steps=12), cast_velocity_fn(reg_velocity_fn(fn)),
-                      (z, cls), y)
+        ours = sample(SAMPLER_PRESETS["reg-cfg"].replace(num_steps=12), reg_velocity_fn(fn), (z, cls), y)
         torch.manual_seed(5)
         ref = reference_reg_sde(fn, z, cls, y, 12, 4.0, 4.0, 0.0, 0.8)
     torch.testing.assert_close(ours[0], ref[0].float(), atol=1e-5, rtol=0)

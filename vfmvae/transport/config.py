@@ -26,7 +26,7 @@ from .losses import LightningDiTLoss, REGLoss
 from .ode import ODE_METHODS, integrate_ode
 from .paths import TimeConvention, parse_convention
 from .sde import euler_maruyama_sde
-from .state import State, VelocityFn, as_components
+from .state import State, VelocityFn, as_components, cast_velocity_fn
 from .timesteps import TimestepSampler, ode_time_grid
 
 LOSS_KINDS = ("lightningdit", "reg")
@@ -133,18 +133,23 @@ def sample(config: SamplerConfig | str, velocity_fn: VelocityFn, noise: State, y
     """Run the sampler ``config`` (a preset name or a :class:`SamplerConfig`) from ``noise``.
 
     ``velocity_fn(state, t, y)`` is the unguided model velocity in ``config.convention``;
-    guidance is wrapped here. The ODE samplers ignore ``generator`` (they are deterministic).
+    guidance is wrapped here. The ODE runs in the noise's dtype; the SDE integrates in float64
+    and calls ``velocity_fn`` in the noise's dtype. ODE samplers ignore ``generator``.
     """
     if isinstance(config, str):
         if config not in SAMPLER_PRESETS:
             raise ValueError(f"unknown sampler preset {config!r}; expected one of {sorted(SAMPLER_PRESETS)}")
         config = SAMPLER_PRESETS[config]
-    fn = config.guided(velocity_fn, len(as_components(noise)))
+    first = as_components(noise)[0]
+    n_parts = len(as_components(noise))
     if config.method == "sde":
+        # The SDE integrates in float64; the network runs in the noise's dtype. The cast sits
+        # inside the guidance wrapper so the interval is judged on the float64 time, as REG does.
+        fn = config.guided(cast_velocity_fn(velocity_fn, first.dtype), n_parts)
         return euler_maruyama_sde(fn, noise, y, num_steps=config.num_steps, last_time=config.sde_last_time,
                                   convention=config.convention, generator=generator,
                                   return_trajectory=return_trajectory)
-    first = as_components(noise)[0]
+    fn = config.guided(velocity_fn, n_parts)
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
     grid = ode_time_grid(config.num_steps, shift=config.timestep_shift, convention=config.convention,
                          dtype=dtype, device=first.device)

@@ -121,17 +121,18 @@ class ClassifierFreeGuidance:
         return like(state, guided)
 
     def _combine(self, index: int, cond: Tensor, uncond: Tensor, mask: Tensor) -> Tensor:
+        """Guided velocity of state component ``index`` (``cond``/``uncond``: ``(B, ...)``)."""
         scale = self._scale_for(index)
         if index > 0 and scale <= 0:
-            return cond
-        k = cond.shape[1] if (index > 0 or self.cfg_channels is None) else self.cfg_channels
-        if index == 0 and self.cfg_channels is not None and (cond.ndim < 2 or k > cond.shape[1]):
-            raise ValueError(f"cfg_channels={k} exceeds the {cond.shape[1] if cond.ndim > 1 else 0} channels "
-                             f"of a velocity of shape {tuple(cond.shape)}")
-        guided = cond.clone()
-        g = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
-        guided[:, :k] = torch.where(expand_time(mask, g), g, cond[:, :k])
-        return guided
+            return cond  # REG: cls_cfg_scale <= 0 keeps the conditional class-token velocity
+        k = self.cfg_channels if index == 0 and self.cfg_channels is not None else None
+        if k is not None and (cond.ndim < 2 or k > cond.shape[1]):
+            raise ValueError(f"cfg_channels={k} exceeds the channels of a velocity of shape {tuple(cond.shape)}")
+        k = cond.shape[1] if k is None else k
+        guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
+        guided = torch.where(expand_time(mask, guided), guided, cond[:, :k])
+        # Channels past k keep the conditional prediction (LightningDiT's 3-channel quirk).
+        return guided if k == cond.shape[1] else torch.cat([guided, cond[:, k:]], dim=1)
 
 
 def lightningdit_doubled_cfg(velocity_fn: VelocityFn, scale: float, *,
