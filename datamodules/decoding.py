@@ -88,7 +88,9 @@ class BadImageTracker:
         if len(self.bad_keys) < self.max_logged_keys:
             self.bad_keys.append(key)
         if log_it:
-            log.warning("skipping unreadable image %r (%s); %d bad of %d seen", key, reason, self.num_bad, self.num_seen)
+            log.warning(
+                "skipping unreadable image %r (%s); %d bad of %d seen", key, reason, self.num_bad, self.num_seen
+            )
         self._check()
 
     @property

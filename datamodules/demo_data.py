@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,7 @@ PHOTOS: dict[str, Callable[[], np.ndarray]] = {
 DEMO_CLASSES: tuple[str, ...] = tuple(sorted(PHOTOS))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_photo(name: str) -> np.ndarray:
     """The photograph ``name`` as ``uint8 (H, W, 3)``; grey photographs are replicated to RGB."""
     if name not in PHOTOS:
@@ -102,7 +102,9 @@ class DemoDataConfig:
 
     def __post_init__(self) -> None:
         if self.resolution < 1 or self.num_per_class < 1:
-            raise ValueError(f"demo resolution and num_per_class must be >= 1, got {self.resolution}, {self.num_per_class}")
+            raise ValueError(
+                f"demo resolution and num_per_class must be >= 1, got {self.resolution}, {self.num_per_class}"
+            )
         if not 0.0 < self.min_crop_fraction <= 1.0:
             raise ValueError(f"min_crop_fraction must be in (0, 1], got {self.min_crop_fraction}")
 

@@ -99,23 +99,41 @@ DATA_PRESETS: dict[str, ImageNetDataConfig] = {
     # Tokenizer training (tokenizer.md Sec. 5): >= 256 px filter, random-scale crop; rFID crop for val.
     "imagenet-tokenizer": _preset(filter_keys_path="data/imagenet_train_hr_256.txt"),
     "imagenet-tokenizer-wds": _preset(
-        source="webdataset", root="data/imagenet-1k-wds", val_split="validation",
+        source="webdataset",
+        root="data/imagenet-1k-wds",
+        val_split="validation",
         filter_keys_path="data/imagenet_train_hr_256.txt",
     ),
     # Latent caching and generation reference images (diffusion.md Sec. 4): ADM crop, fixed order.
     "imagenet-adm": _preset(train_crop="adm_center", val_crop="adm_center", shuffle_train=False, drop_last_train=False),
     "imagenet-adm-wds": _preset(
-        source="webdataset", root="data/imagenet-1k-wds", val_split="validation", train_crop="adm_center",
-        val_crop="adm_center", shuffle_train=False, drop_last_train=False, infinite_train=False,
+        source="webdataset",
+        root="data/imagenet-1k-wds",
+        val_split="validation",
+        train_crop="adm_center",
+        val_crop="adm_center",
+        shuffle_train=False,
+        drop_last_train=False,
+        infinite_train=False,
     ),
     # Embedded photographs, written once as an ImageFolder tree (docs/demo_data.md).
     "demo": _preset(
-        root="outputs/demo_data", resolution=64, batch_size=8, num_workers=2, pin_memory=False,
-        min_seen_for_bad_check=50, demo=DemoDataConfig(resolution=128, num_per_class=16),
+        root="outputs/demo_data",
+        resolution=64,
+        batch_size=8,
+        num_workers=2,
+        pin_memory=False,
+        min_seen_for_bad_check=50,
+        demo=DemoDataConfig(resolution=128, num_per_class=16),
     ),
     "debug": _preset(
-        root="outputs/demo_data_debug", resolution=32, batch_size=4, num_workers=0, pin_memory=False,
-        min_seen_for_bad_check=20, demo=DemoDataConfig(resolution=48, num_per_class=2),
+        root="outputs/demo_data_debug",
+        resolution=32,
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        min_seen_for_bad_check=20,
+        demo=DemoDataConfig(resolution=48, num_per_class=2),
     ),
 }
 
@@ -187,14 +205,24 @@ class ImageNetDataModule(L.LightningDataModule):
             classes = find_classes(self.split_path(cfg.train_split)) if not train else None
             source = ImageFolderSource(self.split_path(split), keep_keys=keep, classes=classes)
             sampler = ResumableDistributedSampler(
-                source, num_replicas=world, rank=rank, shuffle=train and cfg.shuffle_train, seed=cfg.seed,
+                source,
+                num_replicas=world,
+                rank=rank,
+                shuffle=train and cfg.shuffle_train,
+                seed=cfg.seed,
                 drop_last=train and cfg.drop_last_train,
             )
             return _Split(MappedImages(source, transform, tracker), sampler, source.classes)
         shards = list_shards(cfg.root, split, cfg.wds_pattern)
         source = WebDatasetSource(
-            shards, keep_keys=keep, shuffle=train and cfg.shuffle_train, shuffle_buffer=cfg.shuffle_buffer,
-            seed=cfg.seed, infinite=train and cfg.infinite_train, rank=rank, world_size=world,
+            shards,
+            keep_keys=keep,
+            shuffle=train and cfg.shuffle_train,
+            shuffle_buffer=cfg.shuffle_buffer,
+            seed=cfg.seed,
+            infinite=train and cfg.infinite_train,
+            rank=rank,
+            world_size=world,
         )
         return _Split(StreamedImages(source, transform, tracker))
 
@@ -276,7 +304,9 @@ class ImageNetDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Bad-image counts and the WebDataset epoch counter. The ImageFolder sampler's epoch and
         position are checkpointed by ``callbacks/sampler_state.py`` (it knows how many batches trained)."""
-        state: dict[str, Any] = {"bad_images": {"num_seen": self.bad_images.num_seen, "num_bad": self.bad_images.num_bad}}
+        state: dict[str, Any] = {
+            "bad_images": {"num_seen": self.bad_images.num_seen, "num_bad": self.bad_images.num_bad}
+        }
         if self._train_loader is not None and self.train_sampler is None:
             # WebDataset: a resumed run starts the next unused stream epoch (new shard/sample order),
             # so it does not re-train the stream from its beginning; it is not an exact mid-stream resume.

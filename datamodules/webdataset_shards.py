@@ -86,7 +86,9 @@ def iter_tar_samples(path: str) -> Iterator[dict]:
         raise tarfile.ReadError(f"no end-of-archive marker after byte {end_of_members}: truncated shard")
 
 
-def partition_plan(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[slice, int, int]:
+def partition_plan(
+    num_shards: int, rank: int, world_size: int, worker: int, num_workers: int
+) -> tuple[slice, int, int]:
     """Return ``(shard_slice, sample_stride, sample_offset)`` for one reader (see module doc)."""
     readers = world_size * num_workers
     reader = rank * num_workers + worker

@@ -22,7 +22,6 @@ import argparse
 import sys
 from collections.abc import Iterator
 from multiprocessing import Pool
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -52,7 +51,9 @@ def _records(args: argparse.Namespace) -> tuple[Iterator[tuple[str, str | bytes 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--source", choices=("imagefolder", "webdataset"), required=True)
     p.add_argument("--root", required=True, help="ImageFolder split folder, or the WebDataset shard folder")
     p.add_argument("--split", default="train", help="WebDataset split name (fills {split} in --pattern)")

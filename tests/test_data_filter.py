@@ -36,7 +36,9 @@ def test_imagefolder_list_keeps_exactly_the_large_images(tmp_path, samples, repo
     write_imagefolder(tmp_path / "train", samples)
     (tmp_path / "train" / samples[0]["synset"] / "corrupt.JPEG").write_bytes(b"not an image")
     script = load_script(repo_root)
-    stats = script.main(["--source", "imagefolder", "--root", str(tmp_path / "train"), "--out", str(tmp_path / "k.txt")])
+    stats = script.main(
+        ["--source", "imagefolder", "--root", str(tmp_path / "train"), "--out", str(tmp_path / "k.txt")]
+    )
     keys = load_key_list(tmp_path / "k.txt")
     assert keys == expected_keys(samples) and 0 < len(keys) < len(samples)
     assert stats == {"seen": len(samples) + 1, "kept": len(keys), "unreadable": 1}
@@ -48,8 +50,19 @@ def test_imagefolder_list_keeps_exactly_the_large_images(tmp_path, samples, repo
 def test_webdataset_list_in_official_pickle_format(tmp_path, samples, repo_root):
     write_shards(tmp_path / "wds", samples, num_shards=3)
     script = load_script(repo_root)
-    script.main(["--source", "webdataset", "--root", str(tmp_path / "wds"), "--split", "train",
-                 "--out", str(tmp_path / "k.pkl"), "--no-progress"])
+    script.main(
+        [
+            "--source",
+            "webdataset",
+            "--root",
+            str(tmp_path / "wds"),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "k.pkl"),
+            "--no-progress",
+        ]
+    )
     with open(tmp_path / "k.pkl", "rb") as f:
         raw = pickle.load(f)
     assert isinstance(raw, list) and set(raw) == expected_keys(samples)
@@ -59,9 +72,22 @@ def test_webdataset_list_in_official_pickle_format(tmp_path, samples, repo_root)
 def test_cli_runs_with_worker_processes_and_a_progress_bar(tmp_path, samples, repo_root):
     write_imagefolder(tmp_path / "train", samples[:8])
     proc = subprocess.run(
-        [sys.executable, str(repo_root / "scripts" / "make_filter_list.py"), "--source", "imagefolder",
-         "--root", str(tmp_path / "train"), "--out", str(tmp_path / "k.txt"), "--workers", "2"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(repo_root / "scripts" / "make_filter_list.py"),
+            "--source",
+            "imagefolder",
+            "--root",
+            str(tmp_path / "train"),
+            "--out",
+            str(tmp_path / "k.txt"),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "reading image sizes" in proc.stderr  # tqdm writes to stderr

@@ -37,7 +37,9 @@ def make_samples(per_class: int = 4, sizes: list[tuple[int, int]] | None = None)
     out = []
     for label, syn in enumerate(SYNSETS):
         for i in range(per_class):
-            out.append({"key": f"{syn}_{100 + i}", "synset": syn, "label": label, "size": sizes[(i + label) % len(sizes)]})
+            out.append(
+                {"key": f"{syn}_{100 + i}", "synset": syn, "label": label, "size": sizes[(i + label) % len(sizes)]}
+            )
     return out
 
 

@@ -19,8 +19,17 @@ from datamodules.key_filter import save_key_list
 
 
 def make_dm(root, **kw) -> ImageNetDataModule:
-    cfg = dict(root=str(root), val_split=None, resolution=16, train_crop="resize_center", batch_size=5,
-               num_workers=0, pin_memory=False, shuffle_train=False, drop_last_train=False)
+    cfg = dict(
+        root=str(root),
+        val_split=None,
+        resolution=16,
+        train_crop="resize_center",
+        batch_size=5,
+        num_workers=0,
+        pin_memory=False,
+        shuffle_train=False,
+        drop_last_train=False,
+    )
     cfg.update(kw)
     return ImageNetDataModule(ImageNetDataConfig(**cfg))
 

@@ -30,8 +30,16 @@ class Recorder(L.LightningModule):
 
 
 def trainer(**kw) -> L.Trainer:
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
     args.update(kw)
     return L.Trainer(**args)
 
@@ -40,9 +48,19 @@ def test_imagefolder_epochs_in_trainer(tmp_path):
     samples = make_samples(per_class=2, sizes=[(20, 16)])
     write_imagefolder(tmp_path / "train", samples)
     (tmp_path / "train" / SYNSETS[0] / "corrupt.JPEG").write_bytes(b"broken")
-    dm = ImageNetDataModule(ImageNetDataConfig(
-        root=str(tmp_path), val_split=None, resolution=8, batch_size=2, num_workers=0, pin_memory=False,
-        drop_last_train=False, max_bad_fraction=0.5, min_seen_for_bad_check=1))
+    dm = ImageNetDataModule(
+        ImageNetDataConfig(
+            root=str(tmp_path),
+            val_split=None,
+            resolution=8,
+            batch_size=2,
+            num_workers=0,
+            pin_memory=False,
+            drop_last_train=False,
+            max_bad_fraction=0.5,
+            min_seen_for_bad_check=1,
+        )
+    )
     model = Recorder()
     trainer(max_epochs=2).fit(model, datamodule=dm)
     for epoch in (0, 1):
@@ -61,8 +79,16 @@ def test_imagefolder_epochs_in_trainer(tmp_path):
 def test_webdataset_stream_with_max_steps_and_resume_state(tmp_path):
     samples = make_samples(per_class=3, sizes=[(12, 12)])
     write_shards(tmp_path, samples, num_shards=2)
-    cfg = ImageNetDataConfig(source="webdataset", root=str(tmp_path), val_split=None, resolution=8, batch_size=2,
-                             num_workers=0, pin_memory=False, shuffle_buffer=3)
+    cfg = ImageNetDataConfig(
+        source="webdataset",
+        root=str(tmp_path),
+        val_split=None,
+        resolution=8,
+        batch_size=2,
+        num_workers=0,
+        pin_memory=False,
+        shuffle_buffer=3,
+    )
     dm = ImageNetDataModule(cfg)
     model = Recorder()
     trainer(max_steps=7).fit(model, datamodule=dm)  # infinite stream: more steps than one pass

@@ -21,9 +21,19 @@ from datamodules.webdataset_shards import WebDatasetSource, list_shards
 
 
 def make_dm(root, **kw) -> ImageNetDataModule:
-    cfg = dict(source="webdataset", root=str(root), val_split=None, resolution=16, train_crop="adm_center",
-               batch_size=4, num_workers=0, pin_memory=False, shuffle_train=False, infinite_train=False,
-               drop_last_train=False)
+    cfg = dict(
+        source="webdataset",
+        root=str(root),
+        val_split=None,
+        resolution=16,
+        train_crop="adm_center",
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        shuffle_train=False,
+        infinite_train=False,
+        drop_last_train=False,
+    )
     cfg.update(kw)
     return ImageNetDataModule(ImageNetDataConfig(**cfg))
 
@@ -34,7 +44,7 @@ def keys_of(dm: ImageNetDataModule, loader) -> list[str]:
 
 def test_labels_keys_and_pixels(tmp_path):
     samples = make_samples(per_class=3)
-    for n, s in enumerate(samples):
+    for s in samples:
         s["bytes"] = write_imagefolder(tmp_path / "unused", [s])[s["key"]]
     write_shards(tmp_path / "wds", samples, num_shards=2)
     dm = make_dm(tmp_path / "wds")
@@ -60,8 +70,8 @@ def test_imagefolder_class_order_equals_wds_cls(tmp_path):
     write_imagefolder(tmp_path / "if" / "train", list(reversed(samples)))
     wds_dm = make_dm(tmp_path / "wds")
     if_dm = make_dm(tmp_path / "if", source="imagefolder")
-    wds_labels = {k: l for b in wds_dm.train_dataloader() for k, l in zip(b["key"], b["label"].tolist())}
-    if_labels = {k: l for b in if_dm.train_dataloader() for k, l in zip(b["key"], b["label"].tolist())}
+    wds_labels = {k: y for b in wds_dm.train_dataloader() for k, y in zip(b["key"], b["label"].tolist())}
+    if_labels = {k: y for b in if_dm.train_dataloader() for k, y in zip(b["key"], b["label"].tolist())}
     assert wds_labels == if_labels and len(if_labels) == len(samples)
     assert if_dm.classes == SYNSETS
 
@@ -73,8 +83,9 @@ def test_ranks_and_workers_partition_the_keys(tmp_path, num_shards):
     keep = frozenset(s["key"] for s in samples[1:])  # a filter too
     seen = Counter()
     for rank in range(2):
-        src = WebDatasetSource([str(p) for p in shards], keep_keys=keep, shuffle=True, shuffle_buffer=4, seed=3,
-                               rank=rank, world_size=2)
+        src = WebDatasetSource(
+            [str(p) for p in shards], keep_keys=keep, shuffle=True, shuffle_buffer=4, seed=3, rank=rank, world_size=2
+        )
         for worker in range(2):
             seen.update(r.key for r in src.iter_records(epoch=1, worker=worker, num_workers=2))
     assert set(seen) == keep and set(seen.values()) == {1}
