@@ -157,3 +157,18 @@ def test_forward_with_cfg_outputs(fixtures_dir, model):
                 wrapped = ClassifierFreeGuidance(velocity(model), 4.0, convention="lightningdit",
                                                  interval=interval, cfg_channels=3)(x[:n], t[:n], y[:n])
                 torch.testing.assert_close(wrapped, ref[:n], atol=ATOL, rtol=0)
+
+
+def test_uniform_draws_follow_official_rng_order(case):
+    """Informational: the unmodified official `sample()` drew noise, then uniform t, after manual_seed."""
+    T, meta = case
+    seen = {}
+
+    def spy(x_t, t, y):
+        seen["t"] = t
+        return torch.zeros_like(x_t)
+
+    torch.manual_seed(meta["training_loss"]["seed_torch"])
+    _, det = LightningDiTLoss(TimestepSampler("uniform"))(spy, T["inputs.x1"], T["inputs.y"], return_details=True)
+    torch.testing.assert_close(det["noise"], T["informational.uniform.x0_drawn"], atol=0, rtol=0)
+    torch.testing.assert_close(seen["t"], T["informational.uniform.t_drawn"], atol=0, rtol=0)

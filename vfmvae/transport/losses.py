@@ -12,7 +12,9 @@
 Both are written against callables, never a network: the LightningDiT loss takes a velocity
 function ``v(x_t, t, y)``; the REG loss takes ``fn(x_t, t, y, cls_t) -> (v, zs_tilde, cls_v)``,
 the official SiT-REG output triple. ``t`` and the noise may be passed explicitly (fixtures,
-tests); otherwise they are drawn from the :class:`TimestepSampler` and ``torch.randn``.
+tests); otherwise they are drawn from the :class:`TimestepSampler` and ``torch.randn`` in the
+official order (LightningDiT: noise then t; REG: t, noise, class-token noise), so with the
+global RNG and the official seed the uniform draws coincide with the official ones.
 Loss reductions run in (at least) float32 whatever the network's dtype (style.md, principle 8).
 """
 
@@ -96,8 +98,9 @@ class LightningDiTLoss:
     def __call__(self, velocity_fn: Callable[[Tensor, Tensor, Tensor], Tensor], x_data: Tensor, y: Tensor, *,
                  t: Tensor | None = None, noise: Tensor | None = None, step: int = 0,
                  generator: torch.Generator | None = None, return_details: bool = False):
-        t = _times(self.timestep_sampler, x_data, t, step, generator)
+        # Draw order as LightningDiT's Transport.sample (noise, then t); REG draws t first.
         noise = _draw(x_data, noise, generator)
+        t = _times(self.timestep_sampler, x_data, t, step, generator)
         x_t = self.path.interpolate(x_data, noise, t)
         target = self.path.velocity_target(x_data, noise)
         pred = velocity_fn(x_t, t, y)
