@@ -103,6 +103,9 @@ class JointAlignmentCallback(Callback):
         if self.vfm is None:
             from vfmvae.vfm import build_vfm
 
+            from lightning_modules.tokenizer_loading import resolve_path
+
+            self.vfm_pretrained = resolve_path(self.vfm_pretrained, "JointAlignmentCallback.vfm_pretrained")
             if self.vfm_pretrained is None:
                 log.warning("joint alignment: %s with RANDOM weights (vfm_pretrained not set): tests/demo only",
                             self.vfm_name)

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_modules.diffusion_sampling import class_labels, sample_latents, sampler_config
-from lightning_modules.tokenizer_loading import load_decoder, load_latent_stats
+from lightning_modules.tokenizer_loading import load_decoder, load_latent_stats, resolve_path
 from vfmvae.codec import signed_to_uint8
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ class SampleGridCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero or self.decoder is not None:
             return
-        self.decoder = load_decoder(self.tokenizer, self.tokenizer_preset, self.tokenizer_kwargs)
+        tokenizer = resolve_path(self.tokenizer, "SampleGridCallback.tokenizer")
+        kwargs = self.tokenizer_kwargs
+        if isinstance(kwargs, str):
+            kwargs = resolve_path(kwargs, "SampleGridCallback.tokenizer_kwargs", optional=True)
+        self.decoder = load_decoder(tokenizer, self.tokenizer_preset, kwargs)
 
     def _normalizer(self, trainer: Trainer):
         if self.normalizer is None:
@@ -82,7 +86,8 @@ class SampleGridCallback(Callback):
 
             ds = _find_latent_dataset(trainer.datamodule) if self.latent_stats is None else None
             stats = ds.normalizer.stats_dict() if ds is not None and ds.normalizer is not None else None
-            self.normalizer = load_latent_stats(self.latent_stats, stats)
+            path = resolve_path(self.latent_stats, "SampleGridCallback.latent_stats", optional=True)
+            self.normalizer = load_latent_stats(path, stats)
         return self.normalizer
 
     def _ema(self, trainer: Trainer):

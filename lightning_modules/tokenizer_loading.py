@@ -82,3 +82,23 @@ def load_latent_stats(path: str | os.PathLike | None, stats: dict[str, Any] | No
                                            source="checkpoint provenance")
     raise ValueError("no latent statistics: give latents_stats.pt (written beside the latent cache, or the official "
                      "file), or a checkpoint trained on a latent cache (it records them)")
+
+
+def resolve_path(value: str | None, what: str, optional: bool = False) -> str | None:
+    """Expand ``$VAR`` / ``${VAR}`` in a config path; an unset variable is a clear error.
+
+    The paper configs name their weights as ``${TOKENIZER}``, ``${DINOV2}`` so that
+    ``make train-diffusion TOKENIZER=... DINOV2=...`` fills them in (callbacks in a list cannot be
+    overridden one by one on the LightningCLI command line). ``optional``: unset -> ``None``.
+    """
+    if value is None:
+        return None
+    expanded = os.path.expandvars(str(value))
+    if "$" in expanded:
+        if optional:
+            return None
+        var = expanded[expanded.index("$"):].strip("${}").split("}")[0].split("/")[0]
+        raise ValueError(f"{what}: {value!r} needs the environment variable {var}, which is not set; pass it to make "
+                         f"(e.g. `make train-diffusion MODEL=reg {var}=/path/...`) or see configs/diffusion/demo.yaml "
+                         "for a run without external files")
+    return os.path.expanduser(expanded)
