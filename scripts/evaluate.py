@@ -27,16 +27,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vfmvae.metrics.adm_suite import evaluate_adm, load_batch  # noqa: E402
 from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path  # noqa: E402
 
-ROWS = (("fid", "FID"), ("sfid", "sFID"), ("inception_score", "Inception Score"), ("precision", "Precision"),
-        ("recall", "Recall"))
+ROWS = (
+    ("fid", "FID"),
+    ("sfid", "sFID"),
+    ("inception_score", "Inception Score"),
+    ("precision", "Precision"),
+    ("recall", "Recall"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="sample batch: .npz with arr_0 (uint8 NHWC) or an image folder")
     p.add_argument("ref", help="reference batch: ADM .npz (mu/sigma/mu_s/sigma_s and/or arr_0) or an image folder")
-    p.add_argument("--inception-weights", default=None,
-                   help=f"torch-fidelity inception-v3-compat weights (default {default_inception_weights_path()})")
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help=f"torch-fidelity inception-v3-compat weights (default {default_inception_weights_path()})",
+    )
     p.add_argument("--num-samples", type=int, default=None, help="use exactly the first N samples (error if fewer)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
@@ -59,8 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     samples, reference = load_batch(args.samples), load_batch(args.ref)
     start = time.time()
-    results = evaluate_adm(samples, reference, extractor, num_samples=args.num_samples, batch_size=args.batch_size,
-                           device=device, cache_dir=args.cache_dir or None)
+    results = evaluate_adm(
+        samples,
+        reference,
+        extractor,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        device=device,
+        cache_dir=args.cache_dir or None,
+    )
     print(format_table(results))
     out = Path(args.out) if args.out else Path(str(Path(args.samples)).rstrip("/").removesuffix(".npz") + "_adm.json")
     record = {

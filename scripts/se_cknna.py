@@ -36,8 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vfmvae.metrics.cknna import cknna  # noqa: E402
 from vfmvae.metrics.se_cknna import (  # noqa: E402
-    AGGREGATE_NAME, DINOv2SEExtractor, SigLIPSEExtractor, TokenizerSEExtractor, dit_block_features,
-    extract_condition_features, lightningdit_probe, se_cknna, sit_reg_probe,
+    AGGREGATE_NAME,
+    DINOv2SEExtractor,
+    SigLIPSEExtractor,
+    TokenizerSEExtractor,
+    dit_block_features,
+    extract_condition_features,
+    lightningdit_probe,
+    se_cknna,
+    sit_reg_probe,
 )
 from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images, load_image  # noqa: E402
 
@@ -103,8 +110,10 @@ def build_dit(kind: str, preset: str, weights: str | None, dit_kwargs: dict, dev
     else:
         model = (dit.build_lightningdit if kind == "lightningdit" else dit.build_sit_reg)(preset)
         if weights:
-            model.load_state_dict(dit.unwrap_checkpoint(torch.load(weights, map_location="cpu", weights_only=False),
-                                                        prefer="ema"), strict=True)
+            model.load_state_dict(
+                dit.unwrap_checkpoint(torch.load(weights, map_location="cpu", weights_only=False), prefer="ema"),
+                strict=True,
+            )
     model = model.to(device).eval()
     return model, (lightningdit_probe(model) if kind == "lightningdit" else sit_reg_probe(model))
 
@@ -114,7 +123,7 @@ def encode_latents(tokenizer, paths, resolution, device, batch_size, seed) -> to
     gen = torch.Generator(device=device).manual_seed(seed)
     zs = []
     for start in range(0, len(paths), batch_size):
-        images = np.stack([load_image(p, resolution) for p in paths[start:start + batch_size]])
+        images = np.stack([load_image(p, resolution) for p in paths[start : start + batch_size]])
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
             zs.append(tokenizer.encode(x).sample(generator=gen).cpu())
@@ -136,7 +145,7 @@ def dinov2_cls_tokens(preset, weights, config, paths, resolution, device, batch_
     vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
     out = []
     for start in range(0, len(paths), batch_size):
-        images = np.stack([load_image(p, resolution) for p in paths[start:start + batch_size]])
+        images = np.stack([load_image(p, resolution) for p in paths[start : start + batch_size]])
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
             _, cls = vfm(x, [-1], size=224, interpolation="bicubic", antialias=True, return_cls=True)
@@ -207,8 +216,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, ref_preset, ref_weights = parse_spec(args.reference, default_kind="vfm")
     ref_extractor, _ = build_vfm_extractor(ref_preset, ref_weights, device, json.loads(args.reference_config or "{}"))
     conditions = condition_names(args.noise_levels)
-    common = dict(noise_levels=args.noise_levels, resolution=args.resolution, seed=args.seed,
-                  batch_size=args.batch_size)
+    common = dict(
+        noise_levels=args.noise_levels, resolution=args.resolution, seed=args.seed, batch_size=args.batch_size
+    )
     needs_se = any(k in ("vfm", "tokenizer") for k, _, _ in specs)
     ref_feats = extract_condition_features(ref_extractor, paths, conditions if needs_se else ["clean"], **common)
     rows: list[dict] = []
@@ -219,8 +229,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if kind == "vfm":
                 extractor, _ = build_vfm_extractor(preset, weights, device)
             else:
-                extractor = TokenizerSEExtractor(build_tokenizer(preset, weights, device).encode, device=device,
-                                                 seed=args.seed)
+                extractor = TokenizerSEExtractor(
+                    build_tokenizer(preset, weights, device).encode, device=device, seed=args.seed
+                )
             feats = extract_condition_features(extractor, paths, conditions, **common)
             for cond, value in se_cknna(feats, ref_feats, topk=args.topk).items():
                 rows.append({"model": name, "feature": "pooled", "condition": cond, "cknna": value})
@@ -229,29 +240,54 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.tokenizer is None:
                 raise SystemExit("DiT models need --tokenizer PRESET[@WEIGHTS] to encode the images")
             _, tok_preset, tok_weights = parse_spec(args.tokenizer, default_kind="tokenizer")
-            latents = encode_latents(build_tokenizer(tok_preset, tok_weights, device), paths, args.resolution,
-                                     device, args.batch_size, args.seed)
+            latents = encode_latents(
+                build_tokenizer(tok_preset, tok_weights, device),
+                paths,
+                args.resolution,
+                device,
+                args.batch_size,
+                args.seed,
+            )
             mean, std = load_latent_stats(args.latent_stats, latents)
             latents = (latents - mean) / std
         model, probe = build_dit(kind, preset, weights, json.loads(args.dit_kwargs), device)
         if probe.needs_cls_token and cls_tokens is None:
             _, cls_preset, cls_weights = parse_spec(args.cls_vfm, default_kind="vfm")
-            cls_tokens = dinov2_cls_tokens(cls_preset, cls_weights, json.loads(args.cls_vfm_config or "{}"), paths,
-                                           args.resolution, device, args.batch_size)
+            cls_tokens = dinov2_cls_tokens(
+                cls_preset,
+                cls_weights,
+                json.loads(args.cls_vfm_config or "{}"),
+                paths,
+                args.resolution,
+                device,
+                args.batch_size,
+            )
         gen = torch.Generator(device=device).manual_seed(args.seed)
-        feats = dit_block_features(probe, latents.to(device), noise_fraction=args.noise_fraction,
-                                   cls_tokens=None if cls_tokens is None else cls_tokens.to(device),
-                                   batch_size=args.batch_size, generator=gen)
+        feats = dit_block_features(
+            probe,
+            latents.to(device),
+            noise_fraction=args.noise_fraction,
+            cls_tokens=None if cls_tokens is None else cls_tokens.to(device),
+            batch_size=args.batch_size,
+            generator=gen,
+        )
         for feature, value in feats.items():
-            rows.append({"model": name, "feature": feature, "condition": f"clean_t{args.noise_fraction:.2f}",
-                         "cknna": cknna(value, ref_feats["clean"], topk=args.topk)})
+            rows.append(
+                {
+                    "model": name,
+                    "feature": feature,
+                    "condition": f"clean_t{args.noise_fraction:.2f}",
+                    "cknna": cknna(value, ref_feats["clean"], topk=args.topk),
+                }
+            )
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in rows:
         r.update(reference=args.reference.partition("@")[0], n_images=len(paths), topk=args.topk)
     with open(out_dir / "se_cknna.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "feature", "condition", "cknna", "reference", "n_images",
-                                               "topk"])
+        writer = csv.DictWriter(
+            f, fieldnames=["model", "feature", "condition", "cknna", "reference", "n_images", "topk"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     write_plot(rows, out_dir / "se_cknna.png")

@@ -8,8 +8,13 @@ import torch
 from scipy import linalg, special, stats
 from torch import nn
 
-from vfmvae.metrics import IllConditionedWarning, compute_statistics, frechet_distance, inception_score
-from vfmvae.metrics import precision_recall
+from vfmvae.metrics import (
+    IllConditionedWarning,
+    compute_statistics,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+)
 from vfmvae.metrics.adm_suite import ImageBatch, evaluate_adm, load_batch, load_images
 
 # ----------------------------------------------------------------------------------------------- Fréchet distance
@@ -74,13 +79,15 @@ def test_inception_score_direct_formula_with_adm_chunks():
     p = special.softmax(logits, axis=1)
     scores = []
     for start in range(0, 12000, 5000):
-        part = p[start:start + 5000]
+        part = p[start : start + 5000]
         marginal = part.mean(0)
         kl = stats.entropy(part.T, np.repeat(marginal[:, None], len(part), axis=1))  # KL per row (axis 0)
         scores.append(np.exp(kl.mean()))
     assert inception_score(logits) == pytest.approx(np.mean(scores), rel=1e-10)
     # not the 10-equal-splits convention of torch-fidelity
-    ten = np.mean([np.exp(stats.entropy(c.T, np.repeat(c.mean(0)[:, None], len(c), 1)).mean()) for c in np.split(p, 10)])
+    ten = np.mean(
+        [np.exp(stats.entropy(c.T, np.repeat(c.mean(0)[:, None], len(c), 1)).mean()) for c in np.split(p, 10)]
+    )
     assert inception_score(logits) != pytest.approx(ten, rel=1e-6)
 
 
@@ -176,8 +183,9 @@ def test_suite_plumbing_cache_and_batch_size_invariance(tmp_path, monkeypatch):
     assert cached == pytest.approx(res, rel=1e-6)
 
     # reference statistics in the npz take precedence over its images (ADM read_statistics)
-    np.savez(tmp_path / "ref_stats.npz", arr_0=ref, mu=np.zeros(16), sigma=np.eye(16), mu_s=np.zeros(12),
-             sigma_s=np.eye(12))
+    np.savez(
+        tmp_path / "ref_stats.npz", arr_0=ref, mu=np.zeros(16), sigma=np.eye(16), mu_s=np.zeros(12), sigma_s=np.eye(12)
+    )
     with_stats = evaluate_adm(s_batch, load_batch(tmp_path / "ref_stats.npz"), net, cache_dir=tmp_path / "cache")
     st = compute_statistics(a)
     assert with_stats["fid"] == pytest.approx(frechet_distance(st.mu, st.sigma, np.zeros(16), np.eye(16)))

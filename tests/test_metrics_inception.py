@@ -77,9 +77,22 @@ def test_evaluate_script_end_to_end(weights, tmp_path, repo_root):
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(ref_dir / f"{i:03d}.png")
     out = tmp_path / "res.json"
-    cmd = [sys.executable, str(repo_root / "scripts" / "evaluate.py"), str(tmp_path / "samples.npz"), str(ref_dir),
-           "--inception-weights", str(weights), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
-           "--device", "cpu", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "scripts" / "evaluate.py"),
+        str(tmp_path / "samples.npz"),
+        str(ref_dir),
+        "--inception-weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "FID" in proc.stdout and "sFID" in proc.stdout and "Recall" in proc.stdout

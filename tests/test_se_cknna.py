@@ -12,11 +12,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vfmvae.metrics.se_cknna import (
-    AGGREGATE_NAME, DINOv2SEExtractor, DiTProbe, SigLIPSEExtractor, TokenizerSEExtractor, dit_block_features,
-    extract_condition_features, lightningdit_probe, se_cknna, sit_reg_probe,
+    AGGREGATE_NAME,
+    DINOv2SEExtractor,
+    DiTProbe,
+    SigLIPSEExtractor,
+    TokenizerSEExtractor,
+    dit_block_features,
+    extract_condition_features,
+    lightningdit_probe,
+    se_cknna,
+    sit_reg_probe,
 )
 from vfmvae.metrics.se_transforms import (
-    EquivarianceTransform, add_pixel_noise, condition_names, equivariance_params, equivariance_records,
+    EquivarianceTransform,
+    add_pixel_noise,
+    condition_names,
+    equivariance_params,
+    equivariance_records,
     rotate_quarter_turns,
 )
 
@@ -48,8 +60,7 @@ def test_pixel_noise_matches_official_and_shares_pattern():
     d2 = add_pixel_noise(gray, 0.10, 3).astype(float) - 128
     assert np.corrcoef(d1.ravel(), d2.ravel())[0, 1] > 0.95  # same pattern, different scale
     assert not np.array_equal(add_pixel_noise(gray, 0.1, 3), add_pixel_noise(gray, 0.1, 4))
-    assert condition_names() == ["clean", "equivariance", "noise_0.050", "noise_0.100", "noise_0.150",
-                                 "noise_0.200"]
+    assert condition_names() == ["clean", "equivariance", "noise_0.050", "noise_0.100", "noise_0.150", "noise_0.200"]
     with pytest.raises(TypeError, match="uint8"):
         add_pixel_noise(gray.astype(np.float32), 0.1, 0)
 
@@ -73,7 +84,6 @@ class Recorder:
 
     def __call__(self, x):
         self.inputs.append(x.clone())
-        b = x.shape[0]
         # tokens (B, 3, 2): per token the channel means scaled by token index + 1 -> mean = 2 * channel mean
         cm = x.mean((2, 3))[:, :2]
         return torch.stack([cm * (i + 1) for i in range(3)], dim=1)
@@ -169,8 +179,13 @@ def test_dit_probe_time_convention_noise_and_null_label(convention, expected_t):
         return {"block_0": x_t.flatten(2).transpose(1, 2)}
 
     latents = torch.randn(5, 4, 3, 3)
-    feats = dit_block_features(DiTProbe(hidden_fn, convention), latents, noise_fraction=0.3, batch_size=2,
-                               generator=torch.Generator().manual_seed(0))
+    feats = dit_block_features(
+        DiTProbe(hidden_fn, convention),
+        latents,
+        noise_fraction=0.3,
+        batch_size=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(calls) == 3 and feats["block_0"].shape == (5, 4)
     g = torch.Generator().manual_seed(0)
     eps = torch.randn((2, 4, 3, 3), generator=g)
@@ -220,27 +235,64 @@ def _run(repo_root, args):
 
 @pytest.mark.slow
 def test_script_tokenizer_and_vfm(repo_root, image_dir, tmp_path):
-    proc = _run(repo_root, ["--images", str(image_dir), "--reference", "debug-dinov2", "--model", "vfm:debug-siglip",
-                            "--model", "tokenizer:debug", "--noise-levels", "0.1", "--out-dir", str(tmp_path)])
+    proc = _run(
+        repo_root,
+        [
+            "--images",
+            str(image_dir),
+            "--reference",
+            "debug-dinov2",
+            "--model",
+            "vfm:debug-siglip",
+            "--model",
+            "tokenizer:debug",
+            "--noise-levels",
+            "0.1",
+            "--out-dir",
+            str(tmp_path),
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "se_cknna.csv")))
     conds = ["clean", "equivariance", "noise_0.100", AGGREGATE_NAME]
-    assert [(r["model"], r["condition"]) for r in rows] == [(m, c) for m in ("vfm:debug-siglip", "tokenizer:debug")
-                                                            for c in conds]
+    assert [(r["model"], r["condition"]) for r in rows] == [
+        (m, c) for m in ("vfm:debug-siglip", "tokenizer:debug") for c in conds
+    ]
     assert all(-1 <= float(r["cknna"]) <= 1 for r in rows) and (tmp_path / "se_cknna.png").stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_script_dit_blocks_and_errors(repo_root, image_dir, tmp_path):
-    proc = _run(repo_root, ["--images", str(image_dir), "--reference", "debug-dinov2", "--model", "lightningdit:debug",
-                            "--model", "reg:debug", "--tokenizer", "debug", "--cls-vfm", "debug-dinov2",
-                            "--cls-vfm-config", '{"hidden_size": 32}', "--resolution", "128",
-                            "--out-dir", str(tmp_path)])
+    proc = _run(
+        repo_root,
+        [
+            "--images",
+            str(image_dir),
+            "--reference",
+            "debug-dinov2",
+            "--model",
+            "lightningdit:debug",
+            "--model",
+            "reg:debug",
+            "--tokenizer",
+            "debug",
+            "--cls-vfm",
+            "debug-dinov2",
+            "--cls-vfm-config",
+            '{"hidden_size": 32}',
+            "--resolution",
+            "128",
+            "--out-dir",
+            str(tmp_path),
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "se_cknna.csv")))
     reg = [r["feature"] for r in rows if r["model"] == "reg:debug"]
     assert reg == ["embedder", "block_0", "block_1", "block_2", "final_layer", "projector_0"]
     assert {r["condition"] for r in rows} == {"clean_t0.50"}
-    bad = _run(repo_root, ["--images", str(image_dir), "--model", "vfm:debug-siglip", "--num-images", "50",
-                           "--out-dir", str(tmp_path)])
+    bad = _run(
+        repo_root,
+        ["--images", str(image_dir), "--model", "vfm:debug-siglip", "--num-images", "50", "--out-dir", str(tmp_path)],
+    )
     assert bad.returncode != 0 and "fewer than the 50 requested" in bad.stderr

@@ -102,7 +102,7 @@ def images_content_hash(images: np.ndarray) -> str:
     h = hashlib.sha256(f"{images.shape}|{images.dtype}".encode())
     flat = images.reshape(len(images), -1) if len(images) else images
     for start in range(0, len(flat), 256):
-        h.update(np.ascontiguousarray(flat[start:start + 256]).tobytes())
+        h.update(np.ascontiguousarray(flat[start : start + 256]).tobytes())
     return h.hexdigest()
 
 
@@ -139,19 +139,31 @@ def compute_activations(
     cache_file = None
     if cache_dir is not None:
         key = hashlib.sha256(
-            f"{CACHE_VERSION}|{images_content_hash(images)}|{_fingerprint(extractor)}".encode()).hexdigest()
+            f"{CACHE_VERSION}|{images_content_hash(images)}|{_fingerprint(extractor)}".encode()
+        ).hexdigest()
         cache_file = Path(cache_dir) / f"adm_acts_{key[:32]}.npz"
         if cache_file.is_file():
             with np.load(cache_file) as c:
-                return BatchActivations(c["pool"], c["logits"], FeatureStatistics(c["mu"], c["sigma"]),
-                                        FeatureStatistics(c["mu_s"], c["sigma_s"]))
+                return BatchActivations(
+                    c["pool"],
+                    c["logits"],
+                    FeatureStatistics(c["mu"], c["sigma"]),
+                    FeatureStatistics(c["mu_s"], c["sigma_s"]),
+                )
     feats = extract_features(images, extractor, batch_size=batch_size, device=device)
     stats, stats_s = compute_statistics(feats["pool"]), compute_statistics(feats["spatial"])
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, pool=feats["pool"], logits=feats["logits"], mu=stats.mu, sigma=stats.sigma,
-                 mu_s=stats_s.mu, sigma_s=stats_s.sigma)
+        np.savez(
+            tmp,
+            pool=feats["pool"],
+            logits=feats["logits"],
+            mu=stats.mu,
+            sigma=stats.sigma,
+            mu_s=stats_s.mu,
+            sigma_s=stats_s.sigma,
+        )
         os.replace(tmp, cache_file)  # atomic: a crash never leaves a half-written cache entry
     return BatchActivations(feats["pool"], feats["logits"], stats, stats_s)
 
@@ -184,8 +196,9 @@ def evaluate_adm(
     acts = compute_activations(images, extractor, batch_size=batch_size, device=device, cache_dir=cache_dir)
     ref_acts = None
     if reference.images is not None:
-        ref_acts = compute_activations(reference.images, extractor, batch_size=batch_size, device=device,
-                                       cache_dir=cache_dir)
+        ref_acts = compute_activations(
+            reference.images, extractor, batch_size=batch_size, device=device, cache_dir=cache_dir
+        )
     ref_stats = reference.stats or (ref_acts.stats if ref_acts else None)
     ref_stats_s = reference.stats_spatial or (ref_acts.stats_spatial if ref_acts else None)
     results: dict[str, float | None] = {

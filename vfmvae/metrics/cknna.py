@@ -139,7 +139,9 @@ def cknna(
     _check_features(features_b, "features_b")
     n = features_a.shape[0]
     if features_b.shape[0] != n:
-        raise ValueError(f"features_a and features_b must have the same number of rows, got {n} and {features_b.shape[0]}")
+        raise ValueError(
+            f"features_a and features_b must have the same number of rows, got {n} and {features_b.shape[0]}"
+        )
     if not isinstance(topk, int) or topk < 2:
         raise ValueError(f"CKNNA requires an integer topk >= 2, got {topk!r}")
     if n < 4 or topk > n - 1:

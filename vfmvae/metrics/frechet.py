@@ -68,11 +68,17 @@ def _psd_sqrt(sigma: np.ndarray, name: str, cond_warn: float) -> np.ndarray:
     if eigval[0] < floor * 1e3:
         warnings.warn(
             f"{name} has a clearly negative eigenvalue {eigval[0]:.3e} (largest {top:.3e}); it is not a valid "
-            "covariance, negative part clipped", IllConditionedWarning, stacklevel=3)
+            "covariance, negative part clipped",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
     if top > 0 and (eigval[0] <= 0 or top / eigval[0] > cond_warn):
         warnings.warn(
             f"{name} is singular or ill-conditioned (eigenvalues in [{eigval[0]:.3e}, {top:.3e}]); "
-            "typical when there are fewer samples than feature dimensions", IllConditionedWarning, stacklevel=3)
+            "typical when there are fewer samples than feature dimensions",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
     root = np.sqrt(np.clip(eigval, 0.0, None))
     return (eigvec * root) @ eigvec.T
 
@@ -100,7 +106,9 @@ def frechet_distance(
     if eig[0] < -1e-6 * scale:
         warnings.warn(
             f"sigma1^1/2 sigma2 sigma1^1/2 has a negative eigenvalue {eig[0]:.3e} (scale {scale:.3e}); clipped to 0",
-            IllConditionedWarning, stacklevel=2)
+            IllConditionedWarning,
+            stacklevel=2,
+        )
     tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
     diff = mu1 - mu2
     fd = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)

@@ -71,10 +71,10 @@ class AdmInceptionFeatures(nn.Module):
             raise FileNotFoundError(
                 f"Inception weights not found at {path}. Download torch-fidelity's {INCEPTION_WEIGHTS_FILENAME} "
                 "(github.com/toshas/torch-fidelity/releases/tag/v0.2.0) on a machine with internet access and pass "
-                "its path (or place it under $TORCH_HOME/hub/checkpoints/); this project never downloads weights.")
+                "its path (or place it under $TORCH_HOME/hub/checkpoints/); this project never downloads weights."
+            )
         self.weights_path = path
-        self.net = _tf_inception_class()(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        self.net = _tf_inception_class()("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         self.net.requires_grad_(False).eval()
         self._spatial: torch.Tensor | None = None
         self.net.Mixed_6d.register_forward_hook(self._grab_spatial)
@@ -96,8 +96,10 @@ class AdmInceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if not torch.is_tensor(images) or images.dtype != torch.uint8:
-            raise TypeError(f"ADM Inception expects a uint8 tensor in [0, 255], got "
-                            f"{images.dtype if torch.is_tensor(images) else type(images).__name__}")
+            raise TypeError(
+                f"ADM Inception expects a uint8 tensor in [0, 255], got "
+                f"{images.dtype if torch.is_tensor(images) else type(images).__name__}"
+            )
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"ADM Inception expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
         (pool,) = self.net(images)
@@ -145,7 +147,7 @@ def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
 
 def _iter_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
+        yield images[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -161,8 +163,9 @@ def extract_features(
     `extractor` maps uint8 `(B, 3, H, W)` to a dict of `(B, D)` tensors (e.g. `AdmInceptionFeatures`).
     """
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise TypeError(f"images must be a uint8 numpy array (N, H, W, 3), got "
-                        f"{getattr(images, 'dtype', type(images).__name__)}")
+        raise TypeError(
+            f"images must be a uint8 numpy array (N, H, W, 3), got {getattr(images, 'dtype', type(images).__name__)}"
+        )
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
     if batch_size < 1:

@@ -36,7 +36,7 @@ def inception_score(logits: np.ndarray, split_size: int = ADM_IS_SPLIT_SIZE) -> 
         log_p = np.log(probs)
     scores = []
     for start in range(0, len(probs), split_size):
-        part, log_part = probs[start:start + split_size], log_p[start:start + split_size]
+        part, log_part = probs[start : start + split_size], log_p[start : start + split_size]
         log_marginal = np.log(part.mean(axis=0, keepdims=True))
         kl_terms = np.where(part > 0, part * (log_part - log_marginal), 0.0)
         scores.append(np.exp(kl_terms.sum(axis=1).mean()))

@@ -44,9 +44,9 @@ def manifold_radii(features: torch.Tensor, k: int = 3, block_size: int = 10000) 
         raise ValueError(f"need more than k={k} points to estimate a manifold, got {n}")
     radii = torch.empty(n, dtype=features.dtype, device=features.device)
     for start in range(0, n, block_size):
-        d = pairwise_sq_distances(features[start:start + block_size], features)
+        d = pairwise_sq_distances(features[start : start + block_size], features)
         # rank 0 is the point itself (distance 0), so rank k is the k-th nearest neighbour.
-        radii[start:start + block_size] = d.kthvalue(k + 1, dim=1).values
+        radii[start : start + block_size] = d.kthvalue(k + 1, dim=1).values
     return radii
 
 
@@ -54,10 +54,10 @@ def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, 
     """Boolean `(len(points),)`: is each point inside any hypersphere (centre_i, radius_i)?"""
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
     for start in range(0, centres.shape[0], block_size):
-        c, r = centres[start:start + block_size], radii[start:start + block_size]
+        c, r = centres[start : start + block_size], radii[start : start + block_size]
         for pstart in range(0, points.shape[0], block_size):
-            d = pairwise_sq_distances(c, points[pstart:pstart + block_size])  # (c, p)
-            inside[pstart:pstart + block_size] |= (d <= r[:, None]).any(dim=0)
+            d = pairwise_sq_distances(c, points[pstart : pstart + block_size])  # (c, p)
+            inside[pstart : pstart + block_size] |= (d <= r[:, None]).any(dim=0)
     return inside
 
 

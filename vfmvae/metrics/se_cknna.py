@@ -31,13 +31,30 @@ import torch.nn.functional as F
 
 from .cknna import cknna
 from .se_transforms import (
-    NOISE_LEVELS, SE_RESOLUTION, SE_SEED, EquivarianceTransform, add_pixel_noise, condition_names,
-    equivariance_params, load_image, noise_condition, rotate_quarter_turns,
+    NOISE_LEVELS,
+    SE_RESOLUTION,
+    SE_SEED,
+    EquivarianceTransform,
+    add_pixel_noise,
+    condition_names,
+    equivariance_params,
+    load_image,
+    noise_condition,
+    rotate_quarter_turns,
 )
 
 __all__ = [
-    "SEExtractor", "DINOv2SEExtractor", "SigLIPSEExtractor", "TokenizerSEExtractor", "extract_condition_features",
-    "se_cknna", "AGGREGATE_NAME", "DiTProbe", "dit_block_features", "lightningdit_probe", "sit_reg_probe",
+    "SEExtractor",
+    "DINOv2SEExtractor",
+    "SigLIPSEExtractor",
+    "TokenizerSEExtractor",
+    "extract_condition_features",
+    "se_cknna",
+    "AGGREGATE_NAME",
+    "DiTProbe",
+    "dit_block_features",
+    "lightningdit_probe",
+    "sit_reg_probe",
 ]
 
 AGGREGATE_NAME = "mean_over_conditions"  # the explicitly named aggregate: plain mean of the per-condition values
@@ -181,8 +198,9 @@ def extract_condition_features(
             idx = range(start, min(start + batch_size, len(image_paths)))
             images = [load_image(image_paths[i], resolution) for i in idx]
             if cond == "equivariance":
-                feats += [extractor.equivariance(im, equivariance_params(i, seed))[None].cpu()
-                          for i, im in zip(idx, images)]
+                feats += [
+                    extractor.equivariance(im, equivariance_params(i, seed))[None].cpu() for i, im in zip(idx, images)
+                ]
                 continue
             if cond in sigma_of:
                 images = [add_pixel_noise(im, sigma_of[cond], i, seed) for i, im in zip(idx, images)]
@@ -256,12 +274,12 @@ def dit_block_features(
     s = noise_fraction
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(latents), batch_size):
-        x = latents[start:start + batch_size].float()
+        x = latents[start : start + batch_size].float()
         eps = torch.randn(x.shape, generator=generator, device=x.device)
         x_t = (1 - s) * x + s * eps
         cls_t = None
         if probe.needs_cls_token:
-            c = cls_tokens[start:start + batch_size].float()
+            c = cls_tokens[start : start + batch_size].float()
             cls_t = (1 - s) * c + s * torch.randn(c.shape, generator=generator, device=c.device)
         t = torch.full((len(x),), probe.model_time(s), device=x.device)
         y = torch.full((len(x),), probe.null_class, dtype=torch.long, device=x.device)

@@ -21,9 +21,19 @@ import numpy as np
 import torch
 
 __all__ = [
-    "SE_SEED", "ROTATIONS", "SCALES", "NOISE_LEVELS", "EquivarianceTransform", "equivariance_params",
-    "equivariance_records", "add_pixel_noise", "condition_names", "noise_condition", "rotate_quarter_turns",
-    "load_image", "list_images",
+    "SE_SEED",
+    "ROTATIONS",
+    "SCALES",
+    "NOISE_LEVELS",
+    "EquivarianceTransform",
+    "equivariance_params",
+    "equivariance_records",
+    "add_pixel_noise",
+    "condition_names",
+    "noise_condition",
+    "rotate_quarter_turns",
+    "load_image",
+    "list_images",
 ]
 
 SE_SEED = 42
@@ -68,8 +78,10 @@ def equivariance_records(names: list[str], seed: int = SE_SEED) -> dict[str, dic
 def add_pixel_noise(image: np.ndarray, sigma: float, index: int, seed: int = SE_SEED) -> np.ndarray:
     """Official pixel noise on a uint8 `(H, W, 3)` image; the noise pattern depends only on (seed + index)."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
-        raise TypeError(f"image must be a uint8 (H, W, C) array, got {getattr(image, 'dtype', type(image))} "
-                        f"{getattr(image, 'shape', '')}")
+        raise TypeError(
+            f"image must be a uint8 (H, W, C) array, got {getattr(image, 'dtype', type(image))} "
+            f"{getattr(image, 'shape', '')}"
+        )
     if sigma < 0:
         raise ValueError(f"noise sigma must be >= 0, got {sigma}")
     noise = np.random.RandomState(seed + index).normal(0, sigma, image.shape).astype(np.float32)
