@@ -62,6 +62,7 @@ def test_partial_bytes_never_reach_target(tmp_path):
         atomic_save({}, tmp_path)
 
 
+@pytest.mark.slow  # a subprocess (imports torch again)
 def test_process_killed_mid_write_leaves_previous_checkpoint(tmp_path, repo_root):
     """SIGKILL inside the write (after half the bytes went to disk): old file intact."""
     path = tmp_path / "model.ckpt"

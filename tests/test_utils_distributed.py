@@ -100,4 +100,5 @@ def _check_sampler(rank: int, world: int) -> None:
 
 
 def test_two_rank_ema_guard_sampler(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
+    # fork: the children reuse the imported torch (spawn re-imports it, ~10 s per rank here).
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True, start_method="fork")
