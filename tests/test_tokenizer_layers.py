@@ -147,3 +147,17 @@ def test_blur_upsampler_kernel_and_constant_preservation():
 def test_latent_adapter_resampling(target, shape):
     adapter = LatentAdapter(in_dim=5, out_dim=6, z_size=16, target_size=target)
     assert adapter(torch.randn(1, 5, 16, 16)).shape == shape
+
+
+def test_group_norm32_matches_group_norm_and_accepts_single_value_groups():
+    from vfmvae.tokenizer.layers import GroupNorm32
+
+    gn = GroupNorm32(4, 8)
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    x = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(gn(x), F.group_norm(x, 4, gn.weight, gn.bias, gn.eps))
+    one = GroupNorm32(8, 8)
+    # one value per group: x - mean is ~0, amplified by 1/sqrt(eps); the output is the bias up to rounding
+    torch.testing.assert_close(one(torch.randn(1, 8, 1, 1)), one.bias.view(1, 8, 1, 1), atol=1e-3, rtol=0)

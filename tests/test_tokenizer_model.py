@@ -210,3 +210,14 @@ def test_paper_preset_dynamic_resolution_on_meta(paper_meta):
     assert out.posterior.mean.shape == (1, 32, latent, latent) and out.z.shape == (1, 32, latent, latent)
     assert out.image.shape == (1, 3, side, side)
     assert list(out.multiscale) == [side // 2, side // 4, side // 8, side // 16, side // 32]
+
+
+def test_export_delegates_round_trip(tmp_path):
+    """`VFMVAE.save_pretrained` / `VFMVAE.from_pretrained` reach the export module (decoder-only path)."""
+    torch.manual_seed(1)
+    model = VFMVAE.decoder_only("debug").eval()
+    model.save_pretrained(tmp_path / "tok")
+    loaded = VFMVAE.from_pretrained(tmp_path / "tok", decoder_only=True)
+    z = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), model.decode(z), atol=0, rtol=0)

@@ -62,10 +62,16 @@ class StyleSplit(nn.Module):
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back (half-precision statistics are unsafe)."""
+    """GroupNorm computed in float32 and cast back (half-precision statistics are unsafe).
+
+    Calls the aten op directly: `F.group_norm` refuses groups holding a single value (batch 1 at a
+    1x1 map, e.g. a 64-px image's first fusion adapter), where the result is simply the bias.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return torch.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
 class ChannelRMSNorm(nn.Module):
