@@ -172,3 +172,26 @@ def write_demo_imagefolder(root: str | Path, config: DemoDataConfig | None = Non
         Image.fromarray(image).save(root / DEMO_CLASSES[label] / f"{key}.png")
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return len(dataset)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m datamodules.demo_data ROOT [--resolution R] [--num-per-class N] [--seed S]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the embedded demo dataset as an ImageFolder tree.")
+    p.add_argument("root", help="output folder (becomes root/<class>/<key>.png)")
+    p.add_argument("--resolution", type=int, default=DemoDataConfig.resolution)
+    p.add_argument("--num-per-class", type=int, default=DemoDataConfig.num_per_class)
+    p.add_argument("--seed", type=int, default=DemoDataConfig.seed)
+    args = p.parse_args(argv)
+    cfg = DemoDataConfig(resolution=args.resolution, num_per_class=args.num_per_class, seed=args.seed)
+    written = write_demo_imagefolder(args.root, cfg)
+    print(
+        f"wrote {written} images ({len(DEMO_CLASSES)} classes) to {args.root}"
+        if written
+        else f"{args.root} is up to date"
+    )
+
+
+if __name__ == "__main__":
+    main()

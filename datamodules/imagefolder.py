@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # Same extension set as torchvision's IMG_EXTENSIONS; matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -71,7 +73,8 @@ class ImageFolderSource:
         self.classes = list(classes) if classes is not None else found
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_total = 0
-        samples: list[tuple[str, int, str]] = []
+        rel_paths: list[str] = []
+        labels: list[int] = []
         first_seen: dict[str, str] = {}
         for name in found:
             for path in _list_images(self.root / name):
@@ -81,23 +84,32 @@ class ImageFolderSource:
                         f"duplicate key {key!r} in {self.root}: {first_seen[key]} and {path}; "
                         "keys are file stems and must be unique across classes"
                     )
-                first_seen[key] = str(path)
+                first_seen[key] = name
                 self.num_total += 1
                 if keep_keys is None or key in keep_keys:
-                    samples.append((str(path), self.class_to_idx[name], key))
+                    rel_paths.append(str(path.relative_to(self.root)))
+                    labels.append(self.class_to_idx[name])
         if self.num_total == 0:
             raise FileNotFoundError(f"no images with extensions {IMAGE_EXTENSIONS} under {self.root}")
-        if not samples:
+        if not rel_paths:
             raise ValueError(f"the key filter removed all {self.num_total} images of {self.root}: empty split")
-        self.samples = samples
+        # Numpy arrays instead of a list of Python strings: dataloader workers forked from this process
+        # would otherwise copy the whole index (reference counts touch every object's page).
+        self._paths = np.array([p.encode("utf-8") for p in rel_paths], dtype=np.bytes_)
+        self._labels = np.asarray(labels, dtype=np.int32)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._labels)
+
+    def _rel_path(self, index: int) -> str:
+        return self._paths[index].decode("utf-8")
 
     def __getitem__(self, index: int) -> ImageRecord:
-        path, label, key = self.samples[index]
-        return ImageRecord(key=key, label=label, data=path)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images in {self.root}")
+        rel = self._rel_path(index)
+        return ImageRecord(key=Path(rel).stem, label=int(self._labels[index]), data=str(self.root / rel))
 
     @property
     def keys(self) -> list[str]:
-        return [s[2] for s in self.samples]
+        return [Path(self._rel_path(i)).stem for i in range(len(self))]

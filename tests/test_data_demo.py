@@ -91,3 +91,11 @@ def test_debug_preset_end_to_end(tmp_path):
     assert sum(len(b["key"]) for b in val) == 2 * len(DEMO_CLASSES)
     train_keys = {k for b in dm.train_dataloader() for k in b["key"]}
     assert train_keys.isdisjoint(k for b in val for k in b["key"])  # the two splits are different crops
+
+
+def test_command_line_writer(tmp_path, capsys):
+    from datamodules.demo_data import main
+
+    main([str(tmp_path / "d"), "--resolution", "16", "--num-per-class", "1"])
+    assert f"wrote {len(DEMO_CLASSES)} images" in capsys.readouterr().out
+    assert len(ImageFolderSource(tmp_path / "d")) == len(DEMO_CLASSES)

@@ -168,3 +168,19 @@ def test_config_errors_and_presets():
     assert (cfg.train_crop, cfg.val_crop, cfg.resolution) == ("tokenizer_train", "resize_center", 256)
     assert data_preset("imagenet-adm").train_crop == "adm_center"
     assert data_preset("debug").demo is not None
+
+
+def test_persistent_workers_see_the_new_epoch(tree):
+    root, _, _ = tree
+    kw = dict(train_crop="tokenizer_train", num_workers=1, batch_size=12)
+    dm = make_dm(root, persistent_workers=True, **kw)
+    loader = dm.train_dataloader()
+    epoch0 = all_batches(dm, loader)[0]
+    dm.train_sampler.set_epoch(1)
+    epoch1 = all_batches(dm, loader)[0]  # same worker process, new epoch through shared memory
+    fresh = make_dm(root, **kw)
+    fresh.setup("fit")
+    fresh.train_sampler.set_epoch(1)
+    reference = all_batches(fresh, fresh.train_dataloader())[0]
+    assert epoch1["key"] == reference["key"] and torch.equal(epoch1["image"], reference["image"])
+    assert not torch.equal(epoch0["image"], epoch1["image"])
