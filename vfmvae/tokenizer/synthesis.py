@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttentionBlock
 from .config import VFMVAEConfig
@@ -84,6 +85,8 @@ class SynthesisNetwork(nn.Module):
             in_ch += cfg.fusion_dims[i] if i in cfg.fusion_block_indices else 0
             self.blocks.append(SynthesisBlock(cfg, i, in_ch))
         self.num_ws = sum(b.num_ws for b in self.blocks)
+        # Runtime knob (not architecture): recompute each block in backward to save activation memory.
+        self.activation_checkpointing = False
 
     def forward(self, z: torch.Tensor, ws: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if ws.ndim != 3 or ws.shape[1] != self.num_ws:
@@ -95,7 +98,11 @@ class SynthesisNetwork(nn.Module):
             if i in self.fusion_block_indices:
                 zi = self.fusion[str(i)](z)
                 x = zi if x is None else torch.cat([x, zi.to(x.dtype)], dim=1)
-            x, skip, img = block(x, skip, ws[:, start:start + block.num_ws])
+            block_ws = ws[:, start:start + block.num_ws]
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x, skip, img = checkpoint(block, x, skip, block_ws, use_reentrant=False)
+            else:
+                x, skip, img = block(x, skip, block_ws)
             start += block.num_ws
             images.append(img)
         return images[-1], images[-2::-1]
