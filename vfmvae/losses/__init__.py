@@ -11,6 +11,7 @@ Public entry points:
     TokenizerLossConfig, TOKENIZER_LOSS_PRESETS,
     ReconstructionLoss, generator_total,
     discriminator_total                             per-stage objectives (§4.6)
+    TokenizerObjective                              one G / D phase on a VFMVAE + discriminators
 """
 
 from .adversarial import feature_matching_loss, hinge_d_loss, hinge_g_loss, lsgan_d_loss, lsgan_g_loss
@@ -43,6 +44,7 @@ from .safe_loss import (
     check_generator_terms,
     safe_loss_rule,
 )
+from .tokenizer_objective import PhaseResult, TokenizerObjective
 from .vf_alignment import (
     VF_BASE_WEIGHTS,
     VFLossConfig,
@@ -66,6 +68,8 @@ __all__ = [
     "SafeLossConfig",
     "SafeLossDecision",
     "TokenizerLossConfig",
+    "TokenizerObjective",
+    "PhaseResult",
     "TokenizerSafeLossRule",
     "VFLossConfig",
     "adaptive_vf_weight",
