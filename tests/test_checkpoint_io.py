@@ -127,3 +127,12 @@ def test_atomic_model_checkpoint_installs_plugin(tmp_path):
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_permissions_follow_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_save({"a": 1}, tmp_path / "p.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.pt").stat().st_mode & 0o777 == 0o644

@@ -106,9 +106,12 @@ class NonFiniteGuard:
         """Max-reduce the flag so that all ranks take the same decision."""
         if not (dist.is_available() and dist.is_initialized()):
             return unsafe
-        # The flag lives on the device the collective backend wants (NCCL needs CUDA).
-        if dist.get_backend(self.process_group) == "nccl" and device.type != "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
+        # The flag lives where the collective backend wants it: CUDA for NCCL, CPU otherwise
+        # (gloo's CUDA support is partial).
+        if dist.get_backend(self.process_group) == "nccl":
+            device = device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
         flag = torch.tensor([1.0 if unsafe else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
         return bool(flag.item() > 0)
