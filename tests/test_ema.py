@@ -171,3 +171,18 @@ def test_bf16_weights_get_fp32_shadow():
     torch.testing.assert_close(ema.shadow_params[0] - before, torch.full_like(before, 1e-4), rtol=0, atol=2e-6)
     with ema.swap():
         assert model.weight.dtype == torch.bfloat16
+
+
+def test_load_ema_weights_from_previous_stage():
+    gen = Gen()
+    ema = EMA({"gen": gen}, "tokenizer")
+    prev = {f"gen.{k}": torch.full_like(v, 2.5) for k, v in gen.state_dict().items()}  # incl. frozen vfm.*
+    assert ema.load_ema_weights(prev) == []
+    with ema.swap():
+        assert torch.all(gen.dec.weight == 2.5) and torch.all(gen.norm.running_var == 2.5)
+        assert not torch.all(gen.vfm.weight == 2.5)  # untracked: left alone
+    assert ema.num_updates == 0
+    partial = {k: v for k, v in prev.items() if "bias" not in k}
+    with pytest.raises(KeyError, match="gen.dec.bias"):
+        ema.load_ema_weights(partial)
+    assert "gen.dec.bias" in ema.load_ema_weights(partial, strict=False)

@@ -313,6 +313,34 @@ class EMA:
         self.num_updates = int(state["num_updates"])
         self.nimg = int(state.get("nimg", 0))
 
+    @torch.no_grad()
+    def load_ema_weights(self, weights: Mapping[str, torch.Tensor], strict: bool = True) -> list[str]:
+        """Set the EMA values from a plain ``{full name: tensor}`` dict (e.g. the previous
+        stage's ``G_ema`` weights, prefixed like the tracked names); counters are kept.
+
+        Returns the tracked names that were not in ``weights`` (an error when ``strict``).
+        Names in ``weights`` that are not tracked are ignored (frozen VFM, excluded parts).
+        """
+        if self.swapped:
+            raise RuntimeError("EMA.load_ema_weights() while swapped: call swap_out() first")
+        missing = []
+        for names, shadows in ((self.param_names, self.shadow_params), (self.buffer_names, self.shadow_buffers)):
+            for i, n in enumerate(names):
+                if n not in weights:
+                    missing.append(n)
+                    continue
+                src = weights[n]
+                if tuple(src.shape) != tuple(shadows[i].shape):
+                    raise ValueError(f"EMA weight {n}: shape {tuple(src.shape)} != {tuple(shadows[i].shape)}")
+                if _is_dtensor(shadows[i]) and not _is_dtensor(src):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    src = distribute_tensor(src.to(shadows[i].device), shadows[i].device_mesh, shadows[i].placements)
+                shadows[i].copy_(src if _is_dtensor(src) else src.to(shadows[i].device))
+        if strict and missing:
+            raise KeyError(f"EMA weights missing for {len(missing)} tracked tensors: {missing[:10]}")
+        return missing
+
     def with_config(self, **changes: Any) -> EMA:
         """Change the rule (e.g. a new half-life for the next stage) keeping the shadows."""
         self.config = replace(self.config, **changes)
