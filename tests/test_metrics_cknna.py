@@ -99,3 +99,10 @@ def test_cknna_bad_input():
         cknna(x, torch.full((20, 4), float("nan")))
     with pytest.raises(TypeError, match="floating"):
         cknna(x.long(), x)
+
+
+def test_cknna_degenerate_features_warn():
+    zeros = torch.zeros(12, 3)  # e.g. a zero-initialised final layer: all kernels vanish
+    with pytest.warns(RuntimeWarning, match="non-positive self-HSIC"):
+        value = cknna(zeros, torch.randn(12, 3), topk=3)
+    assert value == 0.0  # 0 / (0 + 1e-6), as the official code

@@ -258,7 +258,8 @@ def test_script_tokenizer_and_vfm(repo_root, image_dir, tmp_path):
     assert [(r["model"], r["condition"]) for r in rows] == [
         (m, c) for m in ("vfm:debug-siglip", "tokenizer:debug") for c in conds
     ]
-    assert all(-1 <= float(r["cknna"]) <= 1 for r in rows) and (tmp_path / "se_cknna.png").stat().st_size > 0
+    # finite; with n = 8 the unbiased estimator is not bounded by 1, so no range check here
+    assert all(np.isfinite(float(r["cknna"])) for r in rows) and (tmp_path / "se_cknna.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ kept, and the HSIC terms are evaluated on that sparse support: O(block * n + n *
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -133,7 +135,8 @@ def cknna(
         clip_quantile: global |x| quantile for clipping (official 0.95); None disables clipping only.
         block_size: rows per kernel block; bounds memory at block_size * n floats.
 
-    Returns the scalar CKNNA (identical inputs give ~1 - O(1e-6) because of the official +1e-6).
+    Returns the scalar CKNNA (identical inputs give ~1 - O(1e-6) because of the official +1e-6). The unbiased
+    estimator is not bounded by 1 for small n (a few dozen rows); the paper uses n = 10,000.
     """
     _check_features(features_a, "features_a")
     _check_features(features_b, "features_b")
@@ -157,4 +160,12 @@ def cknna(
     sim_kl = _cross_hsic(idx_k, val_k, idx_l, val_l)
     sim_kk = _self_hsic(idx_k, val_k)
     sim_ll = _self_hsic(idx_l, val_l)
+    if not float(sim_kk * sim_ll) > 0:
+        # The official code silently returns NaN here (sqrt of a negative); say why.
+        warnings.warn(
+            f"CKNNA: non-positive self-HSIC product ({float(sim_kk):.3e} x {float(sim_ll):.3e}); the result is NaN or 0 "
+            "(degenerate features or too few samples for the unbiased estimator)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return float(sim_kl) / (float(torch.sqrt(sim_kk * sim_ll)) + 1e-6)
