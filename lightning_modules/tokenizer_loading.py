@@ -56,7 +56,9 @@ def load_decoder(source: str | os.PathLike | None, preset: str = "vfmvae-f16d32-
 
     if source is None:
         log.warning("tokenizer decoder %r with RANDOM weights (no tokenizer path given): demo/tests only", preset)
-        model = VFMVAE(preset, decoder_only=True)
+        with torch.random.fork_rng(devices=[]):  # seeded: two runs (and a resumed one) decode alike
+            torch.manual_seed(0)
+            model = VFMVAE(preset, decoder_only=True)
     else:
         path = Path(os.path.expanduser(str(source)))
         if path.is_dir():

@@ -106,7 +106,9 @@ def load_network(path: str, model: str | None, weights: str, official_kwargs: st
             ema = _ema_state(ckpt)
             if ema is None:
                 raise KeyError(f"{p} has no EMA state (EMACallback); pass --weights raw to sample the live weights")
-            state, used = {**raw, **{k[4:]: v for k, v in ema.items() if k.startswith("net.")}}, "ema"
+            # EMA also tracks non-persistent buffers (position/RoPE tables): keep state_dict keys only.
+            averaged = {k[4:]: v for k, v in ema.items() if k.startswith("net.") and k[4:] in raw}
+            state, used = {**raw, **averaged}, "ema"
         net.load_state_dict(state, strict=True)
         provenance = ckpt.get("diffusion", {}).get("provenance", {})
         record = {"source": str(p), "kind": "training", "weights": used, "global_step": ckpt.get("global_step")}

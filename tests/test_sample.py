@@ -1,0 +1,135 @@
+"""scripts/sample.py and `make sample`: PNGs + ADM `.npz`, provenance, EMA weights, resume (issue 11)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from test_diffusion_helpers import TinyLatentDataModule, tiny_module
+
+from callbacks.ema import EMACallback
+from lightning_modules.diffusion_sampling import class_labels, sampler_config
+from vfmvae.codec import LatentNormalizer
+
+
+def _load_script(repo_root):
+    spec = importlib.util.spec_from_file_location("sample_script", repo_root / "scripts" / "sample.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step LightningDiT debug run with EMA, saved as a Lightning checkpoint, plus stats."""
+    root = tmp_path_factory.mktemp("sample")
+    module = tiny_module("lightningdit", lr=1e-2)
+    ema = EMACallback(["net"], preset="dit", decay=0.5)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[ema])
+    trainer.fit(module, datamodule=TinyLatentDataModule(n=8, batch_size=4))
+    ckpt = root / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    stats = root / "latents_stats.pt"
+    LatentNormalizer(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 1.5, 8)).save(stats)
+    return root, ckpt, stats, module, ema
+
+
+def _argv(ckpt, stats, out, *extra):
+    return ["--ckpt", str(ckpt), "--tokenizer", "none", "--tokenizer-preset", "debug", "--latent-stats", str(stats),
+            "--out", str(out), "--num-images", "6", "--chunk-size", "4", "--batch-size", "2", "--num-steps", "3",
+            "--label-mode", "balanced", "--accelerator", "cpu", "--devices", "1", *extra]
+
+
+def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, tmp_path):
+    root, ckpt, stats, module, ema = trained
+    script = _load_script(repo_root)
+    out = tmp_path / "samples"
+    npz = script.main(_argv(ckpt, stats, out))
+    data = np.load(npz)
+    assert data["arr_0"].shape == (6, 64, 64, 3) and data["arr_0"].dtype == np.uint8
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
+    assert data["labels"].tolist() == [0, 1, 2, 3, 4, 5]  # balanced: image i -> class i % 1000
+    prov = json.loads(str(data["provenance"]))
+    assert prov["label_mode"] == "balanced" and prov["seed"] == 0 and prov["network"]["weights"] == "ema"
+    assert len(prov["network_sha256"]) == 64 and len(prov["tokenizer_sha256"]) == 64
+    assert prov["sampler"]["method"] == "euler" and prov["sampler"]["timestep_shift"] == 0.3
+    assert prov["sampler"]["cfg_scale"] == 4.0 and prov["sampler"]["guidance_low"] == 0.125
+    # EMA weights were sampled: the recorded network hash is the EMA state's, not the live weights'.
+    from vfmvae.provenance import state_dict_sha256
+
+    live = state_dict_sha256(module.net)
+    with ema.ema.swap():
+        ema_hash = state_dict_sha256(module.net)
+    assert prov["network_sha256"] == ema_hash != live
+    first = data["arr_0"].copy()
+
+    # Simulate a crash in chunk 1: its record and one PNG are gone; chunk 0 must not be redone.
+    os.remove(out / "chunks" / "chunk_00001.json")
+    os.remove(out / "images" / "000005.png")
+    os.remove(npz)
+    kept = {i: os.stat(out / "images" / f"{i:06d}.png").st_mtime_ns for i in range(4)}
+    npz2 = script.main(_argv(ckpt, stats, out))
+    assert {i: os.stat(out / "images" / f"{i:06d}.png").st_mtime_ns for i in range(4)} == kept
+    np.testing.assert_array_equal(np.load(npz2)["arr_0"], first)  # same seeds -> same images
+
+    with pytest.raises(ValueError, match="other settings"):
+        script.main(_argv(ckpt, stats, out, "--seed", "1"))
+
+
+def test_sampler_settings_and_labels():
+    ldit = sampler_config("lightningdit")
+    assert (ldit.method, ldit.num_steps, ldit.timestep_shift, ldit.cfg_scale, ldit.guidance_low,
+            ldit.cfg_channels) == ("euler", 250, 0.3, 4.0, 0.125, 3)
+    reg = sampler_config("reg")
+    assert (reg.method, reg.num_steps, reg.cfg_scale, reg.cls_cfg_scale, reg.guidance_high) == (
+        "sde", 250, 4.0, 4.0, 0.8)
+    assert sampler_config("reg", cfg_scale=1.0).cfg_scale == 1.0
+    assert sampler_config("lightningdit", cfg_channels="all").cfg_channels is None
+    counts = torch.bincount(class_labels("balanced", 3000, 1000), minlength=1000)
+    assert counts.min() == counts.max() == 3
+    r = class_labels("random", 5000, 1000, generator=torch.Generator().manual_seed(0))
+    assert r.min() >= 0 and r.max() <= 999 and len(torch.unique(r)) > 900
+
+
+def test_sample_reg_checkpoint_with_sde(tmp_path, repo_root):
+    module = tiny_module("reg")
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[EMACallback(["net"], preset="dit")])
+    trainer.fit(module, datamodule=TinyLatentDataModule(n=4, batch_size=4))
+    ckpt = tmp_path / "reg.ckpt"
+    trainer.save_checkpoint(ckpt)
+    script = _load_script(repo_root)
+    # No --latent-stats: the checkpoint recorded the statistics of its latent dataset.
+    argv = ["--ckpt", str(ckpt), "--tokenizer", "none", "--tokenizer-preset", "debug", "--out", str(tmp_path / "o"),
+            "--num-images", "2", "--chunk-size", "2", "--num-steps", "3", "--accelerator", "cpu", "--devices", "1"]
+    data = np.load(script.main(argv))
+    assert data["arr_0"].shape == (2, 64, 64, 3)
+    prov = json.loads(str(data["provenance"]))
+    assert prov["sampler"]["method"] == "sde" and prov["family"] == "reg"
+    assert prov["training_provenance"]["tokenizer"]["weights_sha256"] == "test-tokenizer"
+
+
+@pytest.mark.slow
+def test_make_sample_on_debug_models(trained, repo_root, tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    _, ckpt, stats, _, _ = trained
+    out = tmp_path / "make_samples"
+    cmd = ["make", "-s", "sample", f"CKPT={ckpt}", "TOKENIZER=none", "TOKENIZER_PRESET=debug", f"STATS={stats}",
+           f"OUT={out}", "NUM=3", "CHUNK=2", "SAMPLE_ARGS=--num-steps 2 --batch-size 2 --accelerator cpu"]
+    res = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PY": sys.executable})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert np.load(out / "samples_3x64x64x3.npz")["arr_0"].shape == (3, 64, 64, 3)
+    res = subprocess.run(["make", "-s", "sample"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "CKPT" in (res.stdout + res.stderr)
