@@ -143,9 +143,9 @@ class DinoTaps(nn.Module):
         vit = self.vit
         tokens = vit.patch_embed(x)
         tokens = vit._pos_embed(tokens)  # CLS concat + position embedding (+ pos_drop, identity in eval)
-        tokens = vit.norm_pre(tokens)
+        embedding = self._readout(tokens)  # the official tap hooks `pos_drop`'s output
+        tokens = vit.norm_pre(vit.patch_drop(tokens))  # both identity for DINO ViT-S/16
         taps = []
-        embedding = self._readout(tokens)
         for i, block in enumerate(vit.blocks):
             tokens = block(tokens)
             if i in self.tap_blocks:
@@ -237,7 +237,10 @@ class ProjectedDiscriminator(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[-1, 1] images -> augmented, cropped/resized, ImageNet-normalised `(B, 3, S, S)`."""
+        """[-1, 1] images -> augmented, cropped/resized, ImageNet-normalised `(B, 3, S, S)`.
+
+        `generator` (optional, for reproducible draws) must live on the images' device.
+        """
         cfg = self.config
         if img.dim() != 4 or img.shape[1] != 3:
             raise ValueError(f"discriminator input must be (B, 3, H, W), got {tuple(img.shape)}")
@@ -246,9 +249,11 @@ class ProjectedDiscriminator(nn.Module):
         x = diff_augment(img, cfg.diffaug_policy, cfg.diffaug_strength, generator) if cfg.diffaug_policy else img
         x = (x + 1.0) / 2.0
         size = cfg.image_size
-        if x.shape[-1] > size and torch.rand((), generator=generator).item() < cfg.p_crop:
-            top = int(torch.randint(0, x.shape[-2] - size + 1, (), generator=generator))
-            left = int(torch.randint(0, x.shape[-1] - size + 1, (), generator=generator))
+        # One crop window for the whole batch (as torchvision's RandomCrop on a batch tensor).
+        dev = generator.device if generator is not None else torch.device("cpu")
+        if x.shape[-1] > size and torch.rand((), generator=generator, device=dev).item() < cfg.p_crop:
+            top = int(torch.randint(0, x.shape[-2] - size + 1, (), generator=generator, device=dev))
+            left = int(torch.randint(0, x.shape[-1] - size + 1, (), generator=generator, device=dev))
             x = x[..., top : top + size, left : left + size]
         if x.shape[-1] != size:
             shrink = x.shape[-1] > size
