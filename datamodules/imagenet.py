@@ -192,30 +192,21 @@ class ImageNetDataModule(L.LightningDataModule):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _build(self, split: str, train: bool) -> _Split:
+    def _source(self, split: str, train: bool) -> ImageFolderSource | WebDatasetSource:
+        """The record reader of ``split`` (mode-independent: a latents mode reuses nothing below it)."""
         cfg = self.config
         keep = None
         if cfg.filter_keys_path is not None and (train or cfg.filter_val):
             keep = load_key_list(cfg.filter_keys_path)
-        tracker = BadImageTracker(cfg.max_bad_fraction, cfg.min_seen_for_bad_check)
-        transform = ImageTransform(cfg.train_crop if train else cfg.val_crop, cfg.resolution, cfg.seed)
-        rank, world = self._rank_world()
         if cfg.source == "imagefolder":
-            # Validation uses the train split's class list so that ids agree even if a class is absent.
-            classes = find_classes(self.split_path(cfg.train_split)) if not train else None
-            source = ImageFolderSource(self.split_path(split), keep_keys=keep, classes=classes)
-            sampler = ResumableDistributedSampler(
-                source,
-                num_replicas=world,
-                rank=rank,
-                shuffle=train and cfg.shuffle_train,
-                seed=cfg.seed,
-                drop_last=train and cfg.drop_last_train,
-            )
-            return _Split(MappedImages(source, transform, tracker), sampler, source.classes)
-        shards = list_shards(cfg.root, split, cfg.wds_pattern)
-        source = WebDatasetSource(
-            shards,
+            # Other splits use the train split's class list (when present) so that ids agree even
+            # if a class folder is missing from them.
+            train_path = self.split_path(cfg.train_split)
+            classes = find_classes(train_path) if not train and train_path.is_dir() else None
+            return ImageFolderSource(self.split_path(split), keep_keys=keep, classes=classes)
+        rank, world = self._rank_world()
+        return WebDatasetSource(
+            list_shards(cfg.root, split, cfg.wds_pattern),
             keep_keys=keep,
             shuffle=train and cfg.shuffle_train,
             shuffle_buffer=cfg.shuffle_buffer,
@@ -224,7 +215,26 @@ class ImageNetDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        return _Split(StreamedImages(source, transform, tracker))
+
+    def _build(self, split: str, train: bool) -> _Split:
+        """Source + mode -> dataset (and, for map-style sources, the rank's sampler)."""
+        cfg = self.config
+        source = self._source(split, train)
+        # Mode "images" (the only one so far): decode + named crop.
+        tracker = BadImageTracker(cfg.max_bad_fraction, cfg.min_seen_for_bad_check)
+        transform = ImageTransform(cfg.train_crop if train else cfg.val_crop, cfg.resolution, cfg.seed)
+        if isinstance(source, WebDatasetSource):
+            return _Split(StreamedImages(source, transform, tracker))
+        rank, world = self._rank_world()
+        sampler = ResumableDistributedSampler(
+            source,
+            num_replicas=world,
+            rank=rank,
+            shuffle=train and cfg.shuffle_train,
+            seed=cfg.seed,
+            drop_last=train and cfg.drop_last_train,
+        )
+        return _Split(MappedImages(source, transform, tracker), sampler, source.classes)
 
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config
