@@ -40,3 +40,32 @@ format: install ## Ruff autofix and format
 
 clean: ## Remove caches and demo outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache outputs/demo
+
+# ---------------------------------------------------------------- diffusion (configs/diffusion/*.yaml)
+.PHONY: train-diffusion sample
+train-diffusion: install ## Train: MODEL=lightningdit|reg LATENTS=dir TOKENIZER=path [DINOV2=.pth], or CONFIG=configs/diffusion/demo.yaml
+	@config="$(CONFIG)"; extra=""; \
+	if [ -z "$$config" ]; then \
+	  case "$(MODEL)" in \
+	    lightningdit) config=configs/diffusion/lightningdit_xl1_vfmvae.yaml ;; \
+	    reg) config=configs/diffusion/reg_sitxl1_vfmvae.yaml ;; \
+	    *) echo "train-diffusion: set MODEL=lightningdit|reg (paper runs) or CONFIG=file.yaml; the CPU demo needs no files: CONFIG=configs/diffusion/demo.yaml make train-diffusion" >&2; exit 2 ;; \
+	  esac; \
+	  [ -n "$(LATENTS)" ] && [ -d "$(LATENTS)" ] || { echo "train-diffusion: LATENTS='$(LATENTS)' must name the latent cache folder (lightning_modules/latent_cache.py); see configs/diffusion/demo.yaml for a run without external files" >&2; exit 2; }; \
+	  [ -n "$(TOKENIZER)" ] || { echo "train-diffusion: TOKENIZER is not set (the tokenizer whose decoder draws the sample grids: a save_pretrained folder, or the official .pth with TOKENIZER_KWARGS=G_kwargs.yaml)" >&2; exit 2; }; \
+	  if [ "$(MODEL)" = reg ] && [ -z "$(DINOV2)" ]; then echo "train-diffusion: DINOV2 is not set (torch.hub dinov2_vitb14 .pth for the REG alignment targets)" >&2; exit 2; fi; \
+	  extra="--data.init_args.config.latent_root=$(LATENTS)"; \
+	fi; \
+	[ -f "$$config" ] || { echo "train-diffusion: CONFIG=$$config does not exist" >&2; exit 2; }; \
+	set -x; env $(if $(TOKENIZER),TOKENIZER="$(TOKENIZER)") $(if $(TOKENIZER_KWARGS),TOKENIZER_KWARGS="$(TOKENIZER_KWARGS)") \
+	  $(if $(DINOV2),DINOV2="$(DINOV2)") $(PY) -m lightning_modules fit --config $$config \
+	  $(if $(TRAINER_CONFIG),--config $(TRAINER_CONFIG)) $$extra $(ARGS)
+
+sample: install ## Sample: CKPT=run.ckpt|official.pt TOKENIZER=path|none [STATS=latents_stats.pt] [NUM=50000] [OUT=dir] [DEVICES=auto]
+	@[ -n "$(CKPT)" ] || { echo "sample: CKPT is not set (a DiffusionModule .ckpt, or an official .pt with MODEL=lightningdit|reg); e.g. after the demo: CKPT=outputs/demo/diffusion/tb/demo_lightningdit/version_0/checkpoints/last.ckpt TOKENIZER=none TOKENIZER_PRESET=debug" >&2; exit 2; }
+	@[ -n "$(TOKENIZER)" ] || { echo "sample: TOKENIZER is not set (save_pretrained folder, official .pth + TOKENIZER_KWARGS, or 'none' for a random debug decoder)" >&2; exit 2; }
+	$(PY) scripts/sample.py --ckpt "$(CKPT)" --tokenizer "$(TOKENIZER)" --out "$(or $(OUT),outputs/samples/$(basename $(notdir $(CKPT))))" \
+	  --num-images $(or $(NUM),50000) --chunk-size $(or $(CHUNK),1000) --label-mode $(or $(LABELS),random) \
+	  --seed $(or $(SEED),0) --devices $(or $(DEVICES),auto) $(if $(MODEL),--model $(MODEL)) \
+	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) \
+	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(SAMPLE_ARGS)

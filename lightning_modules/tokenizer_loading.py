@@ -96,7 +96,7 @@ def resolve_path(value: str | None, what: str, optional: bool = False) -> str | 
     if value is None:
         return None
     expanded = os.path.expandvars(str(value))
-    if "$" in expanded:
+    if "$" in expanded or not expanded:
         if optional:
             return None
         var = expanded[expanded.index("$"):].strip("${}").split("}")[0].split("/")[0]
