@@ -200,3 +200,34 @@ def test_vf_projection_weight_is_dropped_when_unused(fx):
     no_vf = {k: v for k, v in sd.items() if "linear_proj" not in k}
     with pytest.raises(KeyError, match="vf_projection"):
         from_official(no_vf, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
+
+
+def test_unknown_generator_kwargs_are_named(fx):
+    _, meta, _ = fx
+    with pytest.raises(ValueError, match="z_dimenson"):
+        config_from_official(dict(meta["generator_kwargs"], z_dimenson=16))
+
+
+def test_official_stage_yaml_kwargs_give_the_paper_preset():
+    """`G_kwargs` of the official stage-3 YAML (img_resolution/conditional/use_vf_loss are filled in by
+    the official train.py; absent here) translate to our paper preset."""
+    from vfmvae.tokenizer import get_config
+
+    g_kwargs = {
+        "class_name": "networks.generator.Generator", "vfm_name": "your_path/huggingface/siglip2-large-patch16-512",
+        "scale_factor": 2.0, "patch_from_layers": [0, 12, -1], "patch_in_dimensions": [1024] * 3,
+        "patch_out_dimensions": [64] * 3, "compression_mode": "continuous", "how_to_compress": "attnproj",
+        "how_to_decompress": "attnproj", "decompress_factor": 16, "attnproj_quant_layers": 1,
+        "attnproj_post_quant_layers": 1, "resolution_compression_factor": 16, "z_dimension": 32,
+        "z_pooled_resolution": 1, "z_dim_for_mapping_mlp_output": 512, "distmat_margin": 0.0, "cos_margin": 0.0,
+        "distmat_weight": 1.0, "cos_weight": 1.0, "concat_z_block_indices": [0, 1, 2, 3],
+        "concat_z_mapped_dims": [512, 256, 128, 128], "how_to_process_concat_z": "unshuffle",
+        "activation_for_concat_z": "lrelu", "attn_block_indices": [0, 1, 2], "attn_depths": [2, 2, 2],
+        "use_self_attn": True, "use_cross_attn": False, "use_convnext": True, "use_gaussian_blur": True,
+        "add_additional_convnext": True, "equivariance_regularization_p_prior": 0.5,
+        "equivariance_regularization_p_prior_scale": 0.25, "num_blocks": 6, "num_fp16_res": 3,
+        "train_mode": "train_the_second_half_decoder", "img_channels": 3,
+        "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512, "num_res_blocks": 2, "architecture": "skip"},
+        "legacy": True,
+    }
+    assert config_from_official(g_kwargs) == get_config("vfmvae-f16d32-siglip2")

@@ -183,6 +183,25 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
     return mapped
 
 
+# Every `networks.generator.Generator.__init__` kwarg (official HEAD); anything else is a typo or a
+# different code version and is rejected. Runtime-only ones (losses, EQ, fp16, train mode) are accepted
+# and ignored here: they configure training, not the network.
+OFFICIAL_GENERATOR_KWARGS = frozenset({
+    "conditional", "label_type", "label_dim", "vfm_name", "scale_factor", "patch_from_layers",
+    "patch_in_dimensions", "patch_out_dimensions", "compression_mode", "how_to_compress", "how_to_decompress",
+    "decompress_factor", "attnproj_quant_layers", "attnproj_post_quant_layers", "resolution_compression_factor",
+    "z_dimension", "vocab_width", "z_pooled_resolution", "z_dim_for_mapping_mlp_output", "vocab_size",
+    "vocab_beta", "use_entropy_loss", "entropy_temp", "num_codebooks", "use_kl_loss", "use_vf_loss",
+    "use_adaptive_vf_loss", "distmat_margin", "cos_margin", "distmat_weight", "cos_weight",
+    "concat_z_block_indices", "concat_z_mapped_dims", "how_to_process_concat_z", "activation_for_concat_z",
+    "use_multiscale_output", "attn_block_indices", "attn_depths", "use_self_attn", "use_cross_attn",
+    "use_convnext", "use_gaussian_blur", "add_additional_convnext", "use_equivariance_regularization",
+    "equivariance_regularization_p_prior", "equivariance_regularization_p_prior_scale", "img_resolution",
+    "img_channels", "train_mode", "num_blocks", "num_fp16_res", "conv_clamp", "legacy", "synthesis_kwargs",
+    "class_name",  # dnnlib's constructor key in the official YAML G_kwargs
+})
+
+
 def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None = None,
                          vfm_name: str | None = None) -> VFMVAEConfig:
     """Translate official `Generator` kwargs (+ SigLIP vision config) into a `VFMVAEConfig`.
@@ -190,7 +209,10 @@ def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None =
     Rejects settings we do not implement (conditional, VQ, conv compression, non-skip, non-ConvNeXt).
     """
     g = dict(generator_kwargs)
-    syn = dict(g.get("synthesis_kwargs", {}))
+    syn = dict(g.get("synthesis_kwargs") or {})
+    unknown = sorted(set(g) - OFFICIAL_GENERATOR_KWARGS)
+    if unknown:
+        raise ValueError(f"config_from_official: unknown official Generator kwargs {unknown}")
 
     def need(cond, msg):
         if not cond:
