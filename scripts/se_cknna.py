@@ -90,9 +90,21 @@ def build_vfm_extractor(preset: str, weights: str | None, device: str, config: d
     raise ValueError(f"SE-CKNNA has pipelines for DINOv2 and SigLIP VFMs only, not {family!r} ({preset})")
 
 
-def build_tokenizer(preset: str, weights: str | None, device: str):
-    from vfmvae.tokenizer import VFMVAE
+def build_tokenizer(preset: str, weights: str | None, device: str, official: dict | None = None):
+    """Our preset (+ our state dict), or PRESET `official`: a released `.pth` through `from_official`."""
+    from vfmvae.tokenizer import VFMVAE, from_official
 
+    if preset == "official":
+        if not weights or not official:
+            raise SystemExit("tokenizer:official needs @RELEASE.pth and --tokenizer-kwargs JSON (official G_kwargs)")
+        model = from_official(
+            weights,
+            official["generator_kwargs"],
+            official.get("vfm_config"),
+            vfm_pretrained=official.get("vfm_pretrained"),
+            vfm_dtype="float32",
+        )
+        return model.to(device).eval()
     model = VFMVAE(preset, vfm_config={"compute_dtype": "float32"})
     if weights:
         model.load_state_dict(_state_dict(weights), strict=True)
@@ -188,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], help="KIND:PRESET[@WEIGHTS] (repeatable)")
     p.add_argument("--tokenizer", default=None, help="PRESET[@WEIGHTS] that encodes latents for DiT models")
     p.add_argument("--latent-stats", default=None, help="latents_stats.pt (mean/std) of the DiT's training latents")
+    p.add_argument(
+        "--tokenizer-kwargs",
+        default=None,
+        help='JSON file for `tokenizer:official`: {"generator_kwargs": G_kwargs, "vfm_config": {...}, '
+        '"vfm_pretrained": SigLIP2 folder}',
+    )
     p.add_argument("--dit-kwargs", default="{}", help="JSON constructor kwargs for `official` DiT checkpoints")
     p.add_argument("--cls-vfm", default="dinov2-base", help="PRESET[@WEIGHTS] for REG's class token (DINOv2-B)")
     p.add_argument("--cls-vfm-config", default=None, help="JSON overrides for --cls-vfm")
@@ -213,6 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit(f"{args.images} holds {len(paths)} PNG images, fewer than the {args.num_images} requested")
         paths = paths[: args.num_images]
     specs = [parse_spec(s) for s in args.model]
+    official = json.loads(Path(args.tokenizer_kwargs).read_text()) if args.tokenizer_kwargs else None
     _, ref_preset, ref_weights = parse_spec(args.reference, default_kind="vfm")
     ref_extractor, _ = build_vfm_extractor(ref_preset, ref_weights, device, json.loads(args.reference_config or "{}"))
     conditions = condition_names(args.noise_levels)
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 extractor, _ = build_vfm_extractor(preset, weights, device)
             else:
                 extractor = TokenizerSEExtractor(
-                    build_tokenizer(preset, weights, device).encode, device=device, seed=args.seed
+                    build_tokenizer(preset, weights, device, official).encode, device=device, seed=args.seed
                 )
             feats = extract_condition_features(extractor, paths, conditions, **common)
             for cond, value in se_cknna(feats, ref_feats, topk=args.topk).items():
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise SystemExit("DiT models need --tokenizer PRESET[@WEIGHTS] to encode the images")
             _, tok_preset, tok_weights = parse_spec(args.tokenizer, default_kind="tokenizer")
             latents = encode_latents(
-                build_tokenizer(tok_preset, tok_weights, device),
+                build_tokenizer(tok_preset, tok_weights, device, official),
                 paths,
                 args.resolution,
                 device,

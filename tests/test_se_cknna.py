@@ -297,3 +297,25 @@ def test_script_dit_blocks_and_errors(repo_root, image_dir, tmp_path):
         ["--images", str(image_dir), "--model", "vfm:debug-siglip", "--num-images", "50", "--out-dir", str(tmp_path)],
     )
     assert bad.returncode != 0 and "fewer than the 50 requested" in bad.stderr
+
+
+def test_script_loads_released_tokenizer_through_converter(fixtures_dir, repo_root, tmp_path):
+    """`tokenizer:official@file.pth` + `--tokenizer-kwargs` builds the official model (checked on the fixture)."""
+    import importlib.util
+    import json
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("se_cknna_script", repo_root / "scripts" / "se_cknna.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tensors = load_file(str(fixtures_dir / "vfmvae_tiny.safetensors"))
+    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
+    torch.save({"G_ema": {k[11:]: v for k, v in tensors.items() if k.startswith("state_dict.")}}, tmp_path / "g.pth")
+    official = {"generator_kwargs": meta["generator_kwargs"], "vfm_config": meta["siglip_vision_config"]}
+    model = script.build_tokenizer("official", str(tmp_path / "g.pth"), "cpu", official)
+    with torch.no_grad():
+        mean = model.encode(tensors["inputs.img"]).mean
+    torch.testing.assert_close(mean, tensors["outputs.mean"], atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit, match="tokenizer-kwargs"):
+        script.build_tokenizer("official", str(tmp_path / "g.pth"), "cpu", None)
