@@ -122,7 +122,7 @@ def test_uint8_input_equals_float_input(tiny):
 def test_vfm_is_frozen_and_gets_no_gradient(tiny):
     model = VFMVAE("debug", vfm_config={"compute_dtype": "float32"})
     model.load_state_dict(tiny.state_dict())
-    model.train()
+    model.requires_grad_(True).train()  # neither may unfreeze the VFM
     assert not model.vfm.training and model.decoder.training
     before = {k: v.clone() for k, v in model.vfm.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)

@@ -92,6 +92,12 @@ class VFMVAE(nn.Module):
     def has_encoder(self) -> bool:
         return self.vfm is not None and self.head is not None
 
+    def requires_grad_(self, requires_grad: bool = True) -> VFMVAE:
+        super().requires_grad_(requires_grad)
+        if self.vfm is not None:
+            self.vfm.requires_grad_(False)  # `model.requires_grad_(True)` must not unfreeze the VFM
+        return self
+
     def train(self, mode: bool = True) -> VFMVAE:
         super().train(mode)
         if self.vfm is not None:
