@@ -165,6 +165,24 @@ def dinov2_cls_tokens(preset, weights, config, paths, resolution, device, batch_
     return torch.cat(out)
 
 
+def write_demo_images(folder: Path, count: int, resolution: int, seed: int) -> Path:
+    """Deterministic square crops of the colour photos shipped in scikit-image (no download) as PNGs."""
+    from PIL import Image
+    from skimage import data
+
+    photos = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)][..., :3]
+        side = int(rng.integers(min(photo.shape[:2]) // 2, min(photo.shape[:2]) + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = Image.fromarray(photo[top : top + side, left : left + side].astype(np.uint8))
+        crop.resize((resolution, resolution), Image.LANCZOS).save(folder / f"demo_{i:04d}.png")
+    return folder
+
+
 def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -193,7 +211,8 @@ def write_plot(rows: list[dict], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, help="folder of PNG evaluation images (10k ImageNet-val in the paper)")
+    p.add_argument("--images", default=None, help="folder of PNG evaluation images (10k ImageNet-val in the paper)")
+    p.add_argument("--demo", type=int, default=None, help="instead of --images: N crops of scikit-image photos")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (error if fewer)")
     p.add_argument("--reference", default="dinov2-large", help="reference VFM: PRESET[@WEIGHTS] (DINOv2 or SigLIP)")
     p.add_argument("--reference-config", default=None, help="JSON overrides for the reference VFM config")
@@ -225,6 +244,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.model:
         raise SystemExit("give at least one --model KIND:PRESET[@WEIGHTS]")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if (args.images is None) == (args.demo is None):
+        raise SystemExit("give exactly one of --images DIR or --demo N")
+    if args.demo is not None:
+        args.images = str(write_demo_images(Path(args.out_dir) / "demo_images", args.demo, args.resolution, args.seed))
     paths = list_images(args.images)
     if args.num_images is not None:
         if len(paths) < args.num_images:

@@ -234,12 +234,13 @@ def _run(repo_root, args):
 
 
 @pytest.mark.slow
-def test_script_tokenizer_and_vfm(repo_root, image_dir, tmp_path):
+def test_script_tokenizer_and_vfm(repo_root, tmp_path):
+    """The `make se-cknna DEMO=1` path: scikit-image photo crops, tiny random models."""
     proc = _run(
         repo_root,
         [
-            "--images",
-            str(image_dir),
+            "--demo",
+            "8",
             "--reference",
             "debug-dinov2",
             "--model",
@@ -260,6 +261,7 @@ def test_script_tokenizer_and_vfm(repo_root, image_dir, tmp_path):
     ]
     # finite; with n = 8 the unbiased estimator is not bounded by 1, so no range check here
     assert all(np.isfinite(float(r["cknna"])) for r in rows) and (tmp_path / "se_cknna.png").stat().st_size > 0
+    assert len(list((tmp_path / "demo_images").glob("*.png"))) == 8
 
 
 @pytest.mark.slow
