@@ -69,3 +69,14 @@ sample: install ## Sample: CKPT=run.ckpt|official.pt TOKENIZER=path|none [STATS=
 	  --seed $(or $(SEED),0) --devices $(or $(DEVICES),auto) $(if $(MODEL),--model $(MODEL)) \
 	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) \
 	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(SAMPLE_ARGS)
+
+# ---------------------------------------------------------------- latent cache (diffusion.md §4)
+.PHONY: cache-latents
+cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=dir [DEVICES=auto STORE_IMAGES=1 FILTER=keys.txt]
+	@[ -n "$(DATA_ROOT)" ] || { echo "cache-latents: DATA_ROOT is not set (an ImageFolder split, e.g. /data/imagenet/train); 'make demo' shows a run on embedded data" >&2; exit 2; }
+	@[ -n "$(TOKENIZER)" ] || { echo "cache-latents: TOKENIZER is not set (a save_pretrained export folder, or an official .pth with TOKENIZER_KWARGS=G_kwargs.yaml)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "cache-latents: OUT is not set (the cache folder; an existing one is resumed)" >&2; exit 2; }
+	$(PY) scripts/cache_latents.py --data-root "$(DATA_ROOT)" --tokenizer "$(TOKENIZER)" --out "$(OUT)" \
+	  --devices $(or $(DEVICES),auto) --num-nodes $(or $(NUM_NODES),1) --image-size $(or $(IMAGE_SIZE),256) \
+	  --batch-size $(or $(BATCH),64) $(if $(STORE_IMAGES),--store-images) $(if $(FILTER),--filter-keys "$(FILTER)") \
+	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(CACHE_ARGS)

@@ -210,3 +210,29 @@ def test_two_rank_cache_has_every_key_once(tmp_path, repo_root):
     expected = sorted(p.stem for p in data.glob("*/*.png"))
     assert sorted(keys) == expected and len(keys) == len(set(keys)) == 11
     assert len(manifest["shards"]) == 4  # 11 images in shards of 3, split over two ranks
+
+
+def test_cache_script_with_debug_tokenizer(tmp_path):
+    """`scripts/cache_latents.py` on an exported debug VFMVAE: manifest provenance and moments = direct encode."""
+    from scripts.cache_latents import main as cache_main
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.export import save_pretrained
+
+    torch.manual_seed(0)
+    tok = VFMVAE("debug").eval()
+    record = save_pretrained(tok, tmp_path / "tok")
+    data = make_folder(tmp_path / "data", n_per_class=(2, 2), corrupt=False)
+    out = tmp_path / "cache"
+    cache_main(["--data-root", str(data), "--tokenizer", str(tmp_path / "tok"), "--out", str(out),
+                "--image-size", "64", "--shard-size", "3", "--batch-size", "2", "--num-workers", "0",
+                "--accelerator", "cpu", "--devices", "1", "--store-images"])
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["tokenizer"]["weights_sha256"] == record["weights_sha256"]
+    assert manifest["latent_shape"] == [tok.cfg.z_dim, 4, 4] and manifest["num_classes"] == 2
+    ds = LatentDataset(out, normalize=True, expected_tokenizer_hash=record["weights_sha256"], return_images=True)
+    assert len(ds) == 4
+    with torch.no_grad():
+        direct = tok.encode(uint8_to_unit(torch.stack([ds[i]["image"] for i in range(4)])))
+    for i in range(4):
+        mean, _ = ds.moments(i, flip=ds[i]["flipped"])
+        torch.testing.assert_close(mean, direct.mean[i], atol=1e-5, rtol=0)

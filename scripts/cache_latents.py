@@ -1,0 +1,84 @@
+"""Cache tokenizer latents of an ImageFolder split for diffusion training (diffusion.md §4).
+
+    python scripts/cache_latents.py --data-root /data/imagenet/train --tokenizer exports/vfmvae \
+        --out latents/imagenet256 [--devices 8 --num-nodes 1] [--store-images]
+
+Each image is `adm_center`-cropped; the posterior moments of the image and of its horizontal flip are
+stored in safetensors shards with a manifest (tokenizer config and weights hash, latent shape, counts,
+per-shard checksums, unreadable images) and `latents_stats.pt`. Running it again, or after a crash,
+continues where it stopped: finished shards are verified and kept, partial ones redone.
+`--store-images` also keeps the uint8 crops (REG computes its DINOv2 targets from pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from lightning.pytorch import Trainer  # noqa: E402
+
+from datamodules.key_filter import load_key_list  # noqa: E402
+from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter  # noqa: E402
+from vfmvae.provenance import state_dict_sha256  # noqa: E402
+from vfmvae.tokenizer.export import load_tokenizer  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True, help="ImageFolder split (root/<class>/<image>)")
+    p.add_argument("--tokenizer", required=True, help="save_pretrained folder, or an official release file")
+    p.add_argument("--tokenizer-kwargs", help="official generator kwargs (YAML/JSON) for an official release file")
+    p.add_argument("--vfm-path", help="local SigLIP2 folder, when the tokenizer export does not include its VFM")
+    p.add_argument("--out", required=True, help="cache folder (created; reused to resume)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=64, help="images per device per step (each is encoded twice)")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--filter-keys", help="optional key list (scripts/make_filter_list.py) of images to keep")
+    p.add_argument("--store-images", action="store_true", help="also store the uint8 crops (needed by REG)")
+    p.add_argument("--moments-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--stats-samples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--num-nodes", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def tokenizer_provenance(model: torch.nn.Module, path: str) -> dict:
+    """Config and weights hash recorded in the manifest; an export's own hash is reused when present."""
+    record = getattr(model, "export_record", None) or {}
+    weights = record.get("weights_sha256")
+    if weights is None:  # official file: hash what the tokenizer itself trains (the VFM is recorded by name)
+        weights = state_dict_sha256({k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")})
+    return {"path": str(path), "weights_sha256": weights, "config": record.get("config") or model.cfg.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    tokenizer = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs)
+    keep = load_key_list(args.filter_keys) if args.filter_keys else None
+    dm = LatentCacheDataModule(args.data_root, args.out, image_size=args.image_size, shard_size=args.shard_size,
+                               batch_size=args.batch_size, num_workers=args.num_workers, keep_keys=keep)
+    dm.setup()
+    provenance = {"tokenizer": tokenizer_provenance(tokenizer, args.tokenizer), "num_classes": len(dm.source.classes)}
+    writer = LatentShardWriter(store_images=args.store_images, stats_samples=args.stats_samples, seed=args.seed,
+                               provenance=provenance)
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    trainer = Trainer(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, logger=False,
+                      callbacks=[writer], precision="32-true", enable_model_summary=False)
+    trainer.predict(LatentCacheModule(tokenizer, args.moments_dtype), datamodule=dm, return_predictions=False)
+    return provenance
+
+
+if __name__ == "__main__":
+    main()
