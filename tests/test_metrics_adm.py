@@ -205,3 +205,17 @@ def test_suite_bad_input(tmp_path):
         load_images(tmp_path / "g.npz")
     with pytest.raises(FileNotFoundError):
         load_images(tmp_path / "missing.npz")
+
+
+def test_full_fp32_restores_settings():
+    from vfmvae.metrics.numerics import full_fp32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with full_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])

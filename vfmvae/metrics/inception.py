@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .numerics import full_fp32
+
 __all__ = [
     "AdmInceptionFeatures",
     "INCEPTION_WEIGHTS_FILENAME",
@@ -102,7 +104,8 @@ class AdmInceptionFeatures(nn.Module):
             )
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"ADM Inception expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
-        (pool,) = self.net(images)
+        with full_fp32():
+            (pool,) = self.net(images)
         # Unbiased logits computed here in float64 (then rounded to fp32) rather than by torch-fidelity's fp32 `mm`,
         # whose BLAS blocking makes the last bit depend on the batch size.
         logits = pool.double() @ self.net.fc.weight.double().T

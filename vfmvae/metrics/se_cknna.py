@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .cknna import cknna
+from .numerics import full_fp32
 from .se_transforms import (
     NOISE_LEVELS,
     SE_RESOLUTION,
@@ -169,6 +170,7 @@ class TokenizerSEExtractor:
         return self._latent(_downscale_antialias(x, transform.scale))[0]
 
 
+@full_fp32()
 def extract_condition_features(
     extractor: SEExtractor,
     image_paths: Sequence[str | Path],
@@ -251,6 +253,7 @@ class DiTProbe:
 
 
 @torch.no_grad()
+@full_fp32()
 def dit_block_features(
     probe: DiTProbe,
     latents: torch.Tensor,
