@@ -5,6 +5,7 @@ Public entry points:
     VFMVAE, VFMVAEOutput                         the tokenizer (encode / decode / forward)
     Decoder, DecoderOutput                       decoder alone (buildable without the VFM)
     LatentHead, DiagonalGaussian                 encoder head and posterior
+    SynthesisBlock                               the decoder's FSDP-wrap / activation-checkpoint unit
     from_official, load_official_state_dict      official checkpoints / release files
 """
 
@@ -15,8 +16,10 @@ from .latent_head import LatentHead
 from .model import VFMVAE, VFMVAEOutput
 from .official import from_official
 from .posterior import DiagonalGaussian
+from .synthesis import SynthesisBlock
 
 __all__ = [
     "PRESETS", "VFMVAEConfig", "get_config", "VFMVAE", "VFMVAEOutput", "Decoder", "DecoderOutput",
     "LatentHead", "DiagonalGaussian", "from_official", "load_official_state_dict", "config_from_official",
+    "SynthesisBlock",
 ]
