@@ -18,6 +18,9 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 
+# Tiny-model tests are dominated by per-op overhead; one intra-op thread is faster on the 2-core CI machine
+# (and leaves the second core to dataloader workers and the second DDP process).
+torch.set_num_threads(1)
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
