@@ -143,7 +143,7 @@ class DemoPhotoDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"demo index {index} out of range [0, {len(self)})")
         image, label, key = demo_sample(index, self.config)
-        return {"image": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), "label": label, "key": key}
+        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "label": label, "key": key}
 
 
 MANIFEST = "demo_manifest.json"
