@@ -159,19 +159,35 @@ class WebDatasetSource:
         shard_slice, stride, offset = partition_plan(len(shards), self.rank, self.world_size, worker, num_workers)
         return shards[shard_slice], stride, offset
 
-    def _read(self, shards: list[str], stride: int, offset: int) -> Iterator[ImageRecord]:
+    def _read(self, shards: list[str], stride: int, offset: int, counts: dict[str, int]) -> Iterator[ImageRecord]:
+        """This reader's records of ``shards``; ``counts`` gets raw samples, own samples and bad shards."""
         index = 0
         for shard in shards:
             try:
                 for sample in iter_tar_samples(shard):
                     mine = index % stride == offset
                     index += 1
+                    counts["raw"] += 1
+                    counts["mine"] += mine
                     if mine and (self.keep_keys is None or sample["__key__"] in self.keep_keys):
                         yield _record(sample)
             except (tarfile.TarError, OSError, EOFError) as err:
                 # A truncated/corrupt shard: the samples read before the damage were delivered.
                 self.num_bad_shards += 1
+                counts["bad_shards"] += 1
                 log.warning("skipping rest of unreadable shard %s (%s)", shard, err)
+
+    def _check_pass(self, shards: list[str], counts: dict[str, int], delivered: int) -> None:
+        """An empty pass is an error when it is not explained by a tiny dataset or damaged shards."""
+        if delivered or not shards or counts["bad_shards"]:
+            return
+        if counts["raw"] == 0:
+            raise ValueError(f"WebDataset shards hold no samples: {shards[:5]} ({len(shards)} shards)")
+        if counts["mine"] and self.keep_keys is not None:
+            raise ValueError(
+                f"the key filter removed all {counts['mine']} samples this reader got from {shards[:5]} "
+                f"({len(shards)} shards): wrong key list for this split?"
+            )
 
     def _shuffled(self, records: Iterator[ImageRecord], rng: np.random.Generator) -> Iterator[ImageRecord]:
         buffer: list[ImageRecord] = []
@@ -191,13 +207,15 @@ class WebDatasetSource:
         pass_index = 0
         while True:
             shards, stride, offset = self._reader_shards(epoch + pass_index, worker, num_workers)
-            records = self._read(shards, stride, offset)
+            counts = {"raw": 0, "mine": 0, "bad_shards": 0}
+            records = self._read(shards, stride, offset, counts)
             if self.shuffle:
                 records = self._shuffled(records, np.random.default_rng([self.seed, epoch + pass_index, reader]))
             delivered = 0
             for record in records:
                 delivered += 1
                 yield record
+            self._check_pass(shards, counts, delivered)
             pass_index += 1
             if not self.infinite or delivered == 0:  # an empty partition must not spin forever
                 return

@@ -142,3 +142,15 @@ def test_missing_shards_name_the_path(tmp_path):
         list_shards(tmp_path / "nope", "train")
     with pytest.raises(FileNotFoundError, match=r"no WebDataset shards matching '\*-validation-\*.tar'"):
         list_shards(tmp_path, "validation")
+
+
+def test_filter_that_removes_everything_is_an_error(tmp_path):
+    samples = make_samples(per_class=2, sizes=[(8, 8)])
+    shards = [str(p) for p in write_shards(tmp_path, samples, num_shards=2)]
+    src = WebDatasetSource(shards, keep_keys=frozenset({"not_in_this_split"}))
+    with pytest.raises(ValueError, match="key filter removed all 6 samples"):
+        list(src.iter_records())
+    empty = tmp_path / "empty"
+    write_shards(empty, [], num_shards=1)
+    with pytest.raises(ValueError, match="hold no samples"):
+        list(WebDatasetSource(list_shards(empty, "train")).iter_records())
