@@ -80,10 +80,10 @@ class Recorder(Callback):
         })
 
 
-def fit(module, datamodule, callbacks=(), max_steps: int = 2, **trainer_kw) -> Trainer:
+def fit(module, datamodule, callbacks=(), max_steps: int = 2, ckpt_path=None, **trainer_kw) -> Trainer:
     kw = dict(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     kw.update(trainer_kw)
     trainer = Trainer(callbacks=list(callbacks), **kw)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
