@@ -144,8 +144,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = _parse(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device)
+    finally:
+        torch.set_num_threads(threads)  # main() is also called in-process (tests)
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the tokenizer's official setting; fixed shapes here
     cases = select_cases(args)
