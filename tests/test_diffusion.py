@@ -144,3 +144,22 @@ def test_wrong_latent_shape_and_convention_errors():
     with pytest.raises(ValueError, match="time convention"):
         DiffusionModule(network="reg", preset="debug", transport="lightningdit")
     assert module.latent_shape == LATENT
+
+
+def test_sample_grid_is_logged_to_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from callbacks.sample_grid import SampleGridCallback
+
+    grid = SampleGridCallback(tokenizer=None, tokenizer_preset="debug", every_n_steps=1, num_samples=4, num_steps=3)
+    logger = TensorBoardLogger(str(tmp_path), name="demo_lightningdit")
+    fit(tiny_module("lightningdit"), TinyLatentDataModule(n=4, batch_size=4),
+        [EMACallback(["net"], preset="dit"), grid], max_steps=2, logger=logger, log_every_n_steps=1)
+    assert grid.num_logged == 2 and grid.last_grid.dtype == torch.uint8
+    assert grid.last_grid.shape == (3, 2 * 66 + 2, 2 * 66 + 2)  # 2x2 mosaic of 64 px images, 2 px padding
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("samples/grid")] == [1, 2]
+    assert "loss/total" in events.Tags()["scalars"]
