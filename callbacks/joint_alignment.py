@@ -101,14 +101,14 @@ class JointAlignmentCallback(Callback):
         if stage != "fit":
             return
         if self.vfm is None:
-            from vfmvae.vfm import build_vfm
-
             from lightning_modules.tokenizer_loading import resolve_path
+            from vfmvae.vfm import build_vfm
 
             self.vfm_pretrained = resolve_path(self.vfm_pretrained, "JointAlignmentCallback.vfm_pretrained")
             if self.vfm_pretrained is None:
-                log.warning("joint alignment: %s with RANDOM weights (vfm_pretrained not set): tests/demo only",
-                            self.vfm_name)
+                log.warning(
+                    "joint alignment: %s with RANDOM weights (vfm_pretrained not set): tests/demo only", self.vfm_name
+                )
             self.vfm = build_vfm(self.vfm_name, pretrained=self.vfm_pretrained, config=self.vfm_config or None)
         family = getattr(pl_module, "network", None)
         self._cls = (family == "reg") if self.use_cls is None else bool(self.use_cls)
@@ -123,14 +123,18 @@ class JointAlignmentCallback(Callback):
             raise ValueError(f"alignment image_size {self.image_size} is not a multiple of the VFM patch {patch}")
         grid, want = self.image_size // patch, token_grid_of(net)
         if grid != want:
-            raise ValueError(f"the VFM gives a {grid}x{grid} token grid at {self.image_size} px, but the diffusion "
-                             f"network has {want}x{want} tokens: set image_size={want * patch}")
+            raise ValueError(
+                f"the VFM gives a {grid}x{grid} token grid at {self.image_size} px, but the diffusion "
+                f"network has {want}x{want} tokens: set image_size={want * patch}"
+            )
         dim = alignment_dim_of(net)
         if dim is None:
             raise ValueError("the diffusion network has no projector to align (LightningDiT: set repa_encoder_depth)")
         if dim != int(self.vfm.hidden_size):
-            raise ValueError(f"the network's projector predicts {dim} features, the VFM {self.vfm_name} gives "
-                             f"{self.vfm.hidden_size} (set z_dims / repa_z_dim to match)")
+            raise ValueError(
+                f"the network's projector predicts {dim} features, the VFM {self.vfm_name} gives "
+                f"{self.vfm.hidden_size} (set z_dims / repa_z_dim to match)"
+            )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.vfm.to(pl_module.device)
@@ -146,8 +150,14 @@ class JointAlignmentCallback(Callback):
             raise ValueError(f"alignment needs uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         x = uint8_to_unit(images)
         want_cls = self._cls and bool(getattr(self.vfm, "has_cls", False))
-        out = self.vfm(x, [self.layer], size=self.image_size, interpolation=self.interpolation,
-                       antialias=self.antialias, return_cls=want_cls)
+        out = self.vfm(
+            x,
+            [self.layer],
+            size=self.image_size,
+            interpolation=self.interpolation,
+            antialias=self.antialias,
+            return_cls=want_cls,
+        )
         tokens, cls = (out[0][0], out[1][0]) if want_cls else (out[0], None)
         tokens = tokens.float()
         cls_target = None
@@ -157,8 +167,12 @@ class JointAlignmentCallback(Callback):
             proj = torch.cat([cls_target[:, None], tokens], dim=1)
         else:
             proj = tokens
-        return {"proj_targets": [proj], "cls_target": cls_target, "proj_weight": self.proj_weight,
-                "cls_weight": self.cls_weight if self._cls else 0.0}
+        return {
+            "proj_targets": [proj],
+            "cls_target": cls_target,
+            "proj_weight": self.proj_weight,
+            "cls_weight": self.cls_weight if self._cls else 0.0,
+        }
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not self.active(trainer.global_step):
@@ -166,25 +180,36 @@ class JointAlignmentCallback(Callback):
             self.num_skipped_batches += 1
             return
         if "image" not in batch:
-            raise KeyError("joint alignment needs batch['image'] (uint8): cache latents with store_images=true and "
-                           "give the DataModule return_images=true")
+            raise KeyError(
+                "joint alignment needs batch['image'] (uint8): cache latents with store_images=true and "
+                "give the DataModule return_images=true"
+            )
         batch["alignment"] = self.targets(batch["image"])
         self.num_aligned_batches += 1
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         pl_module.log("train/alignment_on", float(self.active(trainer.global_step)), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"start_step": self.start_step, "end_step": self.end_step, "vfm": self.vfm_name,
-                "image_size": self.image_size, "proj_weight": self.proj_weight, "cls_weight": self.cls_weight,
-                "num_aligned_batches": self.num_aligned_batches, "num_skipped_batches": self.num_skipped_batches}
+        return {
+            "start_step": self.start_step,
+            "end_step": self.end_step,
+            "vfm": self.vfm_name,
+            "image_size": self.image_size,
+            "proj_weight": self.proj_weight,
+            "cls_weight": self.cls_weight,
+            "num_aligned_batches": self.num_aligned_batches,
+            "num_skipped_batches": self.num_skipped_batches,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("vfm", self.vfm_name) != self.vfm_name:
-            log.warning("joint alignment: resuming with VFM %s, the checkpoint used %s", self.vfm_name,
-                        state_dict["vfm"])
+            log.warning(
+                "joint alignment: resuming with VFM %s, the checkpoint used %s", self.vfm_name, state_dict["vfm"]
+            )
         # The window and weights come from the checkpoint, so a resumed run keeps its schedule.
         self.start_step = int(state_dict.get("start_step", self.start_step))
         self.end_step = state_dict.get("end_step", self.end_step)

@@ -35,7 +35,9 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> to
     grid = images.new_zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad))
     for i in range(b):
         r, q = divmod(i, cols)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = images[i]
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[
+            i
+        ]
     return grid
 
 
@@ -53,11 +55,21 @@ class SampleGridCallback(Callback):
         use_ema: sample with the EMA weights when an EMA callback exists.
     """
 
-    def __init__(self, tokenizer: str | None = None, tokenizer_preset: str = "vfmvae-f16d32-siglip2",
-                 tokenizer_kwargs: str | dict | None = None, latent_stats: str | None = None,
-                 every_n_steps: int = 10_000, num_samples: int = 16, sampler: str | None = None,
-                 num_steps: int | None = 50, cfg_scale: float | None = None, label_mode: str = "balanced",
-                 seed: int = 0, use_ema: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        tokenizer_preset: str = "vfmvae-f16d32-siglip2",
+        tokenizer_kwargs: str | dict | None = None,
+        latent_stats: str | None = None,
+        every_n_steps: int = 10_000,
+        num_samples: int = 16,
+        sampler: str | None = None,
+        num_steps: int | None = 50,
+        cfg_scale: float | None = None,
+        label_mode: str = "balanced",
+        seed: int = 0,
+        use_ema: bool = True,
+    ) -> None:
         if every_n_steps < 1 or num_samples < 1:
             raise ValueError(f"every_n_steps ({every_n_steps}) and num_samples ({num_samples}) must be >= 1")
         self.tokenizer, self.tokenizer_preset, self.tokenizer_kwargs = tokenizer, tokenizer_preset, tokenizer_kwargs
@@ -106,8 +118,12 @@ class SampleGridCallback(Callback):
         family = pl_module.network
         config = sampler_config(family, self.sampler, cfg_scale=self.cfg_scale, num_steps=self.num_steps)
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        labels = class_labels(self.label_mode, self.num_samples, pl_module.net.config.num_classes,
-                              generator=torch.Generator().manual_seed(self.seed)).to(pl_module.device)
+        labels = class_labels(
+            self.label_mode,
+            self.num_samples,
+            pl_module.net.config.num_classes,
+            generator=torch.Generator().manual_seed(self.seed),
+        ).to(pl_module.device)
         ema = self._ema(trainer)
         if ema is not None:
             with ema.swap():
@@ -122,8 +138,9 @@ class SampleGridCallback(Callback):
             images = signed_to_uint8(decoder.decode(normalizer.denormalize(latents)))
         return make_grid(images.cpu())
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps or step == self._last_step:
             return

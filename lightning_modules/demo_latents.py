@@ -32,15 +32,22 @@ from vfmvae.provenance import state_dict_sha256
 log = logging.getLogger(__name__)
 
 
-def build_demo_latent_cache(root: str | Path, tokenizer: str | None = None, tokenizer_preset: str = "debug",
-                            num_per_class: int = 8, resolution: int = 64, seed: int = 0) -> Path:
+def build_demo_latent_cache(
+    root: str | Path,
+    tokenizer: str | None = None,
+    tokenizer_preset: str = "debug",
+    num_per_class: int = 8,
+    resolution: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write (once) ``root/images`` and the latent cache ``root/latents``; returns the cache folder."""
     root = Path(root)
     out = root / "latents"
     if (out / MANIFEST).is_file():
         return out
-    write_demo_imagefolder(root / "images", DemoDataConfig(resolution=resolution, num_per_class=num_per_class,
-                                                           seed=seed))
+    write_demo_imagefolder(
+        root / "images", DemoDataConfig(resolution=resolution, num_per_class=num_per_class, seed=seed)
+    )
     from vfmvae.tokenizer import VFMVAE
 
     if tokenizer is None:
@@ -49,20 +56,30 @@ def build_demo_latent_cache(root: str | Path, tokenizer: str | None = None, toke
     else:
         model = VFMVAE.from_pretrained(tokenizer)
     model = model.float().eval()
-    cache = LatentCacheDataModule(str(root / "images"), str(out), image_size=resolution, shard_size=64,
-                                  batch_size=16, num_workers=0)
+    cache = LatentCacheDataModule(
+        str(root / "images"), str(out), image_size=resolution, shard_size=64, batch_size=16, num_workers=0
+    )
     cache.setup()
     encoder = LatentCacheModule(model)
     for k in range(cache.num_shards):
         images = ShardImages(cache.source, [k], cache.shard_size, resolution)
-        rows = [encoder.predict_step(default_collate([images[j] for j in range(i, min(i + 16, len(images)))]), 0)
-                for i in range(0, len(images), 16)]
-        tensors = {n: torch.cat([r[n] for r in rows]) for n in ("mean", "logvar", "mean_flip", "logvar_flip",
-                                                                    "image", "label")}
+        rows = [
+            encoder.predict_step(default_collate([images[j] for j in range(i, min(i + 16, len(images)))]), 0)
+            for i in range(0, len(images), 16)
+        ]
+        tensors = {
+            n: torch.cat([r[n] for r in rows]) for n in ("mean", "logvar", "mean_flip", "logvar_flip", "image", "label")
+        }
         write_shard(out, k, tensors, [key for r in rows for key in r["key"]])
-    provenance = {"tokenizer": {"weights_sha256": state_dict_sha256(model), "preset": tokenizer_preset,
-                                "path": tokenizer, "random_weights": tokenizer is None},
-                  "num_classes": 1000}
+    provenance = {
+        "tokenizer": {
+            "weights_sha256": state_dict_sha256(model),
+            "preset": tokenizer_preset,
+            "path": tokenizer,
+            "random_weights": tokenizer is None,
+        },
+        "num_classes": 1000,
+    }
     finalize_cache(cache, True, 10_000, seed, provenance)
     log.info("demo latent cache written to %s", out)
     return out
@@ -71,10 +88,19 @@ def build_demo_latent_cache(root: str | Path, tokenizer: str | None = None, toke
 class DemoLatentDataModule(LightningDataModule):
     """Demo photographs -> latent cache -> `LatentDataset` batches (see the module docstring)."""
 
-    def __init__(self, root: str = "outputs/demo/diffusion", tokenizer: str | None = None,
-                 tokenizer_preset: str = "debug", num_per_class: int = 8, resolution: int = 64,
-                 latent_policy: str = "lightningdit", return_images: bool = False, batch_size: int = 16,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str = "outputs/demo/diffusion",
+        tokenizer: str | None = None,
+        tokenizer_preset: str = "debug",
+        num_per_class: int = 8,
+        resolution: int = 64,
+        latent_policy: str = "lightningdit",
+        return_images: bool = False,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.root, self.tokenizer, self.tokenizer_preset = root, tokenizer, tokenizer_preset
         self.num_per_class, self.resolution, self.seed = num_per_class, resolution, seed
@@ -83,13 +109,15 @@ class DemoLatentDataModule(LightningDataModule):
         self.dataset: LatentDataset | None = None
 
     def prepare_data(self) -> None:
-        build_demo_latent_cache(self.root, self.tokenizer, self.tokenizer_preset, self.num_per_class,
-                                self.resolution, self.seed)
+        build_demo_latent_cache(
+            self.root, self.tokenizer, self.tokenizer_preset, self.num_per_class, self.resolution, self.seed
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            self.dataset = LatentDataset(Path(self.root) / "latents", policy=self.latent_policy,
-                                         return_images=self.return_images, seed=self.seed)
+            self.dataset = LatentDataset(
+                Path(self.root) / "latents", policy=self.latent_policy, return_images=self.return_images, seed=self.seed
+            )
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -101,8 +129,15 @@ class DemoLatentDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if len(self.dataset) < self.batch_size:
-            raise ValueError(f"the demo cache holds {len(self.dataset)} latents, fewer than one batch of "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"the demo cache holds {len(self.dataset)} latents, fewer than one batch of {self.batch_size}"
+            )
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=g,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=g,
+            num_workers=self.num_workers,
+        )

@@ -63,13 +63,17 @@ class BatchPlan:
         if global_batch_size < 1 or world_size < 1:
             raise ValueError(f"global_batch_size ({global_batch_size}) and world size ({world_size}) must be >= 1")
         if global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the world size {world_size} "
-                             "(devices x nodes)")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not divisible by the world size {world_size} "
+                "(devices x nodes)"
+            )
         per_rank = global_batch_size // world_size
         micro = per_rank if micro_batch_size is None else int(micro_batch_size)
         if micro < 1 or per_rank % micro:
-            raise ValueError(f"micro_batch_size {micro} must divide the per-device batch {per_rank} "
-                             f"(= global_batch_size {global_batch_size} / world size {world_size})")
+            raise ValueError(
+                f"micro_batch_size {micro} must divide the per-device batch {per_rank} "
+                f"(= global_batch_size {global_batch_size} / world size {world_size})"
+            )
         return cls(global_batch_size, world_size, micro, per_rank // micro)
 
 
@@ -125,14 +129,21 @@ class DiffusionModule(LightningModule):
             raise ValueError(f"unknown network {network!r}; choose one of {FAMILIES}")
         self.network = network
         self.net = build_diffusion_network(
-            network, preset, network_overrides, repa_encoder_depth=repa_encoder_depth,
-            repa_projector_dim=repa_projector_dim, repa_z_dim=repa_z_dim,
-            activation_checkpointing=activation_checkpointing)
+            network,
+            preset,
+            network_overrides,
+            repa_encoder_depth=repa_encoder_depth,
+            repa_projector_dim=repa_projector_dim,
+            repa_z_dim=repa_z_dim,
+            activation_checkpointing=activation_checkpointing,
+        )
         self.transport = transport_config(transport, transport_overrides)
         expected = NATIVE_CONVENTION[network]
         if parse_convention(self.transport.convention) != parse_convention(expected):
-            raise ValueError(f"transport {transport!r} uses time convention {self.transport.convention!r}, but the "
-                             f"{network} network's weights embed t in {expected!r}")
+            raise ValueError(
+                f"transport {transport!r} uses time convention {self.transport.convention!r}, but the "
+                f"{network} network's weights embed t in {expected!r}"
+            )
         if (self.transport.loss == "reg") != (network == "reg"):
             raise ValueError(f"transport loss {self.transport.loss!r} does not fit the {network} network")
         self.timestep_sampler = self.transport.timestep_sampler()
@@ -160,8 +171,10 @@ class DiffusionModule(LightningModule):
             return
         trainer = self.trainer
         if trainer.accumulate_grad_batches != 1:
-            raise ValueError("set global_batch_size / micro_batch_size on the model, not trainer.accumulate_grad_batches "
-                             f"(got {trainer.accumulate_grad_batches}); the model derives accumulation itself")
+            raise ValueError(
+                "set global_batch_size / micro_batch_size on the model, not trainer.accumulate_grad_batches "
+                f"(got {trainer.accumulate_grad_batches}); the model derives accumulation itself"
+            )
         hp = self.hparams
         self.plan = BatchPlan.derive(hp.global_batch_size, trainer.world_size, hp.micro_batch_size)
         log.info("diffusion batch plan: %s", self.plan)
@@ -173,8 +186,9 @@ class DiffusionModule(LightningModule):
         hp = self.hparams
         params = [p for p in self.net.parameters() if p.requires_grad]
         fused = hp.fused if hp.fused is not None else all(p.is_cuda for p in params)
-        return torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
-                                 eps=hp.adam_eps, fused=bool(fused))
+        return torch.optim.AdamW(
+            params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, eps=hp.adam_eps, fused=bool(fused)
+        )
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -207,8 +221,10 @@ class DiffusionModule(LightningModule):
         if align is None:
             return loss(self.net, x, y, step=step)
         if not isinstance(self.net, LightningDiTREPA):
-            raise ValueError("the alignment callback supplies targets, but this LightningDiT has no projector: "
-                             "set repa_encoder_depth (REPA option) or remove the callback")
+            raise ValueError(
+                "the alignment callback supplies targets, but this LightningDiT has no projector: "
+                "set repa_encoder_depth (REPA option) or remove the callback"
+            )
         captured: dict[str, list[torch.Tensor]] = {}
 
         def velocity(x_t, t, yy):
@@ -227,8 +243,10 @@ class DiffusionModule(LightningModule):
         if not self._checked_batch:
             self._checked_batch = True
             if batch["latent"].shape[0] != plan.micro_batch_size:
-                raise ValueError(f"the DataModule gives batches of {batch['latent'].shape[0]}, but the batch plan "
-                                 f"{plan} needs micro-batches of {plan.micro_batch_size}")
+                raise ValueError(
+                    f"the DataModule gives batches of {batch['latent'].shape[0]}, but the batch plan "
+                    f"{plan} needs micro-batches of {plan.micro_batch_size}"
+                )
         opt = self.optimizers()
         terms = self.compute_loss(batch)
         safe = self.guard.check(terms)  # identical decision on every rank
@@ -245,8 +263,9 @@ class DiffusionModule(LightningModule):
         if last:
             if not self._window_unsafe:
                 if self.hparams.gradient_clip_norm is not None:
-                    self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_norm,
-                                        gradient_clip_algorithm="norm")
+                    self.clip_gradients(
+                        opt, gradient_clip_val=self.hparams.gradient_clip_norm, gradient_clip_algorithm="norm"
+                    )
                 opt.step()
             opt.zero_grad(set_to_none=True)
             self._micro_step, self._window_unsafe = 0, False
@@ -266,8 +285,11 @@ class DiffusionModule(LightningModule):
         checkpoint["diffusion"] = {
             "guard": self.guard.state_dict(),
             "micro_step": self._micro_step,
-            "network": {"family": self.network, "latent_shape": list(self.latent_shape),
-                        "config": to_jsonable(self.net.config)},
+            "network": {
+                "family": self.network,
+                "latent_shape": list(self.latent_shape),
+                "config": to_jsonable(self.net.config),
+            },
             "transport": to_jsonable(self.transport),
             "batch_plan": to_jsonable(self.plan) if self.plan else None,
             "provenance": _data_provenance(self.trainer.datamodule if self._trainer else None),
@@ -288,10 +310,13 @@ def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
     """Give the DataModule the derived per-device batch size (before its loaders are built)."""
     for owner in (dm, getattr(dm, "config", None)):
         if owner is not None and hasattr(owner, "batch_size"):
-            if getattr(owner, "batch_size") != micro_batch_size:
-                log.info("setting the DataModule's per-device batch size %s -> %d (from global_batch_size)",
-                         getattr(owner, "batch_size"), micro_batch_size)
-            setattr(owner, "batch_size", micro_batch_size)
+            if owner.batch_size != micro_batch_size:
+                log.info(
+                    "setting the DataModule's per-device batch size %s -> %d (from global_batch_size)",
+                    owner.batch_size,
+                    micro_batch_size,
+                )
+            owner.batch_size = micro_batch_size
             return
     log.warning("the DataModule exposes no batch_size; its batches must hold %d latents", micro_batch_size)
 
@@ -313,9 +338,11 @@ def _data_provenance(dm: Any) -> dict[str, Any]:
     ds = _find_latent_dataset(dm) if dm is not None else None
     if ds is None:
         return {}
-    out: dict[str, Any] = {"tokenizer": to_jsonable(ds.manifest.get("tokenizer", {})),
-                           "latent_root": str(getattr(ds, "root", "")),
-                           "latent_policy": getattr(ds, "policy", None)}
+    out: dict[str, Any] = {
+        "tokenizer": to_jsonable(ds.manifest.get("tokenizer", {})),
+        "latent_root": str(getattr(ds, "root", "")),
+        "latent_policy": getattr(ds, "policy", None),
+    }
     normalizer = getattr(ds, "normalizer", None)
     if normalizer is not None:
         out["latent_stats"] = {k: v.tolist() for k, v in normalizer.stats_dict().items()}

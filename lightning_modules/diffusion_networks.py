@@ -40,8 +40,15 @@ class LightningDiTREPA(LightningDiT):
     :meth:`forward_with_projections` returns ``(velocity (B, C, H, W), [ (B, N, z_dim) ... ])``.
     """
 
-    def __init__(self, config, *, encoder_depth: int, projector_dim: int = 2048, z_dims: tuple[int, ...] = (768,),
-                 activation_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        config,
+        *,
+        encoder_depth: int,
+        projector_dim: int = 2048,
+        z_dims: tuple[int, ...] = (768,),
+        activation_checkpointing: bool = False,
+    ) -> None:
         super().__init__(config, activation_checkpointing=activation_checkpointing)
         if not 1 <= encoder_depth <= config.depth:
             raise ValueError(f"repa_encoder_depth must be in [1, depth={config.depth}], got {encoder_depth}")
@@ -62,9 +69,16 @@ class LightningDiTREPA(LightningDiT):
         return velocity, [proj(tokens) for proj in self.projectors]
 
 
-def build_diffusion_network(family: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None, *,
-                            repa_encoder_depth: int | None = None, repa_projector_dim: int = 2048,
-                            repa_z_dim: int = 768, activation_checkpointing: bool = False) -> nn.Module:
+def build_diffusion_network(
+    family: str,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    repa_encoder_depth: int | None = None,
+    repa_projector_dim: int = 2048,
+    repa_z_dim: int = 768,
+    activation_checkpointing: bool = False,
+) -> nn.Module:
     """The network of a run: ``family`` in ``FAMILIES``, ``preset`` a key of the family's preset dict.
 
     ``overrides``: shape fields of the preset's dataclass (e.g. ``{"input_size": 4}`` for the debug
@@ -79,16 +93,23 @@ def build_diffusion_network(family: str, preset: str | None = None, overrides: M
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(overrides or {}).items()}
     if family == "reg":
         if repa_encoder_depth is not None:
-            raise ValueError("repa_encoder_depth is for LightningDiT; REG's projector depth is the preset's "
-                             "`encoder_depth` (override it in network_overrides)")
+            raise ValueError(
+                "repa_encoder_depth is for LightningDiT; REG's projector depth is the preset's "
+                "`encoder_depth` (override it in network_overrides)"
+            )
         return build_sit_reg(preset, activation_checkpointing=activation_checkpointing, **overrides)
     if repa_encoder_depth is None:
         return build_lightningdit(preset, activation_checkpointing=activation_checkpointing, **overrides)
     from dataclasses import replace
 
     config = replace(LIGHTNINGDIT_PRESETS[preset], **overrides)
-    return LightningDiTREPA(config, encoder_depth=repa_encoder_depth, projector_dim=repa_projector_dim,
-                            z_dims=(repa_z_dim,), activation_checkpointing=activation_checkpointing)
+    return LightningDiTREPA(
+        config,
+        encoder_depth=repa_encoder_depth,
+        projector_dim=repa_projector_dim,
+        z_dims=(repa_z_dim,),
+        activation_checkpointing=activation_checkpointing,
+    )
 
 
 def latent_shape_of(net: nn.Module) -> tuple[int, int, int]:

@@ -23,8 +23,14 @@ NO_CFG_SAMPLERS = {"lightningdit": "lightningdit", "reg": "reg"}
 NATIVE = {"lightningdit": "data_at_one", "reg": "noise_at_one"}
 
 
-def sampler_config(family: str, preset: str | None = None, *, cfg_scale: float | None = None,
-                   num_steps: int | None = None, cfg_channels: int | str | None = "preset") -> SamplerConfig:
+def sampler_config(
+    family: str,
+    preset: str | None = None,
+    *,
+    cfg_scale: float | None = None,
+    num_steps: int | None = None,
+    cfg_channels: int | str | None = "preset",
+) -> SamplerConfig:
     """The family's paper sampler (or ``preset``), with optional overrides.
 
     ``cfg_scale=1`` selects the preset's no-CFG twin; ``cfg_channels="all"`` guides every channel
@@ -61,8 +67,9 @@ def velocity_fn(net: nn.Module, family: str):
     return cast_velocity_fn(fn, dtype)
 
 
-def initial_state(net: nn.Module, family: str, n: int, generator: torch.Generator | None,
-                  device: torch.device | str) -> Tensor | tuple[Tensor, Tensor]:
+def initial_state(
+    net: nn.Module, family: str, n: int, generator: torch.Generator | None, device: torch.device | str
+) -> Tensor | tuple[Tensor, Tensor]:
     """Noise at the sampler's start: the latent, and for REG the class token, ~ N(0, I), float32."""
     cfg = net.config
     x = torch.randn((n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=generator, device=device)
@@ -73,8 +80,9 @@ def initial_state(net: nn.Module, family: str, n: int, generator: torch.Generato
 
 
 @torch.no_grad()
-def sample_latents(net: nn.Module, family: str, config: SamplerConfig, labels: Tensor,
-                   generator: torch.Generator | None = None) -> Tensor:
+def sample_latents(
+    net: nn.Module, family: str, config: SamplerConfig, labels: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Normalised latents ``(B, C, h, w)`` float32 for class ids ``labels (B,)`` (the network in eval())."""
     was_training = net.training
     net.eval()
@@ -87,8 +95,9 @@ def sample_latents(net: nn.Module, family: str, config: SamplerConfig, labels: T
     return latent.float()
 
 
-def class_labels(mode: str, n: int, num_classes: int, *, offset: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
+def class_labels(
+    mode: str, n: int, num_classes: int, *, offset: int = 0, generator: torch.Generator | None = None
+) -> Tensor:
     """``n`` class ids: ``"random"`` = ``randint(0, num_classes)`` (the paper's protocol) or
     ``"balanced"`` = ``(offset + i) % num_classes`` (equal counts when the total is a multiple)."""
     if mode == "random":

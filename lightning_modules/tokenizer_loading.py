@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 def _read_kwargs(generator_kwargs: dict[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
     if generator_kwargs is None:
-        raise ValueError("an official tokenizer file needs its generator kwargs (the stage YAML's G_kwargs): pass "
-                         "--tokenizer-kwargs FILE.json|.yaml")
+        raise ValueError(
+            "an official tokenizer file needs its generator kwargs (the stage YAML's G_kwargs): pass "
+            "--tokenizer-kwargs FILE.json|.yaml"
+        )
     if isinstance(generator_kwargs, dict):
         return generator_kwargs
     path = Path(generator_kwargs)
@@ -49,8 +51,11 @@ def _read_kwargs(generator_kwargs: dict[str, Any] | str | os.PathLike | None) ->
     return dict(data)
 
 
-def load_decoder(source: str | os.PathLike | None, preset: str = "vfmvae-f16d32-siglip2",
-                 generator_kwargs: dict[str, Any] | str | os.PathLike | None = None) -> nn.Module:
+def load_decoder(
+    source: str | os.PathLike | None,
+    preset: str = "vfmvae-f16d32-siglip2",
+    generator_kwargs: dict[str, Any] | str | os.PathLike | None = None,
+) -> nn.Module:
     """A decoder-only `VFMVAE` in eval mode, fp32, frozen (see the module docstring)."""
     from vfmvae.tokenizer import VFMVAE, from_official
 
@@ -63,8 +68,10 @@ def load_decoder(source: str | os.PathLike | None, preset: str = "vfmvae-f16d32-
         path = Path(os.path.expanduser(str(source)))
         if path.is_dir():
             if not hasattr(VFMVAE, "from_pretrained"):
-                raise RuntimeError(f"{path} is a folder, but this build has no VFMVAE.from_pretrained yet; give the "
-                                   "official release file instead")
+                raise RuntimeError(
+                    f"{path} is a folder, but this build has no VFMVAE.from_pretrained yet; give the "
+                    "official release file instead"
+                )
             model = VFMVAE.from_pretrained(path, decoder_only=True)
         elif path.is_file():
             model = from_official(str(path), _read_kwargs(generator_kwargs), decoder_only=True)
@@ -80,10 +87,13 @@ def load_latent_stats(path: str | os.PathLike | None, stats: dict[str, Any] | No
     if path is not None:
         return LatentNormalizer.load(path)
     if stats is not None:
-        return LatentNormalizer.from_stats({k: torch.as_tensor(v) for k, v in stats.items() if k in ("mean", "std")},
-                                           source="checkpoint provenance")
-    raise ValueError("no latent statistics: give latents_stats.pt (written beside the latent cache, or the official "
-                     "file), or a checkpoint trained on a latent cache (it records them)")
+        return LatentNormalizer.from_stats(
+            {k: torch.as_tensor(v) for k, v in stats.items() if k in ("mean", "std")}, source="checkpoint provenance"
+        )
+    raise ValueError(
+        "no latent statistics: give latents_stats.pt (written beside the latent cache, or the official "
+        "file), or a checkpoint trained on a latent cache (it records them)"
+    )
 
 
 def resolve_path(value: str | None, what: str, optional: bool = False) -> str | None:
@@ -99,8 +109,10 @@ def resolve_path(value: str | None, what: str, optional: bool = False) -> str | 
     if "$" in expanded or not expanded:
         if optional:
             return None
-        var = expanded[expanded.index("$"):].strip("${}").split("}")[0].split("/")[0]
-        raise ValueError(f"{what}: {value!r} needs the environment variable {var}, which is not set; pass it to make "
-                         f"(e.g. `make train-diffusion MODEL=reg {var}=/path/...`) or see configs/diffusion/demo.yaml "
-                         "for a run without external files")
+        var = expanded[expanded.index("$") :].strip("${}").split("}")[0].split("/")[0]
+        raise ValueError(
+            f"{what}: {value!r} needs the environment variable {var}, which is not set; pass it to make "
+            f"(e.g. `make train-diffusion MODEL=reg {var}=/path/...`) or see configs/diffusion/demo.yaml "
+            "for a run without external files"
+        )
     return os.path.expanduser(expanded)

@@ -62,14 +62,39 @@ log = logging.getLogger("sample")
 SEED_RULE = "seed of the batch starting at image i of chunk k = (base_seed * 1_000_003 + i) mod 2**63"
 # Constructor kwargs of the paper's runs for released official files (diffusion.md §3.1).
 PAPER_OFFICIAL_KWARGS = {
-    "lightningdit": dict(input_size=16, patch_size=1, in_channels=32, use_qknorm=True, use_swiglu=True,
-                         use_rope=True, use_rmsnorm=True, wo_shift=False),
-    "reg": dict(input_size=16, patch_size=1, in_channels=32, encoder_depth=8, z_dims=[768], qk_norm=True,
-                projector_dim=2048, cls_token_dim=768, path_type="linear"),
+    "lightningdit": dict(
+        input_size=16,
+        patch_size=1,
+        in_channels=32,
+        use_qknorm=True,
+        use_swiglu=True,
+        use_rope=True,
+        use_rmsnorm=True,
+        wo_shift=False,
+    ),
+    "reg": dict(
+        input_size=16,
+        patch_size=1,
+        in_channels=32,
+        encoder_depth=8,
+        z_dims=[768],
+        qk_norm=True,
+        projector_dim=2048,
+        cls_token_dim=768,
+        path_type="linear",
+    ),
 }
 # Settings that must not change between a run and its resumption.
-RESUME_KEYS = ("num_images", "chunk_size", "seed", "label_mode", "sampler", "network_sha256", "tokenizer_sha256",
-               "latent_stats")
+RESUME_KEYS = (
+    "num_images",
+    "chunk_size",
+    "seed",
+    "label_mode",
+    "sampler",
+    "network_sha256",
+    "tokenizer_sha256",
+    "latent_stats",
+)
 
 
 def batch_seed(base_seed: int, first_index: int) -> int:
@@ -96,10 +121,14 @@ def load_network(path: str, model: str | None, weights: str, official_kwargs: st
         family = hp["network"]
         if model is not None and model != family:
             raise ValueError(f"--model {model} but the checkpoint holds a {family} network")
-        net = build_diffusion_network(family, hp.get("preset"), hp.get("network_overrides"),
-                                      repa_encoder_depth=hp.get("repa_encoder_depth"),
-                                      repa_projector_dim=hp.get("repa_projector_dim", 2048),
-                                      repa_z_dim=hp.get("repa_z_dim", 768))
+        net = build_diffusion_network(
+            family,
+            hp.get("preset"),
+            hp.get("network_overrides"),
+            repa_encoder_depth=hp.get("repa_encoder_depth"),
+            repa_projector_dim=hp.get("repa_projector_dim", 2048),
+            repa_z_dim=hp.get("repa_z_dim", 768),
+        )
         raw = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         state, used = raw, "raw"
         if weights == "ema":
@@ -114,8 +143,9 @@ def load_network(path: str, model: str | None, weights: str, official_kwargs: st
         record = {"source": str(p), "kind": "training", "weights": used, "global_step": ckpt.get("global_step")}
         return net.eval(), family, record, provenance
     if model is None:
-        raise ValueError(f"{p} is not a DiffusionModule checkpoint; say which official network it is with "
-                         "--model lightningdit|reg")
+        raise ValueError(
+            f"{p} is not a DiffusionModule checkpoint; say which official network it is with --model lightningdit|reg"
+        )
     from vfmvae.dit import from_official_lightningdit, from_official_reg
 
     kwargs = PAPER_OFFICIAL_KWARGS[model]
@@ -172,14 +202,21 @@ class SampleDataModule(LightningDataModule):
         return min(self.chunk_size, self.num_images - k * self.chunk_size)
 
     def pending_chunks(self, rank: int, world: int) -> list[int]:
-        return [k for k in range(rank, self.num_chunks, world)
-                if not chunk_finished(self.out, k, self.chunk_size, self.num_images)]
+        return [
+            k
+            for k in range(rank, self.num_chunks, world)
+            if not chunk_finished(self.out, k, self.chunk_size, self.num_images)
+        ]
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
         chunks = self.pending_chunks(rank, world)
-        log.info("rank %d: %d chunks to sample (%d finished chunks kept)", rank, len(chunks),
-                 len(range(rank, self.num_chunks, world)) - len(chunks))
+        log.info(
+            "rank %d: %d chunks to sample (%d finished chunks kept)",
+            rank,
+            len(chunks),
+            len(range(rank, self.num_chunks, world)) - len(chunks),
+        )
         data = ChunkBatches(chunks, self.chunk_size, self.batch_size, self.num_images)
         return DataLoader(data, batch_size=None, shuffle=False)
 
@@ -188,8 +225,9 @@ class SampleDataModule(LightningDataModule):
 class SampleModule(LightningModule):
     """Network + decoder + statistics; ``predict_step((k, start, n))`` -> uint8 NHWC images."""
 
-    def __init__(self, net, family: str, decoder, normalizer, config, label_mode: str, seed: int,
-                 num_classes: int = 1000):
+    def __init__(
+        self, net, family: str, decoder, normalizer, config, label_mode: str, seed: int, num_classes: int = 1000
+    ):
         super().__init__()
         self.net, self.decoder, self.normalizer = net, decoder, normalizer
         self.family, self.config, self.label_mode, self.seed = family, config, label_mode, seed
@@ -199,13 +237,19 @@ class SampleModule(LightningModule):
         k, start, n = (int(v) for v in batch)
         seed = batch_seed(self.seed, start)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        labels = class_labels(self.label_mode, n, self.num_classes, offset=start,
-                              generator=torch.Generator().manual_seed(seed)).to(self.device)
+        labels = class_labels(
+            self.label_mode, n, self.num_classes, offset=start, generator=torch.Generator().manual_seed(seed)
+        ).to(self.device)
         latents = sample_latents(self.net, self.family, self.config, labels, generator=g)
         with torch.autocast(device_type=self.device.type, enabled=False):  # decode in fp32 (diffusion.md §3.5)
             images = signed_to_uint8(self.decoder.decode(self.normalizer.denormalize(latents.float())))
-        return {"chunk": k, "start": start, "images": images.permute(0, 2, 3, 1).cpu().numpy(),
-                "labels": labels.cpu().tolist(), "seed": seed}
+        return {
+            "chunk": k,
+            "start": start,
+            "images": images.permute(0, 2, 3, 1).cpu().numpy(),
+            "labels": labels.cpu().tolist(),
+            "seed": seed,
+        }
 
 
 class SampleWriter(BasePredictionWriter):
@@ -226,9 +270,13 @@ class SampleWriter(BasePredictionWriter):
         rows.append({"start": start, "labels": prediction["labels"], "seed": prediction["seed"]})
         if sum(len(r["labels"]) for r in rows) == dm.chunk_length(k):
             rows = sorted(self._pending.pop(k), key=lambda r: r["start"])
-            record = {"chunk": k, "first": k * dm.chunk_size, "count": dm.chunk_length(k),
-                      "labels": [lab for r in rows for lab in r["labels"]],
-                      "batches": [{"start": r["start"], "seed": r["seed"]} for r in rows]}
+            record = {
+                "chunk": k,
+                "first": k * dm.chunk_size,
+                "count": dm.chunk_length(k),
+                "labels": [lab for r in rows for lab in r["labels"]],
+                "batches": [{"start": r["start"], "seed": r["seed"]} for r in rows],
+            }
             _write_json_atomic(chunk_record_path(self.out, k), record)
 
     def on_predict_end(self, trainer, pl_module) -> None:
@@ -237,8 +285,7 @@ class SampleWriter(BasePredictionWriter):
         trainer.strategy.barrier("sampling_done")
         if trainer.is_global_zero:
             dm: SampleDataModule = trainer.datamodule
-            missing = [k for k in range(dm.num_chunks) if not chunk_finished(self.out, k, dm.chunk_size,
-                                                                              dm.num_images)]
+            missing = [k for k in range(dm.num_chunks) if not chunk_finished(self.out, k, dm.chunk_size, dm.num_images)]
             if missing:
                 raise RuntimeError(f"sampling: chunks {missing[:10]} are unfinished after the run; run again")
             self.npz_path = pack_npz(self.out, dm.num_images, dm.num_chunks, self.provenance)
@@ -267,8 +314,12 @@ def pack_npz(out: Path, num_images: int, num_chunks: int, provenance: dict[str, 
     record = {**provenance, "num_images": num_images, "npz_shape": list(arr.shape)}
     path = out / f"samples_{num_images}x{arr.shape[1]}x{arr.shape[2]}x3.npz"
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, arr_0=arr, labels=np.asarray(labels, dtype=np.int64),
-             provenance=np.asarray(json.dumps(to_jsonable(record))))
+    np.savez(
+        tmp,
+        arr_0=arr,
+        labels=np.asarray(labels, dtype=np.int64),
+        provenance=np.asarray(json.dumps(to_jsonable(record))),
+    )
     os.replace(tmp, path)
     _write_json_atomic(path.with_suffix(".json"), to_jsonable(record))
     log.info("wrote %s %s", path, arr.shape)
@@ -281,7 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ckpt", required=True, help="DiffusionModule .ckpt or official LightningDiT/REG .pt")
     ap.add_argument("--model", choices=("lightningdit", "reg"), help="network family of an official file")
     ap.add_argument("--official-kwargs", help="JSON/YAML constructor kwargs of an official file")
-    ap.add_argument("--weights", choices=("ema", "raw"), default="ema", help="training checkpoints: EMA or live weights")
+    ap.add_argument(
+        "--weights", choices=("ema", "raw"), default="ema", help="training checkpoints: EMA or live weights"
+    )
     ap.add_argument("--tokenizer", required=True, help="save_pretrained folder, official .pth, or 'none' (random)")
     ap.add_argument("--tokenizer-preset", default="vfmvae-f16d32-siglip2", help="preset of a random ('none') decoder")
     ap.add_argument("--tokenizer-kwargs", help="official generator kwargs (JSON/YAML) for an official .pth")
@@ -314,16 +367,24 @@ def main(argv: list[str] | None = None) -> Path | None:
     decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
     normalizer = load_latent_stats(args.latent_stats, train_prov.get("latent_stats"))
     if normalizer.num_channels != net.config.in_channels:
-        raise ValueError(f"latent statistics have {normalizer.num_channels} channels, the network "
-                         f"{net.config.in_channels}")
-    config = sampler_config(family, args.sampler, cfg_scale=args.cfg_scale, num_steps=args.num_steps,
-                            cfg_channels=args.cfg_channels)
+        raise ValueError(
+            f"latent statistics have {normalizer.num_channels} channels, the network {net.config.in_channels}"
+        )
+    config = sampler_config(
+        family, args.sampler, cfg_scale=args.cfg_scale, num_steps=args.num_steps, cfg_channels=args.cfg_channels
+    )
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     provenance = {
-        "num_images": args.num_images, "chunk_size": args.chunk_size, "seed": args.seed, "seed_rule": SEED_RULE,
-        "label_mode": args.label_mode, "sampler": to_jsonable(config), "family": family,
-        "network": net_record, "network_sha256": state_dict_sha256(net),
+        "num_images": args.num_images,
+        "chunk_size": args.chunk_size,
+        "seed": args.seed,
+        "seed_rule": SEED_RULE,
+        "label_mode": args.label_mode,
+        "sampler": to_jsonable(config),
+        "family": family,
+        "network": net_record,
+        "network_sha256": state_dict_sha256(net),
         "tokenizer": {"source": tokenizer, "preset": args.tokenizer_preset if tokenizer is None else None},
         "tokenizer_sha256": state_dict_sha256(decoder),
         "latent_stats": {"source": args.latent_stats or "checkpoint", **normalizer.stats_dict()},
@@ -334,11 +395,20 @@ def main(argv: list[str] | None = None) -> Path | None:
     precision = args.precision or ("bf16-mixed" if on_gpu else "32-true")
     devices = args.devices if args.devices == "auto" else int(args.devices)
     writer = SampleWriter(out, provenance)
-    trainer = Trainer(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, precision=precision,
-                      logger=False, callbacks=[writer], use_distributed_sampler=False, enable_model_summary=False,
-                      inference_mode=True)
-    module = SampleModule(net, family, decoder, normalizer, config, args.label_mode, args.seed,
-                          num_classes=net.config.num_classes)
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        precision=precision,
+        logger=False,
+        callbacks=[writer],
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        inference_mode=True,
+    )
+    module = SampleModule(
+        net, family, decoder, normalizer, config, args.label_mode, args.seed, num_classes=net.config.num_classes
+    )
     dm = SampleDataModule(out, args.num_images, args.chunk_size, args.batch_size)
     trainer.predict(module, datamodule=dm, return_predictions=False)
     return writer.npz_path
@@ -351,8 +421,10 @@ def _check_resume(out: Path, provenance: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         changed = [k for k in RESUME_KEYS if old.get(k) != provenance.get(k)]
         if changed:
-            raise ValueError(f"{out} holds samples made with other settings ({', '.join(changed)}); use a new --out "
-                             "or the same settings to resume")
+            raise ValueError(
+                f"{out} holds samples made with other settings ({', '.join(changed)}); use a new --out "
+                "or the same settings to resume"
+            )
     else:
         _write_json_atomic(path, provenance)
 

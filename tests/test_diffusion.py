@@ -60,7 +60,12 @@ def test_paper_configs_instantiate_on_meta(name, repo_root, monkeypatch):
         assert len(align) == 1
         a = align[0]
         assert (a.vfm_name, a.image_size, a.interpolation, a.proj_weight, a.cls_weight) == (
-            "dinov2-vitb14", 224, "bicubic", 0.5, 0.03)
+            "dinov2-vitb14",
+            224,
+            "bicubic",
+            0.5,
+            0.03,
+        )
         assert module.net.config.encoder_depth == 8 and module.net.config.z_dims == (768,)
     else:
         assert not align  # the paper's LightningDiT run has no representation alignment
@@ -154,8 +159,14 @@ def test_sample_grid_is_logged_to_tensorboard(tmp_path):
 
     grid = SampleGridCallback(tokenizer=None, tokenizer_preset="debug", every_n_steps=1, num_samples=4, num_steps=3)
     logger = TensorBoardLogger(str(tmp_path), name="demo_lightningdit")
-    fit(tiny_module("lightningdit"), TinyLatentDataModule(n=4, batch_size=4),
-        [EMACallback(["net"], preset="dit"), grid], max_steps=2, logger=logger, log_every_n_steps=1)
+    fit(
+        tiny_module("lightningdit"),
+        TinyLatentDataModule(n=4, batch_size=4),
+        [EMACallback(["net"], preset="dit"), grid],
+        max_steps=2,
+        logger=logger,
+        log_every_n_steps=1,
+    )
     assert grid.num_logged == 2 and grid.last_grid.dtype == torch.uint8
     assert grid.last_grid.shape == (3, 2 * 66 + 2, 2 * 66 + 2)  # 2x2 mosaic of 64 px images, 2 px padding
     logger.experiment.flush()

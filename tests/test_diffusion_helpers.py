@@ -53,8 +53,7 @@ def tiny_module(network: str = "lightningdit", **kw) -> DiffusionModule:
     overrides = {"input_size": LATENT[1]}
     if network == "reg":
         overrides["z_dims"] = [64]  # debug-dinov2 width
-    args = dict(network=network, preset="debug", network_overrides=overrides, transport=network,
-                global_batch_size=4)
+    args = dict(network=network, preset="debug", network_overrides=overrides, transport=network, global_batch_size=4)
     args.update(kw)
     return DiffusionModule(**args)
 
@@ -71,18 +70,28 @@ class Recorder(Callback):
         self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.rows.append({
-            "step": trainer.global_step,
-            "distribution": pl_module.last_time_distribution,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "aligned": "alignment" in batch,
-            "weights": {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
-        })
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "distribution": pl_module.last_time_distribution,
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                "aligned": "alignment" in batch,
+                "weights": {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
+            }
+        )
 
 
 def fit(module, datamodule, callbacks=(), max_steps: int = 2, ckpt_path=None, **trainer_kw) -> Trainer:
-    kw = dict(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     kw.update(trainer_kw)
     trainer = Trainer(callbacks=list(callbacks), **kw)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

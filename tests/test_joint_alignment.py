@@ -55,15 +55,15 @@ def test_reg_alignment_losses_logged_and_projection_loss_falls_on_overfit():
     assert proj[-1] < proj[0] - 0.05, proj  # -cos falls as the projector learns the DINOv2 tokens
     total = rec.rows[-1]["metrics"]
     assert total["loss/total"] == pytest.approx(
-        total["loss/mse"] + 0.5 * total["loss/proj"] + 0.03 * total["loss/cls_mse"], rel=1e-5)
+        total["loss/mse"] + 0.5 * total["loss/proj"] + 0.03 * total["loss/cls_mse"], rel=1e-5
+    )
 
 
 def test_window_switch_and_state_restore_from_checkpoint(tmp_path):
     module = tiny_module("reg")
     cb = _callback(end_step=2)
     rec = Recorder()
-    trainer = fit(module, TinyLatentDataModule(n=4, batch_size=4), [rec, cb], max_steps=3,
-                  default_root_dir=tmp_path)
+    trainer = fit(module, TinyLatentDataModule(n=4, batch_size=4), [rec, cb], max_steps=3, default_root_dir=tmp_path)
     assert [r["aligned"] for r in rec.rows] == [True, True, False]  # off from step 2
     last = rec.rows[-1]["metrics"]  # (callback_metrics keeps older keys: compare the terms instead)
     assert last["loss/total"] == pytest.approx(last["loss/mse"])  # no alignment terms, zero class token
@@ -92,8 +92,12 @@ def test_shape_mismatches_are_clear_errors():
     with pytest.raises(ValueError, match="token grid"):
         fit(tiny_module("reg"), TinyLatentDataModule(n=4, batch_size=4), [_callback(image_size=112)], max_steps=1)
     with pytest.raises(ValueError, match="projector predicts 32 features"):
-        fit(tiny_module("reg", network_overrides={"input_size": 4, "z_dims": [32]}),
-            TinyLatentDataModule(n=4, batch_size=4), [_callback()], max_steps=1)
+        fit(
+            tiny_module("reg", network_overrides={"input_size": 4, "z_dims": [32]}),
+            TinyLatentDataModule(n=4, batch_size=4),
+            [_callback()],
+            max_steps=1,
+        )
     with pytest.raises(ValueError, match="no projector"):
         fit(tiny_module("lightningdit"), TinyLatentDataModule(n=4, batch_size=4), [_callback()], max_steps=1)
     with pytest.raises(ValueError, match="window"):

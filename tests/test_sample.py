@@ -33,8 +33,16 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     module = tiny_module("lightningdit", lr=1e-2)
     ema = EMACallback(["net"], preset="dit", decay=0.5)
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[ema])
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ema],
+    )
     trainer.fit(module, datamodule=TinyLatentDataModule(n=8, batch_size=4))
     ckpt = root / "run.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -44,9 +52,33 @@ def trained(tmp_path_factory):
 
 
 def _argv(ckpt, stats, out, *extra):
-    return ["--ckpt", str(ckpt), "--tokenizer", "none", "--tokenizer-preset", "debug", "--latent-stats", str(stats),
-            "--out", str(out), "--num-images", "6", "--chunk-size", "4", "--batch-size", "2", "--num-steps", "3",
-            "--label-mode", "balanced", "--accelerator", "cpu", "--devices", "1", *extra]
+    return [
+        "--ckpt",
+        str(ckpt),
+        "--tokenizer",
+        "none",
+        "--tokenizer-preset",
+        "debug",
+        "--latent-stats",
+        str(stats),
+        "--out",
+        str(out),
+        "--num-images",
+        "6",
+        "--chunk-size",
+        "4",
+        "--batch-size",
+        "2",
+        "--num-steps",
+        "3",
+        "--label-mode",
+        "balanced",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        *extra,
+    ]
 
 
 def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, tmp_path):
@@ -87,11 +119,22 @@ def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, 
 
 def test_sampler_settings_and_labels():
     ldit = sampler_config("lightningdit")
-    assert (ldit.method, ldit.num_steps, ldit.timestep_shift, ldit.cfg_scale, ldit.guidance_low,
-            ldit.cfg_channels) == ("euler", 250, 0.3, 4.0, 0.125, 3)
+    assert (ldit.method, ldit.num_steps, ldit.timestep_shift, ldit.cfg_scale, ldit.guidance_low, ldit.cfg_channels) == (
+        "euler",
+        250,
+        0.3,
+        4.0,
+        0.125,
+        3,
+    )
     reg = sampler_config("reg")
     assert (reg.method, reg.num_steps, reg.cfg_scale, reg.cls_cfg_scale, reg.guidance_high) == (
-        "sde", 250, 4.0, 4.0, 0.8)
+        "sde",
+        250,
+        4.0,
+        4.0,
+        0.8,
+    )
     assert sampler_config("reg", cfg_scale=1.0).cfg_scale == 1.0
     assert sampler_config("lightningdit", cfg_channels="all").cfg_channels is None
     counts = torch.bincount(class_labels("balanced", 3000, 1000), minlength=1000)
@@ -102,16 +145,41 @@ def test_sampler_settings_and_labels():
 
 def test_sample_reg_checkpoint_with_sde(tmp_path, repo_root):
     module = tiny_module("reg")
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[EMACallback(["net"], preset="dit")])
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EMACallback(["net"], preset="dit")],
+    )
     trainer.fit(module, datamodule=TinyLatentDataModule(n=4, batch_size=4))
     ckpt = tmp_path / "reg.ckpt"
     trainer.save_checkpoint(ckpt)
     script = _load_script(repo_root)
     # No --latent-stats: the checkpoint recorded the statistics of its latent dataset.
-    argv = ["--ckpt", str(ckpt), "--tokenizer", "none", "--tokenizer-preset", "debug", "--out", str(tmp_path / "o"),
-            "--num-images", "2", "--chunk-size", "2", "--num-steps", "3", "--accelerator", "cpu", "--devices", "1"]
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--tokenizer",
+        "none",
+        "--tokenizer-preset",
+        "debug",
+        "--out",
+        str(tmp_path / "o"),
+        "--num-images",
+        "2",
+        "--chunk-size",
+        "2",
+        "--num-steps",
+        "3",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+    ]
     data = np.load(script.main(argv))
     assert data["arr_0"].shape == (2, 64, 64, 3)
     prov = json.loads(str(data["provenance"]))
@@ -125,10 +193,22 @@ def test_make_sample_on_debug_models(trained, repo_root, tmp_path):
         pytest.skip("make is not installed")
     _, ckpt, stats, _, _ = trained
     out = tmp_path / "make_samples"
-    cmd = ["make", "-s", "sample", f"CKPT={ckpt}", "TOKENIZER=none", "TOKENIZER_PRESET=debug", f"STATS={stats}",
-           f"OUT={out}", "NUM=3", "CHUNK=2", "SAMPLE_ARGS=--num-steps 2 --batch-size 2 --accelerator cpu"]
-    res = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PY": sys.executable})
+    cmd = [
+        "make",
+        "-s",
+        "sample",
+        f"CKPT={ckpt}",
+        "TOKENIZER=none",
+        "TOKENIZER_PRESET=debug",
+        f"STATS={stats}",
+        f"OUT={out}",
+        "NUM=3",
+        "CHUNK=2",
+        "SAMPLE_ARGS=--num-steps 2 --batch-size 2 --accelerator cpu",
+    ]
+    res = subprocess.run(
+        cmd, cwd=repo_root, capture_output=True, text=True, timeout=600, env={**os.environ, "PY": sys.executable}
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert np.load(out / "samples_3x64x64x3.npz")["arr_0"].shape == (3, 64, 64, 3)
     res = subprocess.run(["make", "-s", "sample"], cwd=repo_root, capture_output=True, text=True, timeout=120)
@@ -141,7 +221,7 @@ def test_official_release_files_sample_directly(fixtures_dir, repo_root, tmp_pat
 
     def state(name):
         tensors = load_file(str(fixtures_dir / f"{name}.safetensors"))
-        return {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}, tensors
+        return {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}, tensors
 
     dit_sd, _ = state("lightningdit_tiny")
     tok_sd, tok_t = state("vfmvae_tiny")
@@ -154,11 +234,32 @@ def test_official_release_files_sample_directly(fixtures_dir, repo_root, tmp_pat
     (tmp_path / "g.json").write_text(json.dumps(tok_kwargs))
     torch.save({"mean": torch.zeros(1, 8, 1, 1), "std": torch.ones(1, 8, 1, 1)}, tmp_path / "latents_stats.pt")
     script = _load_script(repo_root)
-    argv = ["--ckpt", str(tmp_path / "dit.pt"), "--model", "lightningdit", "--official-kwargs",
-            str(tmp_path / "dit.json"), "--tokenizer", str(tmp_path / "tok.pth"), "--tokenizer-kwargs",
-            str(tmp_path / "g.json"), "--latent-stats", str(tmp_path / "latents_stats.pt"), "--out",
-            str(tmp_path / "o"), "--num-images", "2", "--chunk-size", "2", "--num-steps", "3", "--accelerator", "cpu",
-            "--devices", "1"]
+    argv = [
+        "--ckpt",
+        str(tmp_path / "dit.pt"),
+        "--model",
+        "lightningdit",
+        "--official-kwargs",
+        str(tmp_path / "dit.json"),
+        "--tokenizer",
+        str(tmp_path / "tok.pth"),
+        "--tokenizer-kwargs",
+        str(tmp_path / "g.json"),
+        "--latent-stats",
+        str(tmp_path / "latents_stats.pt"),
+        "--out",
+        str(tmp_path / "o"),
+        "--num-images",
+        "2",
+        "--chunk-size",
+        "2",
+        "--num-steps",
+        "3",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+    ]
     data = np.load(script.main(argv))
     assert data["arr_0"].shape == (2, 128, 128, 3)  # 8x8 latents through the f16 decoder
     prov = json.loads(str(data["provenance"]))
