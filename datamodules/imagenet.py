@@ -5,9 +5,13 @@ Two independent choices (kept apart so a "latents" mode can be added without tou
   ``ResumableDistributedSampler``) or ``timm/imagenet-1k-wds`` tar shards (``webdataset_shards.py``;
   iterable, split by rank and worker);
 - ``mode``: what a record becomes - ``"images"`` (``image_mode.py``: decode + one of the crops of
-  conventions.md). The "latents" mode (cached tokenizer latents) is a later issue.
+  conventions.md) or ``"latents"`` (``latent_dataset.py``: cached tokenizer latents written by
+  ``scripts/cache_latents.py``, random access, normalised, with the LightningDiT or REG sampling policy).
 
 Batch (images mode): ``{"image": uint8 (B, 3, R, R), "label": int64 (B,), "key": list[str]}``.
+Batch (latents mode): ``{"latent": float32 (B, C, h, w) normalised, "label": int64 (B,), "key": list[str],
+"index": int64 (B,), "flipped": bool (B,), ["image": uint8 (B, 3, R, R)]}``; ``latent_shape`` and
+``num_classes`` are exposed for LightningCLI argument linking.
 Models divide by 255 themselves (conventions.md). Paper settings: tokenizer.md Sec. 5 (data) and Sec. 6
 (rFID crop); diffusion.md Sec. 4 (ADM crop for latent caching).
 
@@ -26,18 +30,20 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from torch.utils.data import default_collate
 
 from datamodules.decoding import BadImageTracker
 from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
 from datamodules.image_mode import EpochDataLoader, ImageTransform, MappedImages, StreamedImages, collate_images
 from datamodules.imagefolder import ImageFolderSource, find_classes
 from datamodules.key_filter import load_key_list
+from datamodules.latent_dataset import LatentDataset
 from datamodules.samplers import ResumableDistributedSampler
 from datamodules.webdataset_shards import WebDatasetSource, list_shards
 
 log = logging.getLogger(__name__)
 
-MODES = ("images",)
+MODES = ("images", "latents")
 SOURCES = ("imagefolder", "webdataset")
 
 
@@ -77,10 +83,20 @@ class ImageNetDataConfig:
     min_seen_for_bad_check: int = 1000
     # When set, prepare_data() writes the embedded demo dataset as ImageFolder splits under root.
     demo: DemoDataConfig | None = None
+    # Latents mode (diffusion training): cache folders written by scripts/cache_latents.py.
+    latent_root: str | None = None
+    latent_val_root: str | None = None
+    latent_policy: str = "lightningdit"  # "lightningdit": fixed sample, flip p=0.5; "reg": fresh sample, no flip
+    latent_stats_path: str | None = None  # default: <latent_root>/latents_stats.pt
+    return_images: bool = False  # also yield the cached uint8 crops (REG's DINOv2 targets)
+    expected_latent_shape: tuple[int, int, int] | None = None
+    expected_tokenizer_hash: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown data mode {self.mode!r}; available: {MODES} (latents: later issue)")
+            raise ValueError(f"unknown data mode {self.mode!r}; available: {MODES}")
+        if self.mode == "latents" and not self.latent_root:
+            raise ValueError("data mode 'latents' needs latent_root (a cache folder from scripts/cache_latents.py)")
         if self.source not in SOURCES:
             raise ValueError(f"unknown data source {self.source!r}; choose one of {SOURCES}")
         if self.resolution < 1 or self.batch_size < 1 or self.num_workers < 0:
@@ -216,9 +232,37 @@ class ImageNetDataModule(L.LightningDataModule):
             world_size=world,
         )
 
+    def _build_latents(self, train: bool) -> _Split | None:
+        """Latents mode: the cache folder's `LatentDataset` and the rank's resumable sampler."""
+        cfg = self.config
+        root = cfg.latent_root if train else cfg.latent_val_root
+        if root is None:
+            return None
+        dataset = LatentDataset(
+            root,
+            policy=cfg.latent_policy,
+            stats_path=cfg.latent_stats_path,
+            return_images=cfg.return_images,
+            seed=cfg.seed,
+            expected_latent_shape=cfg.expected_latent_shape,
+            expected_tokenizer_hash=cfg.expected_tokenizer_hash,
+        )
+        rank, world = self._rank_world()
+        sampler = ResumableDistributedSampler(
+            dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=train and cfg.shuffle_train,
+            seed=cfg.seed,
+            drop_last=train and cfg.drop_last_train,
+        )
+        return _Split(dataset, sampler)
+
     def _build(self, split: str, train: bool) -> _Split:
         """Source + mode -> dataset (and, for map-style sources, the rank's sampler)."""
         cfg = self.config
+        if cfg.mode == "latents":
+            return self._build_latents(train)
         source = self._source(split, train)
         # Mode "images" (the only one so far): decode + named crop.
         tracker = BadImageTracker(cfg.max_bad_fraction, cfg.min_seen_for_bad_check)
@@ -242,7 +286,9 @@ class ImageNetDataModule(L.LightningDataModule):
             self._splits["train"] = self._build(cfg.train_split, train=True)
         if stage in (None, "fit", "validate", "test", "predict") and cfg.val_split is not None:
             if "val" not in self._splits:
-                self._splits["val"] = self._build(cfg.val_split, train=False)
+                val = self._build(cfg.val_split, train=False)
+                if val is not None:  # latents mode without a held-out cache
+                    self._splits["val"] = val
 
     # ------------------------------------------------------------------ loaders
     def _check_trainer_sampler(self) -> None:
@@ -263,7 +309,7 @@ class ImageNetDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=split.sampler,
             num_workers=workers,
-            collate_fn=collate_images,
+            collate_fn=default_collate if cfg.mode == "latents" else collate_images,
             drop_last=train and cfg.drop_last_train,
             pin_memory=cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=cfg.persistent_workers and workers > 0,
@@ -305,6 +351,21 @@ class ImageNetDataModule(L.LightningDataModule):
         """The train sampler (ImageFolder source), for callbacks that record its position."""
         split = self._splits.get("train")
         return split.sampler if split is not None else None
+
+    def _latent_train(self) -> LatentDataset:
+        if self.config.mode != "latents":
+            raise AttributeError("latent_shape / num_classes exist in the latents mode only")
+        return self._split("train").dataset
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """`(C, h, w)` of the cached latents (link it to the model's input shape)."""
+        return self._latent_train().latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes recorded in the cache manifest."""
+        return self._latent_train().num_classes
 
     @property
     def classes(self) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.image_mode import _EpochMixin
 from datamodules.latent_shards import STATS, ShardReader, load_manifest, shard_name
 from vfmvae.codec import LatentNormalizer, channel_stats
 
@@ -40,7 +41,7 @@ def fixed_posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, seed: int, 
     return mean.float() + torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0)) * eps
 
 
-class LatentDataset(Dataset):
+class LatentDataset(_EpochMixin, Dataset):
     """Items `{"latent": (C, h, w) float32 [normalised], "label": int, "key": str, "index": int, ["image"]}`.
 
     Args:
@@ -69,7 +70,7 @@ class LatentDataset(Dataset):
         self.manifest = load_manifest(self.root)
         self.policy = policy
         self.seed = int(seed)
-        self.epoch = 0
+        self._init_epoch()  # shared with (persistent) dataloader workers
         self.latent_shape = tuple(self.manifest["latent_shape"])
         if expected_latent_shape is not None and tuple(expected_latent_shape) != self.latent_shape:
             raise ValueError(
@@ -102,10 +103,6 @@ class LatentDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return int(self.manifest.get("num_classes", 1000))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fresh draws per epoch (called by the DataModule/sampler)."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self._offsets[-1]

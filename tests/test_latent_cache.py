@@ -236,3 +236,29 @@ def test_cache_script_with_debug_tokenizer(tmp_path):
     for i in range(4):
         mean, _ = ds.moments(i, flip=ds[i]["flipped"])
         torch.testing.assert_close(mean, direct.mean[i], atol=1e-5, rtol=0)
+
+
+def test_imagenet_datamodule_latents_mode(cache):
+    """The shared ImageNetDataModule serves the cache: normalised batches, images, shape/classes, epoch draws."""
+    from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
+
+    _, _, out, _ = cache
+    cfg = ImageNetDataConfig(mode="latents", latent_root=str(out), latent_policy="reg", return_images=True,
+                             batch_size=4, num_workers=0, val_split=None, seed=3)
+    dm = ImageNetDataModule(cfg)
+    dm.setup("fit")
+    assert dm.latent_shape == (4, 4, 4) and dm.num_classes == 1000
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
+    assert batch["latent"].shape == (4, 4, 4, 4) and batch["latent"].dtype == torch.float32
+    assert batch["image"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch["image"].dtype == torch.uint8
+    assert batch["label"].dtype == torch.int64 and len(batch["key"]) == 4
+    ref = LatentDataset(out, policy="reg", seed=3)
+    ref.set_epoch(0)
+    i = int(batch["index"][0])
+    torch.testing.assert_close(batch["latent"][0], ref[i]["latent"])
+    loader.sampler.set_epoch(1)
+    again = {int(k): v for k, v in zip(next(iter(loader))["index"], next(iter(loader))["latent"])}
+    assert all(not torch.equal(v, ref[k]["latent"]) for k, v in again.items())  # REG: fresh sample per epoch
+    with pytest.raises(ValueError, match="latent_root"):
+        ImageNetDataConfig(mode="latents")
