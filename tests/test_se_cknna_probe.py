@@ -22,6 +22,7 @@ from test_diffusion_helpers import TinyLatentDataModule, TinyLatents, tiny_modul
 from torch.utils.data import DataLoader
 
 from callbacks.ema import EMACallback
+from callbacks.joint_alignment import JointAlignmentCallback
 from callbacks.se_cknna_probe import PROBE_PRESETS, SECKNNAProbeCallback, SECKNNAProbeConfig, load_probe_set
 from vfmvae.metrics import cknna
 from vfmvae.metrics.se_cknna import DINOv2SEExtractor, TokenizerSEExtractor, extract_condition_features, se_cknna
@@ -57,9 +58,10 @@ def _reference(cb: SECKNNAProbeCallback) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reg_expected(net, cb) -> dict[str, float]:
+def _reg_expected(net, cb, class_vfm) -> dict[str, float]:
     x = cb.probe_set.latents
-    cls = cb.vfm(cb.probe_set.images.float() / 255, [-1], size=56, interpolation="bicubic", return_cls=True)[1][0]
+    images = cb.probe_set.images.float() / 255
+    cls = class_vfm(images, [-1], size=56, interpolation="bicubic", return_cls=True)[1][0]
     n, depth = len(x), len(net.blocks)
     net.eval()
     out, hidden = net(x, torch.zeros(n), torch.full((n,), NULL), cls, return_hidden=list(range(depth)))
@@ -71,14 +73,19 @@ def _reg_expected(net, cb) -> dict[str, float]:
     return {k: cknna(v, ref, topk=3) for k, v in feats.items()}
 
 
-def test_reg_probe_logs_blocks_and_heatmap_on_ema_weights(tmp_path):
+@pytest.mark.parametrize("cls_source", ["auto", "reference"])
+def test_reg_probe_logs_blocks_and_heatmap_on_ema_weights(tmp_path, cls_source):
+    """Debug REG trained with joint alignment + EMA + the probe; ``auto`` takes the alignment callback's class
+    token (what the model trains with), ``reference`` the probe VFM's own CLS."""
     torch.manual_seed(0)
     module = tiny_module("reg", lr=1e-2)
     ema = EMACallback(["net"], preset="dit", decay=0.5)
-    probe = _probe(cls_source="reference")
-    trainer = _trainer(tmp_path, [ema, probe], max_steps=4, enable_checkpointing=False)
+    align = JointAlignmentCallback(vfm="debug-dinov2", image_size=56)
+    probe = _probe(cls_source=cls_source)
+    trainer = _trainer(tmp_path, [ema, align, probe], max_steps=4, enable_checkpointing=False)
     trainer.fit(module, datamodule=TinyLatentDataModule(n=8, batch_size=4))
     assert [h["step"] for h in probe.history] == [2, 4]
+    class_vfm = align.vfm if cls_source == "auto" else probe.vfm
 
     acc = _events(Path(trainer.logger.log_dir))
     tags = set(acc.Tags()["scalars"])
@@ -93,13 +100,15 @@ def test_reg_probe_logs_blocks_and_heatmap_on_ema_weights(tmp_path):
     # The logged step-4 values are those of the EMA weights (swapped in), and the raw weights are back after.
     assert not ema.ema.swapped
     with ema.ema.swap():
-        expected = _reg_expected(module.net, probe)
-    raw = _reg_expected(module.net, probe)
+        expected = _reg_expected(module.net, probe, class_vfm)
+    raw = _reg_expected(module.net, probe, class_vfm)
     logged = {k: acc.Scalars(f"probe/cknna/{k}")[-1].value for k in expected}
     for k, v in expected.items():
         assert logged[k] == pytest.approx(v, abs=1e-5), k
     assert max(abs(raw[k] - expected[k]) for k in expected) > 1e-4  # EMA really differs from the raw weights
     assert logged["block_1"] == pytest.approx(probe.history[-1]["scores"]["block_1"], abs=1e-6)
+    other = _reg_expected(module.net, probe, probe.vfm if cls_source == "auto" else align.vfm)
+    assert max(abs(other[k] - raw[k]) for k in raw) > 1e-4  # the class-token source matters
 
 
 @torch.no_grad()
@@ -178,7 +187,7 @@ def _write_pngs(folder: Path, n: int, size: int) -> None:
 def test_tokenizer_se_cknna_per_condition_matches_file_based_extraction(tmp_path):
     torch.manual_seed(0)
     folder = tmp_path / "probe_images"
-    _write_pngs(folder, 8, 256)
+    _write_pngs(folder, 6, 256)  # 256 px: the official SE resolution (every equivariance scale stays /64)
     conditions = ["clean", "equivariance", "noise_0.100"]
     probe = SECKNNAProbeCallback("debug", overrides={
         "source": "image_folder", "root": str(folder), "image_size": 256, "conditions": conditions,
