@@ -125,11 +125,13 @@ class SampleGridCallback(Callback):
             generator=torch.Generator().manual_seed(self.seed),
         ).to(pl_module.device)
         ema = self._ema(trainer)
-        if ema is not None:
-            with ema.swap():
+        # The run's precision (e.g. bf16 autocast) also for the network here; the decoder runs in fp32 below.
+        with trainer.precision_plugin.forward_context():
+            if ema is not None:
+                with ema.swap():
+                    latents = sample_latents(pl_module.net, family, config, labels, generator=g)
+            else:
                 latents = sample_latents(pl_module.net, family, config, labels, generator=g)
-        else:
-            latents = sample_latents(pl_module.net, family, config, labels, generator=g)
         if not trainer.is_global_zero:
             return None
         normalizer = self._normalizer(trainer).to(latents.device)

@@ -181,6 +181,12 @@ class DiffusionModule(LightningModule):
         dm = trainer.datamodule
         if dm is not None:
             _set_batch_size(dm, self.plan.micro_batch_size)
+            shape = getattr(dm, "latent_shape", None) if _has_data(dm) else None
+            if shape is not None and tuple(shape) != self.latent_shape:
+                raise ValueError(
+                    f"the latent cache holds latents of shape {tuple(shape)}, the network takes {self.latent_shape} "
+                    "(network_overrides: in_channels / input_size)"
+                )
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -306,6 +312,15 @@ class DiffusionModule(LightningModule):
 
 
 # ---------------------------------------------------------------------- helpers
+def _has_data(dm: Any) -> bool:
+    """Whether reading ``dm.latent_shape`` is safe (a DataModule may build its dataset only in setup)."""
+    try:
+        getattr(dm, "latent_shape", None)
+    except Exception:  # noqa: BLE001 - a property that needs setup() first
+        return False
+    return True
+
+
 def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
     """Give the DataModule the derived per-device batch size (before its loaders are built)."""
     for owner in (dm, getattr(dm, "config", None)):
