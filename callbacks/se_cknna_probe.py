@@ -118,8 +118,9 @@ class SECKNNAProbeConfig:
         if self.source in ("latent_cache", "image_folder") and not self.root:
             raise ValueError(f"probe source {self.source!r} needs root= (the folder to read)")
         if not isinstance(self.topk, int) or self.topk < 2 or self.num_images < max(4, self.topk + 1):
-            raise ValueError(f"need topk >= 2 and num_images >= max(4, topk + 1), got topk={self.topk}, "
-                             f"num_images={self.num_images}")
+            raise ValueError(
+                f"need topk >= 2 and num_images >= max(4, topk + 1), got topk={self.topk}, num_images={self.num_images}"
+            )
         if not 0.0 <= self.noise_fraction <= 1.0:
             raise ValueError(f"noise_fraction must be in [0, 1], got {self.noise_fraction}")
         if self.max_blocks is not None and self.max_blocks < 1:
@@ -139,8 +140,16 @@ PROBE_PRESETS: dict[str, SECKNNAProbeConfig] = {
     "tokenizer": SECKNNAProbeConfig(source="image_folder", root="${IMAGENET_VAL}", every_n_steps=5_000),
     # Tiny CPU probe for tests: in-memory dataset, debug DINOv2 at 56 px, k = 3.
     "debug": SECKNNAProbeConfig(
-        every_n_steps=2, source="dataset", num_images=8, image_size=64, reference_vfm="debug-dinov2",
-        reference_config={"compute_dtype": "float32"}, reference_resolution=56, topk=3, batch_size=4),
+        every_n_steps=2,
+        source="dataset",
+        num_images=8,
+        image_size=64,
+        reference_vfm="debug-dinov2",
+        reference_config={"compute_dtype": "float32"},
+        reference_resolution=56,
+        topk=3,
+        batch_size=4,
+    ),
 }
 
 
@@ -163,8 +172,9 @@ class _ImageFiles:
     def __init__(self, root: str, size: int) -> None:
         from vfmvae.metrics.se_transforms import load_image
 
-        self.paths = sorted((p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
-                            key=lambda p: (p.stem, str(p)))
+        self.paths = sorted(
+            (p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (p.stem, str(p))
+        )
         if not self.paths:
             raise FileNotFoundError(f"probe image folder {root} holds no {IMAGE_SUFFIXES} images")
         self.size, self._load = size, load_image
@@ -203,16 +213,24 @@ def load_probe_set(config: SECKNNAProbeConfig, dataset: Any | None = None) -> Pr
     ds = _open_source(config, dataset)
     n = len(ds)
     if n <= config.topk or n < 4:
-        raise ValueError(f"the probe source holds {n} images; CKNNA with topk={config.topk} needs at least "
-                         f"{max(4, config.topk + 1)}")
+        raise ValueError(
+            f"the probe source holds {n} images; CKNNA with topk={config.topk} needs at least {max(4, config.topk + 1)}"
+        )
     if n > config.num_images:
         g = torch.Generator().manual_seed(config.seed)
         indices = sorted(torch.randperm(n, generator=g)[: config.num_images].tolist())
     else:
         indices = list(range(n))
     items = [ds[i] for i in indices]
-    bad = [i for i, it in zip(indices, items) if not isinstance(it, dict) or "image" not in it
-           or not torch.is_tensor(it["image"]) or it["image"].dtype != torch.uint8 or it["image"].ndim != 3]
+    bad = [
+        i
+        for i, it in zip(indices, items)
+        if not isinstance(it, dict)
+        or "image" not in it
+        or not torch.is_tensor(it["image"])
+        or it["image"].dtype != torch.uint8
+        or it["image"].ndim != 3
+    ]
     if bad:
         raise ValueError(f"probe items {bad[:5]} lack an 'image' uint8 (3, H, W) tensor")
     shapes = {tuple(it["image"].shape) for it in items}
@@ -255,15 +273,17 @@ def _resize_hwc(images: torch.Tensor, size: int) -> list[np.ndarray]:
     return out
 
 
-def _condition_features(extractor: Any, images: list[np.ndarray], indices: list[int],
-                        conditions: list[str]) -> dict[str, torch.Tensor]:
+def _condition_features(
+    extractor: Any, images: list[np.ndarray], indices: list[int], conditions: list[str]
+) -> dict[str, torch.Tensor]:
     """``{condition: (b, D)}`` with the official per-image transforms of probe positions ``indices`` (§1.2)."""
     sigma_of = {noise_condition(s): s for s in NOISE_LEVELS}
     out = {}
     for cond in conditions:
         if cond == "equivariance":
-            out[cond] = torch.stack([extractor.equivariance(im, equivariance_params(i, SE_SEED))
-                                     for im, i in zip(images, indices)])
+            out[cond] = torch.stack(
+                [extractor.equivariance(im, equivariance_params(i, SE_SEED)) for im, i in zip(images, indices)]
+            )
         elif cond in sigma_of:
             noisy = [add_pixel_noise(im, sigma_of[cond], i, SE_SEED) for im, i in zip(images, indices)]
             out[cond] = extractor.clean(np.stack(noisy))
@@ -295,8 +315,13 @@ class SECKNNAProbeCallback(Callback):
         dataset: an in-memory probe source (items ``{"image": uint8 (3, H, W)[, "latent": (C, h, w)]}``).
     """
 
-    def __init__(self, preset: str = "diffusion", overrides: dict[str, Any] | None = None,
-                 config: SECKNNAProbeConfig | None = None, dataset: Any | None = None) -> None:
+    def __init__(
+        self,
+        preset: str = "diffusion",
+        overrides: dict[str, Any] | None = None,
+        config: SECKNNAProbeConfig | None = None,
+        dataset: Any | None = None,
+    ) -> None:
         if config is None:
             if preset not in PROBE_PRESETS:
                 raise ValueError(f"unknown probe preset {preset!r}; choose one of {sorted(PROBE_PRESETS)}")
@@ -329,9 +354,11 @@ class SECKNNAProbeCallback(Callback):
 
             weights = resolve_path(self.config.reference_pretrained, "SECKNNAProbeCallback.reference_pretrained")
             if weights is None:
-                log.warning("SE-CKNNA probe: reference %s has RANDOM weights (tests/demo only)",
-                            self.config.reference_vfm)
-            self.vfm = build_vfm(self.config.reference_vfm, pretrained=weights, config=self.config.reference_config)
+                log.warning(
+                    "SE-CKNNA probe: reference %s has RANDOM weights (tests/demo only)", self.config.reference_vfm
+                )
+            with torch.random.fork_rng(devices=[]):  # the random init before loading must not shift training RNG
+                self.vfm = build_vfm(self.config.reference_vfm, pretrained=weights, config=self.config.reference_config)
         kind = self._kind(self.probe_network(pl_module))
         if kind != "tokenizer":
             self._check_latents(self.probe_network(pl_module))
@@ -344,8 +371,10 @@ class SECKNNAProbeCallback(Callback):
         for name in ("net", "tokenizer"):
             if isinstance(getattr(pl_module, name, None), nn.Module):
                 return getattr(pl_module, name)
-        raise AttributeError(f"SECKNNAProbeCallback: {type(pl_module).__name__} defines no probe_network() "
-                             "and has no `net` / `tokenizer` module")
+        raise AttributeError(
+            f"SECKNNAProbeCallback: {type(pl_module).__name__} defines no probe_network() "
+            "and has no `net` / `tokenizer` module"
+        )
 
     @staticmethod
     def _kind(net: nn.Module) -> str:
@@ -358,14 +387,17 @@ class SECKNNAProbeCallback(Callback):
             return "reg"
         if isinstance(net, LightningDiT):
             return "lightningdit"
-        raise TypeError(f"SECKNNAProbeCallback cannot probe a {type(net).__name__}: expected a VFMVAE, "
-                        "LightningDiT or SiTREG")
+        raise TypeError(
+            f"SECKNNAProbeCallback cannot probe a {type(net).__name__}: expected a VFMVAE, LightningDiT or SiTREG"
+        )
 
     def _check_latents(self, net: nn.Module) -> None:
         lat = self.probe_set.latents
         if lat is None:
-            raise ValueError("the diffusion probe needs latents: use source='latent_cache' (a cache written with "
-                             "store_images=true) or a dataset whose items carry 'latent'")
+            raise ValueError(
+                "the diffusion probe needs latents: use source='latent_cache' (a cache written with "
+                "store_images=true) or a dataset whose items carry 'latent'"
+            )
         want = (net.config.in_channels, net.config.input_size, net.config.input_size)
         if tuple(lat.shape[1:]) != want:
             raise ValueError(f"probe latents have shape {tuple(lat.shape[1:])}, the network takes {want}")
@@ -376,8 +408,9 @@ class SECKNNAProbeCallback(Callback):
         if self.config.probe_on_fit_start and not any(h["step"] == step for h in self.history):
             self.probe(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step, every = trainer.global_step, self.config.every_n_steps
         if every and step > 0 and step % every == 0 and step != self._last_step:
             self.probe(trainer, pl_module)
@@ -400,8 +433,9 @@ class SECKNNAProbeCallback(Callback):
                 ema.swap_in()
             with torch.no_grad():
                 if self._reference is None:
-                    self._reference = self._sharded(trainer, lambda c, idx: self._reference_chunk(
-                        trainer, kind, net, idx, device))
+                    self._reference = self._sharded(
+                        trainer, lambda c, idx: self._reference_chunk(trainer, kind, net, idx, device)
+                    )
                 model = self._sharded(trainer, lambda c, idx: self._model_chunk(kind, net, c, idx, device))
         finally:
             if swap:
@@ -439,8 +473,12 @@ class SECKNNAProbeCallback(Callback):
     def _extractor(self, device: torch.device):
         token_fn = lambda x: self.vfm(x, [-1])[0]
         if "dinov2" in self.config.reference_vfm.lower():
-            return DINOv2SEExtractor(token_fn, resolution=self.config.reference_resolution,
-                                     patch_size=int(self.vfm.patch_size), device=device)
+            return DINOv2SEExtractor(
+                token_fn,
+                resolution=self.config.reference_resolution,
+                patch_size=int(self.vfm.patch_size),
+                device=device,
+            )
         return SigLIPSEExtractor(token_fn, device=device)
 
     def _conditions(self) -> list[str]:
@@ -449,8 +487,9 @@ class SECKNNAProbeCallback(Callback):
     def _reference_chunk(self, trainer, kind, net, idx, device) -> dict[str, torch.Tensor]:
         images = self.probe_set.images[idx]
         if kind == "tokenizer":
-            return _condition_features(self._extractor(device), _resize_hwc(images, self.config.image_size),
-                                       idx, self._conditions())
+            return _condition_features(
+                self._extractor(device), _resize_hwc(images, self.config.image_size), idx, self._conditions()
+            )
         out = {"clean": self._extractor(device).clean(np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy()))}
         if kind == "reg":
             out["cls"] = self._class_tokens(trainer, net, images.to(device))
@@ -461,8 +500,9 @@ class SECKNNAProbeCallback(Callback):
         dim, source = int(net.config.cls_token_dim), self.config.cls_source
         from callbacks.joint_alignment import JointAlignmentCallback
 
-        align = next((cb for cb in trainer.callbacks if isinstance(cb, JointAlignmentCallback)
-                      and cb.vfm is not None), None)
+        align = next(
+            (cb for cb in trainer.callbacks if isinstance(cb, JointAlignmentCallback) and cb.vfm is not None), None
+        )
         ref_ok = bool(getattr(self.vfm, "has_cls", False)) and int(self.vfm.hidden_size) == dim
         if source == "auto":
             source = "alignment" if align is not None else "reference" if ref_ok else "zeros"
@@ -472,26 +512,39 @@ class SECKNNAProbeCallback(Callback):
             return align.targets(images)["cls_target"].float()
         if source == "reference":
             if not ref_ok:
-                raise ValueError(f"cls_source='reference': {self.config.reference_vfm} has no CLS token of width "
-                                 f"{dim} (has_cls={getattr(self.vfm, 'has_cls', False)}, "
-                                 f"hidden={self.vfm.hidden_size})")
-            _, cls = self.vfm(images.float() / 255.0, [-1], size=self.config.reference_resolution,
-                              interpolation="bicubic", return_cls=True)
+                raise ValueError(
+                    f"cls_source='reference': {self.config.reference_vfm} has no CLS token of width "
+                    f"{dim} (has_cls={getattr(self.vfm, 'has_cls', False)}, "
+                    f"hidden={self.vfm.hidden_size})"
+                )
+            _, cls = self.vfm(
+                images.float() / 255.0,
+                [-1],
+                size=self.config.reference_resolution,
+                interpolation="bicubic",
+                return_cls=True,
+            )
             return cls[0].float()
         return torch.zeros(len(images), dim, device=images.device)
 
     def _model_chunk(self, kind, net, chunk, idx, device) -> dict[str, torch.Tensor]:
         generator = torch.Generator(device=device).manual_seed(_chunk_seed(self.config.seed, chunk))
         if kind == "tokenizer":
-            extractor = TokenizerSEExtractor(net.encode, use_sample=self.config.use_posterior_sample, device=device,
-                                             generator=generator)
+            extractor = TokenizerSEExtractor(
+                net.encode, use_sample=self.config.use_posterior_sample, device=device, generator=generator
+            )
             images = _resize_hwc(self.probe_set.images[idx], self.config.image_size)
             return _condition_features(extractor, images, idx, self._conditions())
         probe = sit_reg_probe(net) if kind == "reg" else lightningdit_probe(net)
         cls = self._reference["cls"][idx].to(device) if kind == "reg" else None
-        feats = dit_block_features(probe, self.probe_set.latents[idx].to(device),
-                                   noise_fraction=self.config.noise_fraction, cls_tokens=cls,
-                                   batch_size=len(idx), generator=generator)
+        feats = dit_block_features(
+            probe,
+            self.probe_set.latents[idx].to(device),
+            noise_fraction=self.config.noise_fraction,
+            cls_tokens=cls,
+            batch_size=len(idx),
+            generator=generator,
+        )
         keep = {f"block_{i}" for i in _select_blocks(len(net.blocks), self.config.max_blocks)}
         return {k: v for k, v in feats.items() if not k.startswith("block_") or k in keep}
 
@@ -522,36 +575,56 @@ class SECKNNAProbeCallback(Callback):
         """``(values (rows, steps), row names, steps)`` of the last ``heatmap_columns`` probes (rank 0)."""
         if not self.history:
             return None
-        history = self.history[-self.config.heatmap_columns:]
-        rows = [k for k in history[-1]["scores"] if k not in ("mean_over_blocks", AGGREGATE_NAME)
-                and not k.startswith("projector_")]
+        history = self.history[-self.config.heatmap_columns :]
+        rows = [
+            k
+            for k in history[-1]["scores"]
+            if k not in ("mean_over_blocks", AGGREGATE_NAME) and not k.startswith("projector_")
+        ]
         values = np.array([[h["scores"].get(r, np.nan) for h in history] for r in rows], dtype=np.float64)
         return values, rows, [h["step"] for h in history]
 
     def _log_heatmap(self, trainer: Trainer, group: str, step: int) -> None:
         values, rows, steps = self.heatmap()
-        what = "SE-CKNNA(latent, VFM) per condition" if group == "se_cknna" else \
-            f"CKNNA(DiT block at t={self.config.noise_fraction}, VFM)"
-        image = render_heatmap(values, rows, steps, title=f"{what}; ref {self.config.reference_vfm}, "
-                               f"n={len(self.probe_set)}, k={self.config.topk}")
+        what = (
+            "SE-CKNNA(latent, VFM) per condition"
+            if group == "se_cknna"
+            else f"CKNNA(DiT block at t={self.config.noise_fraction}, VFM)"
+        )
+        image = render_heatmap(
+            values,
+            rows,
+            steps,
+            title=f"{what}; ref {self.config.reference_vfm}, n={len(self.probe_set)}, k={self.config.topk}",
+        )
         log_image(trainer, f"probe/{group}_heatmap", image, step)
 
     # ------------------------------------------------------------------ checkpointing
     def _identity(self) -> dict[str, Any]:
         c = self.config
-        return {"reference_vfm": c.reference_vfm, "source": c.source, "root": c.root, "num_images": c.num_images,
-                "seed": c.seed, "topk": c.topk, "noise_fraction": c.noise_fraction}
+        return {
+            "reference_vfm": c.reference_vfm,
+            "source": c.source,
+            "root": c.root,
+            "num_images": c.num_images,
+            "seed": c.seed,
+            "topk": c.topk,
+            "noise_fraction": c.noise_fraction,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "history": list(self.history), "last_step": self._last_step,
-                "identity": self._identity()}
+        return {"version": 1, "history": list(self.history), "last_step": self._last_step, "identity": self._identity()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
         if state_dict.get("identity") != self._identity():
-            log.warning("SE-CKNNA probe: the checkpoint's probe setup %s differs from this run's %s; the restored "
-                        "history is not comparable with new probes", state_dict.get("identity"), self._identity())
+            log.warning(
+                "SE-CKNNA probe: the checkpoint's probe setup %s differs from this run's %s; the restored "
+                "history is not comparable with new probes",
+                state_dict.get("identity"),
+                self._identity(),
+            )
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self._last_step = state_dict.get("last_step")
         self.last_scores = self.history[-1]["scores"] if self.history else None

@@ -86,7 +86,9 @@ def custom_scalar_layout() -> dict[str, dict[str, list[Any]]]:
         "probe": {
             "CKNNA per block (DiT vs VFM)": ["Multiline", [r"^probe/cknna/block_\d+$"]],
             "CKNNA embedder / final layer / projector": [
-                "Multiline", [r"^probe/cknna/(embedder|final_layer|projector_\d+|mean_over_blocks)$"]],
+                "Multiline",
+                [r"^probe/cknna/(embedder|final_layer|projector_\d+|mean_over_blocks)$"],
+            ],
             "SE-CKNNA per condition (latent vs VFM)": ["Multiline", [r"^probe/se_cknna/.+"]],
             "probe cost (seconds)": ["Multiline", [r"^probe/seconds$"]],
         },
@@ -137,22 +139,31 @@ def _safe(name: str) -> str:
     return out
 
 
-def tensorboard_logger(save_dir: str, run: str, stage: int | None = None, stage_name: str | None = None,
-                       **kwargs: Any) -> TensorBoardLogger:
+def tensorboard_logger(
+    save_dir: str, run: str, stage: int | None = None, stage_name: str | None = None, **kwargs: Any
+) -> TensorBoardLogger:
     """``TensorBoardLogger`` writing to ``<save_dir>/<run>/<run_version(stage, stage_name)>``."""
     return TensorBoardLogger(save_dir, name=_safe(run), version=run_version(stage, stage_name), **kwargs)
 
 
-def render_heatmap(values: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[Any], title: str = "",
-                   colorbar_label: str = "CKNNA", max_row_labels: int = 32) -> np.ndarray:
+def render_heatmap(
+    values: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[Any],
+    title: str = "",
+    colorbar_label: str = "CKNNA",
+    max_row_labels: int = 32,
+) -> np.ndarray:
     """A ``(rows, columns)`` matrix as a matplotlib heat-map -> ``uint8 (H, W, 3)`` (rows top to bottom).
 
     Uses a figure-local Agg canvas (no pyplot global state, safe in a training process). NaNs show as blank.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape != (len(row_labels), len(col_labels)) or values.size == 0:
-        raise ValueError(f"heat-map values {values.shape} do not match {len(row_labels)} rows x "
-                         f"{len(col_labels)} columns (and must not be empty)")
+        raise ValueError(
+            f"heat-map values {values.shape} do not match {len(row_labels)} rows x "
+            f"{len(col_labels)} columns (and must not be empty)"
+        )
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

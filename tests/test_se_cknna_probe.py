@@ -41,15 +41,25 @@ def _events(log_dir: Path):
 
 def _trainer(tmp_path, callbacks, max_steps, name="run", **kw):
     logger = TensorBoardLogger(str(tmp_path / "tb"), name=name, version="v")
-    return Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=logger, callbacks=callbacks,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                   log_every_n_steps=1000, **kw)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1000,
+        **kw,
+    )
 
 
 def _probe(**overrides):
     # A separate probe set (seed 1) from the training data (seed 0): the probe never uses the batch.
-    return SECKNNAProbeCallback("debug", overrides={"noise_fraction": 0.0, **overrides},
-                                dataset=TinyLatents(n=8, seed=1))
+    return SECKNNAProbeCallback(
+        "debug", overrides={"noise_fraction": 0.0, **overrides}, dataset=TinyLatents(n=8, seed=1)
+    )
 
 
 def _reference(cb: SECKNNAProbeCallback) -> torch.Tensor:
@@ -90,8 +100,17 @@ def test_reg_probe_logs_blocks_and_heatmap_on_ema_weights(tmp_path, cls_source):
     acc = _events(Path(trainer.logger.log_dir))
     tags = set(acc.Tags()["scalars"])
     blocks = [f"probe/cknna/block_{i}" for i in range(3)]
-    assert set(blocks) | {"probe/cknna/embedder", "probe/cknna/final_layer", "probe/cknna/projector_0",
-                          "probe/cknna/mean_over_blocks", "probe/seconds"} <= tags
+    assert (
+        set(blocks)
+        | {
+            "probe/cknna/embedder",
+            "probe/cknna/final_layer",
+            "probe/cknna/projector_0",
+            "probe/cknna/mean_over_blocks",
+            "probe/seconds",
+        }
+        <= tags
+    )
     assert [e.step for e in acc.Scalars("probe/cknna/block_1")] == [2, 4]
     assert "probe/cknna_heatmap" in acc.Tags()["images"]
     img = acc.Images("probe/cknna_heatmap")[-1]
@@ -138,8 +157,11 @@ def test_lightningdit_probe_state_restores_from_checkpoint(tmp_path):
     # Resume in a fresh process-like setup: history comes back from the checkpoint and keeps growing.
     probe2 = _probe(every_n_steps=1, probe_on_fit_start=True)
     trainer2 = _trainer(tmp_path, [probe2], max_steps=4, name="run2", enable_checkpointing=False)
-    trainer2.fit(tiny_module("lightningdit", lr=1e-2), datamodule=TinyLatentDataModule(n=8, batch_size=4),
-                 ckpt_path=str(ckpt_dir / "last.ckpt"))
+    trainer2.fit(
+        tiny_module("lightningdit", lr=1e-2),
+        datamodule=TinyLatentDataModule(n=8, batch_size=4),
+        ckpt_path=str(ckpt_dir / "last.ckpt"),
+    )
     assert [h["step"] for h in probe2.history] == [0, 1, 2, 3, 4]  # no second probe at the resumed step 2
     assert probe2.history[:3] == probe.history
     acc = _events(Path(trainer2.logger.log_dir))
@@ -189,20 +211,30 @@ def test_tokenizer_se_cknna_per_condition_matches_file_based_extraction(tmp_path
     folder = tmp_path / "probe_images"
     _write_pngs(folder, 6, 256)  # 256 px: the official SE resolution (every equivariance scale stays /64)
     conditions = ["clean", "equivariance", "noise_0.100"]
-    probe = SECKNNAProbeCallback("debug", overrides={
-        "source": "image_folder", "root": str(folder), "image_size": 256, "conditions": conditions,
-        "every_n_steps": 1, "use_posterior_sample": False})
+    probe = SECKNNAProbeCallback(
+        "debug",
+        overrides={
+            "source": "image_folder",
+            "root": str(folder),
+            "image_size": 256,
+            "conditions": conditions,
+            "every_n_steps": 1,
+            "use_posterior_sample": False,
+        },
+    )
     module = TinyTokenizerModule()
     train = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)} for _ in range(2)]
     trainer = _trainer(tmp_path, [probe], max_steps=1, enable_checkpointing=False)
     trainer.fit(module, train_dataloaders=DataLoader(train, batch_size=2))
 
     paths = list_images(folder)
-    ref = extract_condition_features(DINOv2SEExtractor(lambda x: probe.vfm(x, [-1])[0], resolution=56,
-                                                       patch_size=14), paths, conditions)
+    ref = extract_condition_features(
+        DINOv2SEExtractor(lambda x: probe.vfm(x, [-1])[0], resolution=56, patch_size=14), paths, conditions
+    )
     module.tokenizer.eval()
-    model = extract_condition_features(TokenizerSEExtractor(module.tokenizer.encode, use_sample=False), paths,
-                                       conditions)
+    model = extract_condition_features(
+        TokenizerSEExtractor(module.tokenizer.encode, use_sample=False), paths, conditions
+    )
     expected = se_cknna(model, ref, topk=3)
     acc = _events(Path(trainer.logger.log_dir))
     for cond, value in expected.items():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from test_diffusion_helpers import TinyLatents
 
 from callbacks.se_cknna_probe import SECKNNAProbeCallback, SECKNNAProbeConfig, _chunks, load_probe_set
@@ -34,9 +34,19 @@ def test_naming_rule_and_tags():
         tag("samples", "grid")
     with pytest.raises(ValueError, match="non-empty"):
         tag("loss")
-    assert invalid_tags(["loss/total", "metric/fid", "probe/seconds", "grid/samples", "train/lr", "ema/beta",
-                         "samples/grid", "reconstruction/input", "loss/"]) == [
-        "loss/", "reconstruction/input", "samples/grid"]
+    assert invalid_tags(
+        [
+            "loss/total",
+            "metric/fid",
+            "probe/seconds",
+            "grid/samples",
+            "train/lr",
+            "ema/beta",
+            "samples/grid",
+            "reconstruction/input",
+            "loss/",
+        ]
+    ) == ["loss/", "reconstruction/input", "samples/grid"]
 
 
 def _charts(layout):
@@ -75,8 +85,11 @@ def test_layout_lands_in_the_event_file_and_run_names(tmp_path):
     trainer = Trainer(accelerator="cpu", logger=[logger, CSVLogger(str(tmp_path))], enable_progress_bar=False)
     assert apply_layout(trainer) == 1  # only the TensorBoard logger takes a layout
     logger.experiment.flush()
-    events = [e for f in sorted(__import__("pathlib").Path(logger.log_dir).glob("events.*"))
-              for e in EventFileLoader(str(f)).Load()]
+    events = [
+        e
+        for f in sorted(__import__("pathlib").Path(logger.log_dir).glob("events.*"))
+        for e in EventFileLoader(str(f)).Load()
+    ]
     values = [v for e in events if e.HasField("summary") for v in e.summary.value]
     layout = [v for v in values if v.tag == "custom_scalars__config__"]
     assert len(layout) == 1
@@ -119,8 +132,9 @@ def test_chunks_cover_every_index_once_with_equal_sizes():
 
 # ------------------------------------------------------------------------------------------------- 2 ranks
 def _fake_trainer(rank: int, world: int):
-    return SimpleNamespace(global_rank=rank, world_size=world, is_global_zero=rank == 0, global_step=3,
-                           callbacks=[], loggers=[])
+    return SimpleNamespace(
+        global_rank=rank, world_size=world, is_global_zero=rank == 0, global_step=3, callbacks=[], loggers=[]
+    )
 
 
 def _probe_scores(rank: int, world: int, net) -> dict | None:
@@ -152,8 +166,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
     out = tmp_path / "scores.pt"
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True,
-                       start_method="fork")
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True, start_method="fork")
     res = torch.load(out)
     assert set(res["two"]) >= {"embedder", "block_0", "block_1", "final_layer", "mean_over_blocks"}
     for k, v in res["one"].items():
