@@ -62,7 +62,7 @@ train-diffusion: install ## Train: MODEL=lightningdit|reg LATENTS=dir TOKENIZER=
 	  $(if $(TRAINER_CONFIG),--config $(TRAINER_CONFIG)) $$extra $(ARGS)
 
 sample: install ## Sample: CKPT=run.ckpt|official.pt TOKENIZER=path|none [STATS=latents_stats.pt] [NUM=50000] [OUT=dir] [DEVICES=auto]
-	@[ -n "$(CKPT)" ] || { echo "sample: CKPT is not set (a DiffusionModule .ckpt, or an official .pt with MODEL=lightningdit|reg); e.g. after the demo: CKPT=outputs/demo/diffusion/tb/demo_lightningdit/version_0/checkpoints/last.ckpt TOKENIZER=none TOKENIZER_PRESET=debug" >&2; exit 2; }
+	@[ -n "$(CKPT)" ] || { echo "sample: CKPT is not set (a DiffusionModule .ckpt, or an official .pt with MODEL=lightningdit|reg); e.g. after the demo: CKPT=outputs/demo/diffusion/tb/demo_diffusion/demo_lightningdit/checkpoints/last.ckpt TOKENIZER=none TOKENIZER_PRESET=debug" >&2; exit 2; }
 	@[ -n "$(TOKENIZER)" ] || { echo "sample: TOKENIZER is not set (save_pretrained folder, official .pth + TOKENIZER_KWARGS, or 'none' for a random debug decoder)" >&2; exit 2; }
 	$(PY) scripts/sample.py --ckpt "$(CKPT)" --tokenizer "$(TOKENIZER)" --out "$(or $(OUT),outputs/samples/$(basename $(notdir $(CKPT))))" \
 	  --num-images $(or $(NUM),50000) --chunk-size $(or $(CHUNK),1000) --label-mode $(or $(LABELS),random) \

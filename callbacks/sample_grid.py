@@ -4,7 +4,7 @@ Every ``every_n_steps`` optimiser steps the network samples ``num_samples`` imag
 and fixed labels (so successive grids are comparable), with the EMA weights when an
 `callbacks.ema.EMACallback` is present, de-normalises the latents with the run's statistics and
 decodes them with a decoder-only tokenizer (`lightning_modules.tokenizer_loading.load_decoder`).
-The grid is logged as ``samples/grid`` (image) on rank 0.
+The grid is logged as ``grid/samples`` (image) on rank 0.
 
 Every rank samples (a sharded FSDP network needs all ranks in each forward); only rank 0 decodes
 and logs. The decoder is a plain attribute of the callback, never part of the LightningModule, so
@@ -154,4 +154,4 @@ class SampleGridCallback(Callback):
         self.num_logged += 1
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
         if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("samples/grid", grid, global_step=step)
+            experiment.add_image("grid/samples", grid, global_step=step)

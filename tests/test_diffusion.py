@@ -172,5 +172,8 @@ def test_sample_grid_is_logged_to_tensorboard(tmp_path):
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
-    assert [e.step for e in events.Images("samples/grid")] == [1, 2]
+    assert [e.step for e in events.Images("grid/samples")] == [1, 2]
     assert "loss/total" in events.Tags()["scalars"]
+    from callbacks.tb_layout import invalid_tags
+
+    assert invalid_tags([t for t in events.Tags()["scalars"] if t != "epoch"]) == []  # Lightning's own "epoch"
