@@ -44,33 +44,36 @@ def _latent_batch(model: torch.nn.Module, batch: int, device: torch.device, gene
     return x, y
 
 
-def _online_reg_target(case: BenchCase, device: torch.device, batch: int, generator: torch.Generator):
-    """A frozen DINOv2-B/14 (random weights) and 256 px uint8 images: per-step (cls, tokens) targets."""
+def _online_reg_vfm(case: BenchCase, device: torch.device) -> torch.nn.Module:
+    """Frozen DINOv2-B/14 in the torch.hub format REG loads (random weights; tiny one for `debug`)."""
     from vfmvae.vfm import build_vfm
 
     dtype = "bfloat16" if case.dtype == "bf16" else "float32"
     name = "dinov2-vitb14" if case.preset != "debug" else "debug-dinov2-hub"
-    vfm = build_vfm(name, config={"compute_dtype": dtype}).to(device)
-    side = 16 * model_latent_side(case)
+    return build_vfm(name, config={"compute_dtype": dtype}).to(device)
+
+
+def _online_reg_target(vfm, grid: int, batch: int, device: torch.device, generator: torch.Generator):
+    """Per-step targets from 16*grid px uint8 crops (256 px for XL), resized to patch*grid (224 px):
+    `(cls (B, D), [cat(cls, patch tokens) (B, 1+grid**2, D)])`."""
+    side, size = 16 * grid, vfm.patch_size * grid
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=generator).to(device)
 
     def targets():
         with torch.no_grad():
-            tokens, cls = vfm(images.float() / 255.0, [-1], size=224, interpolation="bicubic", return_cls=True)
+            tokens, cls = vfm(images.float() / 255.0, [-1], size=size, interpolation="bicubic", return_cls=True)
         return cls[0].float(), [torch.cat([cls[0][:, None], tokens[0]], dim=1).float()]
 
     return targets
 
 
-def model_latent_side(case: BenchCase) -> int:
-    from vfmvae.dit import SIT_REG_PRESETS
-
-    return case.overrides.get("input_size", SIT_REG_PRESETS[case.preset].input_size)
-
-
 def build_dit_train(case: BenchCase, device: torch.device) -> Workload:
     """Workload of one DiT training step (`case.kind == "dit_train"`)."""
     gen = torch.Generator().manual_seed(0)
+    vfm = None
+    if case.family == "reg" and case.reg_target == "online":
+        vfm = _online_reg_vfm(case, device)  # the class-token size follows the target VFM
+        case = case.replace(overrides={**case.overrides, "z_dims": (vfm.hidden_size,)})
     model = build_dit(case, device)
     opt = adamw(model.parameters(), device, case.fused_optimizer, lr=2e-4, betas=(0.9, 0.95))
     ema = EMA(model, "dit") if case.ema else None
@@ -86,7 +89,7 @@ def build_dit_train(case: BenchCase, device: torch.device) -> Workload:
     else:
         loss_fn = TRANSPORT_PRESETS["reg"].build_loss()
         if case.reg_target == "online":
-            targets = _online_reg_target(case, device, case.batch_size, gen)
+            targets = _online_reg_target(vfm, model.config.grid_size, case.batch_size, device, gen)
             flops += count_flops(targets)
             method += " + DINOv2 forward by FlopCounterMode"
             notes.append("REG targets: frozen DINOv2-B/14 forward per step (random weights)")

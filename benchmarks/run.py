@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,23 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_case(case: BenchCase, device: torch.device) -> dict:
+def host_syncs(step, device: torch.device) -> list[str]:
+    """CUDA only: run one extra step with `torch.cuda.set_sync_debug_mode("warn")` and return the
+    synchronising operations it reported (an empty list = no host sync in the step)."""
+    if device.type != "cuda":
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize(device)
+    return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+def run_case(case: BenchCase, device: torch.device, sync_debug: bool = False) -> dict:
     """Build, time and summarise one case; returns the JSON row (never raises for a failing case)."""
     row = {"name": case.name, "kind": case.kind, "switches": case.switches(), "batch_size": case.batch_size,
            "case": case.to_dict(), "status": "ok"}
@@ -59,6 +76,8 @@ def run_case(case: BenchCase, device: torch.device) -> dict:
         row["batch_size"] = workload.images_per_step  # CKNNA: n samples
         timing = measure(workload.step, device, warmup=case.warmup, iters=case.iters, rss_base=rss_base)
         flops = workload.flops_per_step() if callable(workload.flops_per_step) else workload.flops_per_step
+        if sync_debug:
+            row["host_syncs"] = host_syncs(workload.step, device)
     except Exception as err:  # noqa: BLE001 - report and continue with the other rows
         row.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=6))
         return row
@@ -124,6 +143,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, help="override timed steps")
     p.add_argument("--max-seconds", type=float, default=None, help="skip remaining cases after this budget")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="CUDA: list host syncs of one extra step per case (torch.cuda.set_sync_debug_mode)")
     return p.parse_args(argv)
 
 
@@ -165,10 +186,12 @@ def _run(args: argparse.Namespace, device: torch.device) -> list[dict]:
                          "error": f"--max-seconds {args.max_seconds:g} spent"})
             continue
         print(f"[bench] {case.name} ({case.switches()}, batch {case.batch_size}) ...", file=sys.stderr, flush=True)
-        rows.append(run_case(case, device))
+        rows.append(run_case(case, device, args.sync_debug))
         r = rows[-1]
         print(f"[bench]   {r['status']} " + (f"{r['images_per_s']:.2f} images/s" if r["status"] == "ok" else
                                              r.get("error", "")), file=sys.stderr, flush=True)
+        for msg in sorted(set(r.get("host_syncs", []))):
+            print(f"[bench]   host sync: {msg}", file=sys.stderr, flush=True)
     peak = device_peak(device, "bf16" if any(c.dtype == "bf16" for c in cases) else "fp32")
     report = {
         "suite": args.suite,
