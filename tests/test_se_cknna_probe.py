@@ -272,3 +272,20 @@ def test_probe_set_is_deterministic_and_diffusion_needs_latents(tmp_path):
     trainer = _trainer(tmp_path, [cb], max_steps=1, enable_checkpointing=False)
     with pytest.raises(ValueError, match="needs latents"):
         trainer.fit(tiny_module("lightningdit"), datamodule=TinyLatentDataModule(n=4, batch_size=4))
+
+
+def test_probe_does_not_change_training(tmp_path):
+    """The probe draws its noise from its own generators and builds its VFM under fork_rng: a run with the probe
+    ends with exactly the weights of a run without it (the transport loss draws t and noise globally)."""
+
+    def run(callbacks):
+        torch.manual_seed(0)
+        module = tiny_module("lightningdit", lr=1e-2)
+        trainer = _trainer(tmp_path, callbacks, max_steps=3, enable_checkpointing=False)
+        trainer.fit(module, datamodule=TinyLatentDataModule(n=8, batch_size=4, shuffle=True))
+        return module.net.state_dict()
+
+    plain = run([])
+    probed = run([_probe(every_n_steps=1, probe_on_fit_start=True, noise_fraction=0.5)])
+    for k, v in plain.items():
+        assert torch.equal(v, probed[k]), k
