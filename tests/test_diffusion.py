@@ -158,7 +158,7 @@ def test_sample_grid_is_logged_to_tensorboard(tmp_path):
     from callbacks.sample_grid import SampleGridCallback
 
     grid = SampleGridCallback(tokenizer=None, tokenizer_preset="debug", every_n_steps=1, num_samples=4, num_steps=3)
-    logger = TensorBoardLogger(str(tmp_path), name="demo_lightningdit")
+    logger = TensorBoardLogger(str(tmp_path), name="demo_diffusion", version="demo", default_hp_metric=False)
     fit(
         tiny_module("lightningdit"),
         TinyLatentDataModule(n=4, batch_size=4),
