@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from lightning_modules.diffusion_networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
+from lightning_modules.parallel import RankRNGStream, shard_diffusion_network
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.transport import (
     TRANSPORT_PRESETS,
@@ -99,6 +100,7 @@ class DiffusionModule(LightningModule):
         gradient_clip_norm: max global gradient norm (1.0 for REG, ``None`` for LightningDiT).
         max_consecutive_skips: the non-finite guard's stop (0 = never stop).
         activation_checkpointing, compile_blocks: runtime knobs of the network.
+        seed: seed of the per-rank training RNG stream (``seed * world_size + rank``; checkpointed).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class DiffusionModule(LightningModule):
         max_consecutive_skips: int = 100,
         activation_checkpointing: bool = False,
         compile_blocks: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -157,6 +160,8 @@ class DiffusionModule(LightningModule):
         self._micro_step = 0  # micro-batches into the current accumulation window
         self._window_unsafe = False
         self._checked_batch = False
+        # Times, noise and label dropout come from a per-rank checkpointed stream (exact resume, issue 14).
+        self.rng = RankRNGStream(seed)
         self.last_time_distribution: str | None = None
         if compile_blocks:
             self.net.compile_blocks()
@@ -177,6 +182,7 @@ class DiffusionModule(LightningModule):
             )
         hp = self.hparams
         self.plan = BatchPlan.derive(hp.global_batch_size, trainer.world_size, hp.micro_batch_size)
+        self.rng.bind(trainer.global_rank, trainer.world_size)
         log.info("diffusion batch plan: %s", self.plan)
         dm = trainer.datamodule
         if dm is not None:
@@ -187,6 +193,10 @@ class DiffusionModule(LightningModule):
                     f"the latent cache holds latents of shape {tuple(shape)}, the network takes {self.latent_shape} "
                     "(network_overrides: in_channels / input_size)"
                 )
+
+    def configure_model(self) -> None:
+        # FSDP2 (configs/trainer/fsdp_bf16.yaml): shard per DiT block; a no-op on one device or under DDP.
+        shard_diffusion_network(self)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -215,7 +225,15 @@ class DiffusionModule(LightningModule):
             # No alignment callback: a zero class token and the velocity MSE only.
             zeros = x.new_zeros(x.shape[0], self.net.config.cls_token_dim)
             loss = LightningDiTLoss(self.timestep_sampler, 0.0, conv)
-            return loss(lambda x_t, t, yy: self.net(x_t, t, yy, zeros).velocity, x, y, step=step)
+            outputs = []
+
+            def velocity(x_t, t, yy):
+                outputs.append(self.net(x_t, t, yy, zeros))
+                return outputs[-1].velocity
+
+            terms = loss(velocity, x, y, step=step)
+            _, zs, cls_v = outputs[-1]
+            return _touch_unused(terms, [*zs, cls_v])
         if align.get("cls_target") is None:
             raise ValueError("REG needs a class-token target: the alignment callback gave cls_target=None")
         loss = REGLoss(self.timestep_sampler, float(align["proj_weight"]), float(align["cls_weight"]), conv)
@@ -224,7 +242,7 @@ class DiffusionModule(LightningModule):
 
     def _lightningdit_loss(self, x, y, align, step) -> dict[str, torch.Tensor]:
         loss = LightningDiTLoss(self.timestep_sampler, self.transport.cos_weight, self.transport.convention)
-        if align is None:
+        if align is None and not isinstance(self.net, LightningDiTREPA):
             return loss(self.net, x, y, step=step)
         if not isinstance(self.net, LightningDiTREPA):
             raise ValueError(
@@ -239,6 +257,8 @@ class DiffusionModule(LightningModule):
             return v
 
         terms = loss(velocity, x, y, step=step)
+        if align is None:  # REPA projector present but alignment off (window): keep DDP's graph complete
+            return _touch_unused(terms, captured["zs"])
         terms["proj"] = projection_loss(list(align["proj_targets"]), captured["zs"])
         terms["total"] = terms["total"] + float(align["proj_weight"]) * terms["proj"]
         return terms
@@ -254,7 +274,8 @@ class DiffusionModule(LightningModule):
                     f"{plan} needs micro-batches of {plan.micro_batch_size}"
                 )
         opt = self.optimizers()
-        terms = self.compute_loss(batch)
+        with self.rng.activate(batch["latent"].device):
+            terms = self.compute_loss(batch)
         safe = self.guard.check(terms)  # identical decision on every rank
         self._micro_step += 1
         last = self._micro_step >= plan.accumulation
@@ -291,6 +312,7 @@ class DiffusionModule(LightningModule):
         checkpoint["diffusion"] = {
             "guard": self.guard.state_dict(),
             "micro_step": self._micro_step,
+            "rng": self.rng.state_dict(),  # every rank's stream (collective)
             "network": {
                 "family": self.network,
                 "latent_shape": list(self.latent_shape),
@@ -306,12 +328,21 @@ class DiffusionModule(LightningModule):
         if state:
             self.guard.load_state_dict(state["guard"])
             self._micro_step = int(state.get("micro_step", 0))
+            if "rng" in state:
+                self.rng.load_state_dict(state["rng"])
 
     def network_sha256(self) -> str:
         return state_dict_sha256(self.net)
 
 
 # ---------------------------------------------------------------------- helpers
+def _touch_unused(terms: dict[str, torch.Tensor], outputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add ``0 x`` the outputs no loss term uses (REG heads/projector without alignment), so that every
+    parameter gets a (zero) gradient and DDP does not wait for reductions that never come."""
+    terms["total"] = terms["total"] + sum(o.float().sum() for o in outputs) * 0.0
+    return terms
+
+
 def _has_data(dm: Any) -> bool:
     """Whether reading ``dm.latent_shape`` is safe (a DataModule may build its dataset only in setup)."""
     try:
