@@ -68,7 +68,11 @@ class BenchCase:
         parts += ["compile"] if self.compile else []
         parts += ["ckpt"] if self.activation_checkpointing else []
         parts += ["fused"] if self.fused_optimizer else []
-        parts += ["online-target"] if self.kind == "dit_train" and self.family == "reg" and self.reg_target == "online" else []
+        parts += (
+            ["online-target"]
+            if self.kind == "dit_train" and self.family == "reg" and self.reg_target == "online"
+            else []
+        )
         return "+".join(parts)
 
     def to_dict(self) -> dict:
@@ -94,43 +98,106 @@ def _cpu_suite() -> list[BenchCase]:
         ldit_s,
         reg_s,
         BenchCase("Tokenizer debug 64px", "tokenizer_train", preset="debug", batch_size=4, iters=1),
-        BenchCase("Sampling LightningDiT debug", "sampling", "lightningdit", "debug", batch_size=8, warmup=0,
-                  iters=1),
+        BenchCase("Sampling LightningDiT debug", "sampling", "lightningdit", "debug", batch_size=8, warmup=0, iters=1),
         BenchCase("Latent cache debug 64px", "latent_cache", preset="debug", batch_size=8, iters=2),
         BenchCase("CKNNA n=10000", "cknna", n=10_000, warmup=0, iters=1),
     ]
 
 
 def _gpu_suite() -> list[BenchCase]:
-    ldit = BenchCase("LightningDiT-XL/1", "dit_train", "lightningdit", "LightningDiT-XL/1", batch_size=32,
-                     dtype="bf16", fused_optimizer=True, warmup=3, iters=10)
-    reg = BenchCase("REG SiT-XL/1", "dit_train", "reg", "SiT-XL/1-REG", batch_size=32, dtype="bf16",
-                    fused_optimizer=True, warmup=3, iters=10)
+    ldit = BenchCase(
+        "LightningDiT-XL/1",
+        "dit_train",
+        "lightningdit",
+        "LightningDiT-XL/1",
+        batch_size=32,
+        dtype="bf16",
+        fused_optimizer=True,
+        warmup=3,
+        iters=10,
+    )
+    reg = BenchCase(
+        "REG SiT-XL/1",
+        "dit_train",
+        "reg",
+        "SiT-XL/1-REG",
+        batch_size=32,
+        dtype="bf16",
+        fused_optimizer=True,
+        warmup=3,
+        iters=10,
+    )
     return [
         ldit,
         ldit.replace(name="LightningDiT-XL/1 compiled", compile=True, warmup=4),
         reg,
         reg.replace(name="REG SiT-XL/1 compiled", compile=True, warmup=4),
-        BenchCase("Tokenizer 256px (stage 0)", "tokenizer_train", preset="vfmvae-f16d32-siglip2", batch_size=8,
-                  dtype="bf16", discriminator="dino-vits16", loss_preset="stage0", fused_optimizer=True,
-                  warmup=2, iters=5),
+        BenchCase(
+            "Tokenizer 256px (stage 0)",
+            "tokenizer_train",
+            preset="vfmvae-f16d32-siglip2",
+            batch_size=8,
+            dtype="bf16",
+            discriminator="dino-vits16",
+            loss_preset="stage0",
+            fused_optimizer=True,
+            warmup=2,
+            iters=5,
+        ),
     ]
 
 
 def _gpu_extra_suite() -> list[BenchCase]:
-    ldit = BenchCase("LightningDiT-XL/1", "dit_train", "lightningdit", "LightningDiT-XL/1", batch_size=32,
-                     dtype="bf16", fused_optimizer=True, warmup=3, iters=10)
+    ldit = BenchCase(
+        "LightningDiT-XL/1",
+        "dit_train",
+        "lightningdit",
+        "LightningDiT-XL/1",
+        batch_size=32,
+        dtype="bf16",
+        fused_optimizer=True,
+        warmup=3,
+        iters=10,
+    )
     return [
         ldit.replace(name="LightningDiT-XL/1 compiled ckpt", compile=True, activation_checkpointing=True, warmup=4),
         ldit.replace(name="LightningDiT-XL/1 fp32", dtype="fp32", iters=5),
-        BenchCase("REG SiT-XL/1 online DINOv2", "dit_train", "reg", "SiT-XL/1-REG", batch_size=32, dtype="bf16",
-                  fused_optimizer=True, reg_target="online", warmup=3, iters=10),
-        BenchCase("Sampling LightningDiT-XL/1 CFG", "sampling", "lightningdit", "LightningDiT-XL/1",
-                  batch_size=64, dtype="bf16", warmup=0, iters=1),
-        BenchCase("Sampling REG SiT-XL/1 CFG", "sampling", "reg", "SiT-XL/1-REG", batch_size=64, dtype="bf16",
-                  sampler="reg-cfg", warmup=0, iters=1),
-        BenchCase("Latent cache 256px", "latent_cache", preset="vfmvae-f16d32-siglip2", batch_size=64, warmup=1,
-                  iters=3),
+        BenchCase(
+            "REG SiT-XL/1 online DINOv2",
+            "dit_train",
+            "reg",
+            "SiT-XL/1-REG",
+            batch_size=32,
+            dtype="bf16",
+            fused_optimizer=True,
+            reg_target="online",
+            warmup=3,
+            iters=10,
+        ),
+        BenchCase(
+            "Sampling LightningDiT-XL/1 CFG",
+            "sampling",
+            "lightningdit",
+            "LightningDiT-XL/1",
+            batch_size=64,
+            dtype="bf16",
+            warmup=0,
+            iters=1,
+        ),
+        BenchCase(
+            "Sampling REG SiT-XL/1 CFG",
+            "sampling",
+            "reg",
+            "SiT-XL/1-REG",
+            batch_size=64,
+            dtype="bf16",
+            sampler="reg-cfg",
+            warmup=0,
+            iters=1,
+        ),
+        BenchCase(
+            "Latent cache 256px", "latent_cache", preset="vfmvae-f16d32-siglip2", batch_size=64, warmup=1, iters=3
+        ),
         BenchCase("CKNNA n=10000", "cknna", n=10_000, warmup=1, iters=1),
     ]
 

@@ -53,8 +53,7 @@ class FlopBreakdown:
 
     @property
     def total(self) -> int:
-        return (self.embed + self.attention_linear + self.attention_scores + self.mlp + self.modulation
-                + self.heads)
+        return self.embed + self.attention_linear + self.attention_scores + self.mlp + self.modulation + self.heads
 
 
 def _block_flops(tokens: int, dim: int, mlp_matmuls: list[tuple[int, int]], n_mod: int) -> dict[str, int]:
@@ -139,8 +138,9 @@ def register_cpu_sdpa_flops() -> None:
     if bwd is not None and bwd not in flop_counter.flop_registry:
 
         @flop_counter.register_flop_formula(bwd)
-        def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                               **kwargs) -> int:
+        def _cpu_sdpa_backward(
+            grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+        ) -> int:
             return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
     _CPU_SDPA_REGISTERED = True

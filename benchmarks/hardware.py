@@ -98,8 +98,11 @@ def cpu_peak(dtype: str = "fp32") -> DevicePeak:
     clock = _cpu_clock_hz()
     name = f"CPU x{threads} threads ({'avx512' if lanes == 16 else 'avx2' if lanes == 8 else 'sse'})"
     peak = threads * clock * flops_per_cycle if clock else None
-    note = (f"estimate: {threads} threads x {clock / 1e9:.2f} GHz x {flops_per_cycle} fp32 FLOP/cycle"
-            if clock else "estimate unavailable (no clock found)")
+    note = (
+        f"estimate: {threads} threads x {clock / 1e9:.2f} GHz x {flops_per_cycle} fp32 FLOP/cycle"
+        if clock
+        else "estimate unavailable (no clock found)"
+    )
     if dtype != "fp32":
         note += "; bf16 on CPU is emulated unless AMX/avx512_bf16: peak taken as fp32"
     return DevicePeak("cpu", name, dtype, peak, True, note)

@@ -67,8 +67,14 @@ def host_syncs(step, device: torch.device) -> list[str]:
 
 def run_case(case: BenchCase, device: torch.device, sync_debug: bool = False) -> dict:
     """Build, time and summarise one case; returns the JSON row (never raises for a failing case)."""
-    row = {"name": case.name, "kind": case.kind, "switches": case.switches(), "batch_size": case.batch_size,
-           "case": case.to_dict(), "status": "ok"}
+    row = {
+        "name": case.name,
+        "kind": case.kind,
+        "switches": case.switches(),
+        "batch_size": case.batch_size,
+        "case": case.to_dict(),
+        "status": "ok",
+    }
     t0, rss_base = time.perf_counter(), rss_bytes()
     try:
         workload = BUILDERS[case.kind](case, device)
@@ -109,13 +115,17 @@ def _fmt(value, spec: str, prefix: str = "") -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The table printed at the end of a run (and pasted into docs/benchmarks.md)."""
-    head = ("| case | switches | batch | images/s | step ms | peak mem GB | model TFLOP/s | MFU |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| case | switches | batch | images/s | step ms | peak mem GB | model TFLOP/s | MFU |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['switches']} | {r['batch_size']} | {r['status']}: "
-                         f"{r.get('error', '')[:80]} | | | | |")
+            lines.append(
+                f"| {r['name']} | {r['switches']} | {r['batch_size']} | {r['status']}: "
+                f"{r.get('error', '')[:80]} | | | | |"
+            )
             continue
         mfu = _fmt(r["mfu"] * 100 if r["mfu"] is not None else None, ".1f", "~" if r["mfu_estimated"] else "")
         lines.append(
@@ -127,8 +137,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--suite", default="cpu", help="cpu | gpu | gpu-extra | smoke (benchmarks/cases.py)")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="outputs/bench", help="JSON goes here (gitignored)")
@@ -143,8 +156,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, help="override timed steps")
     p.add_argument("--max-seconds", type=float, default=None, help="skip remaining cases after this budget")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
-    p.add_argument("--sync-debug", action="store_true",
-                   help="CUDA: list host syncs of one extra step per case (torch.cuda.set_sync_debug_mode)")
+    p.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="CUDA: list host syncs of one extra step per case (torch.cuda.set_sync_debug_mode)",
+    )
     return p.parse_args(argv)
 
 
@@ -154,8 +170,11 @@ def select_cases(args: argparse.Namespace) -> list[BenchCase]:
         cases = [c for c in cases if any(s.lower() in c.name.lower() for s in args.only)]
     if args.kind:
         cases = [c for c in cases if c.kind in args.kind]
-    overrides = {k: getattr(args, k) for k in ("dtype", "compile", "activation_checkpointing", "fused_optimizer",
-                                               "batch_size", "warmup", "iters") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("dtype", "compile", "activation_checkpointing", "fused_optimizer", "batch_size", "warmup", "iters")
+        if getattr(args, k) is not None
+    }
     if not cases:
         raise SystemExit(f"no case of suite {args.suite!r} matches --only {args.only} --kind {args.kind}")
     return [c.replace(**overrides) for c in cases]
@@ -163,8 +182,13 @@ def select_cases(args: argparse.Namespace) -> list[BenchCase]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = _parse(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,15 +205,27 @@ def _run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     start, rows = time.perf_counter(), []
     for case in cases:
         if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
-            rows.append({"name": case.name, "kind": case.kind, "switches": case.switches(),
-                         "batch_size": case.batch_size, "case": case.to_dict(), "status": "skipped",
-                         "error": f"--max-seconds {args.max_seconds:g} spent"})
+            rows.append(
+                {
+                    "name": case.name,
+                    "kind": case.kind,
+                    "switches": case.switches(),
+                    "batch_size": case.batch_size,
+                    "case": case.to_dict(),
+                    "status": "skipped",
+                    "error": f"--max-seconds {args.max_seconds:g} spent",
+                }
+            )
             continue
         print(f"[bench] {case.name} ({case.switches()}, batch {case.batch_size}) ...", file=sys.stderr, flush=True)
         rows.append(run_case(case, device, args.sync_debug))
         r = rows[-1]
-        print(f"[bench]   {r['status']} " + (f"{r['images_per_s']:.2f} images/s" if r["status"] == "ok" else
-                                             r.get("error", "")), file=sys.stderr, flush=True)
+        print(
+            f"[bench]   {r['status']} "
+            + (f"{r['images_per_s']:.2f} images/s" if r["status"] == "ok" else r.get("error", "")),
+            file=sys.stderr,
+            flush=True,
+        )
         for msg in sorted(set(r.get("host_syncs", []))):
             print(f"[bench]   host sync: {msg}", file=sys.stderr, flush=True)
     peak = device_peak(device, "bf16" if any(c.dtype == "bf16" for c in cases) else "fp32")

@@ -74,8 +74,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step: Callable[[], object], device: torch.device | str, *, warmup: int = 1, iters: int = 3,
-            rss_base: int | None = None) -> Timing:
+def measure(
+    step: Callable[[], object],
+    device: torch.device | str,
+    *,
+    warmup: int = 1,
+    iters: int = 3,
+    rss_base: int | None = None,
+) -> Timing:
     """Time `iters` calls of `step()` after `warmup` calls (see module doc).
 
     `rss_base`: CPU only, the RSS before the workload was built (so weights, optimiser state and

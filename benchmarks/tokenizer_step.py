@@ -52,8 +52,10 @@ def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
 
     gen = torch.Generator().manual_seed(0)
     side = cfg.img_resolution
-    images = (torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8)
-              .to(device).float() / 255.0)
+    images = (
+        torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device).float()
+        / 255.0
+    )
 
     def step():
         for p in d_params:
@@ -75,5 +77,11 @@ def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
 
     step, flops = count_first_call(step)
     notes = [f"{side} px, loss {case.loss_preset}, D {case.discriminator}, random VFM/LPIPS/DINO weights"]
-    return Workload(step, case.batch_size, flops, "FlopCounterMode over one G+D iteration", notes,
-                    trainable_count(g_params) + trainable_count(d_params))
+    return Workload(
+        step,
+        case.batch_size,
+        flops,
+        "FlopCounterMode over one G+D iteration",
+        notes,
+        trainable_count(g_params) + trainable_count(d_params),
+    )

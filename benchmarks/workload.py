@@ -37,8 +37,14 @@ def autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def adamw(params: Iterable[torch.nn.Parameter], device: torch.device, fused: bool, lr: float = 1e-4,
-          betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0) -> torch.optim.AdamW:
+def adamw(
+    params: Iterable[torch.nn.Parameter],
+    device: torch.device,
+    fused: bool,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+) -> torch.optim.AdamW:
     """AdamW with the fused kernel (one launch for all tensors) or the foreach implementation."""
     params = [p for p in params if p.requires_grad]
     if not params:

@@ -29,10 +29,9 @@ def test_lightningdit_debug_hand_count():
     # debug: 8x8x8 latent, patch 1 -> N = 64 tokens, D = 64, depth 2, SwiGLU hidden int(2/3 * 256) = 170.
     N, D, C, H, L = 64, 64, 8, 170, 2
     embed = mm(N, D, C) + mm(1, D, 256) + mm(1, D, D)  # patch conv + timestep MLP
-    block = (mm(N, 3 * D, D) + mm(N, D, D)  # qkv, proj
-             + 2 * mm(N, N, D)  # Q K^T and A V over all heads
-             + mm(N, 2 * H, D) + mm(N, D, H)  # SwiGLU w12, w3
-             + mm(1, 6 * D, D))  # adaLN
+    attention = mm(N, 3 * D, D) + mm(N, D, D) + 2 * mm(N, N, D)  # qkv, proj, Q K^T and A V (all heads)
+    swiglu = mm(N, 2 * H, D) + mm(N, D, H)  # w12, w3
+    block = attention + swiglu + mm(1, 6 * D, D)  # + adaLN (per sample)
     final = mm(1, 2 * D, D) + mm(N, C, D)
     hand = embed + L * block + final
     assert dit_forward_flops(LIGHTNINGDIT_PRESETS["debug"]).total == hand
