@@ -286,6 +286,18 @@ def test_probe_does_not_change_training(tmp_path):
         return module.net.state_dict()
 
     plain = run([])
-    probed = run([_probe(every_n_steps=1, probe_on_fit_start=True, noise_fraction=0.5)])
+    probe = _probe(every_n_steps=1, probe_on_fit_start=True, noise_fraction=0.5, max_blocks=1)
+    probed = run([probe])
     for k, v in plain.items():
         assert torch.equal(v, probed[k]), k
+    # max_blocks bounds the CKNNAs per probe (evenly spaced blocks; here only the first of 2).
+    assert [h["step"] for h in probe.history] == [0, 1, 2, 3]
+    assert [k for k in probe.history[-1]["scores"] if k.startswith("block_")] == ["block_0"]
+    assert all(h["seconds"] > 0 for h in probe.history)
+
+
+def test_block_selection():
+    from callbacks.se_cknna_probe import _select_blocks
+
+    assert _select_blocks(28, 4) == [0, 9, 18, 27] and _select_blocks(28, None) == list(range(28))
+    assert _select_blocks(3, 8) == [0, 1, 2] and _select_blocks(28, 2) == [0, 27]
