@@ -73,7 +73,9 @@ def build_demo_latent_cache(
         write_shard(out, k, tensors, [key for r in rows for key in r["key"]])
     provenance = {
         "tokenizer": {
-            "weights_sha256": state_dict_sha256(model),
+            # The rule of scripts/cache_latents.py: an export's own hash, else everything but the VFM.
+            "weights_sha256": (getattr(model, "export_record", None) or {}).get("weights_sha256")
+            or state_dict_sha256({k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")}),
             "preset": tokenizer_preset,
             "path": tokenizer,
             "random_weights": tokenizer is None,

@@ -338,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokenizer", required=True, help="save_pretrained folder, official .pth, or 'none' (random)")
     ap.add_argument("--tokenizer-preset", default="vfmvae-f16d32-siglip2", help="preset of a random ('none') decoder")
     ap.add_argument("--tokenizer-kwargs", help="official generator kwargs (JSON/YAML) for an official .pth")
+    ap.add_argument(
+        "--allow-tokenizer-mismatch", action="store_true", help="decode with another tokenizer than the cache's"
+    )
     ap.add_argument("--latent-stats", help="latents_stats.pt (default: the statistics recorded in the checkpoint)")
     ap.add_argument("--out", required=True, help="output folder (images/, chunks/, the .npz)")
     ap.add_argument("--num-images", type=int, default=50_000)
@@ -365,6 +368,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     net, family, net_record, train_prov = load_network(args.ckpt, args.model, args.weights, args.official_kwargs)
     tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
     decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
+    export_hash = (getattr(decoder, "export_record", None) or {}).get("weights_sha256")
+    cache_hash = (train_prov.get("tokenizer") or {}).get("weights_sha256")
+    if export_hash and cache_hash and export_hash != cache_hash and not args.allow_tokenizer_mismatch:
+        raise ValueError(
+            f"the network was trained on latents of tokenizer {cache_hash[:12]}, but --tokenizer is {export_hash[:12]}; "
+            "decode with the same tokenizer (or pass --allow-tokenizer-mismatch)"
+        )
     normalizer = load_latent_stats(args.latent_stats, train_prov.get("latent_stats"))
     if normalizer.num_channels != net.config.in_channels:
         raise ValueError(
@@ -385,7 +395,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         "family": family,
         "network": net_record,
         "network_sha256": state_dict_sha256(net),
-        "tokenizer": {"source": tokenizer, "preset": args.tokenizer_preset if tokenizer is None else None},
+        "tokenizer": {
+            "source": tokenizer,
+            "preset": args.tokenizer_preset if tokenizer is None else None,
+            "export_sha256": export_hash,  # the export's weights hash (as in the latent-cache manifest)
+            "latent_cache_sha256": cache_hash,
+        },
         "tokenizer_sha256": state_dict_sha256(decoder),
         "latent_stats": {"source": args.latent_stats or "checkpoint", **normalizer.stats_dict()},
         "training_provenance": train_prov,

@@ -269,3 +269,22 @@ def test_official_release_files_sample_directly(fixtures_dir, repo_root, tmp_pat
 
     assert prov["network_sha256"] == state_dict_sha256(from_official_lightningdit(dit_sd, dit_kwargs))
     assert tok_t["outputs.img"].shape[-1] == 64  # (sanity: the fixture's own 4x4 latents decode to 64 px)
+
+
+def test_decoder_from_an_export_folder_and_tokenizer_mismatch_is_refused(trained, repo_root, tmp_path):
+    from lightning_modules.tokenizer_loading import load_decoder
+    from vfmvae.tokenizer import VFMVAE
+
+    torch.manual_seed(3)
+    tok = VFMVAE("debug", decoder_only=True).eval()
+    tok.save_pretrained(tmp_path / "tok")
+    dec = load_decoder(tmp_path / "tok")
+    z = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(dec.decode(z), tok.decode(z))
+    assert not any(p.requires_grad for p in dec.parameters()) and not dec.training
+    _, ckpt, stats, _, _ = trained  # trained on a cache whose manifest names tokenizer "test-tokenizer"
+    script = _load_script(repo_root)
+    argv = _argv(ckpt, stats, tmp_path / "o")
+    argv[argv.index("--tokenizer") + 1] = str(tmp_path / "tok")
+    with pytest.raises(ValueError, match="trained on latents of tokenizer"):
+        script.main(argv)
