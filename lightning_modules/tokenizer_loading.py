@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +106,15 @@ def resolve_path(value: str | None, what: str, optional: bool = False) -> str | 
     """
     if value is None:
         return None
-    expanded = os.path.expandvars(str(value))
-    if "$" in expanded or not expanded:
+    names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(value))
+    unset = [n for n in names if not os.environ.get(n)]  # unset or empty: both mean "not given"
+    if unset:
         if optional:
             return None
-        var = expanded[expanded.index("$") :].strip("${}").split("}")[0].split("/")[0]
         raise ValueError(
-            f"{what}: {value!r} needs the environment variable {var}, which is not set; pass it to make "
-            f"(e.g. `make train-diffusion MODEL=reg {var}=/path/...`) or see configs/diffusion/demo.yaml "
+            f"{what}: {value!r} needs the environment variable {unset[0]}, which is not set; pass it to make "
+            f"(e.g. `make train-diffusion MODEL=reg {unset[0]}=/path/...`) or see configs/diffusion/demo.yaml "
             "for a run without external files"
         )
+    expanded = os.path.expandvars(str(value))
     return os.path.expanduser(expanded)

@@ -177,3 +177,14 @@ def test_sample_grid_is_logged_to_tensorboard(tmp_path):
     from callbacks.tb_layout import invalid_tags
 
     assert invalid_tags([t for t in events.Tags()["scalars"] if t != "epoch"]) == []  # Lightning's own "epoch"
+
+
+def test_config_paths_from_environment_variables(monkeypatch):
+    from lightning_modules.tokenizer_loading import resolve_path
+
+    monkeypatch.setenv("TOKENIZER", "/weights/tok")
+    monkeypatch.delenv("DINOV2", raising=False)
+    assert resolve_path("${TOKENIZER}/export", "x") == "/weights/tok/export"
+    assert resolve_path("${DINOV2}", "x", optional=True) is None
+    with pytest.raises(ValueError, match="environment variable DINOV2, which is not set"):
+        resolve_path("${DINOV2}", "JointAlignmentCallback.vfm_pretrained")
