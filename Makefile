@@ -97,3 +97,58 @@ evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.
 
 se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=1 = tiny random models
 	$(PY) scripts/se_cknna.py $(if $(DEMO),--demo 16 --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
+
+# ---------------------------------------------------------------- tokenizer (configs/tokenizer/*.yaml, issue 7)
+.PHONY: train-tokenizer eval-reconstruction
+TOKENIZER_STAGE_CONFIG_0 := configs/tokenizer/stage0_strong_alignment.yaml
+TOKENIZER_STAGE_CONFIG_1 := configs/tokenizer/stage1_weak_alignment.yaml
+TOKENIZER_STAGE_CONFIG_2 := configs/tokenizer/stage2_ssim_fine_tuning.yaml
+TOKENIZER_STAGE_CONFIG_3 := configs/tokenizer/stage3_patchgan_fine_tuning.yaml
+TOKENIZER_DEMO_HINT := the CPU demo needs no files: CONFIG=configs/tokenizer/demo.yaml make train-tokenizer
+train-tokenizer: install ## Tokenizer stage: STAGE=0|1|2|3 DATA_ROOT VFM_PATH DINO_PATH VGG_PATH FILTER_LIST [INIT_CKPT] [INCEPTION_PATH] [TRAINER_CONFIG], or CONFIG=configs/tokenizer/demo.yaml
+	@config="$(CONFIG)"; extra=""; \
+	if [ -z "$$config" ]; then \
+	  case "$(STAGE)" in \
+	    0) config=$(TOKENIZER_STAGE_CONFIG_0) ;; 1) config=$(TOKENIZER_STAGE_CONFIG_1) ;; \
+	    2) config=$(TOKENIZER_STAGE_CONFIG_2) ;; 3) config=$(TOKENIZER_STAGE_CONFIG_3) ;; \
+	    *) echo "train-tokenizer: set STAGE=0|1|2|3 (paper stages) or CONFIG=file.yaml; $(TOKENIZER_DEMO_HINT)" >&2; exit 2 ;; \
+	  esac; \
+	  for var in DATA_ROOT:"$(DATA_ROOT)":"ImageNet folder with train/ and val/ class folders" \
+	             VFM_PATH:"$(VFM_PATH)":"local google/siglip2-large-patch16-512 folder (transformers save_pretrained)" \
+	             DINO_PATH:"$(DINO_PATH)":"local DINO ViT-S/16 weights file for the projected discriminator" \
+	             VGG_PATH:"$(VGG_PATH)":"torchvision vgg16-397923af.pth for LPIPS" \
+	             FILTER_LIST:"$(FILTER_LIST)":"short side >= 256 key list, from scripts/make_filter_list.py"; do \
+	    name=$${var%%:*}; rest=$${var#*:}; value=$${rest%%:*}; what=$${rest#*:}; \
+	    [ -n "$$value" ] || { echo "train-tokenizer: $$name is not set ($$what); $(TOKENIZER_DEMO_HINT)" >&2; exit 2; }; \
+	    [ -e "$$value" ] || { echo "train-tokenizer: $$name=$$value does not exist ($$what)" >&2; exit 2; }; \
+	  done; \
+	  if [ "$(STAGE)" != 0 ]; then \
+	    [ -n "$(INIT_CKPT)" ] || { echo "train-tokenizer: INIT_CKPT is not set (stage $(STAGE) starts from the stage-$$(( $(STAGE) - 1 )) checkpoint, e.g. .../checkpoints/last.ckpt); $(TOKENIZER_DEMO_HINT)" >&2; exit 2; }; \
+	    [ -f "$(INIT_CKPT)" ] || { echo "train-tokenizer: INIT_CKPT=$(INIT_CKPT) does not exist" >&2; exit 2; }; \
+	    extra="--model.init_args.init_checkpoint=$(INIT_CKPT)"; \
+	  fi; \
+	  extra="$$extra --data.init_args.config.root=$(DATA_ROOT) --data.init_args.config.filter_keys_path=$(FILTER_LIST) \
+	    --model.init_args.vfm_pretrained=$(VFM_PATH) --model.init_args.dino_pretrained=$(DINO_PATH) \
+	    --model.init_args.vgg_path=$(VGG_PATH) --config $(or $(TRAINER_CONFIG),configs/trainer/ddp_bf16.yaml)"; \
+	else \
+	  [ -f "$$config" ] || { echo "train-tokenizer: CONFIG=$$config does not exist" >&2; exit 2; }; \
+	  $(if $(TRAINER_CONFIG),extra="--config $(TRAINER_CONFIG)";) \
+	fi; \
+	$(if $(INCEPTION_PATH),extra="$$extra --model.init_args.val_inception_path=$(INCEPTION_PATH)";) \
+	set -x; $(PY) -m lightning_modules fit --config $$config $$extra $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
+
+eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (spec §6): TOKENIZER=export|official.pth DATA_ROOT=val dir INCEPTION_PATH VGG_PATH [NUM] [OUT] (NO_FID=1 / NO_LPIPS=1 skip)
+	@[ -n "$(TOKENIZER)" ] || { echo "eval-reconstruction: TOKENIZER is not set (a save_pretrained export folder, or an official .pth with TOKENIZER_KWARGS=G_kwargs.yaml); after the demo (CONFIG=configs/tokenizer/demo.yaml make train-tokenizer): TOKENIZER=outputs/demo/tokenizer/export DATA_ROOT=outputs/demo_data/val NO_FID=1 NO_LPIPS=1" >&2; exit 2; }
+	@[ -n "$(DATA_ROOT)" ] || { echo "eval-reconstruction: DATA_ROOT is not set (folder of validation images, e.g. ImageNet val; all files below it are used); demo: DATA_ROOT=outputs/demo_data/val" >&2; exit 2; }
+	@[ -n "$(INCEPTION_PATH)$(NO_FID)" ] || { echo "eval-reconstruction: INCEPTION_PATH is not set (torch-fidelity weights-inception-2015-12-05-6726825d.pth for rFID/rIS; NO_FID=1 skips them)" >&2; exit 2; }
+	@[ -n "$(VGG_PATH)$(NO_LPIPS)" ] || { echo "eval-reconstruction: VGG_PATH is not set (torchvision vgg16-397923af.pth for LPIPS; NO_LPIPS=1 skips it)" >&2; exit 2; }
+	$(PY) scripts/eval_reconstruction.py --tokenizer "$(TOKENIZER)" --data-root "$(DATA_ROOT)" \
+	  $(if $(NO_FID),,--inception-weights "$(INCEPTION_PATH)") $(if $(NO_LPIPS),,--vgg-weights "$(VGG_PATH)") \
+	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") \
+	  --resolution $(or $(IMAGE_SIZE),256) --batch-size $(or $(BATCH),50) $(if $(NUM),--num-images $(NUM)) \
+	  --device $(or $(DEVICE),auto) $(if $(OUT),--out "$(OUT)") $(EVAL_ARGS)
+
+# ---------------------------------------------------------------- demo (issue 16, docs/demo.md)
+.PHONY: demo
+demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
+	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)

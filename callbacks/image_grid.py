@@ -1,0 +1,104 @@
+"""Reconstruction grids in TensorBoard: input | reconstruction | multi-scale outputs, every N steps.
+
+One row per image: the input, the EMA reconstruction (sampled latent, spec §6), then the decoder's
+progressive outputs (Progressive Resolution Reconstruction, largest first), each upsampled with
+nearest-neighbour to the input size so the coarse scales stay visibly coarse. Images come from a
+fixed held-out batch (the first validation batch, or the first training batch when there is no
+validation data) so that successive grids are comparable.
+
+Works with any LightningModule exposing `reconstruct(images01, generator=..., return_multiscale=True)`
+(-> `DecoderOutput` with `.image` and `.multiscale`) and an `ema` (`vfmvae.utils.ema.EMA`), i.e.
+`lightning_modules.tokenizer.TokenizerModule`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+__all__ = ["ReconstructionGridCallback", "reconstruction_grid"]
+
+
+def reconstruction_grid(images01: torch.Tensor, recon: torch.Tensor, multiscale: dict[int, torch.Tensor] | list) -> torch.Tensor:
+    """`(3, rows*H, cols*W)` float grid in [0, 1]: per row input | reconstruction | scales (largest first)."""
+    if images01.dim() != 4 or images01.shape != recon.shape:
+        raise ValueError(f"reconstruction_grid: input {tuple(images01.shape)} and reconstruction "
+                         f"{tuple(recon.shape)} must be equal (B, 3, H, W) batches")
+    scales = list(multiscale.values()) if isinstance(multiscale, dict) else list(multiscale)
+    size = tuple(images01.shape[-2:])
+    columns = [images01.float(), (recon.float().clamp(-1, 1) + 1) / 2]
+    columns += [(F.interpolate(s.float(), size=size, mode="nearest").clamp(-1, 1) + 1) / 2 for s in scales]
+    tiles = torch.stack(columns, dim=1)  # (B, cols, 3, H, W)
+    b, c, ch, h, w = tiles.shape
+    return tiles.permute(2, 0, 3, 1, 4).reshape(ch, b * h, c * w).cpu()
+
+
+class ReconstructionGridCallback(Callback):
+    """Log a reconstruction grid every `every_n_steps` optimiser steps (and at the end of fit).
+
+    Args:
+        every_n_steps: interval in training steps (iterations); 0 disables the periodic grids.
+        num_images: rows of the grid (taken from the first validation batch).
+        use_ema: reconstruct with the EMA weights (as evaluation does).
+        tag: TensorBoard tag.
+    """
+
+    def __init__(self, every_n_steps: int = 500, num_images: int = 8, use_ema: bool = True,
+                 tag: str = "reconstruction/input|recon|multiscale") -> None:
+        if every_n_steps < 0 or num_images < 1:
+            raise ValueError("every_n_steps must be >= 0 and num_images >= 1")
+        self.every_n_steps = every_n_steps
+        self.num_images = num_images
+        self.use_ema = use_ema
+        self.tag = tag
+        self._images: torch.Tensor | None = None
+        self._last_step = -1
+
+    def _fixed_batch(self, trainer: Trainer, fallback: Any) -> torch.Tensor:
+        if self._images is None:
+            batch = None
+            loaders = trainer.val_dataloaders
+            if loaders is not None:
+                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+                batch = next(iter(loader))
+            batch = batch if batch is not None else fallback
+            images = batch["image"] if isinstance(batch, dict) else batch
+            self._images = images[: self.num_images].detach().cpu()
+        return self._images
+
+    @torch.no_grad()
+    def log_grid(self, trainer: Trainer, pl_module: LightningModule, fallback: Any = None) -> torch.Tensor | None:
+        images = self._fixed_batch(trainer, fallback).to(pl_module.device)
+        images01 = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        gen = torch.Generator(device=pl_module.device).manual_seed(0)
+        ema = getattr(pl_module, "ema", None)
+        swap = self.use_ema and ema is not None and not ema.swapped
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            if swap:
+                ema.swap_in()
+            out = pl_module.reconstruct(images01, generator=gen, return_multiscale=True)
+        finally:
+            if swap:
+                ema.swap_out()
+            pl_module.train(was_training)
+        grid = reconstruction_grid(images01, out.image, out.multiscale)
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_image") and trainer.is_global_zero:
+            experiment.add_image(self.tag, grid, global_step=trainer.global_step)
+        return grid
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step != self._last_step and step % self.every_n_steps == 0:
+            self._last_step = step
+            self.log_grid(trainer, pl_module, fallback=batch)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._images is not None and trainer.global_step != self._last_step:
+            self.log_grid(trainer, pl_module)
