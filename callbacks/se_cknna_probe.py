@@ -79,7 +79,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass(frozen=True)
 class SECKNNAProbeConfig:
-    """What to probe and how often. ``every_n_steps=0`` disables the periodic probe.
+    """What to probe and how often. ``every_n_steps=0`` disables the periodic probe; ``probe_on_fit_start`` also
+    probes when training starts (hook ``on_train_start``; a resumed run probes its restored step unless the
+    checkpoint already holds that probe).
 
     reference_*: the frozen VFM (a `vfmvae.vfm.build_vfm` preset, local weights, field overrides). DINOv2 presets
     use the official DINOv2 extractor (PIL bicubic to ``reference_resolution``, patch-token mean, CLS excluded),
@@ -403,9 +405,10 @@ class SECKNNAProbeCallback(Callback):
             raise ValueError(f"probe latents have shape {tuple(lat.shape[1:])}, the network takes {want}")
 
     # ------------------------------------------------------------------ when
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        step = trainer.global_step
-        if self.config.probe_on_fit_start and not any(h["step"] == step for h in self.history):
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # `probe_on_fit_start` runs here: at `on_fit_start` a resumed run's global_step is not restored yet.
+        # Decided from `_last_step` (restored on every rank), not the rank-0 history: all ranks must agree.
+        if self.config.probe_on_fit_start and self._last_step != trainer.global_step:
             self.probe(trainer, pl_module)
 
     def on_train_batch_end(
