@@ -54,8 +54,8 @@ train-diffusion: install ## Train: MODEL=lightningdit|reg LATENTS=dir TOKENIZER=
 	  [ -n "$(LATENTS)" ] && [ -d "$(LATENTS)" ] || { echo "train-diffusion: LATENTS='$(LATENTS)' must name the latent cache folder (lightning_modules/latent_cache.py); see configs/diffusion/demo.yaml for a run without external files" >&2; exit 2; }; \
 	  [ -n "$(TOKENIZER)" ] || { echo "train-diffusion: TOKENIZER is not set (the tokenizer whose decoder draws the sample grids: a save_pretrained folder, or the official .pth with TOKENIZER_KWARGS=G_kwargs.yaml)" >&2; exit 2; }; \
 	  if [ "$(MODEL)" = reg ] && [ -z "$(DINOV2)" ]; then echo "train-diffusion: DINOV2 is not set (torch.hub dinov2_vitb14 .pth for the REG alignment targets)" >&2; exit 2; fi; \
-	  extra="--data.init_args.config.latent_root=$(LATENTS)"; \
 	fi; \
+	if [ -n "$(LATENTS)" ]; then extra="--data.init_args.config.latent_root=$(LATENTS)"; fi; \
 	[ -f "$$config" ] || { echo "train-diffusion: CONFIG=$$config does not exist" >&2; exit 2; }; \
 	set -x; env $(if $(TOKENIZER),TOKENIZER="$(TOKENIZER)") $(if $(TOKENIZER_KWARGS),TOKENIZER_KWARGS="$(TOKENIZER_KWARGS)") \
 	  $(if $(DINOV2),DINOV2="$(DINOV2)") $(PY) -m lightning_modules fit --config $$config \

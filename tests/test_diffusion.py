@@ -33,6 +33,8 @@ def _instantiate(spec):
 PAPER = {
     "lightningdit_xl1_vfmvae.yaml": dict(params=674_965_856, steps=700_000, clip=None, switch=600_000),
     "reg_sitxl1_vfmvae.yaml": dict(params=684_766_240, steps=800_000, clip=1.0, switch=None),
+    # Beyond the paper: + REPA projector 1152-2048-2048-768 (8,131,328 params, as REG's) on block 8.
+    "lightningdit_xl1_vfmvae_repa.yaml": dict(params=674_965_856 + 8_131_328, steps=700_000, clip=None, switch=600_000),
 }
 
 
@@ -67,6 +69,9 @@ def test_paper_configs_instantiate_on_meta(name, repo_root, monkeypatch):
             0.03,
         )
         assert module.net.config.encoder_depth == 8 and module.net.config.z_dims == (768,)
+    elif name.endswith("_repa.yaml"):
+        assert len(align) == 1 and align[0].proj_weight == 0.5 and align[0].use_cls is None
+        assert module.net.encoder_depth == 8 and cfg["data"]["init_args"]["config"]["return_images"]
     else:
         assert not align  # the paper's LightningDiT run has no representation alignment
 
