@@ -169,6 +169,7 @@ class RankRNGStream:
         self.cpu_state = torch.Generator().manual_seed(self.seed).get_state()
         self.cuda_state: torch.Tensor | None = None
         self._pending: Mapping[str, Any] | None = None
+        self._bound = False
 
     def _reseed(self, seed: int) -> None:
         self.cpu_state = torch.Generator().manual_seed(int(seed)).get_state()
@@ -176,7 +177,7 @@ class RankRNGStream:
 
     def bind(self, rank: int, world_size: int) -> None:
         """Fix this process's rank (call in ``setup``); seeds the stream unless a checkpoint restored it."""
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size, self._bound = int(rank), int(world_size), True
         if self._pending is not None:
             self._apply(self._pending)
             self._pending = None
@@ -212,7 +213,10 @@ class RankRNGStream:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.seed = int(state["seed"])
-        self._pending = state  # applied in bind(), when the rank is known
+        if self._bound:  # Lightning restores after setup(): the rank is known
+            self._apply(state)
+        else:  # applied in bind(), when the rank is known
+            self._pending = state
 
     def _apply(self, state: Mapping[str, Any]) -> None:
         ranks = state["ranks"]
