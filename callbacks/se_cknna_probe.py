@@ -278,7 +278,11 @@ def _resize_hwc(images: torch.Tensor, size: int) -> list[np.ndarray]:
 def _condition_features(
     extractor: Any, images: list[np.ndarray], indices: list[int], conditions: list[str]
 ) -> dict[str, torch.Tensor]:
-    """``{condition: (b, D)}`` with the official per-image transforms of probe positions ``indices`` (§1.2)."""
+    """``{condition: (b, D)}`` with the official per-image transforms of probe positions ``indices`` (§1.2).
+
+    The transform index is the position in the probe set; it equals the official index when the probe folder is
+    the prepared evaluation set (stem-sorted) and ``num_images`` covers all of it.
+    """
     sigma_of = {noise_condition(s): s for s in NOISE_LEVELS}
     out = {}
     for cond in conditions:
