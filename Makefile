@@ -93,10 +93,10 @@ bench: install ## Benchmark throughput/memory/MFU (CPU tiny+small; BENCH_ARGS="-
 evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.npz [INCEPTION=weights.pth] [NUM=50000] [OUT=json]
 	@[ -n "$(SAMPLES)" ] || { echo "evaluate: SAMPLES is not set (an .npz from 'make sample' or a folder of PNGs)" >&2; exit 2; }
 	@[ -n "$(REF)" ] || { echo "evaluate: REF is not set (ADM's VIRTUAL_imagenet256_labeled.npz, or a folder/npz of reference images)" >&2; exit 2; }
-	$(PY) scripts/evaluate.py $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT))
+	$(PY) scripts/evaluate.py $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT)) $(EVAL_ARGS)
 
-se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=1 = tiny random models
-	$(PY) scripts/se_cknna.py $(if $(DEMO),--demo 16 --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
+se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=N = N photos, tiny random models
+	$(PY) scripts/se_cknna.py $(SE_ARGS) $(if $(DEMO),--demo $(if $(filter 1,$(DEMO)),16,$(DEMO)) --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
 
 # ---------------------------------------------------------------- tokenizer (configs/tokenizer/*.yaml, issue 7)
 .PHONY: train-tokenizer eval-reconstruction
