@@ -36,6 +36,7 @@ class BenchCase:
     compile: bool = False  # torch.compile each transformer block (`compile_blocks`)
     activation_checkpointing: bool = False
     fused_optimizer: bool = False  # AdamW(fused=True); otherwise foreach
+    channels_last: bool = False  # tokenizer: decoder, LPIPS, D heads and images in channels-last memory format
     ema: bool = True  # include the EMA update in the training step (it is part of every real step)
     reg_target: str = "cached"  # REG: "cached" DINOv2 targets, or "online" DINOv2-B forward per step
     discriminator: str = "debug"  # tokenizer: projected-D preset ("dino-vits16" at 256 px)
@@ -68,6 +69,7 @@ class BenchCase:
         parts += ["compile"] if self.compile else []
         parts += ["ckpt"] if self.activation_checkpointing else []
         parts += ["fused"] if self.fused_optimizer else []
+        parts += ["channels-last"] if self.channels_last else []
         parts += (
             ["online-target"]
             if self.kind == "dit_train" and self.family == "reg" and self.reg_target == "online"
@@ -162,6 +164,19 @@ def _gpu_extra_suite() -> list[BenchCase]:
     return [
         ldit.replace(name="LightningDiT-XL/1 compiled ckpt", compile=True, activation_checkpointing=True, warmup=4),
         ldit.replace(name="LightningDiT-XL/1 fp32", dtype="fp32", iters=5),
+        BenchCase(
+            "Tokenizer 256px (stage 0) channels-last",
+            "tokenizer_train",
+            preset="vfmvae-f16d32-siglip2",
+            batch_size=8,
+            dtype="bf16",
+            discriminator="dino-vits16",
+            loss_preset="stage0",
+            fused_optimizer=True,
+            channels_last=True,
+            warmup=2,
+            iters=5,
+        ),
         BenchCase(
             "REG SiT-XL/1 online DINOv2",
             "dit_train",

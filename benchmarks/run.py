@@ -151,6 +151,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile blocks")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="tokenizer only")
     p.add_argument("--batch-size", type=int, help="override every case's batch size")
     p.add_argument("--warmup", type=int, help="override warm-up steps")
     p.add_argument("--iters", type=int, help="override timed steps")
@@ -172,7 +173,16 @@ def select_cases(args: argparse.Namespace) -> list[BenchCase]:
         cases = [c for c in cases if c.kind in args.kind]
     overrides = {
         k: getattr(args, k)
-        for k in ("dtype", "compile", "activation_checkpointing", "fused_optimizer", "batch_size", "warmup", "iters")
+        for k in (
+            "dtype",
+            "compile",
+            "activation_checkpointing",
+            "fused_optimizer",
+            "channels_last",
+            "batch_size",
+            "warmup",
+            "iters",
+        )
         if getattr(args, k) is not None
     }
     if not cases:

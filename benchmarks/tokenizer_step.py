@@ -50,12 +50,20 @@ def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
     if case.activation_checkpointing or case.compile:
         raise ValueError("tokenizer benchmark: compile / activation checkpointing are not wired for the tokenizer")
 
+    if case.channels_last:  # the decoder is convolution-bound: NHWC kernels on tensor cores
+        for module in (model.decoder, lpips, disc.heads):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+
     gen = torch.Generator().manual_seed(0)
     side = cfg.img_resolution
     images = (
         torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device).float()
         / 255.0
     )
+
+    if case.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
 
     def step():
         for p in d_params:
