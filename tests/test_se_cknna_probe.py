@@ -301,3 +301,39 @@ def test_block_selection():
 
     assert _select_blocks(28, 4) == [0, 9, 18, 27] and _select_blocks(28, None) == list(range(28))
     assert _select_blocks(3, 8) == [0, 1, 2] and _select_blocks(28, 2) == [0, 27]
+
+
+@pytest.mark.slow
+def test_probe_on_the_tokenizer_module_uses_its_ema(tmp_path):
+    """The real `TokenizerModule` (debug stage 0): the probe finds `tokenizer` and the module's `ema`, and logs the
+    SE-CKNNA of the EMA weights."""
+    from lightning_modules.tokenizer import TokenizerModule
+
+    folder = tmp_path / "probe_images"
+    _write_pngs(folder, 6, 256)
+    torch.manual_seed(0)
+    module = TokenizerModule(
+        stage=0, tokenizer="debug", vfm_config={"compute_dtype": "float32"}, loss_overrides={"lpips": 0.0},
+        equivariance="debug", discriminator="debug", global_batch_size=2, lr=1e-2, ema_halflife_nimg=4.0,
+        ema_rampup=None, seed=0,  # no ramp-up: the EMA must differ from the raw weights after 2 steps
+    )  # fmt: skip
+    probe = SECKNNAProbeCallback("debug", overrides={
+        "source": "image_folder", "root": str(folder), "image_size": 256, "conditions": ["clean"],
+        "every_n_steps": 2, "use_posterior_sample": False})  # fmt: skip
+    data = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "label": 0, "key": f"k{i}"}
+            for i in range(4)]  # fmt: skip
+    trainer = _trainer(tmp_path, [probe], max_steps=2, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=2))
+    assert [h["step"] for h in probe.history] == [2] and not module.ema.swapped
+
+    paths = list_images(folder)
+    ref = extract_condition_features(
+        DINOv2SEExtractor(lambda x: probe.vfm(x, [-1])[0], resolution=56, patch_size=14), paths, ["clean"]
+    )
+    module.tokenizer.eval()
+    with module.ema.swap():
+        ema_feats = extract_condition_features(TokenizerSEExtractor(module.tokenizer.encode, use_sample=False), paths)
+    raw_feats = extract_condition_features(TokenizerSEExtractor(module.tokenizer.encode, use_sample=False), paths)
+    expected = cknna(ema_feats["clean"], ref["clean"], topk=3)
+    assert probe.history[-1]["scores"]["clean"] == pytest.approx(expected, abs=1e-5)
+    assert not torch.allclose(ema_feats["clean"], raw_feats["clean"])  # the EMA really differs from the raw weights
