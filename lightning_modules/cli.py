@@ -3,42 +3,295 @@
 One complete YAML per run (`configs/tokenizer/stage*.yaml`, `configs/diffusion/*.yaml`); trainer and
 strategy YAMLs stack on top with a second `--config` (e.g. `--config configs/trainer/cpu.yaml`). The
 resolved config is written next to the logs (`<log_dir>/config.yaml`) so a run can be repeated exactly.
+
+Additions over `LightningCLI` (issue 14):
+
+* a ``checkpoint:`` section (:class:`CheckpointPolicy`) that the trainer YAMLs set, so the policy
+  stacks on any run: keep the last K periodic checkpoints (atomic writes), and a "best" checkpoint
+  only when a validation metric is named;
+* configuration mistakes end with one line naming the key or path: unknown keys (with a close match),
+  wrong types, files/folders that do not exist, and a latent cache that does not fit the model
+  (:class:`ConfigError`, exit status 2 from :func:`main`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import inspect
 import os
+import re
 import sys
+from collections.abc import Iterator
+from typing import Any, Literal
 
 # Hub access is off unless the user turns it on; it must be set before transformers/timm import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the config key (or path) at fault."""
+
+
+@dataclasses.dataclass
+class CheckpointPolicy:
+    """``checkpoint:`` section of the config (set by `configs/trainer/*.yaml`).
+
+    Attributes:
+        keep_last: keep the newest K periodic checkpoints (``-1`` = all); ``None`` = leave the run
+            config's own checkpoint callbacks unchanged. When set, the run's periodic (unmonitored)
+            ``ModelCheckpoint`` callbacks are replaced by one atomic checkpoint callback; their
+            ``every_n_train_steps`` and ``dirpath`` are kept unless given here.
+        every_n_train_steps: checkpoint cadence in optimiser steps (``None`` = the run's own).
+        best_metric: a logged validation metric (e.g. ``val/psnr``); adds a "best" checkpoint. Never
+            implied: a run without validation metrics has no "best".
+        best_mode: ``min`` or ``max`` for ``best_metric``; keep_best: how many best to keep.
+        save_last: also write ``last.ckpt`` (what ``--ckpt_path last`` resumes).
+        dirpath: checkpoint folder (``None`` = the run's, else ``<log_dir>/checkpoints``).
+    """
+
+    keep_last: int | None = None
+    every_n_train_steps: int | None = None
+    best_metric: str | None = None
+    best_mode: Literal["min", "max"] = "min"
+    keep_best: int = 1
+    save_last: bool = True
+    dirpath: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_last is not None and (self.keep_last == 0 or self.keep_last < -1):
+            raise ConfigError(f"checkpoint.keep_last must be -1 (all) or >= 1, got {self.keep_last}")
+        if self.every_n_train_steps is not None and self.every_n_train_steps < 1:
+            raise ConfigError(f"checkpoint.every_n_train_steps must be >= 1, got {self.every_n_train_steps}")
+        if self.keep_best < 1:
+            raise ConfigError(f"checkpoint.keep_best must be >= 1, got {self.keep_best}")
+
+    @property
+    def active(self) -> bool:
+        return self.keep_last is not None or self.best_metric is not None
+
+
+def apply_checkpoint_policy(
+    trainer: Trainer, policy: CheckpointPolicy, enable_checkpointing: bool | None = True
+) -> list[ModelCheckpoint]:
+    """Replace/add the trainer's checkpoint callbacks according to ``policy``; returns the new ones."""
+    from callbacks.atomic_checkpoint import AtomicModelCheckpoint
+
+    if not policy.active:
+        return []
+    existing = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    if enable_checkpointing is False:
+        raise ConfigError("checkpoint: a checkpoint policy is set but trainer.enable_checkpointing is false")
+    periodic = [cb for cb in existing if cb.monitor is None]
+    added: list[ModelCheckpoint] = []
+    dirpath = policy.dirpath or next((cb.dirpath for cb in periodic if cb.dirpath), None)
+    if policy.keep_last is not None:
+        every = policy.every_n_train_steps or next(
+            (cb._every_n_train_steps for cb in periodic if cb._every_n_train_steps), None
+        )
+        trainer.callbacks = [cb for cb in trainer.callbacks if cb not in periodic]
+        # monitor="step", mode="max": top-k by step = the newest k (the policy's "keep last K").
+        added.append(
+            AtomicModelCheckpoint(
+                dirpath=dirpath,
+                filename="{step:09d}",
+                every_n_train_steps=every,
+                save_top_k=policy.keep_last,
+                monitor="step",
+                mode="max",
+                save_last=policy.save_last,
+            )
+        )
+    if policy.best_metric is not None:
+        added.append(
+            AtomicModelCheckpoint(
+                dirpath=dirpath,
+                filename="best-{step:09d}",
+                monitor=policy.best_metric,
+                mode=policy.best_mode,
+                save_top_k=policy.keep_best,
+                save_last=False,
+            )
+        )
+    trainer.callbacks = list(trainer.callbacks) + added  # checkpoint callbacks run last
+    return added
+
+
+# ---------------------------------------------------------------------- error messages
+_TYPE_NAMES = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>")
+
+
+def _accepted_names(class_path: str | None) -> list[str]:
+    """Init argument names (or dataclass fields) of ``class_path``, for "did you mean"."""
+    if not class_path:
+        return []
+    try:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
+def _is_dataclass_path(class_path: str) -> bool:
+    try:
+        module, name = class_path.rsplit(".", 1)
+        return dataclasses.is_dataclass(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):
+        return False
+
+
+def explain_parse_error(message: str) -> str | None:
+    """One line naming the key of a jsonargparse error (unknown key / wrong type), or None."""
+    path: list[str] = []
+    class_path: str | None = None
+    for raw in message.splitlines():
+        line = raw.strip().lstrip("- ").strip()
+        if m := re.match(r'Parser key "([^"]+)":', line):
+            path.append(m.group(1))
+        elif m := re.match(r"Problem with given class_path '([^']+)':", line):
+            class_path = m.group(1)
+            if not _is_dataclass_path(class_path):
+                path.append("init_args")
+        elif m := re.match(r"Option '([^']+)' is not accepted", line) or re.match(
+            r"Key '([^']+)' is not expected", line
+        ):
+            return _unknown(path, m.group(1), class_path)
+        elif m := re.match(r"Group '([^']+)' does not accept option '([^']+)'", line):
+            return _unknown([m.group(1)], m.group(2), None)
+        elif m := re.match(r"Expected a (.+?)\. Got value: (.*)", line):
+            if "NoneType" in m.group(1) and len(path) <= 1:
+                continue  # the "or null" alternative of a Union, not the real error
+            expected = _TYPE_NAMES.sub(r"\1", m.group(1))
+            return f"config error: wrong type for '{'.'.join(path)}': expected {expected}, got {m.group(2)!r}"
+    return None
+
+
+def _unknown(path: list[str], key: str, class_path: str | None) -> str:
+    full = ".".join([*path, key])
+    where = f" ({class_path} has no argument '{key.split('.')[-1]}')" if class_path else ""
+    close = difflib.get_close_matches(key.split(".")[-1], _accepted_names(class_path), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"config error: unknown key '{full}'{where}{hint}"
+
+
+def _config_items(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs of a (namespace / dict / list) config."""
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    if isinstance(config, dict):
+        for k, v in config.items():
+            yield from _config_items(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            yield from _config_items(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, config
+
+
+def keys_mentioned(config: Any, message: str) -> list[str]:
+    """Config keys whose (path-like) string value appears in ``message``."""
+    keys = []
+    for key, value in _config_items(config):
+        if isinstance(value, str) and len(value) > 1 and ("/" in value or os.sep in value) and value in message:
+            keys.append(key)
+    return keys
+
+
+def attribute_error(config: Any, err: BaseException, doing: str) -> ConfigError | None:
+    """A :class:`ConfigError` naming the config key(s) behind ``err``, or None if none is found."""
+    message = str(err)
+    keys = keys_mentioned(config, message)
+    if keys:
+        return ConfigError(f"config error at {', '.join(keys)}: {message}")
+    if "latent" in message and ("shape" in message or "tokenizer" in message):
+        return ConfigError(
+            "config error: the tokenizer that wrote the latent cache (data: latent_root / the cache manifest) "
+            f"does not match the model (model.init_args.network_overrides: in_channels / input_size): {message}"
+        )
+    if isinstance(err, FileNotFoundError):
+        return ConfigError(f"config error while {doing}: {message}")
+    return None
+
+
 class VFMVAECLI(LightningCLI):
-    """LightningCLI with the project's defaults.
+    """LightningCLI with the project's defaults (see the module docstring).
 
     Models and data modules are given as `class_path`/`init_args` in the YAML (subclass mode), so a
     single entry point serves the tokenizer, latent caching and the diffusion runs.
     """
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: D401 - LightningCLI hook
-        # Hook for argument linking; modules that expose matching attributes link here.
-        pass
+        parser.add_class_arguments(CheckpointPolicy, "checkpoint", instantiate=True)
+
+    def parse_arguments(self, parser, args) -> None:
+        from jsonargparse import ArgumentError
+
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            explained = explain_parse_error(str(err))
+            raise ConfigError(explained or f"config error: {err}") from err
+
+    def _subcommand_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            wrapped = attribute_error(self._subcommand_config(), err, "building the model, data and trainer")
+            if wrapped is None:
+                raise
+            raise wrapped from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        policy = config.get("checkpoint")
+        if isinstance(policy, CheckpointPolicy):
+            apply_checkpoint_policy(trainer, policy, config.get("trainer.enable_checkpointing"))
+        return trainer
+
+    def fit(self, model: LightningModule, **kwargs: Any) -> None:
+        """``trainer.fit`` with configuration mistakes found during setup reported by config key."""
+        try:
+            self.trainer.fit(model, **kwargs)
+        except (FileNotFoundError, ValueError) as err:
+            if isinstance(err, ConfigError) or self.trainer.global_step > 0:
+                raise  # a failure during training is not a configuration mistake
+            wrapped = attribute_error(self._subcommand_config(), err, "setting up the run")
+            if wrapped is None:
+                raise
+            raise wrapped from err
 
 
 def main(args: list[str] | None = None) -> VFMVAECLI:
-    """Entry point of `python -m lightning_modules` and of the `vfmvae` console script."""
-    return VFMVAECLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args if args is not None else sys.argv[1:],
-        auto_configure_optimizers=False,
-    )
+    """Entry point of `python -m lightning_modules` and of the `vfmvae` console script.
 
+    A :class:`ConfigError` is printed as one line (``config error: ...``) and exits with status 2.
+    """
+    try:
+        return VFMVAECLI(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+            args=args,  # None = sys.argv[1:]
+            auto_configure_optimizers=False,
+        )
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(2) from err
