@@ -9,7 +9,8 @@ import yaml
 
 
 @pytest.mark.slow
-def test_demo_config_through_the_cli(tmp_path, monkeypatch, repo_root):
+@pytest.mark.parametrize("config", ["demo.yaml", "demo_reg.yaml"])
+def test_demo_config_through_the_cli(config, tmp_path, monkeypatch, repo_root):
     from lightning_modules.cli import main
 
     monkeypatch.chdir(repo_root)
@@ -18,7 +19,7 @@ def test_demo_config_through_the_cli(tmp_path, monkeypatch, repo_root):
         [
             "fit",
             "--config",
-            "configs/diffusion/demo.yaml",
+            f"configs/diffusion/{config}",
             "--trainer.max_steps=4",
             "--trainer.log_every_n_steps=1",
             f"--trainer.logger.init_args.save_dir={tmp_path / 'tb'}",
