@@ -70,6 +70,7 @@ from vfmvae.tokenizer.discriminators import (
 from vfmvae.tokenizer.reconstruction_metrics import ReconstructionMetrics, to_uint8
 from vfmvae.utils.ema import EMA, EMAConfig
 from vfmvae.utils.guard import NonFiniteGuard
+from vfmvae.vfm import build_vfm
 
 log = logging.getLogger(__name__)
 STATE_KEY = "tokenizer_training"
@@ -138,13 +139,15 @@ class TokenizerModule(LightningModule):
         self.loss_config = self._loss_config(loss_overrides, equivariance)
         cfg = get_config(tokenizer, **(tokenizer_overrides or {}))
         cfg = replace(cfg, use_vf_projection=self.spec.uses_vf_projection and self.loss_config.vf_base > 0)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # random frozen networks (tests/demo) are identical in every run
-            self.tokenizer = VFMVAE(cfg, vfm_pretrained=vfm_pretrained, vfm_config=vfm_config)
-            self.projected_d = self._build_projected_d(discriminator, dino_pretrained)
-            self.patchgan = MultiScalePatchGAN(PATCHGAN_PRESETS[patchgan]) if self._uses_patchgan else None
-            self.lpips = LPIPS(vgg_path, random_backbone=lpips_random_backbone) if (
-                self.loss_config.lpips > 0 or vgg_path or lpips_random_backbone) else None
+        # Each network is built from its own seed, so a random frozen network (tests, demo) is the
+        # same in every run and every stage, whatever else the stage builds.
+        self.tokenizer = _seeded(seed, lambda: VFMVAE(cfg, vfm=_seeded(seed, lambda: build_vfm(
+            cfg.vfm_name, pretrained=vfm_pretrained, config=vfm_config))))
+        self.projected_d = _seeded(seed + 1, lambda: self._build_projected_d(discriminator, dino_pretrained))
+        self.patchgan = _seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[patchgan])) if (
+            self._uses_patchgan) else None
+        self.lpips = _seeded(seed + 3, lambda: LPIPS(vgg_path, random_backbone=lpips_random_backbone)) if (
+            self.loss_config.lpips > 0 or vgg_path or lpips_random_backbone) else None
         self.tokenizer.vfm_pretrained = vfm_pretrained  # recorded by save_pretrained
         self.g_modules = {f"tokenizer.{k}": m for k, m in set_trainable(self.tokenizer, self.stage).items()}
         self.objective = TokenizerObjective(self.loss_config, cfg.img_resolution, lpips=self.lpips,
@@ -456,6 +459,13 @@ class TokenizerModule(LightningModule):
         self.objective.load_state_dict_extra(extra["objective"])
         self.rng.load_state_dict(extra["rng"])
         self.initial_val, self.val_history = extra.get("initial_val"), list(extra.get("val_history", []))
+
+
+def _seeded(seed: int, build):
+    """`build()` under a private RNG seeded with `seed` (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def _fmt(metrics: dict[str, float] | None) -> str:
