@@ -215,3 +215,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
         for i in sa:
             for key in sa[i]:
                 assert torch.equal(sa[i][key], sb[i][key]), f"optimizer state {i}.{key} differs after resume"
+
+
+def test_reconstruction_grid_layout():
+    from callbacks.image_grid import reconstruction_grid
+
+    images = torch.rand(2, 3, 8, 8)
+    recon = images * 2 - 1  # a perfect reconstruction in [-1, 1]
+    multiscale = {4: torch.full((2, 3, 4, 4), 1.0), 2: torch.full((2, 3, 2, 2), -1.0)}
+    grid = reconstruction_grid(images, recon, multiscale)
+    assert grid.shape == (3, 2 * 8, 4 * 8)  # rows = images; columns = input | recon | 2 scales
+    torch.testing.assert_close(grid[:, 8:16, 0:8], images[1])
+    torch.testing.assert_close(grid[:, 0:8, 8:16], images[0])
+    assert torch.all(grid[:, :, 16:24] == 1.0) and torch.all(grid[:, :, 24:32] == 0.0)
+    with pytest.raises(ValueError, match="must be equal"):
+        reconstruction_grid(images, recon[:1], multiscale)
