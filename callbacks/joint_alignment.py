@@ -198,6 +198,7 @@ class JointAlignmentCallback(Callback):
             "start_step": self.start_step,
             "end_step": self.end_step,
             "vfm": self.vfm_name,
+            "vfm_pretrained": None if self.vfm_pretrained is None else str(self.vfm_pretrained),
             "image_size": self.image_size,
             "proj_weight": self.proj_weight,
             "cls_weight": self.cls_weight,
