@@ -112,7 +112,16 @@ class VFMVAE(nn.Module):
             images = images.float() / 255.0  # loaders yield uint8; the model takes [0, 1]
         elif not images.is_floating_point():
             raise TypeError(f"VFMVAE.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
-        lo, hi = (0.0, 1.0) if images.device.type == "meta" else (t.item() for t in torch.aminmax(images))
+        if images.device.type == "meta":
+            lo, hi = 0.0, 1.0
+        elif images.device.type != "cpu":
+            # On an accelerator a host-side check would sync every G/D phase and caching batch: assert on the
+            # device instead (asynchronous; a violation surfaces as a device-side assertion).
+            lo_t, hi_t = torch.aminmax(images)
+            torch._assert_async((lo_t >= -1e-3) & (hi_t <= 1 + 1e-3), "VFMVAE.encode: images must be in [0, 1]")
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = (t.item() for t in torch.aminmax(images))
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"VFMVAE.encode: images must be in [0, 1] (got range [{lo:.3f}, {hi:.3f}]); "
                              f"map [-1, 1] images with (x + 1) / 2")

@@ -111,6 +111,8 @@ class ClassifierFreeGuidance:
         if len(self.scales) > 1 and len(self.scales) != len(parts):
             raise ValueError(f"{len(self.scales)} guidance scales for a state of {len(parts)} components")
         mask = self.active(t)
+        # One host sync per network call, on purpose: outside the interval it halves the compute
+        # (a step of an XL model costs far more than the sync).
         if not bool(mask.any()):
             # No entry guided: the conditional branch alone (what both official samplers return).
             return self.velocity_fn(state, t, y)
