@@ -153,6 +153,7 @@ def explain_parse_error(message: str) -> str | None:
     """One line naming the key of a jsonargparse error (unknown key / wrong type), or None."""
     path: list[str] = []
     class_path: str | None = None
+    expected: list[str] = []
     for raw in message.splitlines():
         line = raw.strip().lstrip("- ").strip()
         if m := re.match(r'Parser key "([^"]+)":', line):
@@ -167,12 +168,21 @@ def explain_parse_error(message: str) -> str | None:
             return _unknown(path, m.group(1), class_path)
         elif m := re.match(r"Group '([^']+)' does not accept option '([^']+)'", line):
             return _unknown([m.group(1)], m.group(2), None)
-        elif m := re.match(r"Expected a (.+?)\. Got value: (.*)", line):
-            if "NoneType" in m.group(1) and len(path) <= 1:
-                continue  # the "or null" alternative of a Union, not the real error
-            expected = _TYPE_NAMES.sub(r"\1", m.group(1))
-            return f"config error: wrong type for '{'.'.join(path)}': expected {expected}, got {m.group(2)!r}"
+        elif m := re.match(r"Expected a (<class '[^']+'>)(?:\. Got value: (.*))?", line):
+            expected_type = _TYPE_NAMES.sub(r"\1", m.group(1))
+            if expected_type != "NoneType":  # the "or null" alternative of a Union is not the error
+                expected.append(expected_type)
+                if m.group(2) is not None:
+                    return _wrong_type(path, expected, m.group(2))
+        elif (m := re.match(r"Given value: (.*)", line)) and expected:
+            return _wrong_type(path, expected, m.group(1))
+        elif m := re.match(r"unrecognized arguments: --([^\s=]+)", line):
+            return _unknown([], m.group(1), None)
     return None
+
+
+def _wrong_type(path: list[str], expected: list[str], value: str) -> str:
+    return f"config error: wrong type for '{'.'.join(path)}': expected {' or '.join(expected)}, got {value!r}"
 
 
 def _unknown(path: list[str], key: str, class_path: str | None) -> str:
@@ -199,11 +209,12 @@ def _config_items(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def keys_mentioned(config: Any, message: str) -> list[str]:
     """Config keys whose (path-like) string value appears in ``message``."""
-    keys = []
+    found = {}
     for key, value in _config_items(config):
         if isinstance(value, str) and len(value) > 1 and ("/" in value or os.sep in value) and value in message:
-            keys.append(key)
-    return keys
+            found[key] = value
+    # A folder that merely contains the path at fault (e.g. default_root_dir) is not the culprit.
+    return [k for k, v in found.items() if not any(v != w and w.startswith(v) for w in found.values())]
 
 
 def attribute_error(config: Any, err: BaseException, doing: str) -> ConfigError | None:
