@@ -358,6 +358,11 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._split("train").dataset
 
     @property
+    def latent_dataset(self) -> LatentDataset:
+        """The train split's `LatentDataset` (manifest, normaliser) in the latents mode."""
+        return self._latent_train()
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """`(C, h, w)` of the cached latents (link it to the model's input shape)."""
         return self._latent_train().latent_shape

@@ -368,12 +368,11 @@ def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
 
 
 def _find_latent_dataset(dm: Any) -> Any:
-    for name in ("latent_dataset", "train_dataset", "dataset"):
-        ds = getattr(dm, name, None)
-        if ds is not None and hasattr(ds, "manifest"):
-            return ds
-    for split in getattr(dm, "_splits", {}).values():  # ImageNetDataModule keeps its datasets per split
-        ds = getattr(split, "dataset", None)
+    for name in ("latent_dataset", "dataset"):
+        try:
+            ds = getattr(dm, name, None)
+        except AttributeError:  # ImageNetDataModule in the images mode
+            continue
         if ds is not None and hasattr(ds, "manifest"):
             return ds
     return None

@@ -248,6 +248,9 @@ def test_imagenet_datamodule_latents_mode(cache):
     dm = ImageNetDataModule(cfg)
     dm.setup("fit")
     assert dm.latent_shape == (4, 4, 4) and dm.num_classes == 1000
+    from lightning_modules.diffusion import _data_provenance
+
+    assert _data_provenance(dm)["tokenizer"]["weights_sha256"] == "abc"  # provenance flows to the DiT checkpoint
     loader = dm.train_dataloader()
     batch = next(iter(loader))
     assert batch["latent"].shape == (4, 4, 4, 4) and batch["latent"].dtype == torch.float32
