@@ -20,13 +20,13 @@ import logging
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, default_collate
+from lightning.pytorch import LightningDataModule, Trainer
+from torch.utils.data import DataLoader
 
 from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
 from datamodules.latent_dataset import LatentDataset
-from datamodules.latent_shards import MANIFEST, write_shard
-from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, ShardImages, finalize_cache
+from datamodules.latent_shards import MANIFEST
+from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter
 from vfmvae.provenance import state_dict_sha256
 
 log = logging.getLogger(__name__)
@@ -56,33 +56,16 @@ def build_demo_latent_cache(
     else:
         model = VFMVAE.from_pretrained(tokenizer)
     model = model.float().eval()
-    cache = LatentCacheDataModule(
-        str(root / "images"), str(out), image_size=resolution, shard_size=64, batch_size=16, num_workers=0
-    )
-    cache.setup()
-    encoder = LatentCacheModule(model)
-    for k in range(cache.num_shards):
-        images = ShardImages(cache.source, [k], cache.shard_size, resolution)
-        rows = [
-            encoder.predict_step(default_collate([images[j] for j in range(i, min(i + 16, len(images)))]), 0)
-            for i in range(0, len(images), 16)
-        ]
-        tensors = {
-            n: torch.cat([r[n] for r in rows]) for n in ("mean", "logvar", "mean_flip", "logvar_flip", "image", "label")
-        }
-        write_shard(out, k, tensors, [key for r in rows for key in r["key"]])
-    provenance = {
-        "tokenizer": {
-            # The rule of scripts/cache_latents.py: an export's own hash, else everything but the VFM.
-            "weights_sha256": (getattr(model, "export_record", None) or {}).get("weights_sha256")
-            or state_dict_sha256({k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")}),
-            "preset": tokenizer_preset,
-            "path": tokenizer,
-            "random_weights": tokenizer is None,
-        },
-        "num_classes": 1000,
-    }
-    finalize_cache(cache, True, 10_000, seed, provenance)
+    # The production caching path (Lightning predict + shard writer), on one CPU process.
+    cache = LatentCacheDataModule(str(root / "images"), str(out), image_size=resolution, shard_size=64,
+                                  batch_size=16, num_workers=0)
+    provenance = {"tokenizer": {"weights_sha256": state_dict_sha256(model), "preset": tokenizer_preset,
+                                "path": tokenizer, "random_weights": tokenizer is None},
+                  "num_classes": 1000}
+    writer = LatentShardWriter(store_images=True, stats_samples=10_000, seed=seed, provenance=provenance)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[writer], precision="32-true")
+    trainer.predict(LatentCacheModule(model), datamodule=cache, return_predictions=False)
     log.info("demo latent cache written to %s", out)
     return out
 
