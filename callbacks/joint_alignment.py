@@ -115,7 +115,7 @@ class JointAlignmentCallback(Callback):
         self._check_shapes(pl_module)
 
     def _check_shapes(self, pl_module: LightningModule) -> None:
-        from lightning_modules.diffusion_networks import alignment_dim_of, token_grid_of
+        from vfmvae.dit.networks import alignment_dim_of, token_grid_of
 
         net = pl_module.net
         patch = int(self.vfm.patch_size)

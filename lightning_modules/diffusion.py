@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from lightning_modules.diffusion_networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
+from vfmvae.dit.networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
 from lightning_modules.parallel import RankRNGStream, shard_diffusion_network
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.transport import (

@@ -10,9 +10,6 @@ network here, so a training checkpoint and a sampling run agree on the architect
   sub-module of the network, so EMA, FSDP wrapping and checkpoints include it; its keys
   (``projectors.*``) are extra, so the plain LightningDiT keys stay loadable as they are.
 * ``family="reg"``: `vfmvae.dit.SiTREG` (t = 1 is noise), projector after ``encoder_depth``.
-
-Owner's note: the projector wrapper would sit better in `vfmvae/dit/`; it lives here because that
-package belongs to another engineer.
 """
 
 from __future__ import annotations
