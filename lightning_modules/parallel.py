@@ -327,6 +327,16 @@ class FSDP2Strategy(_strategy_base()):
             self._data_parallel_size = world // int(self._tensor_parallel_size)
         super().setup_environment()
 
+    def setup(self, trainer: Any) -> None:
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        module = self.lightning_module
+        if not is_overridden("configure_model", module):
+            # Lightning's own message asks the user to write a sharding plan; for the project's modules
+            # this means "this module is DDP-only" (TokenizerModule), so say that.
+            refuse_sharded_strategy(trainer, type(module).__name__, "it has no FSDP sharding plan (configure_model)")
+        super().setup(trainer)
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
         # Every rank calls this: gather the callbacks' DTensor shards (EMA) so rank 0 writes them whole.
