@@ -357,7 +357,8 @@ def phase_reg(demo: Demo) -> dict:
         probe["overrides"].update(root=str(demo.path("latents")), every_n_steps=s.probe_every,
                                   num_images=s.probe_images, topk=s.probe_topk)
         grid = _callback(c, "SampleGridCallback")["init_args"]
-        grid.update(tokenizer=str(demo.path("tokenizer", "export")), every_n_steps=s.probe_every)
+        grid.update(tokenizer=str(demo.path("tokenizer", "export")), every_n_steps=s.probe_every,
+                    latent_stats=str(demo.path("latents", "latents_stats.pt")))
         c["model"]["init_args"].update(global_batch_size=s.reg_batch, lr=s.reg_lr)
         c["data"]["init_args"]["config"].update(latent_root=str(demo.path("latents")), batch_size=s.reg_batch)
 
@@ -407,6 +408,7 @@ def phase_sample(demo: Demo) -> dict:
     for seed in range(s.sample_seeds):
         out = demo.path("samples", f"seed{seed}")
         npz = run_script(sample_main, "scripts/sample.py", ["--ckpt", ckpt, "--tokenizer", str(demo.path("tokenizer", "export")), "--out", str(out),
+                           "--latent-stats", str(demo.path("latents", "latents_stats.pt")),
                            "--num-images", str(NUM_CLASSES), "--chunk-size", str(NUM_CLASSES),
                            "--batch-size", str(NUM_CLASSES), "--label-mode", "balanced", "--seed", str(seed),
                            "--num-steps", str(s.sample_steps), "--cfg-scale", str(s.cfg_scale),
@@ -548,8 +550,9 @@ def phase_evaluate(demo: Demo) -> dict:
                            "would not be the same tokenizer before training (TokenizerModule seeding changed?)")
     after, fake_after = reconstruction_metrics(trained, held_out)
     before, fake_before = reconstruction_metrics(untrained, held_out)
-    rows = min(8, len(held_out))
-    tiles = np.stack([held_out[:rows], fake_before[:rows], fake_after[:rows]], axis=1)  # row = image
+    # One row per class (held-out images are in class order, equally many per class): image | untrained | trained.
+    rows = np.arange(0, len(held_out), max(1, len(held_out) // NUM_CLASSES))[:NUM_CLASSES]
+    tiles = np.stack([held_out[rows], fake_before[rows], fake_after[rows]], axis=1)
     _save_png(image_grid(tiles), demo.path("reconstructions.png"))
 
     # Demo FID: samples vs the held-out split (ADM crop, as generation references) in a tiny random feature space.
