@@ -296,8 +296,7 @@ class FSDP2Strategy(_strategy_base()):
             data-parallel replica and the network is sharded over all of them.
         tensor_parallel_size: ``"auto"`` = 1 (the DiT has no tensor-parallel plan).
         save_distributed_checkpoint: ``True`` = a checkpoint folder with one shard file per rank
-            (scales to any model; `python -m lightning.pytorch.utilities.consolidate_checkpoint`
-            makes a single file); ``False`` = one full file assembled on rank 0.
+            (scales to any model; :func:`consolidate_checkpoint` makes a single file); ``False`` = one full file assembled on rank 0.
         process_group_backend: ``None`` = nccl on GPU, gloo on CPU.
     """
 
@@ -369,6 +368,35 @@ class FSDP2Strategy(_strategy_base()):
         return checkpoint
 
 
+def consolidate_checkpoint(folder: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """One ``.ckpt`` file from an FSDP2 checkpoint folder (single process, no GPU needed).
+
+    The file has the layout of a DDP Lightning checkpoint (``state_dict`` with full tensors, the
+    callbacks' states incl. the full EMA, hyper-parameters, the modules' extras) minus the optimiser
+    states, which DCP keys by parameter name: it is for sampling, export and fine-tuning starts;
+    resume a run from the folder itself. ``python -m lightning_modules.parallel FOLDER OUTPUT``.
+    (Lightning's ``consolidate_checkpoint`` utility expects the FSDP1 layout and fails here.)
+    """
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from vfmvae.utils.checkpoint_io import atomic_save
+
+    folder, output = Path(folder), Path(output)
+    meta_path = folder / "meta.pt"
+    if not folder.is_dir() or not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} is not an FSDP2 checkpoint folder (no meta.pt inside)")
+    flat = output.with_name(output.name + ".dcp.tmp")
+    try:
+        dcp_to_torch_save(folder, flat)
+        sharded = torch.load(flat, map_location="cpu", weights_only=False)
+    finally:
+        flat.unlink(missing_ok=True)
+    checkpoint = torch.load(meta_path, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = sharded["state_dict"]
+    atomic_save(checkpoint, output)
+    return output
+
+
 def _replace_path(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; an existing ``dst`` (file or folder) is removed only after the move."""
     old = None
@@ -386,6 +414,7 @@ __all__ = [
     "FSDP2Strategy",
     "RankRNGStream",
     "apply_fsdp2",
+    "consolidate_checkpoint",
     "data_parallel_mesh",
     "dit_block_classes",
     "is_sharded",
@@ -393,3 +422,11 @@ __all__ = [
     "reshard_like_parameters",
     "shard_diffusion_network",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m lightning_modules.parallel CHECKPOINT_FOLDER OUTPUT.ckpt")
+    print(consolidate_checkpoint(sys.argv[1], sys.argv[2]))

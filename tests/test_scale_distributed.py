@@ -161,6 +161,8 @@ def _diffusion_worker(rank: int, tmp: Path, cache: str) -> None:
     for p_a, p_b in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(_full(opt_a.state[p_a][key]), _full(opt_b.state[p_b][key])), key
+    if rank == 0:
+        torch.save({"weights": fsdp["weights"], "ema": fsdp["ema"]}, tmp / "fsdp_final.pt")
 
 
 def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
@@ -169,6 +171,19 @@ def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
     # 15 classes x 2 latents with their 64 px crops (REG's alignment targets); global batch 6 = 2 x 3.
     cache = build_demo_latent_cache(tmp_path / "demo", num_per_class=2, resolution=64, seed=0)
     _launch(_diffusion_worker, tmp_path, str(cache))
+
+    # The sharded folder of the last step consolidates into one file with the full weights and EMA.
+    from lightning_modules.parallel import consolidate_checkpoint
+
+    single = consolidate_checkpoint(tmp_path / "fsdp" / "ck" / "step=3.ckpt", tmp_path / "step3.ckpt")
+    ckpt = torch.load(single, map_location="cpu", weights_only=False)
+    final = torch.load(tmp_path / "fsdp_final.pt", weights_only=False)
+    assert ckpt["global_step"] == 3
+    for name, value in final["weights"].items():
+        assert torch.equal(ckpt["state_dict"][f"net.{name}"], value), name
+    ema = next(v["ema"] for k, v in ckpt["callbacks"].items() if k.startswith("EMACallback"))
+    for name, value in final["ema"].items():
+        assert torch.equal(ema["params"][name], value), name
 
 
 # ---------------------------------------------------------------------- tokenizer: DDP and the FSDP refusal
