@@ -168,3 +168,60 @@ def test_nan_injection_stops_after_n_consecutive_skips(tmp_path, latent_cache):
         _fit(module, _datamodule(latent_cache), tmp_path, max_steps=5, extra=[Poison(set(range(2, 100)))])
     assert "total" in str(err.value)  # the message names the non-finite terms
     assert module.guard.num_skipped == 3
+
+
+# ---------------------------------------------------------------------- tokenizer
+def _tokenizer_fit(tmp: Path, data: Path, max_steps: int, ckpt_every: int | None = None, ckpt_path=None):
+    from lightning_modules.tokenizer import TokenizerModule
+
+    module = TokenizerModule(
+        stage=0, tokenizer="debug", vfm_config={"compute_dtype": "float32"}, loss_overrides={"lpips": 0.0},
+        equivariance="debug", discriminator="debug", global_batch_size=2, export_dir=None, seed=3,
+    )  # fmt: skip
+    dm = ImageNetDataModule(
+        ImageNetDataConfig(root=str(data), resolution=64, batch_size=2, val_split=None, num_workers=0,
+                           pin_memory=False, min_seen_for_bad_check=10, seed=2,
+                           demo={"resolution": 64, "num_per_class": 1})
+    )  # fmt: skip
+    keys = KeyRecorder()
+    keys.on_train_batch_end = lambda *a, **k: None  # keys only (the tokenizer has no `net`)
+    callbacks = [SamplerStateCallback(), keys]
+    if ckpt_every:
+        callbacks.append(
+            AtomicModelCheckpoint(dirpath=tmp / "ck", every_n_train_steps=ckpt_every, save_top_k=-1, filename="{step}")
+        )
+    trainer = Trainer(
+        default_root_dir=tmp, accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_checkpointing=bool(ckpt_every), use_distributed_sampler=False,
+        callbacks=callbacks,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, module, keys.keys
+
+
+def test_tokenizer_resume_mid_epoch_is_bitwise_identical(tmp_path):
+    total, k = 4, 2  # 15 demo images, batch 2: 7 iterations per epoch, so step 2 is mid-epoch
+    data = tmp_path / "data"
+    full, a, keys_a = _tokenizer_fit(tmp_path / "a", data, total, ckpt_every=1)
+    ckpt = next((tmp_path / "a" / "ck").glob(f"step={k}*.ckpt"))
+    res, b, keys_b = _tokenizer_fit(tmp_path / "b", data, total, ckpt_path=ckpt)
+    assert res.global_step == total and keys_b == keys_a[k:]
+    assert (a.global_nimg, a.stage_nimg) == (b.global_nimg, b.stage_nimg) == (2 * total, 2 * total)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+    ea, eb = a.ema.state_dict(), b.ema.state_dict()
+    assert ea["num_updates"] == eb["num_updates"] == total
+    for name in ea["params"]:
+        assert torch.equal(ea["params"][name], eb["params"][name]), f"EMA {name}"
+    for oa, ob in zip(full.optimizers, res.optimizers):  # G and D
+        st_a, st_b = oa.state_dict()["state"], ob.state_dict()["state"]
+        assert st_a.keys() == st_b.keys() and st_a
+        for i in st_a:
+            for key in st_a[i]:
+                assert torch.equal(st_a[i][key], st_b[i][key]), f"optimizer state {i}.{key}"
+    assert a.guard_g.state_dict() == b.guard_g.state_dict()
