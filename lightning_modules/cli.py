@@ -217,9 +217,20 @@ def keys_mentioned(config: Any, message: str) -> list[str]:
     return [k for k, v in found.items() if not any(v != w and w.startswith(v) for w in found.values())]
 
 
+def _inner_message(message: str) -> str:
+    """The constructor's own message out of jsonargparse's "Does not validate against any of the Union
+    subtypes ... Errors: - <message> - Expected a <class 'NoneType'> ... Given value: <the whole config>"."""
+    if "Errors:" not in message:
+        return message
+    body = message.split("Errors:", 1)[1].split("Given value type:", 1)[0]
+    items = [item.strip() for item in re.split(r"\n\s*- ", "\n" + body) if item.strip()]
+    real = [item for item in items if not item.startswith("Expected a <class 'NoneType'>")]
+    return " ".join(" ".join(real).split()) if real else message
+
+
 def attribute_error(config: Any, err: BaseException, doing: str) -> ConfigError | None:
     """A :class:`ConfigError` naming the config key(s) behind ``err``, or None if none is found."""
-    message = str(err)
+    message = _inner_message(str(err))
     keys = keys_mentioned(config, message)
     if keys:
         return ConfigError(f"config error at {', '.join(keys)}: {message}")

@@ -84,6 +84,7 @@ def test_ddp_bf16_stacks_on_a_tokenizer_stage(capsys, repo_root):
     strategy = _instantiate(t["strategy"])
     assert isinstance(strategy, DDPStrategy) and not isinstance(strategy, ModelParallelStrategy)
     assert strategy._ddp_kwargs.get("find_unused_parameters") is False
+    assert cfg["checkpoint"]["keep_last"] == 3 and cfg["checkpoint"]["best_metric"] is None
 
 
 def test_multinode_slurm_stacks_and_instantiates(capsys, repo_root):
@@ -227,6 +228,12 @@ def test_error_missing_weights_folder_names_the_key_and_path(tmp_path, capsys, r
     )  # fmt: skip
     assert line.startswith("config error at trainer.callbacks[0].init_args.vfm_pretrained:"), line
     assert missing in line
+    # Raised while the model is built (jsonargparse wraps it in a Union report naming every value).
+    line = _cli_error(
+        capsys, "fit", "--config", str(repo_root / "configs/tokenizer/demo.yaml"),
+        f"--model.init_args.vfm_pretrained={missing}",
+    )  # fmt: skip
+    assert line.startswith(f"config error at model.init_args.vfm_pretrained: VFM weights '{missing}' not found"), line
 
 
 def test_error_tokenizer_latent_mismatch_names_both_sides(tmp_path, capsys, repo_root):
