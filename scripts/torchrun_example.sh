@@ -4,7 +4,7 @@
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 bash scripts/torchrun_example.sh   # on node1
 # Single node: NNODES=1 (MASTER_ADDR defaults to localhost).
 #
-# torchrun starts one process per GPU and sets RANK/LOCAL_RANK/WORLD_SIZE; Lightning detects it
+# torchrun (python -m torch.distributed.run) starts one process per GPU and sets RANK/LOCAL_RANK/WORLD_SIZE; Lightning detects it
 # (TorchElasticEnvironment) and does not spawn processes itself. trainer.num_nodes/devices must
 # match --nnodes/--nproc_per_node. Resume after a failure: run the same command again
 # (--ckpt_path last picks up <log_dir>/checkpoints/last.ckpt; nothing is lost but the steps
@@ -24,7 +24,7 @@ RUN=${RUN:-configs/diffusion/lightningdit_xl1_vfmvae.yaml}
 STRATEGY=${STRATEGY:-configs/trainer/fsdp_bf16.yaml}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-exec torchrun \
+exec "${PYTHON:-python}" -m torch.distributed.run \
     --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     -m lightning_modules fit \
