@@ -22,11 +22,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 __all__ = ["ReconstructionGridCallback", "reconstruction_grid"]
 
 
-def reconstruction_grid(images01: torch.Tensor, recon: torch.Tensor, multiscale: dict[int, torch.Tensor] | list) -> torch.Tensor:
+def reconstruction_grid(
+    images01: torch.Tensor, recon: torch.Tensor, multiscale: dict[int, torch.Tensor] | list
+) -> torch.Tensor:
     """`(3, rows*H, cols*W)` float grid in [0, 1]: per row input | reconstruction | scales (largest first)."""
     if images01.dim() != 4 or images01.shape != recon.shape:
-        raise ValueError(f"reconstruction_grid: input {tuple(images01.shape)} and reconstruction "
-                         f"{tuple(recon.shape)} must be equal (B, 3, H, W) batches")
+        raise ValueError(
+            f"reconstruction_grid: input {tuple(images01.shape)} and reconstruction "
+            f"{tuple(recon.shape)} must be equal (B, 3, H, W) batches"
+        )
     scales = list(multiscale.values()) if isinstance(multiscale, dict) else list(multiscale)
     size = tuple(images01.shape[-2:])
     columns = [images01.float(), (recon.float().clamp(-1, 1) + 1) / 2]
@@ -46,8 +50,13 @@ class ReconstructionGridCallback(Callback):
         tag: TensorBoard tag.
     """
 
-    def __init__(self, every_n_steps: int = 500, num_images: int = 8, use_ema: bool = True,
-                 tag: str = "reconstruction/input|recon|multiscale") -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_images: int = 8,
+        use_ema: bool = True,
+        tag: str = "reconstruction/input|recon|multiscale",
+    ) -> None:
         if every_n_steps < 0 or num_images < 1:
             raise ValueError("every_n_steps must be >= 0 and num_images >= 1")
         self.every_n_steps = every_n_steps
@@ -92,8 +101,9 @@ class ReconstructionGridCallback(Callback):
             experiment.add_image(self.tag, grid, global_step=trainer.global_step)
         return grid
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step != self._last_step and step % self.every_n_steps == 0:
             self._last_step = step

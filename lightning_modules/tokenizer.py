@@ -99,6 +99,8 @@ class TokenizerModule(LightningModule):
         seed: seed of random frozen networks, initial weights, EQ and step RNG (per rank: seed*world+rank).
         val_inception_path: torch-fidelity inception weights for rFID/rIS in validation (None = skip).
         export_dir: write the EMA tokenizer with `save_pretrained` here at the end of `fit`.
+        allow_random_frozen: accept randomly initialised full-size frozen networks (VFM / DINO) when no
+            weights path is given; otherwise that is an error (only `debug*` presets may be random).
         cpu_threads: `torch.set_num_threads` for CPU runs (tiny models on a shared 2-core machine run
             ~8x faster with 1 thread than with oversubscribed intra-op threads).
     """
@@ -131,6 +133,7 @@ class TokenizerModule(LightningModule):
         val_inception_path: str | None = None,
         export_dir: str | None = None,
         cpu_threads: int | None = None,
+        allow_random_frozen: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,19 +142,39 @@ class TokenizerModule(LightningModule):
         self.loss_config = self._loss_config(loss_overrides, equivariance)
         cfg = get_config(tokenizer, **(tokenizer_overrides or {}))
         cfg = replace(cfg, use_vf_projection=self.spec.uses_vf_projection and self.loss_config.vf_base > 0)
+        if not allow_random_frozen:
+            _require_weights("VFM", cfg.vfm_name, vfm_pretrained, "model.vfm_pretrained (make: VFM_PATH)")
+            if self.loss_config.stylegan_t > 0:
+                _require_weights(
+                    "discriminator DINO ViT", discriminator, dino_pretrained, "model.dino_pretrained (make: DINO_PATH)"
+                )
         # Each network is built from its own seed, so a random frozen network (tests, demo) is the
         # same in every run and every stage, whatever else the stage builds.
-        self.tokenizer = _seeded(seed, lambda: VFMVAE(cfg, vfm=_seeded(seed, lambda: build_vfm(
-            cfg.vfm_name, pretrained=vfm_pretrained, config=vfm_config))))
+        self.tokenizer = _seeded(
+            seed,
+            lambda: VFMVAE(
+                cfg, vfm=_seeded(seed, lambda: build_vfm(cfg.vfm_name, pretrained=vfm_pretrained, config=vfm_config))
+            ),
+        )
         self.projected_d = _seeded(seed + 1, lambda: self._build_projected_d(discriminator, dino_pretrained))
-        self.patchgan = _seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[patchgan])) if (
-            self._uses_patchgan) else None
-        self.lpips = _seeded(seed + 3, lambda: LPIPS(vgg_path, random_backbone=lpips_random_backbone)) if (
-            self.loss_config.lpips > 0 or vgg_path or lpips_random_backbone) else None
+        self.patchgan = (
+            _seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[patchgan])) if (self._uses_patchgan) else None
+        )
+        self.lpips = (
+            _seeded(seed + 3, lambda: LPIPS(vgg_path, random_backbone=lpips_random_backbone))
+            if (self.loss_config.lpips > 0 or vgg_path or lpips_random_backbone)
+            else None
+        )
         self.tokenizer.vfm_pretrained = vfm_pretrained  # recorded by save_pretrained
         self.g_modules = {f"tokenizer.{k}": m for k, m in set_trainable(self.tokenizer, self.stage).items()}
-        self.objective = TokenizerObjective(self.loss_config, cfg.img_resolution, lpips=self.lpips,
-                                            projected_d=self.projected_d, patchgan=self.patchgan, seed=seed)
+        self.objective = TokenizerObjective(
+            self.loss_config,
+            cfg.img_resolution,
+            lpips=self.lpips,
+            projected_d=self.projected_d,
+            patchgan=self.patchgan,
+            seed=seed,
+        )
         self.ema = EMA(self.g_modules, EMAConfig(mode="halflife", halflife_nimg=ema_halflife_nimg, rampup=ema_rampup))
         self.guard_g = NonFiniteGuard(max_consecutive_skips, rule=TokenizerStepRule("G"))
         self.guard_d = NonFiniteGuard(max_consecutive_skips, rule=TokenizerStepRule("D"))
@@ -174,7 +197,9 @@ class TokenizerModule(LightningModule):
         overrides = dict(overrides or {})
         if equivariance is not None:
             if equivariance not in EQUIVARIANCE_PRESETS:
-                raise ValueError(f"unknown equivariance preset {equivariance!r}; choose one of {sorted(EQUIVARIANCE_PRESETS)}")
+                raise ValueError(
+                    f"unknown equivariance preset {equivariance!r}; choose one of {sorted(EQUIVARIANCE_PRESETS)}"
+                )
             overrides["equivariance"] = EQUIVARIANCE_PRESETS[equivariance]
         try:
             return get_loss_config(self.spec.loss_preset, **overrides)
@@ -189,7 +214,9 @@ class TokenizerModule(LightningModule):
         if self.loss_config.stylegan_t <= 0:
             return None
         if preset not in PROJECTED_DISCRIMINATOR_PRESETS:
-            raise ValueError(f"unknown discriminator preset {preset!r}; choose one of {sorted(PROJECTED_DISCRIMINATOR_PRESETS)}")
+            raise ValueError(
+                f"unknown discriminator preset {preset!r}; choose one of {sorted(PROJECTED_DISCRIMINATOR_PRESETS)}"
+            )
         return ProjectedDiscriminator(PROJECTED_DISCRIMINATOR_PRESETS[preset], vit_weights_path=weights)
 
     @property
@@ -212,28 +239,43 @@ class TokenizerModule(LightningModule):
         trainer = self.trainer
         precision = str(trainer.precision)
         if precision.startswith("16"):
-            raise ValueError(f"precision {precision!r} (GradScaler) is not supported by the two-optimiser GAN step; "
-                             "use bf16-mixed or 32-true")
+            raise ValueError(
+                f"precision {precision!r} (GradScaler) is not supported by the two-optimiser GAN step; "
+                "use bf16-mixed or 32-true"
+            )
         if trainer.accumulate_grad_batches != 1:
-            raise ValueError("the tokenizer step does not accumulate: set trainer.accumulate_grad_batches to 1 "
-                             "and choose model.global_batch_size")
+            raise ValueError(
+                "the tokenizer step does not accumulate: set trainer.accumulate_grad_batches to 1 "
+                "and choose model.global_batch_size"
+            )
         world, rank = trainer.world_size, trainer.global_rank
         if self.global_batch_size % world:
             raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by the world size {world}")
         per_device = self.global_batch_size // world
         dm = trainer.datamodule
         owner = getattr(dm, "config", dm)
+        if owner is not None and hasattr(owner, "root") and owner.root is None:
+            raise ValueError(
+                "the data root is not set: data.init_args.config.root (make: DATA_ROOT); "
+                "the CPU demo needs no files: CONFIG=configs/tokenizer/demo.yaml make train-tokenizer"
+            )
         if owner is not None and hasattr(owner, "batch_size"):
             if owner.batch_size != per_device:
-                log.info("per-device batch size %s -> %d (global_batch_size %d / %d ranks)", owner.batch_size,
-                         per_device, self.global_batch_size, world)
+                log.info(
+                    "per-device batch size %s -> %d (global_batch_size %d / %d ranks)",
+                    owner.batch_size,
+                    per_device,
+                    self.global_batch_size,
+                    world,
+                )
             owner.batch_size = per_device
         seed = self.hparams.seed * world + rank  # official per-rank seeding
         self.objective.sampler.rng.seed(seed)
         self.rng = RNGStream(seed)
         if self.hparams.init_checkpoint and trainer.ckpt_path is None:
-            self.load_previous_stage(self.hparams.init_checkpoint, self.hparams.init_keep_optimizers,
-                                     self.hparams.init_strict)
+            self.load_previous_stage(
+                self.hparams.init_checkpoint, self.hparams.init_keep_optimizers, self.hparams.init_strict
+            )
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -246,11 +288,6 @@ class TokenizerModule(LightningModule):
         return [opt_g, opt_d]
 
     def on_train_start(self) -> None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = self.trainer.strategy.model
-        if isinstance(wrapped, DistributedDataParallel):
-            wrapped.require_backward_grad_sync = False  # gradients are averaged by all_reduce_gradients
         if self._pending_optimizer_states is not None:
             for opt, state in zip(self.optimizers(), self._pending_optimizer_states):
                 opt.optimizer.load_state_dict(state)
@@ -270,7 +307,9 @@ class TokenizerModule(LightningModule):
         report.previous_stage = extra.get("stage")
         report.global_nimg = int(extra.get("global_nimg", 0))
         if report.unexplained and strict:
-            raise KeyError(f"stage hand-off: unexplained key differences (init_strict=False to accept):\n{report.summary()}")
+            raise KeyError(
+                f"stage hand-off: unexplained key differences (init_strict=False to accept):\n{report.summary()}"
+            )
         own = self.state_dict()
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         if "ema" in extra:
@@ -278,8 +317,10 @@ class TokenizerModule(LightningModule):
         self.global_nimg, self.stage_nimg = report.global_nimg, 0
         if keep_optimizers:
             if extra.get("stage") is not None and get_stage(extra["stage"]).train_mode != self.spec.train_mode:
-                raise ValueError(f"init_keep_optimizers: stage {extra['stage']} trained a different parameter set "
-                                 f"({get_stage(extra['stage']).train_mode} vs {self.spec.train_mode})")
+                raise ValueError(
+                    f"init_keep_optimizers: stage {extra['stage']} trained a different parameter set "
+                    f"({get_stage(extra['stage']).train_mode} vs {self.spec.train_mode})"
+                )
             self._pending_optimizer_states = ckpt["optimizer_states"]
             report.optimizers_kept = True
         self.handoff_report = report
@@ -308,7 +349,21 @@ class TokenizerModule(LightningModule):
         for p in self.d_params:
             p.requires_grad_(trainable)
 
+    def _disable_ddp_reducer(self) -> None:
+        """Gradients are averaged by `all_reduce_gradients`, so DDP's reducer must stay idle.
+
+        Lightning re-enables `require_backward_grad_sync` after every outer DDP forward (its manual-
+        optimisation redirection), and `manual_backward` would then arm the reducer for *all*
+        parameters; with two backward passes over disjoint sets that fails. Inside the step it is off.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, DistributedDataParallel):
+            wrapped.require_backward_grad_sync = False
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._disable_ddp_reducer()
         images = self._images01(batch)
         opt_g, opt_d = self.optimizers()
         with self.rng.activate(images.device):
@@ -335,13 +390,19 @@ class TokenizerModule(LightningModule):
     def _log_step(self, d, g, d_norm, g_norm, beta: float) -> None:
         values: dict[str, Any] = {f"train/D/{k}": v.detach().float() for k, v in d.terms.items() if v.numel() == 1}
         values.update({f"train/G/{k}": v.detach().float() for k, v in g.terms.items() if v.numel() == 1})
-        values.update({
-            "train/D/total": d.total.detach().float(), "train/G/total": g.total.detach().float(),
-            "train/grad_norm_D": d_norm, "train/grad_norm_G": g_norm,
-            "train/skipped_D": float(self.guard_d.num_skipped), "train/skipped_G": float(self.guard_g.num_skipped),
-            "train/global_kimg": self.global_nimg / 1000.0, "train/stage_kimg": self.stage_nimg / 1000.0,
-            "train/ema_beta": beta,
-        })
+        values.update(
+            {
+                "train/D/total": d.total.detach().float(),
+                "train/G/total": g.total.detach().float(),
+                "train/grad_norm_D": d_norm,
+                "train/grad_norm_G": g_norm,
+                "train/skipped_D": float(self.guard_d.num_skipped),
+                "train/skipped_G": float(self.guard_g.num_skipped),
+                "train/global_kimg": self.global_nimg / 1000.0,
+                "train/stage_kimg": self.stage_nimg / 1000.0,
+                "train/ema_beta": beta,
+            }
+        )
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=self.global_batch_size)
         if "train/G/vf_weight" in values:
             self.log("train/vf_weight", values["train/G/vf_weight"], on_step=True, on_epoch=False)
@@ -366,8 +427,9 @@ class TokenizerModule(LightningModule):
         self._val_metrics.update(images, to_uint8(recon))
 
     @torch.no_grad()
-    def reconstruct(self, images01: torch.Tensor, generator: torch.Generator | None = None,
-                    return_multiscale: bool = False):
+    def reconstruct(
+        self, images01: torch.Tensor, generator: torch.Generator | None = None, return_multiscale: bool = False
+    ):
         """Sampled-latent reconstruction (spec §6: latents are sampled, never the mean); [-1, 1]."""
         posterior = self.tokenizer.encode(images01)
         out = self.tokenizer.decode(posterior.sample(generator=generator), return_multiscale=True)
@@ -394,30 +456,42 @@ class TokenizerModule(LightningModule):
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self) -> None:
+        log_dir = Path(self.trainer.log_dir or ".")  # a collective under DDP: every rank asks
         if self.trainer.global_rank != 0:
             return
         summary = {
-            "stage": self.stage, "global_nimg": self.global_nimg, "stage_nimg": self.stage_nimg,
-            "steps": int(self.global_step), "skipped_G": self.guard_g.num_skipped, "skipped_D": self.guard_d.num_skipped,
+            "stage": self.stage,
+            "global_nimg": self.global_nimg,
+            "stage_nimg": self.stage_nimg,
+            "steps": int(self.global_step),
+            "skipped_G": self.guard_g.num_skipped,
+            "skipped_D": self.guard_d.num_skipped,
             "wall_seconds": None if self._fit_start_time is None else round(time.time() - self._fit_start_time, 1),
-            "initial_val": self.initial_val, "final_val": self.val_history[-1] if self.val_history else None,
+            "initial_val": self.initial_val,
+            "final_val": self.val_history[-1] if self.val_history else None,
         }
         if self.initial_val and self.val_history:
             summary["psnr_gain_db"] = self.val_history[-1]["psnr"] - self.initial_val["psnr"]
-        log_dir = Path(self.trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "tokenizer_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"tokenizer stage {self.stage}: {summary['steps']} steps, {self.global_nimg} images in total, "
-              f"wall {summary['wall_seconds']} s; held-out {_fmt(self.initial_val)} -> {_fmt(summary['final_val'])}"
-              + (f" (PSNR {summary['psnr_gain_db']:+.2f} dB)" if "psnr_gain_db" in summary else ""))
+        print(
+            f"tokenizer stage {self.stage}: {summary['steps']} steps, {self.global_nimg} images in total, "
+            f"wall {summary['wall_seconds']} s; held-out {_fmt(self.initial_val)} -> {_fmt(summary['final_val'])}"
+            + (f" (PSNR {summary['psnr_gain_db']:+.2f} dB)" if "psnr_gain_db" in summary else "")
+        )
         if self.hparams.export_dir:
             self.export(self.hparams.export_dir)
 
     def export(self, directory: str) -> dict:
         """`save_pretrained` of the EMA tokenizer with the training provenance."""
-        provenance = {"stage": self.stage, "stage_name": self.spec.name, "global_nimg": self.global_nimg,
-                      "stage_nimg": self.stage_nimg, "steps": int(self.global_step),
-                      "init_checkpoint": self.hparams.init_checkpoint}
+        provenance = {
+            "stage": self.stage,
+            "stage_name": self.spec.name,
+            "global_nimg": self.global_nimg,
+            "stage_nimg": self.stage_nimg,
+            "steps": int(self.global_step),
+            "init_checkpoint": self.hparams.init_checkpoint,
+        }
         with self.ema.swap():
             return self.tokenizer.save_pretrained(directory, weights="ema", provenance=provenance)
 
@@ -430,27 +504,39 @@ class TokenizerModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint["state_dict"]
         if self.ema.swapped:  # never store EMA values as the raw weights
-            for name, raw in zip(self.ema.param_names + self.ema.buffer_names,
-                                 self.ema.shadow_params + self.ema.shadow_buffers):
+            for name, raw in zip(
+                self.ema.param_names + self.ema.buffer_names, self.ema.shadow_params + self.ema.shadow_buffers
+            ):
                 sd[name] = raw.detach().clone()
         frozen = drop_frozen_keys(sd, self._hashes())
         checkpoint[STATE_KEY] = {
-            "stage": self.stage, "global_nimg": self.global_nimg, "stage_nimg": self.stage_nimg,
-            "global_batch_size": self.global_batch_size, "ema": self.ema.state_dict(),
-            "guard_g": self.guard_g.state_dict(), "guard_d": self.guard_d.state_dict(),
-            "objective": self.objective.state_dict_extra(), "rng": self.rng.state_dict(), "frozen": frozen,
-            "initial_val": self.initial_val, "val_history": self.val_history,
+            "stage": self.stage,
+            "global_nimg": self.global_nimg,
+            "stage_nimg": self.stage_nimg,
+            "global_batch_size": self.global_batch_size,
+            "ema": self.ema.state_dict(),
+            "guard_g": self.guard_g.state_dict(),
+            "guard_d": self.guard_d.state_dict(),
+            "objective": self.objective.state_dict_extra(),
+            "rng": self.rng.state_dict(),
+            "frozen": frozen,
+            "initial_val": self.initial_val,
+            "val_history": self.val_history,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume: fill the frozen networks back in (strict loading stays on for the rest), restore state."""
         extra = checkpoint.get(STATE_KEY)
         if extra is None:
-            raise KeyError("checkpoint lacks the TokenizerModule state ('tokenizer_training'); "
-                           "for a previous stage use model.init_checkpoint instead of --ckpt_path")
+            raise KeyError(
+                "checkpoint lacks the TokenizerModule state ('tokenizer_training'); "
+                "for a previous stage use model.init_checkpoint instead of --ckpt_path"
+            )
         if int(extra["stage"]) != self.stage:
-            raise ValueError(f"--ckpt_path resumes a stage-{extra['stage']} run but this is stage {self.stage}; "
-                             "start a new stage with model.init_checkpoint")
+            raise ValueError(
+                f"--ckpt_path resumes a stage-{extra['stage']} run but this is stage {self.stage}; "
+                "start a new stage with model.init_checkpoint"
+            )
         fill_frozen_keys(checkpoint["state_dict"], self, extra.get("frozen"), self._hashes())
         self.global_nimg, self.stage_nimg = int(extra["global_nimg"]), int(extra["stage_nimg"])
         self.ema.load_state_dict(extra["ema"])
@@ -459,6 +545,15 @@ class TokenizerModule(LightningModule):
         self.objective.load_state_dict_extra(extra["objective"])
         self.rng.load_state_dict(extra["rng"])
         self.initial_val, self.val_history = extra.get("initial_val"), list(extra.get("val_history", []))
+
+
+def _require_weights(what: str, preset: str, path: str | None, option: str) -> None:
+    if path is None and not preset.startswith("debug"):
+        raise ValueError(
+            f"the frozen {what} ({preset!r}) has no weights: set {option} to a local file/folder "
+            f"(a random frozen network is only meaningful for debug presets; allow_random_frozen=true "
+            f"forces it). The CPU demo needs no files: CONFIG=configs/tokenizer/demo.yaml make train-tokenizer"
+        )
 
 
 def _seeded(seed: int, build):

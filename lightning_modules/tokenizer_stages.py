@@ -114,5 +114,12 @@ class TokenizerStepRule:
         self.official.load_state_dict(state)
 
 
-__all__ = ["STAGES", "StageSpec", "TokenizerStepRule", "get_stage", "set_trainable", "steps_for_images",
-           "trainable_generator_modules"]
+__all__ = [
+    "STAGES",
+    "StageSpec",
+    "TokenizerStepRule",
+    "get_stage",
+    "set_trainable",
+    "steps_for_images",
+    "trainable_generator_modules",
+]

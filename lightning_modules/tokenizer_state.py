@@ -64,8 +64,9 @@ def drop_frozen_keys(state_dict: dict[str, torch.Tensor], hashes: Mapping[str, s
     return record
 
 
-def fill_frozen_keys(state_dict: dict[str, torch.Tensor], module: nn.Module, record: Mapping[str, Any] | None,
-                     hashes: Mapping[str, str]) -> None:
+def fill_frozen_keys(
+    state_dict: dict[str, torch.Tensor], module: nn.Module, record: Mapping[str, Any] | None, hashes: Mapping[str, str]
+) -> None:
     """Put the current frozen-network tensors into a loaded state dict (in place), checking their hash."""
     current = module.state_dict()
     for name, prefix in FROZEN_PREFIXES.items():
@@ -76,7 +77,8 @@ def fill_frozen_keys(state_dict: dict[str, torch.Tensor], module: nn.Module, rec
         if saved is not None and hashes.get(name) is not None and saved != hashes[name]:
             raise ValueError(
                 f"the frozen {name} network differs from the one this checkpoint was trained with "
-                f"(sha256 {hashes[name][:12]} vs {saved[:12]}): point the run at the same weights file")
+                f"(sha256 {hashes[name][:12]} vs {saved[:12]}): point the run at the same weights file"
+            )
         for k in keys:
             state_dict[k] = current[k]
 
@@ -117,11 +119,15 @@ class HandoffReport:
         lines = [f"stage hand-off from {self.source} (stage {self.previous_stage}, global images {self.global_nimg})"]
         for title, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
             for k in keys:
-                lines.append(f"  {title}: {k}" + (f"  [{self.explained[k]}]" if k in self.explained else "  [UNEXPLAINED]"))
+                lines.append(
+                    f"  {title}: {k}" + (f"  [{self.explained[k]}]" if k in self.explained else "  [UNEXPLAINED]")
+                )
         if self.ema_initialised_from_weights:
             lines.append(f"  EMA initialised from the weights for {len(self.ema_initialised_from_weights)} tensors")
         if self.ema_dropped:
-            lines.append(f"  EMA values dropped for {len(self.ema_dropped)} tensors no longer trained (raw weights kept)")
+            lines.append(
+                f"  EMA values dropped for {len(self.ema_dropped)} tensors no longer trained (raw weights kept)"
+            )
         lines.append(f"  optimisers: {'kept' if self.optimizers_kept else 'fresh (paper)'}")
         return "\n".join(lines)
 
@@ -157,7 +163,9 @@ def merge_ema_state(saved: Mapping[str, Any], current: Mapping[str, Any], report
     merged["nimg"] = int(saved.get("nimg", 0))
     for kind in ("params", "buffers"):
         old, new = saved.get(kind, {}), current[kind]
-        merged[kind] = {n: (old[n] if n in old and tuple(old[n].shape) == tuple(t.shape) else t) for n, t in new.items()}
+        merged[kind] = {
+            n: (old[n] if n in old and tuple(old[n].shape) == tuple(t.shape) else t) for n, t in new.items()
+        }
         report.ema_initialised_from_weights += [n for n in new if n not in old]
         report.ema_dropped += [n for n in old if n not in new]
     return merged
@@ -189,8 +197,11 @@ class RNGStream:
                 self.cuda_state = torch.cuda.get_rng_state(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "cpu": self.cpu_state.clone(),
-                "cuda": None if self.cuda_state is None else self.cuda_state.clone()}
+        return {
+            "seed": self.seed,
+            "cpu": self.cpu_state.clone(),
+            "cuda": None if self.cuda_state is None else self.cuda_state.clone(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.seed = int(state["seed"])
@@ -213,7 +224,7 @@ def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
     for p in params:
         if p.grad is not None:

@@ -83,8 +83,9 @@ def load_batch(paths: list[Path], resolution: int) -> torch.Tensor:
 def load_model(args: argparse.Namespace, device: torch.device):
     from vfmvae.tokenizer.export import load_tokenizer
 
-    model = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs,
-                           vfm_dtype="float32")
+    model = load_tokenizer(
+        args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs, vfm_dtype="float32"
+    )
     return model.to(device).eval().float()
 
 
@@ -93,8 +94,12 @@ def tokenizer_provenance(model, path: str) -> dict:
 
     record = getattr(model, "export_record", None)
     if record is not None:
-        return {"path": str(path), "weights_sha256": record["weights_sha256"], "weights": record["weights"],
-                "provenance": record.get("provenance", {})}
+        return {
+            "path": str(path),
+            "weights_sha256": record["weights_sha256"],
+            "weights": record["weights"],
+            "provenance": record.get("provenance", {}),
+        }
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")}
     return {"path": str(path), "weights_sha256": state_dict_sha256(own), "weights": "official file"}
 
@@ -110,11 +115,19 @@ def format_table(results: dict) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, paths: list[Path], resolution: int, batch_size: int, metrics: ReconstructionMetrics,
-             device: torch.device, seed: int = 0, save_dir: Path | None = None) -> dict:
+def evaluate(
+    model,
+    paths: list[Path],
+    resolution: int,
+    batch_size: int,
+    metrics: ReconstructionMetrics,
+    device: torch.device,
+    seed: int = 0,
+    save_dir: Path | None = None,
+) -> dict:
     gen = torch.Generator(device=device).manual_seed(seed)
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         real = load_batch(chunk, resolution).to(device)
         posterior = model.encode(real.float() / 255.0)
         fake = to_uint8(model.decode(posterior.sample(generator=gen)))  # sampled latent, spec §6
@@ -146,18 +159,32 @@ def main(argv: list[str] | None = None) -> dict:
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    results = evaluate(model, paths, args.resolution, args.batch_size, ReconstructionMetrics(lpips, inception),
-                       device, args.seed, save_dir)
+    results = evaluate(
+        model,
+        paths,
+        args.resolution,
+        args.batch_size,
+        ReconstructionMetrics(lpips, inception),
+        device,
+        args.seed,
+        save_dir,
+    )
     print(format_table(results))
     out = Path(args.out) if args.out else Path(str(Path(args.tokenizer)).rstrip("/") + "_reconstruction.json")
     record = {
         "results": results,
         "tokenizer": tokenizer_provenance(model, args.tokenizer),
         "data_root": str(args.data_root),
-        "protocol": {"crop": "resize_center", "resolution": args.resolution, "latent": "sampled", "seed": args.seed,
-                     "quantisation": "uint8 (as PNG)", "psnr": "per image, data range 2 on [-1, 1], mean",
-                     "ssim": "torchmetrics gaussian 11/1.5, data range 2, mean over images",
-                     "rfid_ris": "torch-fidelity inception-v3-compat vs the cropped inputs; IS 10 splits, seed 2020"},
+        "protocol": {
+            "crop": "resize_center",
+            "resolution": args.resolution,
+            "latent": "sampled",
+            "seed": args.seed,
+            "quantisation": "uint8 (as PNG)",
+            "psnr": "per image, data range 2 on [-1, 1], mean",
+            "ssim": "torchmetrics gaussian 11/1.5, data range 2, mean over images",
+            "rfid_ris": "torch-fidelity inception-v3-compat vs the cropped inputs; IS 10 splits, seed 2020",
+        },
         "inception_weights": None if inception is None else inception.fingerprint,
         "vgg_weights": args.vgg_weights,
         "seconds": round(time.time() - start, 2),

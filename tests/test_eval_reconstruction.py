@@ -105,7 +105,7 @@ def test_rfid_and_ris_against_independent_computations():
     p /= p.sum(1, keepdims=True)
     scores = []
     for i in range(10):
-        part = p[i * 24 // 10:(i + 1) * 24 // 10]
+        part = p[i * 24 // 10 : (i + 1) * 24 // 10]
         kl = (part * (np.log(part) - np.log(part.mean(0, keepdims=True)))).sum(1).mean()
         scores.append(np.exp(kl))
     assert out["ris"] == pytest.approx(float(np.mean(scores)), rel=1e-9)
@@ -137,9 +137,28 @@ def test_script_end_to_end_with_random_inception(tmp_path):
     weights = random_inception_weights(tmp_path / "inception.pth")
     out = tmp_path / "result.json"
     pairs = tmp_path / "pairs"
-    record = main(["--tokenizer", str(tmp_path / "tok"), "--data-root", str(data), "--resolution", "64",
-                   "--num-images", "12", "--batch-size", "6", "--inception-weights", str(weights),
-                   "--save-images", str(pairs), "--out", str(out), "--device", "cpu"])
+    record = main(
+        [
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--data-root",
+            str(data),
+            "--resolution",
+            "64",
+            "--num-images",
+            "12",
+            "--batch-size",
+            "6",
+            "--inception-weights",
+            str(weights),
+            "--save-images",
+            str(pairs),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["results"] == pytest.approx(record["results"])
     res = saved["results"]
@@ -155,4 +174,7 @@ def test_script_end_to_end_with_random_inception(tmp_path):
         ssims.append(_numpy_ssim(a, b))
     assert res["psnr"] == pytest.approx(float(np.mean(psnrs)), abs=1e-6)
     assert res["ssim"] == pytest.approx(float(np.mean(ssims)), abs=1e-5)
-    assert saved["tokenizer"]["weights_sha256"] == json.loads((tmp_path / "tok" / "config.json").read_text())["weights_sha256"]
+    assert (
+        saved["tokenizer"]["weights_sha256"]
+        == json.loads((tmp_path / "tok" / "config.json").read_text())["weights_sha256"]
+    )

@@ -114,7 +114,7 @@ def test_corrupted_weights_and_bad_folders_are_errors(model, tmp_path):
 def test_official_release_file_and_export_reproduce_the_fixture(fixtures_dir, tmp_path):
     tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
     meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     release = tmp_path / "release.pth"
     torch.save({"G_ema": sd}, release)
     kwargs_file = tmp_path / "kwargs.json"

@@ -38,21 +38,47 @@ def _one_thread():
 def _tiny_override(tmp: Path, data_root: Path, max_steps: int = 2, callbacks: list | None = None) -> Path:
     override = {
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": max_steps,
-            "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False, "enable_progress_bar": False,
-            "enable_checkpointing": bool(callbacks), "callbacks": callbacks or [], "default_root_dir": str(tmp),
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "max_steps": max_steps,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_checkpointing": bool(callbacks),
+            "callbacks": callbacks or [],
+            "default_root_dir": str(tmp),
             "log_every_n_steps": 1,
         },
-        "model": {"init_args": {
-            "tokenizer": "debug", "tokenizer_overrides": {}, "vfm_config": {"compute_dtype": "float32"},
-            "discriminator": "debug", "patchgan": "debug", "lpips_random_backbone": True,
-            "global_batch_size": BATCH, "export_dir": None, "seed": 3,
-        }},
-        "data": {"init_args": {"config": {
-            "root": str(data_root), "resolution": 64, "batch_size": BATCH, "val_batch_size": BATCH, "num_workers": 0,
-            "pin_memory": False, "filter_keys_path": None, "min_seen_for_bad_check": 10,
-            "demo": {"resolution": 64, "num_per_class": 1},
-        }}},
+        "model": {
+            "init_args": {
+                "tokenizer": "debug",
+                "tokenizer_overrides": {},
+                "vfm_config": {"compute_dtype": "float32"},
+                "discriminator": "debug",
+                "patchgan": "debug",
+                "lpips_random_backbone": True,
+                "global_batch_size": BATCH,
+                "export_dir": None,
+                "seed": 3,
+            }
+        },
+        "data": {
+            "init_args": {
+                "config": {
+                    "root": str(data_root),
+                    "resolution": 64,
+                    "batch_size": BATCH,
+                    "val_batch_size": BATCH,
+                    "num_workers": 0,
+                    "pin_memory": False,
+                    "filter_keys_path": None,
+                    "min_seen_for_bad_check": 10,
+                    "demo": {"resolution": 64, "num_per_class": 1},
+                }
+            }
+        },
     }
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(override))
@@ -60,9 +86,16 @@ def _tiny_override(tmp: Path, data_root: Path, max_steps: int = 2, callbacks: li
 
 
 def _cli(config: Path, override: Path, *extra: str) -> VFMVAECLI:
-    return VFMVAECLI(model_class=LightningModule, datamodule_class=LightningDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, run=False, save_config_kwargs={"overwrite": True},
-                     auto_configure_optimizers=False, args=["--config", str(config), "--config", str(override), *extra])
+    return VFMVAECLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=["--config", str(config), "--config", str(override), *extra],
+    )
 
 
 def _snapshot(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -71,8 +104,12 @@ def _snapshot(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tens
 
 def _expected_trainable(stage: int, names: list[str]) -> set[str]:
     # Written from the spec's stage table, independently of the module lists in the code.
-    prefixes = {0: ("head.", "decoder."), 1: ("head.", "decoder."), 2: ("decoder.",),
-                3: tuple(f"decoder.synthesis.blocks.{i}." for i in (3, 4, 5))}[stage]
+    prefixes = {
+        0: ("head.", "decoder."),
+        1: ("head.", "decoder."),
+        2: ("decoder.",),
+        3: tuple(f"decoder.synthesis.blocks.{i}." for i in (3, 4, 5)),
+    }[stage]
     return {n for n in names if n.startswith(prefixes)}
 
 
@@ -98,8 +135,10 @@ def test_paper_stage_trainable_counts_on_meta():
 
     with torch.device("meta"):
         model = VFMVAE(get_config("vfmvae-f16d32-siglip2", use_vf_projection=True))
-    count = {s: sum(p.numel() for m in trainable_generator_modules(model, s).values() for p in m.parameters())
-             for s in STAGES}
+    count = {
+        s: sum(p.numel() for m in trainable_generator_modules(model, s).values() for p in m.parameters())
+        for s in STAGES
+    }
     # spec tokenizer.md §3.4: train_all 139,770,680; train_decoder 128,144,952; intended stage 3 31,827,994.
     assert count[0] == count[1] == 139_770_680
     assert count[2] == 128_144_952
@@ -144,8 +183,9 @@ def test_every_stage_runs_two_steps_and_hands_off(tmp_path, repo_root):
         previous_ckpt = tmp_path / f"stage{stage}.ckpt"
         trainer.save_checkpoint(previous_ckpt)
         saved = torch.load(previous_ckpt, map_location="cpu", weights_only=False)
-        assert not any(k.startswith(("tokenizer.vfm.", "projected_d.dino.", "lpips.")) for k in saved["state_dict"]), \
+        assert not any(k.startswith(("tokenizer.vfm.", "projected_d.dino.", "lpips.")) for k in saved["state_dict"]), (
             "frozen networks must not be stored in checkpoints"
+        )
         previous_nimg = model.global_nimg
 
 
@@ -166,8 +206,12 @@ class _NaNOnce:
 
 def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, repo_root):
     override = _tiny_override(tmp_path, tmp_path / "data", max_steps=1)
-    cli = _cli(repo_root / "configs" / "tokenizer" / STAGE_FILES[0], override,
-               "--model.init_args.loss_overrides={lpips: 0.0}", "--model.init_args.equivariance=debug")
+    cli = _cli(
+        repo_root / "configs" / "tokenizer" / STAGE_FILES[0],
+        override,
+        "--model.init_args.loss_overrides={lpips: 0.0}",
+        "--model.init_args.equivariance=debug",
+    )
     model = cli.model
     model.objective.generator_phase = _NaNOnce(model.objective)
     g_before = {k: v.detach().clone() for k, v in model.tokenizer.named_parameters() if v.requires_grad}
@@ -184,9 +228,13 @@ def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, repo_root):
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
-    ckpt_cb = [{"class_path": "callbacks.atomic_checkpoint.AtomicModelCheckpoint",
-                "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}},
-               {"class_path": "callbacks.sampler_state.SamplerStateCallback"}]
+    ckpt_cb = [
+        {
+            "class_path": "callbacks.atomic_checkpoint.AtomicModelCheckpoint",
+            "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1},
+        },
+        {"class_path": "callbacks.sampler_state.SamplerStateCallback"},
+    ]
     config = repo_root / "configs" / "tokenizer" / STAGE_FILES[0]
     lpips_off = ("--model.init_args.loss_overrides={lpips: 0.0}", "--model.init_args.equivariance=debug")
     full = _cli(config, _tiny_override(tmp_path, tmp_path / "data", max_steps=4, callbacks=ckpt_cb), *lpips_off)

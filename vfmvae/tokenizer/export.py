@@ -56,13 +56,18 @@ def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
     preset = VFM_PRESETS.get(preset_name)
     if preset is None:
         return {}
-    return {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != getattr(preset, f.name)}
+    return {
+        f.name: to_jsonable(getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if getattr(cfg, f.name) != getattr(preset, f.name)
+    }
 
 
 def _weights_state(model: VFMVAE) -> dict[str, torch.Tensor]:
     """Everything but the VFM, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(VFM_PREFIX)}
+    return {
+        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(VFM_PREFIX)
+    }
 
 
 def save_pretrained(
@@ -144,12 +149,16 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _build_vfm(record: Mapping[str, Any], directory: Path, vfm_pretrained, verify_vfm: bool) -> tuple[nn.Module, str | None]:
+def _build_vfm(
+    record: Mapping[str, Any], directory: Path, vfm_pretrained, verify_vfm: bool
+) -> tuple[nn.Module, str | None]:
     from vfmvae.vfm import build_vfm
 
     info = record.get("vfm")
     if info is None:
-        raise ValueError(f"{directory}: the export has no VFM record (decoder-only export); load it with decoder_only=True")
+        raise ValueError(
+            f"{directory}: the export has no VFM record (decoder-only export); load it with decoder_only=True"
+        )
     overrides = dict(info.get("config_overrides") or {}) or None
     source = vfm_pretrained if vfm_pretrained is not None else info.get("pretrained")
     if info.get("included") and vfm_pretrained is None:
@@ -163,13 +172,16 @@ def _build_vfm(record: Mapping[str, Any], directory: Path, vfm_pretrained, verif
     if not Path(source).expanduser().exists():
         raise FileNotFoundError(
             f"the frozen VFM of this export was loaded from {source!r}, which does not exist here; pass "
-            f"vfm_pretrained=<local folder/file of {info['name']}> (or decoder_only=True to skip the encoder)")
+            f"vfm_pretrained=<local folder/file of {info['name']}> (or decoder_only=True to skip the encoder)"
+        )
     vfm = build_vfm(info["name"], pretrained=source, config=overrides)
     if verify_vfm and info.get("weights_sha256"):
         got = state_dict_sha256(vfm)
         if got != info["weights_sha256"]:
-            raise ValueError(f"VFM weights at {source} (sha256 {got[:12]}) differ from the ones the tokenizer was "
-                             f"trained with ({info['weights_sha256'][:12]}); pass verify_vfm=False to override")
+            raise ValueError(
+                f"VFM weights at {source} (sha256 {got[:12]}) differ from the ones the tokenizer was "
+                f"trained with ({info['weights_sha256'][:12]}); pass verify_vfm=False to override"
+            )
     return vfm, str(source)
 
 
@@ -194,8 +206,10 @@ def from_pretrained(
     state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
     digest = state_dict_sha256(state)
     if digest != record["weights_sha256"]:
-        raise ValueError(f"{directory / WEIGHTS_NAME}: weights hash {digest[:12]} != recorded {record['weights_sha256'][:12]} "
-                         "(file corrupted or replaced)")
+        raise ValueError(
+            f"{directory / WEIGHTS_NAME}: weights hash {digest[:12]} != recorded {record['weights_sha256'][:12]} "
+            "(file corrupted or replaced)"
+        )
     if decoder_only or not record.get("has_encoder", True):
         if not decoder_only:
             raise ValueError(f"{directory} is a decoder-only export; load it with decoder_only=True")
@@ -208,7 +222,9 @@ def from_pretrained(
     own = {k for k in model.state_dict() if not k.startswith(VFM_PREFIX)}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        raise KeyError(f"{directory}: export does not match its config: missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise KeyError(
+            f"{directory}: export does not match its config: missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
     model.load_state_dict(state, strict=False)  # the VFM was loaded above; completeness checked just now
     model.vfm_pretrained = source
     model.export_record = record
@@ -255,8 +271,10 @@ def load_tokenizer(
     if not p.is_file():
         raise FileNotFoundError(f"load_tokenizer: {p} is neither an export folder nor a checkpoint file")
     if generator_kwargs is None:
-        raise ValueError(f"load_tokenizer: {p.name} is an official checkpoint file; pass generator_kwargs= "
-                         "(the official G_kwargs dict or the stage YAML/JSON that holds them)")
+        raise ValueError(
+            f"load_tokenizer: {p.name} is an official checkpoint file; pass generator_kwargs= "
+            "(the official G_kwargs dict or the stage YAML/JSON that holds them)"
+        )
     from .official import from_official
 
     source: Any = p
@@ -264,8 +282,14 @@ def load_tokenizer(
         from safetensors.torch import load_file
 
         source = load_file(str(p))
-    model = from_official(source, _read_kwargs(generator_kwargs), vfm_config, decoder_only=decoder_only,
-                          vfm_pretrained=vfm_pretrained, vfm_dtype=vfm_dtype)
+    model = from_official(
+        source,
+        _read_kwargs(generator_kwargs),
+        vfm_config,
+        decoder_only=decoder_only,
+        vfm_pretrained=vfm_pretrained,
+        vfm_dtype=vfm_dtype,
+    )
     model.vfm_pretrained = None if vfm_pretrained is None else str(vfm_pretrained)
     return model
 
@@ -274,4 +298,11 @@ def is_export_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_NAME).is_file()
 
 
-__all__ = ["EXPORT_FORMAT", "save_pretrained", "from_pretrained", "load_tokenizer", "read_export_config", "is_export_dir"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "save_pretrained",
+    "from_pretrained",
+    "load_tokenizer",
+    "read_export_config",
+    "is_export_dir",
+]

@@ -45,14 +45,22 @@ def ssim_per_image(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """`(B,)` SSIM of uint8 images mapped to [-1, 1] (data range 2, Gaussian 11 / 1.5)."""
     _check(real, fake)
     return structural_similarity_index_measure(
-        uint8_to_pm1(fake), uint8_to_pm1(real), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=2.0,
-        reduction="none")
+        uint8_to_pm1(fake),
+        uint8_to_pm1(real),
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        data_range=2.0,
+        reduction="none",
+    )
 
 
 def _check(real: torch.Tensor, fake: torch.Tensor) -> None:
     if real.shape != fake.shape or real.dim() != 4 or real.shape[1] != 3:
-        raise ValueError(f"reconstruction metrics need two (B, 3, H, W) batches of equal shape, got "
-                         f"{tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"reconstruction metrics need two (B, 3, H, W) batches of equal shape, got "
+            f"{tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     if real.dtype != torch.uint8 or fake.dtype != torch.uint8:
         raise TypeError(f"reconstruction metrics take uint8 images (as saved to PNG), got {real.dtype} / {fake.dtype}")
 
@@ -66,8 +74,11 @@ class ReconstructionMetrics:
             (`vfmvae.metrics.inception.AdmInceptionFeatures`) or None to skip rFID / rIS.
     """
 
-    def __init__(self, lpips: torch.nn.Module | None = None,
-                 inception: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        lpips: torch.nn.Module | None = None,
+        inception: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    ):
         self.lpips = lpips
         self.inception = inception
         self.reset()
