@@ -66,12 +66,12 @@ class DemoSize:
     val_per_class: int = 8
     source_resolution: int = 128  # written photographs; the runs crop them to `resolution`
     resolution: int = 64  # the debug tokenizer's input (8x4x4 latents)
-    stage0_steps: int = 200
+    stage0_steps: int = 300
     stage0_val_every: int = 100
     stage2_steps: int = 60
     tokenizer_batch: int = 8
     tokenizer_lr: float = 1e-3
-    reg_steps: int = 300
+    reg_steps: int = 400
     reg_batch: int = 16
     reg_lr: float = 1e-3
     probe_every: int = 100

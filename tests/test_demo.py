@@ -94,6 +94,20 @@ def test_untrained_baseline_is_the_stage0_module_before_training():
         assert torch.equal(ours[k], theirs[k]), k
 
 
+@pytest.mark.parametrize("name", ["reg.yaml", "tokenizer_stage2.yaml"])
+def test_static_demo_configs_parse_through_the_cli(name, capsys, monkeypatch):
+    """`python -m lightning_modules fit --config configs/demo/<name> --print_config` (what the docs tell users)."""
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(demo_mod.REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", f"configs/demo/{name}", "--print_config"])
+    assert not exit_info.value.code
+    printed = capsys.readouterr().out
+    expected = "DiffusionModule" if name == "reg.yaml" else "TokenizerModule"
+    assert expected in printed and "outputs/demo" in printed
+
+
 @pytest.mark.slow
 def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     out = tmp_path / "demo"
