@@ -278,3 +278,63 @@ def test_reconstruction_grid_layout():
     assert torch.all(grid[:, :, 16:24] == 1.0) and torch.all(grid[:, :, 24:32] == 0.0)
     with pytest.raises(ValueError, match="must be equal"):
         reconstruction_grid(images, recon[:1], multiscale)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_FILES))
+def test_paper_stage_configs_parse_with_the_gpu_trainer(stage, repo_root, capsys):
+    # Paper-scale runs are checked by parsing (conventions: never run them in tests).
+    args = [
+        "fit",
+        "--config",
+        str(repo_root / "configs" / "tokenizer" / STAGE_FILES[stage]),
+        "--config",
+        str(repo_root / "configs" / "trainer" / "ddp_bf16.yaml"),
+        "--print_config",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        VFMVAECLI(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["precision"] == "bf16-mixed"
+    assert printed["trainer"]["strategy"]["init_args"]["find_unused_parameters"] is False
+    assert printed["model"]["init_args"]["stage"] == stage
+
+
+def test_make_train_tokenizer_names_missing_variables(repo_root):
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("DATA_ROOT", "VFM_PATH", "CONFIG", "STAGE")}
+    for args, needle in (
+        (["STAGE=0"], "DATA_ROOT is not set"),
+        ([], "set STAGE=0|1|2|3"),
+        (
+            [
+                "STAGE=1",
+                f"DATA_ROOT={repo_root}",
+                f"VFM_PATH={repo_root}",
+                f"DINO_PATH={repo_root}",
+                f"VGG_PATH={repo_root}",
+                f"FILTER_LIST={repo_root}",
+            ],
+            "INIT_CKPT is not set",
+        ),
+    ):
+        proc = subprocess.run(
+            ["make", "-s", "-C", str(repo_root), "train-tokenizer", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+        assert "CONFIG=configs/tokenizer/demo.yaml" in proc.stderr
