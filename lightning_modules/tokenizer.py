@@ -440,7 +440,8 @@ class TokenizerModule(LightningModule):
         if self.ema.swapped:
             self.ema.swap_out()  # before ModelCheckpoint's on_validation_end saves
         if self.trainer.sanity_checking:
-            self.initial_val = metrics  # the untrained (or hand-off) model: baseline of the gains
+            if self.initial_val is None:  # a resumed run keeps its original baseline
+                self.initial_val = metrics  # the untrained (or hand-off) model: baseline of the gains
             log.warning("held-out reconstruction before training: %s", _fmt(metrics))
             return
         record = {**metrics, "global_nimg": self.global_nimg, "step": int(self.global_step)}

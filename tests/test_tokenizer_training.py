@@ -171,6 +171,7 @@ def test_every_stage_runs_two_steps_and_hands_off(tmp_path, repo_root):
         assert trainer.global_step == 2, "global_step counts iterations (one D + one G update each)"
         assert model.stage_nimg == 2 * BATCH
         assert model.global_nimg == previous_nimg + 2 * BATCH, "global image counter carried over"
+        assert model.ema.num_updates == 2 * (stage + 1), "EMA state carried over"
         if previous_ckpt:
             report = model.handoff_report
             assert report is not None and report.previous_stage == stage - 1 and not report.unexplained
