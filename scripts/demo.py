@@ -100,20 +100,54 @@ SIZES: dict[str, DemoSize] = {
     "demo": DemoSize(),
     # CI (tests/test_demo.py): every phase, fewer images and steps.
     "ci": DemoSize(
-        train_per_class=4, val_per_class=2, stage0_steps=30, stage0_val_every=30, stage2_steps=5,
-        reg_steps=30, reg_batch=12, probe_every=15, probe_images=12, probe_topk=3, sample_seeds=2, sample_steps=10,
-        recon_images=30, budget_s=240.0, enforce_checks=False,
+        train_per_class=4,
+        val_per_class=2,
+        stage0_steps=30,
+        stage0_val_every=30,
+        stage2_steps=5,
+        reg_steps=30,
+        reg_batch=12,
+        probe_every=15,
+        probe_images=12,
+        probe_topk=3,
+        sample_seeds=2,
+        sample_steps=10,
+        recon_images=30,
+        budget_s=240.0,
+        enforce_checks=False,
     ),
     # Smallest run that still goes through every phase (checks may FAIL at this size): debugging the demo itself.
     "debug": DemoSize(
-        train_per_class=2, val_per_class=1, stage0_steps=4, stage0_val_every=4, stage2_steps=2, reg_steps=4,
-        reg_batch=10, probe_every=2, probe_images=8, probe_topk=3, sample_seeds=2, sample_steps=4, recon_images=15,
-        budget_s=120.0, enforce_checks=False,
+        train_per_class=2,
+        val_per_class=1,
+        stage0_steps=4,
+        stage0_val_every=4,
+        stage2_steps=2,
+        reg_steps=4,
+        reg_batch=10,
+        probe_every=2,
+        probe_images=8,
+        probe_topk=3,
+        sample_seeds=2,
+        sample_steps=4,
+        recon_images=15,
+        budget_s=120.0,
+        enforce_checks=False,
     ),
 }
 
-PHASES = ("data", "tokenizer_stage0", "tokenizer_stage2", "export", "cache_latents", "reg", "sample", "evaluate",
-          "summary")
+RUN_VERSIONS = {0: "stage0_strong_alignment", 2: "stage2_ssim_fine_tuning"}  # tb_layout.run_version(stage, name)
+PHASES = (
+    "data",
+    "tokenizer_stage0",
+    "tokenizer_stage2",
+    "export",
+    "cache_latents",
+    "reg",
+    "sample",
+    "evaluate",
+    "summary",
+)
 
 
 @dataclass
@@ -147,7 +181,9 @@ def run_fit(config: Path, what: str) -> None:
         cli_main(["fit", "--config", str(config)])
     except SystemExit as err:  # LightningCLI exits on bad configs
         if err.code:
-            raise RuntimeError(f"{what}: `python -m lightning_modules fit --config {config}` exited with {err.code}") from err
+            raise RuntimeError(
+                f"{what}: `python -m lightning_modules fit --config {config}` exited with {err.code}"
+            ) from err
 
 
 def run_script(main: Callable[[list[str]], Any], script: str, args: list[str]) -> Any:
@@ -161,8 +197,10 @@ def _callback(config: dict, suffix: str) -> dict:
         if cb["class_path"].endswith(suffix):
             cb.setdefault("init_args", {})
             return cb
-    raise KeyError(f"the run config has no callback {suffix!r}; callbacks: "
-                   f"{[cb['class_path'] for cb in config['trainer'].get('callbacks') or []]}")
+    raise KeyError(
+        f"the run config has no callback {suffix!r}; callbacks: "
+        f"{[cb['class_path'] for cb in config['trainer'].get('callbacks') or []]}"
+    )
 
 
 def _ensure_callback(config: dict, class_path: str, init_args: dict | None = None) -> None:
@@ -177,8 +215,9 @@ def write_run_config(demo: Demo, base: str, name: str, edit: Callable[[dict], No
     edit(config)
     path = demo.path("configs", f"{name}.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Written by scripts/demo.py --size {demo.size_name} from {base}.\n"
-                    + yaml.safe_dump(config, sort_keys=False))
+    path.write_text(
+        f"# Written by scripts/demo.py --size {demo.size_name} from {base}.\n" + yaml.safe_dump(config, sort_keys=False)
+    )
     return path
 
 
@@ -216,18 +255,27 @@ def phase_data(demo: Demo) -> dict:
     val = DemoDataConfig(resolution=s.source_resolution, num_per_class=s.val_per_class, seed=VAL_SEED)
     write_demo_imagefolder(demo.path("data", "train"), train)
     write_demo_imagefolder(demo.path("data", "val"), val)
-    return {"train_images": s.train_per_class * NUM_CLASSES, "val_images": s.val_per_class * NUM_CLASSES,
-            "root": str(demo.path("data"))}
+    return {
+        "train_images": s.train_per_class * NUM_CLASSES,
+        "val_images": s.val_per_class * NUM_CLASSES,
+        "root": str(demo.path("data")),
+    }
 
 
 def _tokenizer_config(demo: Demo, config: dict, stage: int, steps: int, val_every: int, export: Path | None) -> None:
     s = demo.size
     t = config["trainer"]
-    t.update(max_steps=steps, val_check_interval=min(val_every, steps), check_val_every_n_epoch=None,
-             limit_val_batches=max(1, s.recon_images // 16), enable_progress_bar=True)
-    t["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                   "init_args": {"save_dir": str(demo.path("tokenizer", "tb")), "name": "demo",
-                                 "version": ["stage0_strong_alignment", "", "stage2_ssim_fine_tuning"][stage]}}
+    t.update(
+        max_steps=steps,
+        val_check_interval=min(val_every, steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=max(1, s.recon_images // 16),
+        enable_progress_bar=True,
+    )
+    t["logger"] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(demo.path("tokenizer", "tb")), "name": "demo", "version": RUN_VERSIONS[stage]},
+    }
     ckpt = _callback(config, "AtomicModelCheckpoint")["init_args"]
     ckpt.update(every_n_train_steps=steps, save_top_k=-1, save_last=True)
     grid = _callback(config, "ReconstructionGridCallback")["init_args"]
@@ -236,13 +284,21 @@ def _tokenizer_config(demo: Demo, config: dict, stage: int, steps: int, val_ever
     m = config["model"]["init_args"]
     m.update(global_batch_size=s.tokenizer_batch, export_dir=str(export) if export else None)
     d = config["data"]["init_args"]["config"]
-    d.update(root=str(demo.path("data")), train_split="train", val_split="val", resolution=s.resolution,
-             batch_size=s.tokenizer_batch, val_batch_size=16, demo=None, num_workers=0,
-             min_seen_for_bad_check=min(50, s.train_per_class * NUM_CLASSES))
+    d.update(
+        root=str(demo.path("data")),
+        train_split="train",
+        val_split="val",
+        resolution=s.resolution,
+        batch_size=s.tokenizer_batch,
+        val_batch_size=16,
+        demo=None,
+        num_workers=0,
+        min_seen_for_bad_check=min(50, s.train_per_class * NUM_CLASSES),
+    )
 
 
 def _tokenizer_run_dir(demo: Demo, stage: int) -> Path:
-    return demo.path("tokenizer", "tb", "demo", ["stage0_strong_alignment", "", "stage2_ssim_fine_tuning"][stage])
+    return demo.path("tokenizer", "tb", "demo", RUN_VERSIONS[stage])
 
 
 def _tokenizer_record(run_dir: Path) -> dict:
@@ -256,9 +312,15 @@ def _tokenizer_record(run_dir: Path) -> dict:
 def phase_tokenizer_stage0(demo: Demo) -> dict:
     shutil.rmtree(_tokenizer_run_dir(demo, 0), ignore_errors=True)
     s = demo.size
-    cfg = write_run_config(demo, "configs/tokenizer/demo.yaml", "tokenizer_stage0",
-                           lambda c: (_tokenizer_config(demo, c, 0, s.stage0_steps, s.stage0_val_every, None),
-                                      c["model"]["init_args"].update(lr=s.tokenizer_lr)))
+    cfg = write_run_config(
+        demo,
+        "configs/tokenizer/demo.yaml",
+        "tokenizer_stage0",
+        lambda c: (
+            _tokenizer_config(demo, c, 0, s.stage0_steps, s.stage0_val_every, None),
+            c["model"]["init_args"].update(lr=s.tokenizer_lr),
+        ),
+    )
     run_fit(cfg, "tokenizer stage 0")
     return _tokenizer_record(_tokenizer_run_dir(demo, 0))
 
@@ -321,23 +383,53 @@ def phase_export(demo: Demo) -> dict:
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")}
     reloaded = state_dict_sha256(weights)
     if record.get("weights_sha256") not in (None, reloaded):
-        raise RuntimeError(f"export {folder}: weights hash {reloaded} differs from config.json's "
-                           f"{record.get('weights_sha256')}")
-    return {"folder": str(folder), "weights_sha256": reloaded, "provenance": record.get("provenance"),
-            "parameters": sum(v.numel() for v in weights.values())}
+        raise RuntimeError(
+            f"export {folder}: weights hash {reloaded} differs from config.json's {record.get('weights_sha256')}"
+        )
+    return {
+        "folder": str(folder),
+        "weights_sha256": reloaded,
+        "provenance": record.get("provenance"),
+        "parameters": sum(v.numel() for v in weights.values()),
+    }
 
 
 def phase_cache_latents(demo: Demo) -> dict:
     from scripts.cache_latents import main as cache_main
 
     out = demo.path("latents")  # resumable by itself: finished shards are kept on a rerun
-    run_script(cache_main, "scripts/cache_latents.py", ["--data-root", str(demo.path("data", "train")),
-                       "--tokenizer", str(demo.path("tokenizer", "export")), "--out", str(out),
-                       "--image-size", str(demo.size.resolution), "--batch-size", "32", "--num-workers", "0",
-                       "--shard-size", "128", "--store-images", "--accelerator", "cpu", "--devices", "1"])
+    run_script(
+        cache_main,
+        "scripts/cache_latents.py",
+        [
+            "--data-root",
+            str(demo.path("data", "train")),
+            "--tokenizer",
+            str(demo.path("tokenizer", "export")),
+            "--out",
+            str(out),
+            "--image-size",
+            str(demo.size.resolution),
+            "--batch-size",
+            "32",
+            "--num-workers",
+            "0",
+            "--shard-size",
+            "128",
+            "--store-images",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+        ],
+    )
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"root": str(out), "num_written": manifest["num_written"], "latent_shape": manifest["latent_shape"],
-            "tokenizer_sha256": manifest["tokenizer"].get("weights_sha256")}
+    return {
+        "root": str(out),
+        "num_written": manifest["num_written"],
+        "latent_shape": manifest["latent_shape"],
+        "tokenizer_sha256": manifest["tokenizer"].get("weights_sha256"),
+    }
 
 
 def _reg_run_dir(demo: Demo) -> Path:
@@ -354,11 +446,15 @@ def phase_reg(demo: Demo) -> dict:
         t["logger"]["init_args"].update(save_dir=str(demo.path("reg", "tb")), name="demo", version="reg")
         _callback(c, "AtomicModelCheckpoint")["init_args"].update(every_n_train_steps=s.reg_steps, save_last=True)
         probe = _callback(c, "SECKNNAProbeCallback")["init_args"]
-        probe["overrides"].update(root=str(demo.path("latents")), every_n_steps=s.probe_every,
-                                  num_images=s.probe_images, topk=s.probe_topk)
+        probe["overrides"].update(
+            root=str(demo.path("latents")), every_n_steps=s.probe_every, num_images=s.probe_images, topk=s.probe_topk
+        )
         grid = _callback(c, "SampleGridCallback")["init_args"]
-        grid.update(tokenizer=str(demo.path("tokenizer", "export")), every_n_steps=s.probe_every,
-                    latent_stats=str(demo.path("latents", "latents_stats.pt")))
+        grid.update(
+            tokenizer=str(demo.path("tokenizer", "export")),
+            every_n_steps=s.probe_every,
+            latent_stats=str(demo.path("latents", "latents_stats.pt")),
+        )
         c["model"]["init_args"].update(global_batch_size=s.reg_batch, lr=s.reg_lr)
         c["data"]["init_args"]["config"].update(latent_root=str(demo.path("latents")), batch_size=s.reg_batch)
 
@@ -366,8 +462,12 @@ def phase_reg(demo: Demo) -> dict:
     run_fit(cfg, "REG training")
     run_dir = _reg_run_dir(demo)
     heatmap = _heatmap_from_tensorboard(run_dir, demo.path("se_cknna_heatmap.png"))
-    return {"run_dir": str(run_dir), "checkpoint": str(_last_checkpoint(run_dir)), **heatmap,
-            "final_loss": _last_scalars(run_dir, "loss/")}
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(_last_checkpoint(run_dir)),
+        **heatmap,
+        "final_loss": _last_scalars(run_dir, "loss/"),
+    }
 
 
 def _event_accumulator(run_dir: Path):
@@ -391,15 +491,16 @@ def _heatmap_from_tensorboard(run_dir: Path, png: Path) -> dict:
         raise RuntimeError(f"the SE-CKNNA probe logged no {tag!r} image to {run_dir}")
     event = acc.Images(tag)[-1]
     png.write_bytes(event.encoded_image_string)
-    scalars = {t.removeprefix("probe/cknna/"): float(acc.Scalars(t)[-1].value)
-               for t in acc.Tags()["scalars"] if t.startswith("probe/cknna/")}
+    scalars = {
+        t.removeprefix("probe/cknna/"): float(acc.Scalars(t)[-1].value)
+        for t in acc.Tags()["scalars"]
+        if t.startswith("probe/cknna/")
+    }
     return {"heatmap_png": str(png), "heatmap_step": int(event.step), "probe_cknna": scalars}
 
 
 def phase_sample(demo: Demo) -> dict:
     """One class-balanced batch of 15 per seed (the network has 1000 label rows; ``balanced`` gives ids 0..14)."""
-    from PIL import Image
-
     from scripts.sample import main as sample_main
 
     s = demo.size
@@ -407,12 +508,38 @@ def phase_sample(demo: Demo) -> dict:
     images, labels = [], []
     for seed in range(s.sample_seeds):
         out = demo.path("samples", f"seed{seed}")
-        npz = run_script(sample_main, "scripts/sample.py", ["--ckpt", ckpt, "--tokenizer", str(demo.path("tokenizer", "export")), "--out", str(out),
-                           "--latent-stats", str(demo.path("latents", "latents_stats.pt")),
-                           "--num-images", str(NUM_CLASSES), "--chunk-size", str(NUM_CLASSES),
-                           "--batch-size", str(NUM_CLASSES), "--label-mode", "balanced", "--seed", str(seed),
-                           "--num-steps", str(s.sample_steps), "--cfg-scale", str(s.cfg_scale),
-                           "--accelerator", "cpu", "--devices", "1"])
+        npz = run_script(
+            sample_main,
+            "scripts/sample.py",
+            [
+                "--ckpt",
+                ckpt,
+                "--tokenizer",
+                str(demo.path("tokenizer", "export")),
+                "--out",
+                str(out),
+                "--latent-stats",
+                str(demo.path("latents", "latents_stats.pt")),
+                "--num-images",
+                str(NUM_CLASSES),
+                "--chunk-size",
+                str(NUM_CLASSES),
+                "--batch-size",
+                str(NUM_CLASSES),
+                "--label-mode",
+                "balanced",
+                "--seed",
+                str(seed),
+                "--num-steps",
+                str(s.sample_steps),
+                "--cfg-scale",
+                str(s.cfg_scale),
+                "--accelerator",
+                "cpu",
+                "--devices",
+                "1",
+            ],
+        )
         npz = npz or next(out.glob("samples_*.npz"))
         with np.load(npz) as data:
             images.append(data["arr_0"])
@@ -424,9 +551,11 @@ def phase_sample(demo: Demo) -> dict:
     # Grid: one row per class, one column per seed.
     order = np.stack([np.flatnonzero(lab == c)[: s.sample_seeds] for c in range(NUM_CLASSES)])
     _save_png(image_grid(arr[order]), demo.path("samples.png"))
-    del Image
-    return {"num_images": int(len(arr)), "npz": str(demo.path("samples", "all.npz")),
-            "grid_png": str(demo.path("samples.png"))}
+    return {
+        "num_images": int(len(arr)),
+        "npz": str(demo.path("samples", "all.npz")),
+        "grid_png": str(demo.path("samples.png")),
+    }
 
 
 def _held_out_images(demo: Demo, crop: str, limit: int | None = None) -> np.ndarray:
@@ -469,8 +598,7 @@ def reconstruction_metrics(model, images: np.ndarray, seed: int = 0) -> tuple[di
             ssim.append(ssim_per_image(batch, fake))
             recon.append(fake)
     fake = torch.cat(recon).permute(0, 2, 3, 1).numpy()
-    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()),
-            "num_images": len(real)}, fake
+    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), "num_images": len(real)}, fake
 
 
 def _train_images(demo: Demo, n: int) -> np.ndarray:
@@ -481,8 +609,9 @@ def _train_images(demo: Demo, n: int) -> np.ndarray:
 
     source = ImageFolderSource(str(demo.path("data", "train")))
     step = max(1, len(source) // n)
-    return np.stack([adm_center_crop(decode_rgb(source[i].data), demo.size.resolution)
-                     for i in range(0, len(source), step)][:n])
+    return np.stack(
+        [adm_center_crop(decode_rgb(source[i].data), demo.size.resolution) for i in range(0, len(source), step)][:n]
+    )
 
 
 def demo_feature_net():
@@ -496,8 +625,16 @@ def demo_feature_net():
     from torch import nn
 
     gen = torch.Generator().manual_seed(FEATURE_SEED)
-    net = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
-                        nn.Conv2d(32, FEATURE_DIM, 4, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, FEATURE_DIM, 4, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     with torch.no_grad():
         for m in net:
             if isinstance(m, nn.Conv2d):
@@ -514,8 +651,10 @@ def demo_fid(images_a: np.ndarray, images_b: np.ndarray) -> float:
 
     net = demo_feature_net()
     with torch.no_grad():
-        feats = [net(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1.0).double().numpy()
-                 for x in (images_a, images_b)]
+        feats = [
+            net(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1.0).double().numpy()
+            for x in (images_a, images_b)
+        ]
     stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in feats]
     return float(frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1]))
 
@@ -543,11 +682,14 @@ def phase_evaluate(demo: Demo) -> dict:
     held_out = _held_out_images(demo, "resize_center", s.recon_images)
     trained = load_tokenizer(demo.path("tokenizer", "export")).eval()
     untrained = untrained_tokenizer(demo.path("configs", "tokenizer_stage0.yaml"))
-    same_vfm = all(torch.equal(a, b) for a, b in zip(trained.vfm.state_dict().values(),
-                                                    untrained.vfm.state_dict().values()))
+    same_vfm = all(
+        torch.equal(a, b) for a, b in zip(trained.vfm.state_dict().values(), untrained.vfm.state_dict().values())
+    )
     if not same_vfm:
-        raise RuntimeError("the untrained baseline's frozen VFM differs from the exported one: the baseline "
-                           "would not be the same tokenizer before training (TokenizerModule seeding changed?)")
+        raise RuntimeError(
+            "the untrained baseline's frozen VFM differs from the exported one: the baseline "
+            "would not be the same tokenizer before training (TokenizerModule seeding changed?)"
+        )
     after, fake_after = reconstruction_metrics(trained, held_out)
     before, fake_before = reconstruction_metrics(untrained, held_out)
     # One row per class (held-out images are in class order, equally many per class): image | untrained | trained.
@@ -560,26 +702,40 @@ def phase_evaluate(demo: Demo) -> dict:
         samples = data["arr_0"]
     reference = _held_out_images(demo, "adm_center")
     train = _train_images(demo, len(reference))
-    fid = {"fid": demo_fid(samples, reference), "fid_train_vs_val": demo_fid(train, reference),
-           "num_samples": len(samples), "num_reference": len(reference)}
+    fid = {
+        "fid": demo_fid(samples, reference),
+        "fid_train_vs_val": demo_fid(train, reference),
+        "num_samples": len(samples),
+        "num_reference": len(reference),
+    }
     with np.load(demo.records["sample"]["npz"]) as data:
         classes = class_difference_test(data["arr_0"], data["labels"])
-    return {"reconstruction": {"untrained": before, "trained": after,
-                               "psnr_gain_db": after["psnr"] - before["psnr"],
-                               "ssim_gain": after["ssim"] - before["ssim"], "grid_png": str(demo.path("reconstructions.png"))},
-            "demo_fid": fid,
-            "fid_feature_network": f"DemoFeatureNet: 3 strided convs, kaiming-random (seed {FEATURE_SEED}), "
-                                   f"{FEATURE_DIM}-d mean-pooled; comparable only within the demo",
-            "class_difference": classes}
+    return {
+        "reconstruction": {
+            "untrained": before,
+            "trained": after,
+            "psnr_gain_db": after["psnr"] - before["psnr"],
+            "ssim_gain": after["ssim"] - before["ssim"],
+            "grid_png": str(demo.path("reconstructions.png")),
+        },
+        "demo_fid": fid,
+        "fid_feature_network": f"DemoFeatureNet: 3 strided convs, kaiming-random (seed {FEATURE_SEED}), "
+        f"{FEATURE_DIM}-d mean-pooled; comparable only within the demo",
+        "class_difference": classes,
+    }
 
 
 CHECKS = (
-    ("reconstructions beat the untrained tokenizer by >= 3 dB PSNR",
-     lambda r: r["evaluate"]["reconstruction"]["psnr_gain_db"] >= 3.0,
-     lambda r: f"{r['evaluate']['reconstruction']['psnr_gain_db']:+.2f} dB"),
-    ("sample statistics differ between classes (ANOVA of mean colour, p < 0.01)",
-     lambda r: r["evaluate"]["class_difference"]["p_value"] < 0.01,
-     lambda r: f"p = {r['evaluate']['class_difference']['p_value']:.2g}"),
+    (
+        "reconstructions beat the untrained tokenizer by >= 3 dB PSNR",
+        lambda r: r["evaluate"]["reconstruction"]["psnr_gain_db"] >= 3.0,
+        lambda r: f"{r['evaluate']['reconstruction']['psnr_gain_db']:+.2f} dB",
+    ),
+    (
+        "sample statistics differ between classes (ANOVA of mean colour, p < 0.01)",
+        lambda r: r["evaluate"]["class_difference"]["p_value"] < 0.01,
+        lambda r: f"p = {r['evaluate']['class_difference']['p_value']:.2g}",
+    ),
 )
 OUTPUTS = ("reconstructions.png", "samples.png", "se_cknna_heatmap.png", "metrics.json")
 
@@ -596,16 +752,26 @@ def phase_summary(demo: Demo) -> dict:
     cpu = {p: r[p].get("cpu_seconds") for p in PHASES if p in r and p != "summary"}
     ev = r["evaluate"]
     metrics = {
-        "size": demo.size_name, "size_config": asdict(demo.size), "phase_seconds": seconds,
-        "phase_cpu_seconds": cpu, "total_seconds": round(sum(v or 0.0 for v in seconds.values()), 1),
+        "size": demo.size_name,
+        "size_config": asdict(demo.size),
+        "phase_seconds": seconds,
+        "phase_cpu_seconds": cpu,
+        "total_seconds": round(sum(v or 0.0 for v in seconds.values()), 1),
         "total_cpu_seconds": round(sum(v or 0.0 for v in cpu.values()), 1),
-        "reconstruction": ev["reconstruction"], "demo_fid": ev["demo_fid"],
-        "fid_feature_network": ev["fid_feature_network"], "class_difference": ev["class_difference"],
-        "probe_cknna": r["reg"].get("probe_cknna"), "reg_final_loss": r["reg"].get("final_loss"),
-        "tokenizer": {"stage0": r["tokenizer_stage0"]["summary"], "stage2": r["tokenizer_stage2"]["summary"],
-                      "export_sha256": r["export"]["weights_sha256"]},
+        "reconstruction": ev["reconstruction"],
+        "demo_fid": ev["demo_fid"],
+        "fid_feature_network": ev["fid_feature_network"],
+        "class_difference": ev["class_difference"],
+        "probe_cknna": r["reg"].get("probe_cknna"),
+        "reg_final_loss": r["reg"].get("final_loss"),
+        "tokenizer": {
+            "stage0": r["tokenizer_stage0"]["summary"],
+            "stage2": r["tokenizer_stage2"]["summary"],
+            "export_sha256": r["export"]["weights_sha256"],
+        },
         "latents": {k: r["cache_latents"][k] for k in ("num_written", "latent_shape")},
-        "checks": checks, "passed": all(c["passed"] for c in checks),
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks),
     }
     demo.path("metrics.json").write_text(json.dumps(metrics, indent=2))
     missing = [name for name in OUTPUTS if not demo.path(name).is_file() or demo.path(name).stat().st_size == 0]
@@ -646,9 +812,15 @@ def render_summary(demo: Demo, m: dict) -> str:
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[Demo], dict]] = {
-    "data": phase_data, "tokenizer_stage0": phase_tokenizer_stage0, "tokenizer_stage2": phase_tokenizer_stage2,
-    "export": phase_export, "cache_latents": phase_cache_latents, "reg": phase_reg, "sample": phase_sample,
-    "evaluate": phase_evaluate, "summary": phase_summary,
+    "data": phase_data,
+    "tokenizer_stage0": phase_tokenizer_stage0,
+    "tokenizer_stage2": phase_tokenizer_stage2,
+    "export": phase_export,
+    "cache_latents": phase_cache_latents,
+    "reg": phase_reg,
+    "sample": phase_sample,
+    "evaluate": phase_evaluate,
+    "summary": phase_summary,
 }
 
 
@@ -661,8 +833,9 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_demo(size: str = "demo", out: str | Path = "outputs/demo", redo: list[str] | None = None,
-             threads: int = 1) -> Demo:
+def run_demo(
+    size: str = "demo", out: str | Path = "outputs/demo", redo: list[str] | None = None, threads: int = 1
+) -> Demo:
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
     unknown = sorted(set(redo or []) - set(PHASES) - {"all"})
@@ -677,8 +850,10 @@ def run_demo(size: str = "demo", out: str | Path = "outputs/demo", redo: list[st
     stamp = demo.path(".done", "size.json")
     if stamp.is_file() and json.loads(stamp.read_text())["fingerprint"] != demo.fingerprint:
         old = json.loads(stamp.read_text())["size"]
-        raise FileExistsError(f"{demo.out} holds a demo of size {old!r} with other settings; use another --out, "
-                              f"`make clean`, or `--redo all`")
+        raise FileExistsError(
+            f"{demo.out} holds a demo of size {old!r} with other settings; use another --out, "
+            f"`make clean`, or `--redo all`"
+        )
     if "all" in (redo or []):
         shutil.rmtree(demo.path(".done"), ignore_errors=True)
     stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -689,8 +864,10 @@ def run_demo(size: str = "demo", out: str | Path = "outputs/demo", redo: list[st
         marker = demo.marker(phase)
         if marker.is_file() and i < redo_from and phase != "summary":
             demo.records[phase] = json.loads(marker.read_text())
-            print(f"[{i + 1}/{len(PHASES)}] {phase}: done before ({demo.records[phase]['seconds']:.1f} s), reused",
-                  flush=True)
+            print(
+                f"[{i + 1}/{len(PHASES)}] {phase}: done before ({demo.records[phase]['seconds']:.1f} s), reused",
+                flush=True,
+            )
             continue
         marker.unlink(missing_ok=True)
         print(f"[{i + 1}/{len(PHASES)}] {phase} ...", flush=True)
@@ -705,8 +882,10 @@ def run_demo(size: str = "demo", out: str | Path = "outputs/demo", redo: list[st
         demo.records[phase] = record
         if phase != "summary":
             marker.write_text(json.dumps(record, indent=1, default=str))
-        print(f"[{i + 1}/{len(PHASES)}] {phase}: {record['seconds']:.1f} s wall, {record['cpu_seconds']:.1f} s CPU",
-              flush=True)
+        print(
+            f"[{i + 1}/{len(PHASES)}] {phase}: {record['seconds']:.1f} s wall, {record['cpu_seconds']:.1f} s CPU",
+            flush=True,
+        )
     print(demo.records["summary"]["text"])
     print(f"this run: {time.time() - start:.0f} s wall", flush=True)
     return demo
@@ -716,8 +895,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="demo", choices=sorted(SIZES), help="demo (make demo), ci (tests), debug")
     p.add_argument("--out", default="outputs/demo", help="output folder (reused by a second run)")
-    p.add_argument("--redo", nargs="*", default=[], metavar="PHASE",
-                   help=f"redo these phases and every later one ({', '.join(PHASES)}, or all)")
+    p.add_argument(
+        "--redo",
+        nargs="*",
+        default=[],
+        metavar="PHASE",
+        help=f"redo these phases and every later one ({', '.join(PHASES)}, or all)",
+    )
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads per process (1 is fastest on 2 cores)")
     args = p.parse_args(argv)
     if args.threads < 1:
