@@ -66,7 +66,7 @@ def _run(rank: int, world: int, port: int, root: str, out: str) -> None:
     trainer = Trainer(
         accelerator="cpu",
         devices=world,
-        strategy=DDPStrategy(find_unused_parameters=False, broadcast_buffers=False, process_group_backend="gloo"),
+        strategy=DDPStrategy(find_unused_parameters=False, process_group_backend="gloo"),
         max_steps=2,
         logger=False,
         enable_checkpointing=False,
@@ -75,6 +75,7 @@ def _run(rank: int, world: int, port: int, root: str, out: str) -> None:
         use_distributed_sampler=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        default_root_dir=out,
     )
     trainer.fit(model, datamodule=dm)
     g = {n: p for n, p in model.named_parameters() if n.startswith("tokenizer.") and p.requires_grad}
