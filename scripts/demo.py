@@ -253,6 +253,7 @@ def phase_data(demo: Demo) -> dict:
     s = demo.size
     train = DemoDataConfig(resolution=s.source_resolution, num_per_class=s.train_per_class, seed=0)
     val = DemoDataConfig(resolution=s.source_resolution, num_per_class=s.val_per_class, seed=VAL_SEED)
+    shutil.rmtree(demo.path("data"), ignore_errors=True)  # a half-written tree would be refused
     write_demo_imagefolder(demo.path("data", "train"), train)
     write_demo_imagefolder(demo.path("data", "val"), val)
     return {
@@ -397,7 +398,14 @@ def phase_export(demo: Demo) -> dict:
 def phase_cache_latents(demo: Demo) -> dict:
     from scripts.cache_latents import main as cache_main
 
-    out = demo.path("latents")  # resumable by itself: finished shards are kept on a rerun
+    # Resumable by itself (finished shards are kept), but only for the same tokenizer: a redone export starts over.
+    out = demo.path("latents")
+    stamp = out / "demo_tokenizer_sha256.txt"
+    tokenizer_sha = demo.records["export"]["weights_sha256"]
+    if out.exists() and (not stamp.is_file() or stamp.read_text() != tokenizer_sha):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(tokenizer_sha)
     run_script(
         cache_main,
         "scripts/cache_latents.py",
@@ -505,6 +513,7 @@ def phase_sample(demo: Demo) -> dict:
 
     s = demo.size
     ckpt = demo.records["reg"]["checkpoint"]
+    shutil.rmtree(demo.path("samples"), ignore_errors=True)  # samples of an earlier REG run would be refused
     images, labels = [], []
     for seed in range(s.sample_seeds):
         out = demo.path("samples", f"seed{seed}")
