@@ -124,6 +124,7 @@ def test_bad_inputs_are_clear_errors():
         ReconstructionMetrics().compute()
 
 
+@pytest.mark.slow
 def test_script_end_to_end_with_random_inception(tmp_path):
     from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
     from scripts.eval_reconstruction import main
