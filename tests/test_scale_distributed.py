@@ -11,6 +11,7 @@ environment, so Lightning joins instead of spawning), issue 14:
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import traceback
@@ -24,6 +25,7 @@ import torch.multiprocessing as mp
 
 pytestmark = pytest.mark.slow
 WORLD = 2
+RANK_TIMEOUT_S = 420
 
 
 def _free_port() -> int:
@@ -44,6 +46,8 @@ def _entry(rank: int, fn, port: int, tmp: str, args) -> None:
     )  # fmt: skip
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    # A rank stuck in a collective (its peer failed) must fail the test, not hang CI: dump and exit.
+    faulthandler.dump_traceback_later(RANK_TIMEOUT_S, exit=True)
     try:
         fn(rank, Path(tmp), *args)
     except BaseException:
