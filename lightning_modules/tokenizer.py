@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
+from lightning_modules.parallel import refuse_sharded_strategy
 from lightning_modules.tokenizer_stages import TokenizerStepRule, get_stage, set_trainable
 from lightning_modules.tokenizer_state import (
     RNGStream,
@@ -243,6 +244,8 @@ class TokenizerModule(LightningModule):
                 f"precision {precision!r} (GradScaler) is not supported by the two-optimiser GAN step; "
                 "use bf16-mixed or 32-true"
             )
+        # DDP-only (docs/scale.md §1): FSDP/DeepSpeed would shard a ~50M-parameter decoder for no gain.
+        refuse_sharded_strategy(trainer, "TokenizerModule", "its GAN step averages its own gradients; DDP-only")
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 "the tokenizer step does not accumulate: set trainer.accumulate_grad_batches to 1 "
