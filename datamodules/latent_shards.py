@@ -86,8 +86,14 @@ class ShardRecord:
     bad: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "file": shard_name(self.index), "count": self.count, "sha256": self.sha256,
-                "keys": self.keys, "bad": self.bad}
+        return {
+            "index": self.index,
+            "file": shard_name(self.index),
+            "count": self.count,
+            "sha256": self.sha256,
+            "keys": self.keys,
+            "bad": self.bad,
+        }
 
 
 def write_shard(

@@ -57,14 +57,28 @@ def build_demo_latent_cache(
         model = VFMVAE.from_pretrained(tokenizer)
     model = model.float().eval()
     # The production caching path (Lightning predict + shard writer), on one CPU process.
-    cache = LatentCacheDataModule(str(root / "images"), str(out), image_size=resolution, shard_size=64,
-                                  batch_size=16, num_workers=0)
-    provenance = {"tokenizer": {"weights_sha256": state_dict_sha256(model), "preset": tokenizer_preset,
-                                "path": tokenizer, "random_weights": tokenizer is None},
-                  "num_classes": 1000}
+    cache = LatentCacheDataModule(
+        str(root / "images"), str(out), image_size=resolution, shard_size=64, batch_size=16, num_workers=0
+    )
+    provenance = {
+        "tokenizer": {
+            "weights_sha256": state_dict_sha256(model),
+            "preset": tokenizer_preset,
+            "path": tokenizer,
+            "random_weights": tokenizer is None,
+        },
+        "num_classes": 1000,
+    }
     writer = LatentShardWriter(store_images=True, stats_samples=10_000, seed=seed, provenance=provenance)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[writer], precision="32-true")
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+        precision="32-true",
+    )
     trainer.predict(LatentCacheModule(model), datamodule=cache, return_predictions=False)
     log.info("demo latent cache written to %s", out)
     return out

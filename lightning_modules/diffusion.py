@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from vfmvae.dit.networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
 from lightning_modules.parallel import RankRNGStream, shard_diffusion_network
+from vfmvae.dit.networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.transport import (
     TRANSPORT_PRESETS,

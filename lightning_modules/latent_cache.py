@@ -33,8 +33,8 @@ from datamodules.latent_shards import (
     STATS,
     ShardReader,
     read_record,
-    shard_name,
     shard_is_finished,
+    shard_name,
     write_json_atomic,
     write_shard,
 )
@@ -73,8 +73,16 @@ class ShardImages(Dataset):
 class LatentCacheDataModule(LightningDataModule):
     """Serves the unfinished shards of this rank (computed after the processes are launched)."""
 
-    def __init__(self, data_root: str, out_dir: str, image_size: int = 256, shard_size: int = 10_000,
-                 batch_size: int = 64, num_workers: int = 4, keep_keys: frozenset[str] | None = None):
+    def __init__(
+        self,
+        data_root: str,
+        out_dir: str,
+        image_size: int = 256,
+        shard_size: int = 10_000,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        keep_keys: frozenset[str] | None = None,
+    ):
         super().__init__()
         self.data_root, self.out_dir = data_root, Path(out_dir)
         self.image_size, self.shard_size = image_size, shard_size
@@ -104,8 +112,13 @@ class LatentCacheDataModule(LightningDataModule):
         # The split over ranks is by shard (above). A DistributedSampler over one replica keeps Lightning from
         # splitting this rank's images a second time (it only injects its own sampler for non-distributed ones).
         sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=False)
-        return DataLoader(data, batch_size=self.batch_size, num_workers=self.num_workers, sampler=sampler,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            sampler=sampler,
+            pin_memory=torch.cuda.is_available(),
+        )
 
 
 class LatentCacheModule(LightningModule):
@@ -124,18 +137,36 @@ class LatentCacheModule(LightningModule):
             posterior = self.tokenizer.encode(uint8_to_unit(both))
         n = images.shape[0]
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
-        out = {name: t.to("cpu", self.moments_dtype) for name, t in (
-            ("mean", mean[:n]), ("logvar", logvar[:n]), ("mean_flip", mean[n:]), ("logvar_flip", logvar[n:]))}
-        out.update(image=images.cpu(), label=batch["label"].cpu(), key=list(batch["key"]),
-                   index=batch["index"].cpu(), ok=batch["ok"].cpu(), reason=list(batch["reason"]))
+        out = {
+            name: t.to("cpu", self.moments_dtype)
+            for name, t in (
+                ("mean", mean[:n]),
+                ("logvar", logvar[:n]),
+                ("mean_flip", mean[n:]),
+                ("logvar_flip", logvar[n:]),
+            )
+        }
+        out.update(
+            image=images.cpu(),
+            label=batch["label"].cpu(),
+            key=list(batch["key"]),
+            index=batch["index"].cpu(),
+            ok=batch["ok"].cpu(),
+            reason=list(batch["reason"]),
+        )
         return out
 
 
 class LatentShardWriter(BasePredictionWriter):
     """Collects predictions per shard and writes each shard the moment its last image arrives."""
 
-    def __init__(self, store_images: bool = False, stats_samples: int = 10_000, seed: int = 0,
-                 provenance: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        store_images: bool = False,
+        stats_samples: int = 10_000,
+        seed: int = 0,
+        provenance: dict[str, Any] | None = None,
+    ):
         super().__init__(write_interval="batch")
         self.store_images = store_images
         self.stats_samples, self.seed = stats_samples, seed
@@ -187,8 +218,9 @@ def _stack(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack(values) if values else like.new_empty((0, *like.shape))
 
 
-def finalize_cache(dm: LatentCacheDataModule, store_images: bool, stats_samples: int, seed: int,
-                   provenance: dict[str, Any]) -> dict[str, Any]:
+def finalize_cache(
+    dm: LatentCacheDataModule, store_images: bool, stats_samples: int, seed: int, provenance: dict[str, Any]
+) -> dict[str, Any]:
     """Verify every shard, write `manifest.json` and `latents_stats.pt` (rank 0 only)."""
     records = []
     for k in range(dm.num_shards):
@@ -199,8 +231,12 @@ def finalize_cache(dm: LatentCacheDataModule, store_images: bool, stats_samples:
     manifest = {
         "format_version": FORMAT_VERSION,
         "tokenizer": to_jsonable(provenance.get("tokenizer", {})),
-        "source": {"root": str(dm.data_root), "num_images": len(dm.source), "crop": "adm_center",
-                   "image_size": dm.image_size},
+        "source": {
+            "root": str(dm.data_root),
+            "num_images": len(dm.source),
+            "crop": "adm_center",
+            "image_size": dm.image_size,
+        },
         "latent_shape": first["latent_shape"],
         "dtype": first["dtype"],
         "store_images": store_images,
@@ -214,8 +250,13 @@ def finalize_cache(dm: LatentCacheDataModule, store_images: bool, stats_samples:
     }
     write_json_atomic(dm.out_dir / MANIFEST, manifest)
     compute_latent_stats(dm.out_dir, stats_samples, seed).save(dm.out_dir / STATS)
-    log.info("latent cache: %d latents in %d shards, %d bad images -> %s", manifest["num_written"],
-             len(records), manifest["num_bad"], dm.out_dir)
+    log.info(
+        "latent cache: %d latents in %d shards, %d bad images -> %s",
+        manifest["num_written"],
+        len(records),
+        manifest["num_bad"],
+        dm.out_dir,
+    )
     return manifest
 
 
@@ -225,4 +266,3 @@ def _first_nonempty(root: Path, records) -> dict[str, Any]:
             t = ShardReader(root / shard_name(r.index)).tensor("mean")
             return {"latent_shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")}
     raise RuntimeError("latent cache: no image could be encoded (all shards empty)")
-

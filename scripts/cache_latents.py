@@ -67,15 +67,30 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     tokenizer = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs)
     keep = load_key_list(args.filter_keys) if args.filter_keys else None
-    dm = LatentCacheDataModule(args.data_root, args.out, image_size=args.image_size, shard_size=args.shard_size,
-                               batch_size=args.batch_size, num_workers=args.num_workers, keep_keys=keep)
+    dm = LatentCacheDataModule(
+        args.data_root,
+        args.out,
+        image_size=args.image_size,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        keep_keys=keep,
+    )
     dm.setup()
     provenance = {"tokenizer": tokenizer_provenance(tokenizer, args.tokenizer), "num_classes": len(dm.source.classes)}
-    writer = LatentShardWriter(store_images=args.store_images, stats_samples=args.stats_samples, seed=args.seed,
-                               provenance=provenance)
+    writer = LatentShardWriter(
+        store_images=args.store_images, stats_samples=args.stats_samples, seed=args.seed, provenance=provenance
+    )
     devices = args.devices if args.devices == "auto" else int(args.devices)
-    trainer = Trainer(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, logger=False,
-                      callbacks=[writer], precision="32-true", enable_model_summary=False)
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        logger=False,
+        callbacks=[writer],
+        precision="32-true",
+        enable_model_summary=False,
+    )
     trainer.predict(LatentCacheModule(tokenizer, args.moments_dtype), datamodule=dm, return_predictions=False)
     return provenance
 

@@ -47,12 +47,23 @@ def make_folder(root, n_per_class=(5, 4, 4), corrupt: bool = True):
 
 
 def run_cache(data_root, out_dir, tokenizer, shard_size=4, writer_cls=LatentShardWriter, store_images=True):
-    dm = LatentCacheDataModule(str(data_root), str(out_dir), image_size=IMAGE_SIZE, shard_size=shard_size,
-                               batch_size=3, num_workers=0)
-    writer = writer_cls(store_images=store_images, stats_samples=10_000, seed=0,
-                        provenance={"tokenizer": {"weights_sha256": "abc", "config": {"name": "stand-in"}}})
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      callbacks=[writer], enable_model_summary=False)
+    dm = LatentCacheDataModule(
+        str(data_root), str(out_dir), image_size=IMAGE_SIZE, shard_size=shard_size, batch_size=3, num_workers=0
+    )
+    writer = writer_cls(
+        store_images=store_images,
+        stats_samples=10_000,
+        seed=0,
+        provenance={"tokenizer": {"weights_sha256": "abc", "config": {"name": "stand-in"}}},
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[writer],
+        enable_model_summary=False,
+    )
     trainer.predict(LatentCacheModule(tokenizer), datamodule=dm, return_predictions=False)
     return dm
 
@@ -202,8 +213,13 @@ def test_two_rank_cache_has_every_key_once(tmp_path, repo_root):
 
     data = make_folder(tmp_path / "data", n_per_class=(4, 4, 3), corrupt=False)
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    proc = subprocess.run([sys.executable, str(repo_root / "tests/scripts/cache_ddp.py"), str(data),
-                           str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "tests/scripts/cache_ddp.py"), str(data), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "cache" / MANIFEST).read_text())
     keys = [k for s in manifest["shards"] for k in s["keys"]]
@@ -223,9 +239,29 @@ def test_cache_script_with_debug_tokenizer(tmp_path):
     record = save_pretrained(tok, tmp_path / "tok")
     data = make_folder(tmp_path / "data", n_per_class=(2, 2), corrupt=False)
     out = tmp_path / "cache"
-    cache_main(["--data-root", str(data), "--tokenizer", str(tmp_path / "tok"), "--out", str(out),
-                "--image-size", "64", "--shard-size", "3", "--batch-size", "2", "--num-workers", "0",
-                "--accelerator", "cpu", "--devices", "1", "--store-images"])
+    cache_main(
+        [
+            "--data-root",
+            str(data),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--shard-size",
+            "3",
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            "--store-images",
+        ]
+    )
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["tokenizer"]["weights_sha256"] == record["weights_sha256"]
     assert manifest["latent_shape"] == [tok.cfg.z_dim, 4, 4] and manifest["num_classes"] == 2
@@ -243,8 +279,16 @@ def test_imagenet_datamodule_latents_mode(cache):
     from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
 
     _, _, out, _ = cache
-    cfg = ImageNetDataConfig(mode="latents", latent_root=str(out), latent_policy="reg", return_images=True,
-                             batch_size=4, num_workers=0, val_split=None, seed=3)
+    cfg = ImageNetDataConfig(
+        mode="latents",
+        latent_root=str(out),
+        latent_policy="reg",
+        return_images=True,
+        batch_size=4,
+        num_workers=0,
+        val_split=None,
+        seed=3,
+    )
     dm = ImageNetDataModule(cfg)
     dm.setup("fit")
     assert dm.latent_shape == (4, 4, 4) and dm.num_classes == 1000

@@ -42,16 +42,34 @@ def test_cache_latents_and_eval_reconstruction_through_make(repo_root, tmp_path)
     data = tmp_path / "data"
     write_demo_imagefolder(data, DemoDataConfig(resolution=64, num_per_class=1))
     out = tmp_path / "cache"
-    proc = make(repo_root, "cache-latents", f"DATA_ROOT={data}", f"TOKENIZER={tmp_path / 'tok'}", f"OUT={out}",
-                "DEVICES=1", "IMAGE_SIZE=64", "BATCH=2",
-                "CACHE_ARGS=--accelerator cpu --num-workers 0 --shard-size 4 --store-images")
+    proc = make(
+        repo_root,
+        "cache-latents",
+        f"DATA_ROOT={data}",
+        f"TOKENIZER={tmp_path / 'tok'}",
+        f"OUT={out}",
+        "DEVICES=1",
+        "IMAGE_SIZE=64",
+        "BATCH=2",
+        "CACHE_ARGS=--accelerator cpu --num-workers 0 --shard-size 4 --store-images",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data_set = LatentDataset(out, expected_tokenizer_hash=record["weights_sha256"], return_images=True)
     assert len(data_set) == 15 and data_set.latent_shape == (8, 4, 4)
 
     report = tmp_path / "rec.json"
-    proc = make(repo_root, "eval-reconstruction", f"TOKENIZER={tmp_path / 'tok'}", f"DATA_ROOT={data}",
-                "NO_FID=1", "NO_LPIPS=1", "IMAGE_SIZE=64", "BATCH=3", "DEVICE=cpu", f"OUT={report}")
+    proc = make(
+        repo_root,
+        "eval-reconstruction",
+        f"TOKENIZER={tmp_path / 'tok'}",
+        f"DATA_ROOT={data}",
+        "NO_FID=1",
+        "NO_LPIPS=1",
+        "IMAGE_SIZE=64",
+        "BATCH=3",
+        "DEVICE=cpu",
+        f"OUT={report}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(report.read_text())
     assert "psnr" in json.dumps(result).lower() and "ssim" in json.dumps(result).lower()

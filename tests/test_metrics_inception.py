@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -79,8 +78,18 @@ def test_evaluate_script_end_to_end(weights, tmp_path, repo_root):
     out = tmp_path / "res.json"
     # Through the README's command, `make evaluate` (the script's flags pass through EVAL_ARGS).
     extra = f"--cache-dir {tmp_path / 'cache'} --device cpu --batch-size 4"
-    cmd = ["make", "-s", "-C", str(repo_root), "evaluate", f"SAMPLES={tmp_path / 'samples.npz'}", f"REF={ref_dir}",
-           f"INCEPTION={weights}", f"OUT={out}", f"EVAL_ARGS={extra}"]
+    cmd = [
+        "make",
+        "-s",
+        "-C",
+        str(repo_root),
+        "evaluate",
+        f"SAMPLES={tmp_path / 'samples.npz'}",
+        f"REF={ref_dir}",
+        f"INCEPTION={weights}",
+        f"OUT={out}",
+        f"EVAL_ARGS={extra}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "FID" in proc.stdout and "sFID" in proc.stdout and "Recall" in proc.stdout

@@ -237,9 +237,19 @@ def _run(repo_root, args):
 def test_script_tokenizer_and_vfm(repo_root, tmp_path):
     """`make se-cknna DEMO=8`: scikit-image photo crops, tiny random models (the README's command)."""
     proc = subprocess.run(
-        ["make", "-s", "-C", str(repo_root), "se-cknna", "DEMO=8", f"OUT={tmp_path}",
-         "SE_ARGS=--device cpu --topk 5 --noise-levels 0.1"],
-        capture_output=True, text=True, timeout=600,
+        [
+            "make",
+            "-s",
+            "-C",
+            str(repo_root),
+            "se-cknna",
+            "DEMO=8",
+            f"OUT={tmp_path}",
+            "SE_ARGS=--device cpu --topk 5 --noise-levels 0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "se_cknna.csv")))

@@ -49,7 +49,11 @@ def test_cli_help():
 
 def test_cli_fit_help_lists_trainer_options():
     out = subprocess.run(
-        [sys.executable, "-m", "lightning_modules", "fit", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "lightning_modules", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "--trainer.max_steps" in out.stdout and "--config" in out.stdout

@@ -32,7 +32,7 @@ def close(actual, expected, name):
 def fx(fixtures_dir):
     tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
     meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     return tensors, meta, sd
 
 
@@ -214,19 +214,43 @@ def test_official_stage_yaml_kwargs_give_the_paper_preset():
     from vfmvae.tokenizer import get_config
 
     g_kwargs = {
-        "class_name": "networks.generator.Generator", "vfm_name": "your_path/huggingface/siglip2-large-patch16-512",
-        "scale_factor": 2.0, "patch_from_layers": [0, 12, -1], "patch_in_dimensions": [1024] * 3,
-        "patch_out_dimensions": [64] * 3, "compression_mode": "continuous", "how_to_compress": "attnproj",
-        "how_to_decompress": "attnproj", "decompress_factor": 16, "attnproj_quant_layers": 1,
-        "attnproj_post_quant_layers": 1, "resolution_compression_factor": 16, "z_dimension": 32,
-        "z_pooled_resolution": 1, "z_dim_for_mapping_mlp_output": 512, "distmat_margin": 0.0, "cos_margin": 0.0,
-        "distmat_weight": 1.0, "cos_weight": 1.0, "concat_z_block_indices": [0, 1, 2, 3],
-        "concat_z_mapped_dims": [512, 256, 128, 128], "how_to_process_concat_z": "unshuffle",
-        "activation_for_concat_z": "lrelu", "attn_block_indices": [0, 1, 2], "attn_depths": [2, 2, 2],
-        "use_self_attn": True, "use_cross_attn": False, "use_convnext": True, "use_gaussian_blur": True,
-        "add_additional_convnext": True, "equivariance_regularization_p_prior": 0.5,
-        "equivariance_regularization_p_prior_scale": 0.25, "num_blocks": 6, "num_fp16_res": 3,
-        "train_mode": "train_the_second_half_decoder", "img_channels": 3,
+        "class_name": "networks.generator.Generator",
+        "vfm_name": "your_path/huggingface/siglip2-large-patch16-512",
+        "scale_factor": 2.0,
+        "patch_from_layers": [0, 12, -1],
+        "patch_in_dimensions": [1024] * 3,
+        "patch_out_dimensions": [64] * 3,
+        "compression_mode": "continuous",
+        "how_to_compress": "attnproj",
+        "how_to_decompress": "attnproj",
+        "decompress_factor": 16,
+        "attnproj_quant_layers": 1,
+        "attnproj_post_quant_layers": 1,
+        "resolution_compression_factor": 16,
+        "z_dimension": 32,
+        "z_pooled_resolution": 1,
+        "z_dim_for_mapping_mlp_output": 512,
+        "distmat_margin": 0.0,
+        "cos_margin": 0.0,
+        "distmat_weight": 1.0,
+        "cos_weight": 1.0,
+        "concat_z_block_indices": [0, 1, 2, 3],
+        "concat_z_mapped_dims": [512, 256, 128, 128],
+        "how_to_process_concat_z": "unshuffle",
+        "activation_for_concat_z": "lrelu",
+        "attn_block_indices": [0, 1, 2],
+        "attn_depths": [2, 2, 2],
+        "use_self_attn": True,
+        "use_cross_attn": False,
+        "use_convnext": True,
+        "use_gaussian_blur": True,
+        "add_additional_convnext": True,
+        "equivariance_regularization_p_prior": 0.5,
+        "equivariance_regularization_p_prior_scale": 0.25,
+        "num_blocks": 6,
+        "num_fp16_res": 3,
+        "train_mode": "train_the_second_half_decoder",
+        "img_channels": 3,
         "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512, "num_res_blocks": 2, "architecture": "skip"},
         "legacy": True,
     }

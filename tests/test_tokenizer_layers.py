@@ -112,8 +112,9 @@ def test_posterior_kl_sample_and_clamp():
     logvar[0, 0, 0, 0] = 50.0  # clamped to 20
     post = DiagonalGaussian(torch.cat([mean, logvar], 1))
     lv = logvar.clamp(-30, 20)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mean, (0.5 * lv).exp()),
-                                            torch.distributions.Normal(0.0, 1.0)).sum((1, 2, 3))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, (0.5 * lv).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).sum((1, 2, 3))
     torch.testing.assert_close(post.kl(), ref, atol=1e-4, rtol=1e-5)
     eps = torch.randn(2, 3, 2, 2)
     torch.testing.assert_close(post.sample(eps), mean + (0.5 * lv).exp() * eps)
@@ -142,8 +143,9 @@ def test_blur_upsampler_kernel_and_constant_preservation():
     assert up(torch.randn(1, 4, 3, 5)).shape == (1, 2, 6, 10)
 
 
-@pytest.mark.parametrize("target,shape", [(4, (1, 6, 4, 4)), (8, (1, 6, 8, 8)), (16, (1, 6, 16, 16)),
-                                          (32, (1, 6, 32, 32))])
+@pytest.mark.parametrize(
+    "target,shape", [(4, (1, 6, 4, 4)), (8, (1, 6, 8, 8)), (16, (1, 6, 16, 16)), (32, (1, 6, 32, 32))]
+)
 def test_latent_adapter_resampling(target, shape):
     adapter = LatentAdapter(in_dim=5, out_dim=6, z_size=16, target_size=target)
     assert adapter(torch.randn(1, 5, 16, 16)).shape == shape

@@ -62,8 +62,9 @@ def test_paper_per_block_counts(paper_meta):
 
 def test_paper_counts_without_legacy_noise_and_with_vf_projection():
     with torch.device("meta"):
-        model = VFMVAE(get_config("vfmvae-f16d32-siglip2", legacy=False, use_vf_projection=True),
-                       vfm=torch.nn.Identity())
+        model = VFMVAE(
+            get_config("vfmvae-f16d32-siglip2", legacy=False, use_vf_projection=True), vfm=torch.nn.Identity()
+        )
     counts = model.parameter_counts()
     assert counts["synthesis"] == 125_712_312 - 38  # one noise_strength scalar per ConvNeXt layer
     assert counts["vf_projection"] == 32_768 and counts["head"] == PAPER_COUNTS["head"]

@@ -47,7 +47,7 @@ def model(fixtures_dir, case):
     from vfmvae.dit import from_official_lightningdit
 
     tensors = load_file(str(fixtures_dir / "lightningdit_tiny.safetensors"))
-    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     net = from_official_lightningdit(sd, case[1]["velocity_model_kwargs"]).eval()
     return net
 
@@ -75,8 +75,8 @@ def test_loss_terms_from_stored_prediction(case, name):
         return T[f"outputs.{name}.pred"]
 
     terms, details = LightningDiTLoss(TimestepSampler("uniform")).__call__(
-        replay, T["inputs.x1"], T["inputs.y"], t=T[f"inputs.t_{name}"], noise=T["inputs.x0_noise"],
-        return_details=True)
+        replay, T["inputs.x1"], T["inputs.y"], t=T[f"inputs.t_{name}"], noise=T["inputs.x0_noise"], return_details=True
+    )
     torch.testing.assert_close(seen["x_t"], T[f"outputs.{name}.xt"], atol=1e-6, rtol=0)
     torch.testing.assert_close(details["target"], T[f"outputs.{name}.ut"], atol=1e-6, rtol=0)
     torch.testing.assert_close(details["mse_per_sample"], T[f"outputs.{name}.mse_per_sample"], atol=ATOL, rtol=0)
@@ -89,8 +89,14 @@ def test_loss_terms_from_stored_prediction(case, name):
 def test_training_loss_with_official_network(case, model, name):
     T, _ = case
     with torch.no_grad():
-        terms, details = LightningDiTLoss()(velocity(model), T["inputs.x1"], T["inputs.y"],
-                                            t=T[f"inputs.t_{name}"], noise=T["inputs.x0_noise"], return_details=True)
+        terms, details = LightningDiTLoss()(
+            velocity(model),
+            T["inputs.x1"],
+            T["inputs.y"],
+            t=T[f"inputs.t_{name}"],
+            noise=T["inputs.x0_noise"],
+            return_details=True,
+        )
     torch.testing.assert_close(details["pred"], T[f"outputs.{name}.pred"], atol=ATOL, rtol=0)
     torch.testing.assert_close(details["mse_per_sample"], T[f"outputs.{name}.mse_per_sample"], atol=ATOL, rtol=0)
     torch.testing.assert_close(details["cos_per_sample"], T[f"outputs.{name}.cos_per_sample"], atol=ATOL, rtol=0)
@@ -104,21 +110,26 @@ def test_euler_ode_without_cfg(case, model):
     torch.testing.assert_close(torch.stack(traj), T["outputs.ode_nocfg_trajectory"], atol=ATOL, rtol=0)
     # The preset runner (250 grid points cut to 10, shift 0.3, no guidance) gives the same sample.
     cfg = SAMPLER_PRESETS["lightningdit"].replace(num_steps=10)
-    torch.testing.assert_close(sample(cfg, velocity(model), T["inputs.ode_z"], T["inputs.ode_y"]),
-                               T["outputs.ode_nocfg_sample"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        sample(cfg, velocity(model), T["inputs.ode_z"], T["inputs.ode_y"]),
+        T["outputs.ode_nocfg_sample"],
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def test_euler_ode_with_cfg_wrapper(case, model):
     """Our CFG wrapper (3 channels, interval t >= 0.125) reproduces the guided half."""
     T, _ = case
-    guided = ClassifierFreeGuidance(velocity(model), 4.0, convention="lightningdit",
-                                    interval=GuidanceInterval.lightningdit(0.125), cfg_channels=3)
-    traj = euler_ode(guided, T["inputs.ode_z"], T["inputs.ode_y"], ode_time_grid(10, shift=0.3),
-                     return_trajectory=True)
+    guided = ClassifierFreeGuidance(
+        velocity(model), 4.0, convention="lightningdit", interval=GuidanceInterval.lightningdit(0.125), cfg_channels=3
+    )
+    traj = euler_ode(guided, T["inputs.ode_z"], T["inputs.ode_y"], ode_time_grid(10, shift=0.3), return_trajectory=True)
     torch.testing.assert_close(torch.stack(traj), T["outputs.ode_cfg_trajectory"][:, :2], atol=ATOL, rtol=0)
     torch.testing.assert_close(traj[-1], T["outputs.ode_cfg_sample"], atol=ATOL, rtol=0)
-    out = sample(SAMPLER_PRESETS["lightningdit-cfg"].replace(num_steps=10), velocity(model),
-                 T["inputs.ode_z"], T["inputs.ode_y"])
+    out = sample(
+        SAMPLER_PRESETS["lightningdit-cfg"].replace(num_steps=10), velocity(model), T["inputs.ode_z"], T["inputs.ode_y"]
+    )
     torch.testing.assert_close(out, T["outputs.ode_cfg_sample"], atol=ATOL, rtol=0)
 
 
@@ -127,16 +138,22 @@ def test_euler_ode_with_official_doubled_batch(case, model):
     T, _ = case
     z, y = T["inputs.ode_z"], T["inputs.ode_y"]
     fn = lightningdit_doubled_cfg(velocity(model), 4.0, interval=GuidanceInterval.lightningdit(0.125))
-    traj = euler_ode(fn, torch.cat([z, z]), torch.cat([y, torch.full_like(y, 1000)]),
-                     ode_time_grid(10, shift=0.3), return_trajectory=True)
+    traj = euler_ode(
+        fn,
+        torch.cat([z, z]),
+        torch.cat([y, torch.full_like(y, 1000)]),
+        ode_time_grid(10, shift=0.3),
+        return_trajectory=True,
+    )
     torch.testing.assert_close(torch.stack(traj), T["outputs.ode_cfg_trajectory"], atol=ATOL, rtol=0)
 
 
 def test_all_channel_cfg_differs_from_official(case, model):
     """Sanity: guiding all channels is a different sampler (the fixture really tests the quirk)."""
     T, _ = case
-    guided = ClassifierFreeGuidance(velocity(model), 4.0, convention="lightningdit",
-                                    interval=GuidanceInterval.lightningdit(0.125))
+    guided = ClassifierFreeGuidance(
+        velocity(model), 4.0, convention="lightningdit", interval=GuidanceInterval.lightningdit(0.125)
+    )
     out = euler_ode(guided, T["inputs.ode_z"], T["inputs.ode_y"], ode_time_grid(10, shift=0.3))
     assert (out[:, 3:] - T["outputs.ode_cfg_sample"][:, 3:]).abs().max() > 1e-2
     assert torch.isfinite(out).all()
@@ -154,8 +171,9 @@ def test_forward_with_cfg_outputs(fixtures_dir, model):
                 ref = L[f"outputs.forward_with_cfg_{key}_{tag}"]
                 doubled = lightningdit_doubled_cfg(velocity(model), 4.0, interval=interval)(x, t, y)
                 torch.testing.assert_close(doubled, ref, atol=ATOL, rtol=0)
-                wrapped = ClassifierFreeGuidance(velocity(model), 4.0, convention="lightningdit",
-                                                 interval=interval, cfg_channels=3)(x[:n], t[:n], y[:n])
+                wrapped = ClassifierFreeGuidance(
+                    velocity(model), 4.0, convention="lightningdit", interval=interval, cfg_channels=3
+                )(x[:n], t[:n], y[:n])
                 torch.testing.assert_close(wrapped, ref[:n], atol=ATOL, rtol=0)
 
 

@@ -151,10 +151,21 @@ def test_sde_accepts_data_at_one_velocity(law, noise):
     """A LightningDiT-convention field gives the same SDE path (same noise draws)."""
     mu, cov = law
     y = torch.zeros(N, dtype=torch.long)
-    a = euler_maruyama_sde(lambda x, t, y: v_noise_at_one(mu, cov)(x, t), noise, y, num_steps=50,
-                           generator=torch.Generator().manual_seed(7))
-    b = euler_maruyama_sde(lambda x, t, y: v_data_at_one(mu, cov)(x, t), noise, y, num_steps=50,
-                           convention="lightningdit", generator=torch.Generator().manual_seed(7))
+    a = euler_maruyama_sde(
+        lambda x, t, y: v_noise_at_one(mu, cov)(x, t),
+        noise,
+        y,
+        num_steps=50,
+        generator=torch.Generator().manual_seed(7),
+    )
+    b = euler_maruyama_sde(
+        lambda x, t, y: v_data_at_one(mu, cov)(x, t),
+        noise,
+        y,
+        num_steps=50,
+        convention="lightningdit",
+        generator=torch.Generator().manual_seed(7),
+    )
     torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 

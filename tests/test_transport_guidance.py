@@ -36,7 +36,8 @@ class ToyVelocity:
     def component(self, x, t, y):
         shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
         return x * self.a[y].reshape(shape).to(x.dtype) + self.b[y].reshape(shape).to(x.dtype) * t.reshape(
-            (-1,) + (1,) * (x.ndim - 1))
+            (-1,) + (1,) * (x.ndim - 1)
+        )
 
     def __call__(self, x, t, y):
         self.calls.append((x.shape[0], y.clone()))
@@ -97,8 +98,14 @@ def test_reg_interval_switches_exactly_at_high(dtype):
     """Noise at one: guided iff low <= t <= high, both bounds inclusive (REG guidance_low/high)."""
     iv = GuidanceInterval.reg(0.0, 0.8)
     b = torch.tensor(0.8, dtype=dtype)
-    t = torch.stack([torch.tensor(0.0, dtype=dtype), b, torch.nextafter(b, torch.tensor(1.0, dtype=dtype)),
-                     torch.tensor(1.0, dtype=dtype)])
+    t = torch.stack(
+        [
+            torch.tensor(0.0, dtype=dtype),
+            b,
+            torch.nextafter(b, torch.tensor(1.0, dtype=dtype)),
+            torch.tensor(1.0, dtype=dtype),
+        ]
+    )
     assert iv.active(t, "reg").tolist() == [True, True, False, False]
 
 
@@ -143,8 +150,9 @@ def test_guided_step_count_on_reg_sde_grid():
 
 def test_ode_with_guidance_is_deterministic():
     toy = ToyVelocity(4)
-    g = ClassifierFreeGuidance(toy, 4.0, convention="lightningdit", interval=GuidanceInterval.lightningdit(),
-                               cfg_channels=3)
+    g = ClassifierFreeGuidance(
+        toy, 4.0, convention="lightningdit", interval=GuidanceInterval.lightningdit(), cfg_channels=3
+    )
     z = torch.randn(2, 4, 2, 2)
     a = euler_ode(g, z, torch.tensor([3, 4]), ode_time_grid(10, shift=0.3))
     b = euler_ode(g, z, torch.tensor([3, 4]), ode_time_grid(10, shift=0.3))
@@ -155,7 +163,8 @@ def test_bad_arguments_name_the_problem():
     toy = ToyVelocity(4)
     with pytest.raises(ValueError, match="cfg_channels"):
         ClassifierFreeGuidance(toy, 4.0, convention="lightningdit", cfg_channels=9)(
-            torch.zeros(1, 4), torch.ones(1), torch.tensor([0]))
+            torch.zeros(1, 4), torch.ones(1), torch.tensor([0])
+        )
     with pytest.raises(ValueError, match="cfg_channels"):
         ClassifierFreeGuidance(toy, 4.0, convention="lightningdit", cfg_channels=0)
     with pytest.raises(ValueError, match="time convention"):

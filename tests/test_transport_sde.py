@@ -105,7 +105,7 @@ def test_reg_sde_with_official_tiny_sit(fixtures_dir):
 
     tensors = load_file(str(fixtures_dir / "sit_reg_tiny.safetensors"))
     meta = json.loads((fixtures_dir / "sit_reg_tiny.json").read_text())
-    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     model = from_official_reg(sd, meta["constructor_kwargs"]).eval()
     fn = lambda x, t, y, c: tuple(model(x, t, y, c))
     g = torch.Generator().manual_seed(0)
@@ -124,8 +124,7 @@ def test_reg_sde_with_official_tiny_sit(fixtures_dir):
 def test_sde_trajectory_and_grid_errors():
     fn = lambda x, t, y: -x
     z, y = torch.randn(2, 3), torch.zeros(2, dtype=torch.long)
-    traj = euler_maruyama_sde(fn, z, y, num_steps=5, generator=torch.Generator().manual_seed(0),
-                              return_trajectory=True)
+    traj = euler_maruyama_sde(fn, z, y, num_steps=5, generator=torch.Generator().manual_seed(0), return_trajectory=True)
     assert len(traj) == 6 and traj[0].dtype == F64
     with pytest.raises(ValueError, match="ending in 0"):
         euler_maruyama_sde(fn, z, y, grid=torch.tensor([1.0, 0.5]))

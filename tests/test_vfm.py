@@ -105,8 +105,9 @@ def test_timm_layers_match_forward_intermediates(which, request):
     hook = m.blocks[0].register_forward_pre_hook(lambda mod, args: captured.setdefault("emb", args[0]))
     with torch.no_grad():
         xn = _normalise(x, IMAGENET_MEAN_STD)
-        final, inter = m.forward_intermediates(xn, indices=list(range(vfm.num_layers)), norm=False,
-                                               return_prefix_tokens=True, output_fmt="NLC")
+        final, inter = m.forward_intermediates(
+            xn, indices=list(range(vfm.num_layers)), norm=False, return_prefix_tokens=True, output_fmt="NLC"
+        )
         feats = m.forward_features(xn)
     hook.remove()
     layers = [0] + list(range(1, vfm.num_layers + 1)) + [-1, -2]

@@ -50,8 +50,9 @@ def test_siglip_from_full_text_vision_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     vision = get_vfm_config("debug-siglip")
-    vcfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                image_size=128, patch_size=16)
+    vcfg = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=128, patch_size=16
+    )
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     full = SiglipModel(SiglipConfig(vision_config=vcfg, text_config=text)).eval()
     full.save_pretrained(tmp_path / "full")
@@ -116,7 +117,7 @@ def test_official_fixture_siglip_features(fixtures_dir):
     """VFM features of the official Generator (layers [0, 2, -1] after x2 bilinear) reproduced."""
     meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
     tensors = load_file(str(fixtures_dir / "vfmvae_tiny.safetensors"))
-    sd = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     vfm = vfm_from_hf_config(meta["siglip_vision_config"])
     assert (vfm.hidden_size, vfm.num_layers, vfm.patch_size, vfm.image_size) == (64, 3, 16, 128)
     ignored = load_official_vfm_state_dict(vfm, sd)
@@ -152,11 +153,20 @@ def test_official_key_mapping_variants():
 def test_vfm_from_hf_config_variants():
     from transformers import Dinov2Config, SiglipConfig
 
-    dino = vfm_from_hf_config(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                           image_size=28, patch_size=14).to_dict())
+    dino = vfm_from_hf_config(
+        Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14).to_dict()
+    )
     assert (dino.hidden_size, dino.num_layers, dino.patch_size, dino.has_cls) == (32, 1, 14, True)
-    full = SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=32, patch_size=16))
+    full = SiglipConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        )
+    )
     sig = vfm_from_hf_config(full.to_dict(), keep_head=True)
     assert (sig.hidden_size, sig.num_layers, sig.image_size, sig.has_cls) == (32, 2, 32, False)
     assert any(k.startswith("backbone.head.") for k in sig.state_dict())
@@ -165,15 +175,18 @@ def test_vfm_from_hf_config_variants():
 
 
 # --------------------------------------------------------------------------- real presets on meta
-@pytest.mark.parametrize("name,overrides,expected,pos_shape", [
-    ("siglip2-large-patch16-512", {"keep_head": True}, 316_742_656, (1024, 1024)),
-    ("siglip2-large-patch16-512", {}, 316_742_656 - 12_595_200, (1024, 1024)),  # tokenizer drops the MAP head
-    ("dinov2-large", {}, 304.4e6, (1, 1370, 1024)),
-    ("dinov2-base", {}, 86.6e6, (1, 1370, 768)),
-    ("dinov2-vitl14", {}, 304.4e6, (1, 1370, 1024)),
-    ("dinov2-vitb14", {}, 86.6e6, (1, 1370, 768)),
-    ("dino-vits16", {}, 21_665_664, (1, 197, 384)),
-])
+@pytest.mark.parametrize(
+    "name,overrides,expected,pos_shape",
+    [
+        ("siglip2-large-patch16-512", {"keep_head": True}, 316_742_656, (1024, 1024)),
+        ("siglip2-large-patch16-512", {}, 316_742_656 - 12_595_200, (1024, 1024)),  # tokenizer drops the MAP head
+        ("dinov2-large", {}, 304.4e6, (1, 1370, 1024)),
+        ("dinov2-base", {}, 86.6e6, (1, 1370, 768)),
+        ("dinov2-vitl14", {}, 304.4e6, (1, 1370, 1024)),
+        ("dinov2-vitb14", {}, 86.6e6, (1, 1370, 768)),
+        ("dino-vits16", {}, 21_665_664, (1, 197, 384)),
+    ],
+)
 def test_real_presets_parameter_counts_on_meta(name, overrides, expected, pos_shape):
     with torch.device("meta"):
         vfm = build_vfm(name, config=overrides)
@@ -183,8 +196,13 @@ def test_real_presets_parameter_counts_on_meta(name, overrides, expected, pos_sh
     else:
         assert abs(n - expected) < 0.05e6, n
     b = vfm.backbone
-    pos = (b.embeddings.position_embedding.weight if name.startswith("siglip") else
-           b.embeddings.position_embeddings if vfm.config.backend == "hf" else b.pos_embed)
+    pos = (
+        b.embeddings.position_embedding.weight
+        if name.startswith("siglip")
+        else b.embeddings.position_embeddings
+        if vfm.config.backend == "hf"
+        else b.pos_embed
+    )
     assert tuple(pos.shape) == pos_shape
     assert not any(p.requires_grad for p in vfm.parameters()) and not vfm.training
 
@@ -204,6 +222,11 @@ def test_debug_siglip_preset_equals_fixture_config(fixtures_dir):
     hf = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())["siglip_vision_config"]
     cfg = get_vfm_config("debug-siglip")
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.mlp_hidden_size, cfg.patch_size, cfg.image_size) == (
-        hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"], hf["intermediate_size"],
-        hf["patch_size"], hf["image_size"])
+        hf["hidden_size"],
+        hf["num_hidden_layers"],
+        hf["num_attention_heads"],
+        hf["intermediate_size"],
+        hf["patch_size"],
+        hf["image_size"],
+    )
     assert Path(fixtures_dir).is_dir()

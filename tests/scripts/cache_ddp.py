@@ -7,14 +7,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning.pytorch import Trainer  # noqa: E402
+from test_latent_cache import IMAGE_SIZE, StandInTokenizer  # noqa: E402
 
 from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter  # noqa: E402
-from test_latent_cache import IMAGE_SIZE, StandInTokenizer  # noqa: E402
 
 if __name__ == "__main__":
     data_root, out_dir = sys.argv[1], sys.argv[2]
     dm = LatentCacheDataModule(data_root, out_dir, image_size=IMAGE_SIZE, shard_size=3, batch_size=2, num_workers=0)
     writer = LatentShardWriter(store_images=False, provenance={"tokenizer": {"weights_sha256": "abc"}})
-    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
-                      callbacks=[writer], enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[writer],
+        enable_model_summary=False,
+    )
     trainer.predict(LatentCacheModule(StandInTokenizer()), datamodule=dm, return_predictions=False)

@@ -19,7 +19,17 @@ from .posterior import DiagonalGaussian
 from .synthesis import SynthesisBlock
 
 __all__ = [
-    "PRESETS", "VFMVAEConfig", "get_config", "VFMVAE", "VFMVAEOutput", "Decoder", "DecoderOutput",
-    "LatentHead", "DiagonalGaussian", "from_official", "load_official_state_dict", "config_from_official",
+    "PRESETS",
+    "VFMVAEConfig",
+    "get_config",
+    "VFMVAE",
+    "VFMVAEOutput",
+    "Decoder",
+    "DecoderOutput",
+    "LatentHead",
+    "DiagonalGaussian",
+    "from_official",
+    "load_official_state_dict",
+    "config_from_official",
     "SynthesisBlock",
 ]

@@ -70,33 +70,55 @@ class VFMVAEConfig:
             if not cond:
                 raise ValueError(f"VFMVAEConfig: {msg}")
 
-        need(len(self.vfm_layers) == len(self.level_dims) > 0,
-             f"vfm_layers {self.vfm_layers} and level_dims {self.level_dims} must have the same non-zero length")
-        need(all(self.vfm_hidden_size % d == 0 for d in self.level_dims),
-             f"every level_dims entry must divide vfm_hidden_size={self.vfm_hidden_size} (head-averaging)")
-        need(self.img_resolution % self.compression == 0,
-             f"img_resolution={self.img_resolution} must be divisible by compression={self.compression}")
+        need(
+            len(self.vfm_layers) == len(self.level_dims) > 0,
+            f"vfm_layers {self.vfm_layers} and level_dims {self.level_dims} must have the same non-zero length",
+        )
+        need(
+            all(self.vfm_hidden_size % d == 0 for d in self.level_dims),
+            f"every level_dims entry must divide vfm_hidden_size={self.vfm_hidden_size} (head-averaging)",
+        )
+        need(
+            self.img_resolution % self.compression == 0,
+            f"img_resolution={self.img_resolution} must be divisible by compression={self.compression}",
+        )
         tokens = self.img_resolution * self.vfm_scale / self.vfm_patch_size
-        need(tokens == int(tokens) and int(tokens) % self.z_resolution == 0,
-             f"VFM token grid {tokens} (img_resolution*vfm_scale/patch) must be a multiple of the latent grid "
-             f"{self.z_resolution}")
-        need(self.img_resolution % (2 ** (self.num_blocks - 1)) == 0,
-             f"img_resolution={self.img_resolution} must be divisible by 2**(num_blocks-1)")
-        need(0 in self.fusion_block_indices,
-             "fusion_block_indices must contain 0: the Fourier-feature start of the official code "
-             "(no latent at block 0) is not implemented")
-        need(len(self.fusion_dims) >= max(self.fusion_block_indices) + 1,
-             f"fusion_dims {self.fusion_dims} must have an entry for every block index up to "
-             f"{max(self.fusion_block_indices)} (indexed by block, as the official concat_z_mapped_dims)")
-        need(all(0 <= i < self.num_blocks for i in self.fusion_block_indices + self.attn_block_indices),
-             "fusion/attention block indices must lie in [0, num_blocks)")
-        need(len(self.attn_block_indices) == len(self.attn_depths),
-             "attn_block_indices and attn_depths must have the same length")
-        need(self.fusion_activation in ("lrelu", "silu", "gelu"),
-             f"fusion_activation must be lrelu, silu or gelu, got {self.fusion_activation!r}")
+        need(
+            tokens == int(tokens) and int(tokens) % self.z_resolution == 0,
+            f"VFM token grid {tokens} (img_resolution*vfm_scale/patch) must be a multiple of the latent grid "
+            f"{self.z_resolution}",
+        )
+        need(
+            self.img_resolution % (2 ** (self.num_blocks - 1)) == 0,
+            f"img_resolution={self.img_resolution} must be divisible by 2**(num_blocks-1)",
+        )
+        need(
+            0 in self.fusion_block_indices,
+            "fusion_block_indices must contain 0: the Fourier-feature start of the official code "
+            "(no latent at block 0) is not implemented",
+        )
+        need(
+            len(self.fusion_dims) >= max(self.fusion_block_indices) + 1,
+            f"fusion_dims {self.fusion_dims} must have an entry for every block index up to "
+            f"{max(self.fusion_block_indices)} (indexed by block, as the official concat_z_mapped_dims)",
+        )
+        need(
+            all(0 <= i < self.num_blocks for i in self.fusion_block_indices + self.attn_block_indices),
+            "fusion/attention block indices must lie in [0, num_blocks)",
+        )
+        need(
+            len(self.attn_block_indices) == len(self.attn_depths),
+            "attn_block_indices and attn_depths must have the same length",
+        )
+        need(
+            self.fusion_activation in ("lrelu", "silu", "gelu"),
+            f"fusion_activation must be lrelu, silu or gelu, got {self.fusion_activation!r}",
+        )
         for i in self.attn_block_indices:
-            need(self.block_channels[i] % self.attn_heads == 0,
-                 f"channels {self.block_channels[i]} of attention block {i} not divisible by attn_heads={self.attn_heads}")
+            need(
+                self.block_channels[i] % self.attn_heads == 0,
+                f"channels {self.block_channels[i]} of attention block {i} not divisible by attn_heads={self.attn_heads}",
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -147,8 +169,9 @@ class VFMVAEConfig:
         return 0
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> VFMVAEConfig:
@@ -162,9 +185,18 @@ class VFMVAEConfig:
 def _debug() -> VFMVAEConfig:
     """Tiny config mirroring the `vfmvae_tiny` fixture topology: 64 px, tiny SigLIP, 8x4x4 latent."""
     return VFMVAEConfig(
-        vfm_name="debug-siglip", vfm_hidden_size=64, vfm_patch_size=16, vfm_layers=(0, 2, -1),
-        level_dims=(8, 8, 8), img_resolution=64, z_dim=8, w_dim=32, channel_base=1024, channel_max=16,
-        num_res_blocks=1, fusion_dims=(16, 8, 4, 4),
+        vfm_name="debug-siglip",
+        vfm_hidden_size=64,
+        vfm_patch_size=16,
+        vfm_layers=(0, 2, -1),
+        level_dims=(8, 8, 8),
+        img_resolution=64,
+        z_dim=8,
+        w_dim=32,
+        channel_base=1024,
+        channel_max=16,
+        num_res_blocks=1,
+        fusion_dims=(16, 8, 4, 4),
     )
 
 

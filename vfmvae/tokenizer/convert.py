@@ -106,9 +106,14 @@ def map_key(key: str, fusion_slots: Mapping[str, dict[str, str]]) -> str | None:
         (r"^ldm_adapter\.post_quant\.(.*)$", lambda m: f"decoder.lift.{_attnproj(m[1])}"),
         (r"^mapping\.mlp\.(fc\d+\.(weight|bias))$", lambda m: f"decoder.mapping.{m[1]}"),
         (r"^mapping\.x_avg$", lambda m: "decoder.mapping.w_avg"),
-        (r"^synthesis\.z_convs\.(\d+)\.(\d+)\.(.*)$",
-         lambda m: (f"decoder.synthesis.fusion.{m[1]}.{fusion_slots[m[1]][m[2]]}.{m[3]}"
-                    if m[2] in fusion_slots.get(m[1], {}) else None)),
+        (
+            r"^synthesis\.z_convs\.(\d+)\.(\d+)\.(.*)$",
+            lambda m: (
+                f"decoder.synthesis.fusion.{m[1]}.{fusion_slots[m[1]][m[2]]}.{m[3]}"
+                if m[2] in fusion_slots.get(m[1], {})
+                else None
+            ),
+        ),
         (r"^synthesis\.blocks\.(\d+)\.(.*)$", lambda m: f"decoder.synthesis.blocks.{m[1]}.{_block(m[2])}"),
     ]
     for pattern, fn in rules:
@@ -150,8 +155,9 @@ def _check_fixed_buffer(key: str, value: torch.Tensor, model: nn.Module, fusion_
             raise ValueError(f"{key}: official blur kernel differs from the recomputed binomial kernel")
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
-                       decoder_only: bool = False) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, decoder_only: bool = False
+) -> dict[str, torch.Tensor]:
     """Map the official head/decoder keys onto `model`'s names (VFM keys are left to the VFM loader).
 
     Raises `KeyError` listing unknown official keys and keys of `model` left unset.
@@ -186,24 +192,70 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
 # Every `networks.generator.Generator.__init__` kwarg (official HEAD); anything else is a typo or a
 # different code version and is rejected. Runtime-only ones (losses, EQ, fp16, train mode) are accepted
 # and ignored here: they configure training, not the network.
-OFFICIAL_GENERATOR_KWARGS = frozenset({
-    "conditional", "label_type", "label_dim", "vfm_name", "scale_factor", "patch_from_layers",
-    "patch_in_dimensions", "patch_out_dimensions", "compression_mode", "how_to_compress", "how_to_decompress",
-    "decompress_factor", "attnproj_quant_layers", "attnproj_post_quant_layers", "resolution_compression_factor",
-    "z_dimension", "vocab_width", "z_pooled_resolution", "z_dim_for_mapping_mlp_output", "vocab_size",
-    "vocab_beta", "use_entropy_loss", "entropy_temp", "num_codebooks", "use_kl_loss", "use_vf_loss",
-    "use_adaptive_vf_loss", "distmat_margin", "cos_margin", "distmat_weight", "cos_weight",
-    "concat_z_block_indices", "concat_z_mapped_dims", "how_to_process_concat_z", "activation_for_concat_z",
-    "use_multiscale_output", "attn_block_indices", "attn_depths", "use_self_attn", "use_cross_attn",
-    "use_convnext", "use_gaussian_blur", "add_additional_convnext", "use_equivariance_regularization",
-    "equivariance_regularization_p_prior", "equivariance_regularization_p_prior_scale", "img_resolution",
-    "img_channels", "train_mode", "num_blocks", "num_fp16_res", "conv_clamp", "legacy", "synthesis_kwargs",
-    "class_name",  # dnnlib's constructor key in the official YAML G_kwargs
-})
+OFFICIAL_GENERATOR_KWARGS = frozenset(
+    {
+        "conditional",
+        "label_type",
+        "label_dim",
+        "vfm_name",
+        "scale_factor",
+        "patch_from_layers",
+        "patch_in_dimensions",
+        "patch_out_dimensions",
+        "compression_mode",
+        "how_to_compress",
+        "how_to_decompress",
+        "decompress_factor",
+        "attnproj_quant_layers",
+        "attnproj_post_quant_layers",
+        "resolution_compression_factor",
+        "z_dimension",
+        "vocab_width",
+        "z_pooled_resolution",
+        "z_dim_for_mapping_mlp_output",
+        "vocab_size",
+        "vocab_beta",
+        "use_entropy_loss",
+        "entropy_temp",
+        "num_codebooks",
+        "use_kl_loss",
+        "use_vf_loss",
+        "use_adaptive_vf_loss",
+        "distmat_margin",
+        "cos_margin",
+        "distmat_weight",
+        "cos_weight",
+        "concat_z_block_indices",
+        "concat_z_mapped_dims",
+        "how_to_process_concat_z",
+        "activation_for_concat_z",
+        "use_multiscale_output",
+        "attn_block_indices",
+        "attn_depths",
+        "use_self_attn",
+        "use_cross_attn",
+        "use_convnext",
+        "use_gaussian_blur",
+        "add_additional_convnext",
+        "use_equivariance_regularization",
+        "equivariance_regularization_p_prior",
+        "equivariance_regularization_p_prior_scale",
+        "img_resolution",
+        "img_channels",
+        "train_mode",
+        "num_blocks",
+        "num_fp16_res",
+        "conv_clamp",
+        "legacy",
+        "synthesis_kwargs",
+        "class_name",  # dnnlib's constructor key in the official YAML G_kwargs
+    }
+)
 
 
-def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None = None,
-                         vfm_name: str | None = None) -> VFMVAEConfig:
+def config_from_official(
+    generator_kwargs: Mapping, vfm_config: Mapping | None = None, vfm_name: str | None = None
+) -> VFMVAEConfig:
     """Translate official `Generator` kwargs (+ SigLIP vision config) into a `VFMVAEConfig`.
 
     Rejects settings we do not implement (conditional, VQ, conv compression, non-skip, non-ConvNeXt).
@@ -220,11 +272,15 @@ def config_from_official(generator_kwargs: Mapping, vfm_config: Mapping | None =
 
     need(not g.get("conditional", False), "conditional=True (only the unconditional tokenizer exists)")
     need(g.get("compression_mode", "continuous") == "continuous", "compression_mode must be 'continuous'")
-    need(g.get("how_to_compress") == "attnproj" and g.get("how_to_decompress") == "attnproj",
-         "how_to_compress/how_to_decompress must be 'attnproj'")
+    need(
+        g.get("how_to_compress") == "attnproj" and g.get("how_to_decompress") == "attnproj",
+        "how_to_compress/how_to_decompress must be 'attnproj'",
+    )
     need(g.get("z_pooled_resolution", 1) == 1, "z_pooled_resolution must be 1")
-    need(g.get("use_convnext", True) and g.get("use_multiscale_output", True),
-         "use_convnext and use_multiscale_output must be True")
+    need(
+        g.get("use_convnext", True) and g.get("use_multiscale_output", True),
+        "use_convnext and use_multiscale_output must be True",
+    )
     need(syn.get("architecture", "skip") == "skip", "synthesis architecture must be 'skip'")
     need(g.get("how_to_process_concat_z", "unshuffle") == "unshuffle", "how_to_process_concat_z must be 'unshuffle'")
     need(not g.get("use_cross_attn", False), "use_cross_attn=True")

@@ -45,8 +45,15 @@ class ModulatedConvNeXtLayer(nn.Module):
     bilinearly resized to the feature size (static, so deterministic). Needed by released weights.
     """
 
-    def __init__(self, channels: int, w_dim: int, kernel_size: int, legacy: bool = False,
-                 noise_resolution: int = 8, layer_scale_init: float = 1e-5):
+    def __init__(
+        self,
+        channels: int,
+        w_dim: int,
+        kernel_size: int,
+        legacy: bool = False,
+        noise_resolution: int = 8,
+        layer_scale_init: float = 1e-5,
+    ):
         super().__init__()
         self.style = StyleSplit(w_dim, channels)
         self.dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
@@ -102,8 +109,9 @@ class SeparableBlurUpsample(nn.Module):
     The blur kernel (`[1,2,1]` or `[1,4,6,4,1]` outer product, normalised) is a non-persistent buffer.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, blur_size: int = 3, pre_norm: bool = True,
-                 use_blur: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, blur_size: int = 3, pre_norm: bool = True, use_blur: bool = True
+    ):
         super().__init__()
         if blur_size not in BINOMIAL_KERNELS:
             raise ValueError(f"SeparableBlurUpsample: blur_size must be one of {sorted(BINOMIAL_KERNELS)}")

@@ -55,8 +55,10 @@ class Decoder(nn.Module):
             raise ValueError(f"Decoder: z must be (B, {self.cfg.z_dim}, h, w), got {tuple(z.shape)}")
         m = self.min_latent_multiple
         if z.shape[-2] % m or z.shape[-1] % m:
-            raise ValueError(f"Decoder: latent side {tuple(z.shape[-2:])} must be divisible by {m} "
-                             f"(fixed unshuffle of the first fusion adapter)")
+            raise ValueError(
+                f"Decoder: latent side {tuple(z.shape[-2:])} must be divisible by {m} "
+                f"(fixed unshuffle of the first fusion adapter)"
+            )
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> DecoderOutput:
         self._check(z)

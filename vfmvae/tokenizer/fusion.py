@@ -65,8 +65,10 @@ class LatentAdapter(nn.Module):
         if self.unshuffle > 1:
             h, w = z.shape[-2:]
             if h % self.unshuffle or w % self.unshuffle:
-                raise ValueError(f"latent side {h}x{w} must be divisible by {self.unshuffle} "
-                                 f"(the first fusion adapter unshuffles by that factor)")
+                raise ValueError(
+                    f"latent side {h}x{w} must be divisible by {self.unshuffle} "
+                    f"(the first fusion adapter unshuffles by that factor)"
+                )
             z = F.pixel_unshuffle(z, self.unshuffle)
         z = self.expand(z)
         if self.shuffle > 1:

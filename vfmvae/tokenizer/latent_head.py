@@ -71,8 +71,9 @@ class LatentHead(nn.Module):
     def moments(self, features: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         """`(B, 2*z_dim, h, w)` = cat(mean, logvar), logvar not yet clamped."""
         if len(features) != len(self.level_projections):
-            raise ValueError(f"LatentHead: expected {len(self.level_projections)} VFM feature levels, "
-                             f"got {len(features)}")
+            raise ValueError(
+                f"LatentHead: expected {len(self.level_projections)} VFM feature levels, got {len(features)}"
+            )
         s = self.space_to_depth
         if grid[0] % s or grid[1] % s:
             raise ValueError(f"LatentHead: VFM token grid {grid} is not divisible by the space-to-depth factor {s}")

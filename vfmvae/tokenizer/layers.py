@@ -23,8 +23,16 @@ class EqualizedLinear(nn.Module):
     VFM-VAE `FullyConnectedLayer`. Shapes: `(..., in) -> (..., out)`.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, weight_init: float = 1.0, bias_init: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        weight_init: float = 1.0,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         if activation not in ("linear", "lrelu", "relu", "gelu"):
             raise ValueError(f"EqualizedLinear: unknown activation {activation!r}")

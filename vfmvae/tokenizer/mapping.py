@@ -27,8 +27,9 @@ class MappingNetwork(nn.Module):
         self.num_layers = cfg.mapping_layers
         for i in range(self.num_layers):
             act = "linear" if i == self.num_layers - 1 else "lrelu"
-            self.add_module(f"fc{i}", EqualizedLinear(dims[i], dims[i + 1], activation=act,
-                                                      lr_multiplier=cfg.mapping_lr_multiplier))
+            self.add_module(
+                f"fc{i}", EqualizedLinear(dims[i], dims[i + 1], activation=act, lr_multiplier=cfg.mapping_lr_multiplier)
+            )
         self.num_ws = cfg.num_ws
         self.w_avg_beta = cfg.w_avg_beta
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))

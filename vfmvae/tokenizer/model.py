@@ -43,8 +43,9 @@ def _build_vfm(cfg: VFMVAEConfig, pretrained=None, config: dict | None = None) -
     try:
         from vfmvae.vfm import build_vfm
     except ImportError as e:  # the VFM wrappers are a separate module
-        raise ImportError("VFMVAE needs vfmvae.vfm.build_vfm to build its VFM; pass vfm=... or "
-                          "decoder_only=True") from e
+        raise ImportError(
+            "VFMVAE needs vfmvae.vfm.build_vfm to build its VFM; pass vfm=... or decoder_only=True"
+        ) from e
     return build_vfm(cfg.vfm_name, pretrained=pretrained, config=config)
 
 
@@ -56,8 +57,14 @@ class VFMVAE(nn.Module):
     - `decoder_only=True`: no VFM and no head are built (diffusion decoding); `encode` then raises.
     """
 
-    def __init__(self, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2", vfm: nn.Module | None = None,
-                 decoder_only: bool = False, vfm_pretrained=None, vfm_config: dict | None = None):
+    def __init__(
+        self,
+        cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2",
+        vfm: nn.Module | None = None,
+        decoder_only: bool = False,
+        vfm_pretrained=None,
+        vfm_config: dict | None = None,
+    ):
         super().__init__()
         cfg = get_config(cfg) if isinstance(cfg, str) else cfg
         self.cfg = cfg
@@ -123,13 +130,17 @@ class VFMVAE(nn.Module):
         else:
             lo, hi = (t.item() for t in torch.aminmax(images))
         if lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"VFMVAE.encode: images must be in [0, 1] (got range [{lo:.3f}, {hi:.3f}]); "
-                             f"map [-1, 1] images with (x + 1) / 2")
+            raise ValueError(
+                f"VFMVAE.encode: images must be in [0, 1] (got range [{lo:.3f}, {hi:.3f}]); "
+                f"map [-1, 1] images with (x + 1) / 2"
+            )
         H, W = images.shape[-2:]
         step = self.cfg.compression * self.decoder.min_latent_multiple
         if H % step or W % step:
-            raise ValueError(f"VFMVAE.encode: image size {H}x{W} must be a multiple of {step} "
-                             f"(latent = size/{self.cfg.compression}, divisible by {self.decoder.min_latent_multiple})")
+            raise ValueError(
+                f"VFMVAE.encode: image size {H}x{W} must be a multiple of {step} "
+                f"(latent = size/{self.cfg.compression}, divisible by {self.decoder.min_latent_multiple})"
+            )
         return images
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:

@@ -27,9 +27,17 @@ def _build_vfm_for(cfg, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: s
     return build_vfm(cfg.vfm_name, config={"compute_dtype": dtype})
 
 
-def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | None = None, *,
-                  vfm: nn.Module | None = None, decoder_only: bool = False, vfm_name: str | None = None,
-                  vfm_pretrained=None, vfm_dtype: str | None = None) -> VFMVAE:
+def from_official(
+    state_dict,
+    generator_kwargs: Mapping,
+    vfm_config: Mapping | None = None,
+    *,
+    vfm: nn.Module | None = None,
+    decoder_only: bool = False,
+    vfm_name: str | None = None,
+    vfm_pretrained=None,
+    vfm_dtype: str | None = None,
+) -> VFMVAE:
     """Official `networks.generator.Generator` weights -> `VFMVAE` (eval mode).
 
     state_dict: official keys (as in `../shared/fixtures/vfmvae_tiny.safetensors`), or a released
@@ -51,8 +59,10 @@ def from_official(state_dict, generator_kwargs: Mapping, vfm_config: Mapping | N
         model = VFMVAE(cfg, decoder_only=True)
     else:
         if vfm is None and vfm_pretrained is None and not has_vfm_weights:
-            raise KeyError("from_official: the state dict has no VFM weights (vfm_encoder.*); pass vfm= or "
-                           "vfm_pretrained= with the real SigLIP2 weights")
+            raise KeyError(
+                "from_official: the state dict has no VFM weights (vfm_encoder.*); pass vfm= or "
+                "vfm_pretrained= with the real SigLIP2 weights"
+            )
         if vfm is None:
             vfm = _build_vfm_for(cfg, vfm_config, vfm_pretrained, vfm_dtype)
         model = VFMVAE(cfg, vfm=vfm)

@@ -38,7 +38,9 @@ class DiagonalGaussian:
         if eps is None:
             eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         elif eps.shape != self.mean.shape:
-            raise ValueError(f"DiagonalGaussian.sample: eps shape {tuple(eps.shape)} != latent {tuple(self.mean.shape)}")
+            raise ValueError(
+                f"DiagonalGaussian.sample: eps shape {tuple(eps.shape)} != latent {tuple(self.mean.shape)}"
+            )
         return self.mean + self.std * eps.to(self.mean)
 
     def mode(self) -> torch.Tensor:

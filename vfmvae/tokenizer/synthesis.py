@@ -74,11 +74,18 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, cfg: VFMVAEConfig):
         super().__init__()
         self.fusion_block_indices = cfg.fusion_block_indices
-        self.fusion = nn.ModuleDict({
-            str(i): LatentAdapter(cfg.lifted_dim, cfg.fusion_dims[i], cfg.z_resolution,
-                                  cfg.block_resolutions[i] // 2, cfg.fusion_activation)
-            for i in cfg.fusion_block_indices
-        })
+        self.fusion = nn.ModuleDict(
+            {
+                str(i): LatentAdapter(
+                    cfg.lifted_dim,
+                    cfg.fusion_dims[i],
+                    cfg.z_resolution,
+                    cfg.block_resolutions[i] // 2,
+                    cfg.fusion_activation,
+                )
+                for i in cfg.fusion_block_indices
+            }
+        )
         self.blocks = nn.ModuleList()
         for i in range(cfg.num_blocks):
             in_ch = cfg.block_channels[i - 1] if i > 0 else 0
@@ -98,7 +105,7 @@ class SynthesisNetwork(nn.Module):
             if i in self.fusion_block_indices:
                 zi = self.fusion[str(i)](z)
                 x = zi if x is None else torch.cat([x, zi.to(x.dtype)], dim=1)
-            block_ws = ws[:, start:start + block.num_ws]
+            block_ws = ws[:, start : start + block.num_ws]
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x, skip, img = checkpoint(block, x, skip, block_ws, use_reentrant=False)
             else:

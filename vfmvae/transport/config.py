@@ -53,8 +53,9 @@ class TransportConfig:
         parse_convention(self.convention)
 
     def timestep_sampler(self) -> TimestepSampler:
-        return TimestepSampler(self.time_distribution, self.logit_normal_mean, self.logit_normal_std,
-                               self.uniform_from_step)
+        return TimestepSampler(
+            self.time_distribution, self.logit_normal_mean, self.logit_normal_std, self.uniform_from_step
+        )
 
     def build_loss(self) -> LightningDiTLoss | REGLoss:
         if self.loss == "lightningdit":
@@ -105,8 +106,14 @@ class SamplerConfig:
         if num_components > 1:
             cls_scale = self.cfg_scale if self.cls_cfg_scale is None else self.cls_cfg_scale
             scale = (self.cfg_scale,) + (cls_scale,) * (num_components - 1)
-        return ClassifierFreeGuidance(velocity_fn, scale, convention=self.convention, interval=self.interval(),
-                                      cfg_channels=self.cfg_channels, null_class=self.null_class)
+        return ClassifierFreeGuidance(
+            velocity_fn,
+            scale,
+            convention=self.convention,
+            interval=self.interval(),
+            cfg_channels=self.cfg_channels,
+            null_class=self.null_class,
+        )
 
     def replace(self, **changes) -> SamplerConfig:
         return dataclasses.replace(self, **changes)
@@ -128,8 +135,15 @@ SAMPLER_PRESETS: dict[str, SamplerConfig] = {
 }
 
 
-def sample(config: SamplerConfig | str, velocity_fn: VelocityFn, noise: State, y: Tensor, *,
-           generator: torch.Generator | None = None, return_trajectory: bool = False) -> State | list[State]:
+def sample(
+    config: SamplerConfig | str,
+    velocity_fn: VelocityFn,
+    noise: State,
+    y: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> State | list[State]:
     """Run the sampler ``config`` (a preset name or a :class:`SamplerConfig`) from ``noise``.
 
     ``velocity_fn(state, t, y)`` is the unguided model velocity in ``config.convention``;
@@ -146,13 +160,21 @@ def sample(config: SamplerConfig | str, velocity_fn: VelocityFn, noise: State, y
         # The SDE integrates in float64; the network runs in the noise's dtype. The cast sits
         # inside the guidance wrapper so the interval is judged on the float64 time, as REG does.
         fn = config.guided(cast_velocity_fn(velocity_fn, first.dtype), n_parts)
-        return euler_maruyama_sde(fn, noise, y, num_steps=config.num_steps, last_time=config.sde_last_time,
-                                  convention=config.convention, generator=generator,
-                                  return_trajectory=return_trajectory)
+        return euler_maruyama_sde(
+            fn,
+            noise,
+            y,
+            num_steps=config.num_steps,
+            last_time=config.sde_last_time,
+            convention=config.convention,
+            generator=generator,
+            return_trajectory=return_trajectory,
+        )
     fn = config.guided(velocity_fn, n_parts)
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
-    grid = ode_time_grid(config.num_steps, shift=config.timestep_shift, convention=config.convention,
-                         dtype=dtype, device=first.device)
+    grid = ode_time_grid(
+        config.num_steps, shift=config.timestep_shift, convention=config.convention, dtype=dtype, device=first.device
+    )
     return integrate_ode(fn, noise, y, grid, method=config.method, return_trajectory=return_trajectory)
 
 

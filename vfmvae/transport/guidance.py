@@ -77,9 +77,16 @@ class ClassifierFreeGuidance:
         null_class: label of the unconditional branch (1000).
     """
 
-    def __init__(self, velocity_fn: VelocityFn, scale: float | Sequence[float], *,
-                 convention: TimeConvention | str, interval: GuidanceInterval | None = None,
-                 cfg_channels: int | None = None, null_class: int = 1000):
+    def __init__(
+        self,
+        velocity_fn: VelocityFn,
+        scale: float | Sequence[float],
+        *,
+        convention: TimeConvention | str,
+        interval: GuidanceInterval | None = None,
+        cfg_channels: int | None = None,
+        null_class: int = 1000,
+    ):
         self.velocity_fn = velocity_fn
         self.scales = tuple(float(s) for s in scale) if isinstance(scale, Sequence) else (float(scale),)
         if not self.scales:
@@ -137,9 +144,14 @@ class ClassifierFreeGuidance:
         return guided if k == cond.shape[1] else torch.cat([guided, cond[:, k:]], dim=1)
 
 
-def lightningdit_doubled_cfg(velocity_fn: VelocityFn, scale: float, *,
-                             interval: GuidanceInterval | None = None, cfg_channels: int | None = 3,
-                             convention: TimeConvention | str = TimeConvention.DATA_AT_ONE) -> VelocityFn:
+def lightningdit_doubled_cfg(
+    velocity_fn: VelocityFn,
+    scale: float,
+    *,
+    interval: GuidanceInterval | None = None,
+    cfg_channels: int | None = 3,
+    convention: TimeConvention | str = TimeConvention.DATA_AT_ONE,
+) -> VelocityFn:
     """The official LightningDiT ``forward_with_cfg`` numerics on a ``[cond; uncond]`` batch.
 
     For reproducing official trajectories of the *whole* doubled batch (the fixture stores

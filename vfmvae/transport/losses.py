@@ -51,8 +51,9 @@ def projection_loss(zs: Sequence[Tensor], zs_tilde: Sequence[Tensor]) -> Tensor:
     ``zs[i]``, ``zs_tilde[i]``: ``(B, N, D)`` target features and projector outputs.
     """
     if len(zs) == 0 or len(zs) != len(zs_tilde):
-        raise ValueError(f"need one projector output per target feature, got {len(zs)} targets "
-                         f"and {len(zs_tilde)} outputs")
+        raise ValueError(
+            f"need one projector output per target feature, got {len(zs)} targets and {len(zs_tilde)} outputs"
+        )
     terms = []
     for z, z_tilde in zip(zs, zs_tilde):
         if z.shape != z_tilde.shape:
@@ -87,17 +88,30 @@ class LightningDiTLoss:
     ``mse_per_sample``, ``cos_per_sample``.
     """
 
-    def __init__(self, timestep_sampler: TimestepSampler | None = None, cos_weight: float = 1.0,
-                 convention: TimeConvention | str = TimeConvention.DATA_AT_ONE):
+    def __init__(
+        self,
+        timestep_sampler: TimestepSampler | None = None,
+        cos_weight: float = 1.0,
+        convention: TimeConvention | str = TimeConvention.DATA_AT_ONE,
+    ):
         self.path = LinearPath(convention)
         self.timestep_sampler = timestep_sampler or TimestepSampler("logit_normal")
         if cos_weight < 0:
             raise ValueError(f"cos_weight must be >= 0, got {cos_weight}")
         self.cos_weight = cos_weight
 
-    def __call__(self, velocity_fn: Callable[[Tensor, Tensor, Tensor], Tensor], x_data: Tensor, y: Tensor, *,
-                 t: Tensor | None = None, noise: Tensor | None = None, step: int = 0,
-                 generator: torch.Generator | None = None, return_details: bool = False):
+    def __call__(
+        self,
+        velocity_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+        x_data: Tensor,
+        y: Tensor,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+        return_details: bool = False,
+    ):
         # Draw order as LightningDiT's Transport.sample (noise, then t); REG draws t first.
         noise = _draw(x_data, noise, generator)
         t = _times(self.timestep_sampler, x_data, t, step, generator)
@@ -105,7 +119,9 @@ class LightningDiTLoss:
         target = self.path.velocity_target(x_data, noise)
         pred = velocity_fn(x_t, t, y)
         if pred.shape != target.shape:
-            raise ValueError(f"velocity shape {tuple(pred.shape)} does not match the latent shape {tuple(target.shape)}")
+            raise ValueError(
+                f"velocity shape {tuple(pred.shape)} does not match the latent shape {tuple(target.shape)}"
+            )
         pred32, target32 = _f32(pred), _f32(target)
         mse = mean_flat((pred32 - target32) ** 2)
         cos = channel_cosine_loss(pred32, target32)
@@ -113,8 +129,15 @@ class LightningDiTLoss:
         terms["total"] = terms["mse"] + self.cos_weight * terms["cos"] if self.cos_weight else terms["mse"]
         if not return_details:
             return terms
-        details = {"t": t, "noise": noise, "x_t": x_t, "target": target, "pred": pred,
-                   "mse_per_sample": mse, "cos_per_sample": cos}
+        details = {
+            "t": t,
+            "noise": noise,
+            "x_t": x_t,
+            "target": target,
+            "pred": pred,
+            "mse_per_sample": mse,
+            "cos_per_sample": cos,
+        }
         return terms, details
 
 
@@ -126,8 +149,13 @@ class REGLoss:
     returns ``{"total", "mse", "proj", "cls_mse"}`` (``proj`` and ``cls_mse`` unweighted).
     """
 
-    def __init__(self, timestep_sampler: TimestepSampler | None = None, proj_weight: float = 0.5,
-                 cls_weight: float = 0.03, convention: TimeConvention | str = TimeConvention.NOISE_AT_ONE):
+    def __init__(
+        self,
+        timestep_sampler: TimestepSampler | None = None,
+        proj_weight: float = 0.5,
+        cls_weight: float = 0.03,
+        convention: TimeConvention | str = TimeConvention.NOISE_AT_ONE,
+    ):
         self.path = LinearPath(convention)
         self.timestep_sampler = timestep_sampler or TimestepSampler("uniform")
         if proj_weight < 0 or cls_weight < 0:
@@ -135,10 +163,21 @@ class REGLoss:
         self.proj_weight = proj_weight
         self.cls_weight = cls_weight
 
-    def __call__(self, fn: Callable[..., tuple], x_data: Tensor, cls_data: Tensor, y: Tensor,
-                 zs: Sequence[Tensor], *, t: Tensor | None = None, noise: Tensor | None = None,
-                 cls_noise: Tensor | None = None, step: int = 0, generator: torch.Generator | None = None,
-                 return_details: bool = False):
+    def __call__(
+        self,
+        fn: Callable[..., tuple],
+        x_data: Tensor,
+        cls_data: Tensor,
+        y: Tensor,
+        zs: Sequence[Tensor],
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        cls_noise: Tensor | None = None,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+        return_details: bool = False,
+    ):
         if cls_data.shape[0] != x_data.shape[0]:
             raise ValueError(f"class token batch {cls_data.shape[0]} differs from latent batch {x_data.shape[0]}")
         t = _times(self.timestep_sampler, x_data, t, step, generator)
@@ -150,8 +189,10 @@ class REGLoss:
         cls_target = self.path.velocity_target(cls_data, cls_noise)
         pred, zs_tilde, cls_pred = fn(x_t, t, y, cls_t)
         if pred.shape != target.shape or cls_pred.shape != cls_target.shape:
-            raise ValueError(f"REG outputs {tuple(pred.shape)}/{tuple(cls_pred.shape)} do not match "
-                             f"targets {tuple(target.shape)}/{tuple(cls_target.shape)}")
+            raise ValueError(
+                f"REG outputs {tuple(pred.shape)}/{tuple(cls_pred.shape)} do not match "
+                f"targets {tuple(target.shape)}/{tuple(cls_target.shape)}"
+            )
         mse = mean_flat((_f32(pred) - _f32(target)) ** 2)
         cls_mse = mean_flat((_f32(cls_pred) - _f32(cls_target)) ** 2)
         proj = projection_loss(zs, zs_tilde)
@@ -159,7 +200,17 @@ class REGLoss:
         terms["total"] = terms["mse"] + self.proj_weight * proj + self.cls_weight * terms["cls_mse"]
         if not return_details:
             return terms
-        details = {"t": t, "noise": noise, "cls_noise": cls_noise, "x_t": x_t, "cls_t": cls_t,
-                   "target": target, "cls_target": cls_target, "pred": pred, "cls_pred": cls_pred,
-                   "mse_per_sample": mse, "cls_mse_per_sample": cls_mse}
+        details = {
+            "t": t,
+            "noise": noise,
+            "cls_noise": cls_noise,
+            "x_t": x_t,
+            "cls_t": cls_t,
+            "target": target,
+            "cls_target": cls_target,
+            "pred": pred,
+            "cls_pred": cls_pred,
+            "mse_per_sample": mse,
+            "cls_mse_per_sample": cls_mse,
+        }
         return terms, details

@@ -34,8 +34,15 @@ def _step(x: State, v: State, dt: Tensor) -> State:
 
 
 @torch.no_grad()
-def integrate_ode(velocity_fn: VelocityFn, state: State, y: Tensor, grid: Tensor, *, method: str = "euler",
-                  return_trajectory: bool = False) -> State | list[State]:
+def integrate_ode(
+    velocity_fn: VelocityFn,
+    state: State,
+    y: Tensor,
+    grid: Tensor,
+    *,
+    method: str = "euler",
+    return_trajectory: bool = False,
+) -> State | list[State]:
     """Integrate ``dx/dt = v(x, t, y)`` along ``grid``.
 
     Args:

@@ -62,11 +62,19 @@ def _drift(velocity_fn: VelocityFn, state: State, t: Tensor, y: Tensor) -> State
 
 
 @torch.no_grad()
-def euler_maruyama_sde(velocity_fn: VelocityFn, state: State, y: Tensor, *, num_steps: int = 250,
-                       last_time: float = 0.04, grid: Tensor | None = None,
-                       convention: TimeConvention | str = TimeConvention.NOISE_AT_ONE,
-                       generator: torch.Generator | None = None, return_trajectory: bool = False,
-                       state_dtype: torch.dtype = torch.float64) -> State | list[State]:
+def euler_maruyama_sde(
+    velocity_fn: VelocityFn,
+    state: State,
+    y: Tensor,
+    *,
+    num_steps: int = 250,
+    last_time: float = 0.04,
+    grid: Tensor | None = None,
+    convention: TimeConvention | str = TimeConvention.NOISE_AT_ONE,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    state_dtype: torch.dtype = torch.float64,
+) -> State | list[State]:
     """Sample with the REG SDE from ``state`` (pure noise at ``t = 1``).
 
     Args:
@@ -89,7 +97,9 @@ def euler_maruyama_sde(velocity_fn: VelocityFn, state: State, y: Tensor, *, num_
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
     device = as_components(state)[0].device
-    grid = sde_time_grid(num_steps, last_time=last_time, device=device) if grid is None else grid.to(device, state_dtype)
+    grid = (
+        sde_time_grid(num_steps, last_time=last_time, device=device) if grid is None else grid.to(device, state_dtype)
+    )
     if grid.ndim != 1 or grid.numel() < 2 or float(grid[-1]) != 0.0 or not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError("the SDE grid must be strictly decreasing noise-at-one times ending in 0")
     v_fn = _noise_at_one_velocity(velocity_fn, convention)
@@ -99,8 +109,10 @@ def euler_maruyama_sde(velocity_fn: VelocityFn, state: State, y: Tensor, *, num_
     for i in range(grid.numel() - 2):
         t_cur, dt = grid[i], grid[i + 1] - grid[i]
         # Noise first, component by component (latent, then class token), as REG draws it.
-        deps = [torch.randn(c.shape, dtype=c.dtype, device=c.device, generator=generator) * torch.sqrt(torch.abs(dt))
-                for c in as_components(x)]
+        deps = [
+            torch.randn(c.shape, dtype=c.dtype, device=c.device, generator=generator) * torch.sqrt(torch.abs(dt))
+            for c in as_components(x)
+        ]
         d = _drift(v_fn, x, t_cur, y)
         sqrt_w = torch.sqrt(diffusion_coefficient(t_cur))
         x = like(x, [xc + dc * dt + sqrt_w * ec for xc, dc, ec in zip(as_components(x), as_components(d), deps)])

@@ -52,16 +52,20 @@ def batch_size(state: State) -> int:
     """Common leading dimension of every component; an error names any mismatch."""
     sizes = [c.shape[0] if c.ndim > 0 else None for c in as_components(state)]
     if None in sizes or len(set(sizes)) != 1:
-        raise ValueError(f"every state component needs the same batch dimension, got shapes "
-                         f"{[tuple(c.shape) for c in as_components(state)]}")
+        raise ValueError(
+            f"every state component needs the same batch dimension, got shapes "
+            f"{[tuple(c.shape) for c in as_components(state)]}"
+        )
     return sizes[0]
 
 
 def expand_time(t: Tensor, x: Tensor) -> Tensor:
     """Reshape a ``(B,)`` time vector so it broadcasts against ``x`` of shape ``(B, ...)``."""
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"time must have shape (B,) = ({x.shape[0]},) to match a tensor of shape "
-                         f"{tuple(x.shape)}, got {tuple(t.shape)}")
+        raise ValueError(
+            f"time must have shape (B,) = ({x.shape[0]},) to match a tensor of shape "
+            f"{tuple(x.shape)}, got {tuple(t.shape)}"
+        )
     return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
 
 

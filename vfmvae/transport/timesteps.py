@@ -50,8 +50,15 @@ class TimestepSampler:
             return "uniform"
         return self.distribution
 
-    def sample(self, batch: int, *, step: int = 0, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def sample(
+        self,
+        batch: int,
+        *,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """``(batch,)`` times, drawn in float32 then cast (as the official samplers)."""
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
@@ -76,9 +83,14 @@ def shift_time(t: Tensor, shift: float | None) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def ode_time_grid(num_points: int, *, shift: float | None = None,
-                  convention: TimeConvention | str = TimeConvention.DATA_AT_ONE,
-                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def ode_time_grid(
+    num_points: int,
+    *,
+    shift: float | None = None,
+    convention: TimeConvention | str = TimeConvention.DATA_AT_ONE,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """``(num_points,)`` ODE grid from noise to data in the given convention.
 
     Data at one: ``shift(linspace(0, 1, n))`` in ``dtype`` (float32 reproduces the official

@@ -47,11 +47,17 @@ def resolve_layer(index: int, num_layers: int) -> int | str:
         return num_layers + 2 + index
     raise ValueError(
         f"layer index {index} out of range for a {num_layers}-block model: valid are 0..{num_layers} "
-        f"(0 = embeddings, k = block k), -1 (post-LayerNorm output) and -2..-{num_layers + 2}")
+        f"(0 = embeddings, k = block k), -1 (post-LayerNorm output) and -2..-{num_layers + 2}"
+    )
 
 
-def resize_images(images: torch.Tensor, size: int | Sequence[int] | None = None, scale: float | None = None,
-                  interpolation: str = "bilinear", antialias: bool | str = False) -> torch.Tensor:
+def resize_images(
+    images: torch.Tensor,
+    size: int | Sequence[int] | None = None,
+    scale: float | None = None,
+    interpolation: str = "bilinear",
+    antialias: bool | str = False,
+) -> torch.Tensor:
     """Resize `(B, C, H, W)` by a target `size` (int or (h, w)) or a `scale` factor; neither = unchanged.
 
     `scale` is passed to `F.interpolate(scale_factor=...)` like the official wrappers, so the output
@@ -122,14 +128,21 @@ class FrozenVFM(nn.Module):
         return super().train(False)
 
     # ----------------------------------------------------------------- hooks for subclasses
-    def _run_backbone(self, pixel_values: torch.Tensor, hidden_indices: set[int],
-                      need_final: bool) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    def _run_backbone(
+        self, pixel_values: torch.Tensor, hidden_indices: set[int], need_final: bool
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Return ({hidden index: full sequence (B, T, D)}, final post-norm sequence or None)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- public API
-    def preprocess(self, images: torch.Tensor, size=None, scale=None, interpolation: str = "bilinear",
-                   antialias: bool | str = False) -> torch.Tensor:
+    def preprocess(
+        self,
+        images: torch.Tensor,
+        size=None,
+        scale=None,
+        interpolation: str = "bilinear",
+        antialias: bool | str = False,
+    ) -> torch.Tensor:
         """[0, 1] images `(B, 3, H, W)` -> resized, normalised pixel values (same dtype)."""
         self._check_images(images)
         x = resize_images(images, size=size, scale=scale, interpolation=interpolation, antialias=antialias)
@@ -137,12 +150,21 @@ class FrozenVFM(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
                 f"the resized input {h}x{w} is not a multiple of the patch size {self.patch_size}; "
-                f"choose `size`/`scale` so that both sides are (input was {tuple(images.shape[-2:])})")
+                f"choose `size`/`scale` so that both sides are (input was {tuple(images.shape[-2:])})"
+            )
         return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
 
-    def forward(self, images: torch.Tensor, layers: Sequence[int], *, size: int | Sequence[int] | None = None,
-                scale: float | None = None, interpolation: str = "bilinear", antialias: bool | str = False,
-                return_cls: bool = False):
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[int],
+        *,
+        size: int | Sequence[int] | None = None,
+        scale: float | None = None,
+        interpolation: str = "bilinear",
+        antialias: bool | str = False,
+        return_cls: bool = False,
+    ):
         """Per-layer patch tokens of `images`.
 
         Args:
@@ -156,8 +178,9 @@ class FrozenVFM(nn.Module):
             N = (H'/p) * (W'/p); with `return_cls`, `(tokens, cls)` where `cls[i]` is `(B, D)`.
         """
         if return_cls and not self.has_cls:
-            raise ValueError(f"{type(self).__name__} ({self.config.family}) has no CLS token; "
-                             "call with return_cls=False")
+            raise ValueError(
+                f"{type(self).__name__} ({self.config.family}) has no CLS token; call with return_cls=False"
+            )
         if isinstance(layers, int) or len(layers) == 0:
             raise ValueError(f"`layers` must be a non-empty list of ints, got {layers!r}")
         targets = [resolve_layer(i, self.num_layers) for i in layers]
@@ -170,7 +193,7 @@ class FrozenVFM(nn.Module):
         with self._autocast(pixel_values.device):
             hidden, final = self._run_backbone(pixel_values, hidden_indices, FINAL in targets)
         seqs = [(final if t == FINAL else hidden[t]).float() for t in targets]
-        tokens = [s[:, self.num_prefix_tokens:] for s in seqs]
+        tokens = [s[:, self.num_prefix_tokens :] for s in seqs]
         if not return_cls:
             return tokens
         return tokens, [s[:, 0] for s in seqs]
@@ -192,11 +215,14 @@ class FrozenVFM(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
-            raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype} "
-                            "(convert uint8 with `images.float() / 255`)")
+            raise TypeError(
+                f"images must be float in [0, 1], got dtype {images.dtype} (convert uint8 with `images.float() / 255`)"
+            )
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"family={c.family}, backend={c.backend}, hidden_size={self.hidden_size}, "
-                f"num_layers={self.num_layers}, patch_size={self.patch_size}, image_size={self.image_size}, "
-                f"compute_dtype={c.compute_dtype}")
+        return (
+            f"family={c.family}, backend={c.backend}, hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}, patch_size={self.patch_size}, image_size={self.image_size}, "
+            f"compute_dtype={c.compute_dtype}"
+        )

@@ -37,8 +37,10 @@ def _with_backend(cfg: VFMConfig, backend: str) -> VFMConfig:
     if cfg.backend == backend:
         return cfg
     if cfg.family != "dinov2":
-        raise ValueError(f"a {cfg.family} VFM is only loadable with backend {cfg.backend!r}; "
-                         f"got a {'folder' if backend == 'hf' else 'file'} for it")
+        raise ValueError(
+            f"a {cfg.family} VFM is only loadable with backend {cfg.backend!r}; "
+            f"got a {'folder' if backend == 'hf' else 'file'} for it"
+        )
     if backend == "timm":
         arch = cfg.timm_arch or _DINOV2_TIMM_ARCH.get(cfg.hidden_size, "vit_base_patch14_dinov2")
         return cfg.replace(backend="timm", timm_arch=arch)
@@ -60,8 +62,12 @@ def _load_remote(cfg: VFMConfig, hub_id: str) -> FrozenVFM:
     return loader.from_pretrained(hub_id, cfg, allow_download=True)
 
 
-def build_vfm(name: str, pretrained: str | os.PathLike | None = None, config: dict[str, Any] | None = None,
-              allow_download: bool = False) -> FrozenVFM:
+def build_vfm(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    config: dict[str, Any] | None = None,
+    allow_download: bool = False,
+) -> FrozenVFM:
     """Build the frozen VFM preset `name` (see module doc). Returns a frozen, eval-mode `FrozenVFM`."""
     cfg = get_vfm_config(name, config)
     if pretrained is None:
@@ -73,7 +79,8 @@ def build_vfm(name: str, pretrained: str | os.PathLike | None = None, config: di
         raise FileNotFoundError(
             f"VFM weights {str(pretrained)!r} not found locally. Pass a local folder (transformers "
             f"save_pretrained) or file (.pth/.safetensors), or set allow_download=True to fetch a hub id "
-            f"(preset {name!r}: {cfg.hub_id!r}).")
+            f"(preset {name!r}: {cfg.hub_id!r})."
+        )
     hub_id = cfg.hub_id if str(pretrained) == "hub" else str(pretrained)
     if not hub_id:
         raise ValueError(f"preset {name!r} has no hub id; pass one as `pretrained`")

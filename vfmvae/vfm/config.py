@@ -104,14 +104,29 @@ class VFMConfig:
 
 
 def _siglip(**kw: Any) -> VFMConfig:
-    base = dict(family="siglip", backend="hf", patch_size=16, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD,
-                interpolation="bilinear", hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    base = dict(
+        family="siglip",
+        backend="hf",
+        patch_size=16,
+        image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD,
+        interpolation="bilinear",
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+    )
     return VFMConfig(**{**base, **kw})
 
 
 def _dinov2(**kw: Any) -> VFMConfig:
-    base = dict(family="dinov2", backend="hf", patch_size=14, image_size=518, interpolation="bicubic",
-                layerscale_value=1.0, layer_norm_eps=1e-6)
+    base = dict(
+        family="dinov2",
+        backend="hf",
+        patch_size=14,
+        image_size=518,
+        interpolation="bicubic",
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+    )
     return VFMConfig(**{**base, **kw})
 
 
@@ -121,8 +136,14 @@ def _dinov2_timm(**kw: Any) -> VFMConfig:
 
 
 def _vit(**kw: Any) -> VFMConfig:
-    base = dict(family="vit", backend="timm", timm_arch="vit_small_patch16_224", patch_size=16, image_size=224,
-                interpolation="bilinear")
+    base = dict(
+        family="vit",
+        backend="timm",
+        timm_arch="vit_small_patch16_224",
+        patch_size=16,
+        image_size=224,
+        interpolation="bilinear",
+    )
     return VFMConfig(**{**base, **kw})
 
 
@@ -130,26 +151,63 @@ def _vit(**kw: Any) -> VFMConfig:
 VFM_PRESETS: dict[str, VFMConfig] = {
     # The paper's tokenizer encoder (tokenizer.md §1). 316,742,656 params with the MAP head.
     "siglip2-large-patch16-512": _siglip(
-        hidden_size=1024, num_layers=24, num_heads=16, mlp_hidden_size=4096, image_size=512,
-        compute_dtype="bfloat16", hub_id="google/siglip2-large-patch16-512"),
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        mlp_hidden_size=4096,
+        image_size=512,
+        compute_dtype="bfloat16",
+        hub_id="google/siglip2-large-patch16-512",
+    ),
     # DINOv2 via transformers `Dinov2Model` (save_pretrained folders, HF hub layout).
-    "dinov2-base": _dinov2(hidden_size=768, num_layers=12, num_heads=12, mlp_hidden_size=3072,
-                           compute_dtype="bfloat16", hub_id="facebook/dinov2-base"),
-    "dinov2-large": _dinov2(hidden_size=1024, num_layers=24, num_heads=16, mlp_hidden_size=4096,
-                            compute_dtype="bfloat16", hub_id="facebook/dinov2-large"),
+    "dinov2-base": _dinov2(
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        mlp_hidden_size=3072,
+        compute_dtype="bfloat16",
+        hub_id="facebook/dinov2-base",
+    ),
+    "dinov2-large": _dinov2(
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        mlp_hidden_size=4096,
+        compute_dtype="bfloat16",
+        hub_id="facebook/dinov2-large",
+    ),
     # DINOv2 in the torch.hub / timm `.pth` format that REG/REPA load (`dinov2_vitb14`).
-    "dinov2-vitb14": _dinov2_timm(hidden_size=768, num_layers=12, num_heads=12, mlp_hidden_size=3072,
-                                  timm_arch="vit_base_patch14_dinov2", hub_id="vit_base_patch14_dinov2.lvd142m"),
-    "dinov2-vitl14": _dinov2_timm(hidden_size=1024, num_layers=24, num_heads=16, mlp_hidden_size=4096,
-                                  timm_arch="vit_large_patch14_dinov2", hub_id="vit_large_patch14_dinov2.lvd142m"),
+    "dinov2-vitb14": _dinov2_timm(
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        mlp_hidden_size=3072,
+        timm_arch="vit_base_patch14_dinov2",
+        hub_id="vit_base_patch14_dinov2.lvd142m",
+    ),
+    "dinov2-vitl14": _dinov2_timm(
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        mlp_hidden_size=4096,
+        timm_arch="vit_large_patch14_dinov2",
+        hub_id="vit_large_patch14_dinov2.lvd142m",
+    ),
     # The StyleGAN-T projected discriminator's frozen DINO ViT-S/16 (21,665,664 params, no head).
-    "dino-vits16": _vit(hidden_size=384, num_layers=12, num_heads=6, mlp_hidden_size=1536,
-                        hub_id="vit_small_patch16_224.dino"),
+    "dino-vits16": _vit(
+        hidden_size=384, num_layers=12, num_heads=6, mlp_hidden_size=1536, hub_id="vit_small_patch16_224.dino"
+    ),
     # Tiny presets for tests. `debug-siglip` equals the SigLIP of `fixtures/vfmvae_tiny.json`.
     "debug-siglip": _siglip(hidden_size=64, num_layers=3, num_heads=4, mlp_hidden_size=128, image_size=128),
     "debug-dinov2": _dinov2(hidden_size=64, num_layers=2, num_heads=4, mlp_hidden_size=256, image_size=56),
-    "debug-dinov2-hub": _dinov2_timm(hidden_size=64, num_layers=2, num_heads=4, mlp_hidden_size=256,
-                                     image_size=56, timm_arch="vit_small_patch14_dinov2"),
+    "debug-dinov2-hub": _dinov2_timm(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        mlp_hidden_size=256,
+        image_size=56,
+        timm_arch="vit_small_patch14_dinov2",
+    ),
     "debug-dino-vits": _vit(hidden_size=64, num_layers=4, num_heads=4, mlp_hidden_size=256),
 }
 

@@ -22,19 +22,26 @@ _ARCH_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_hidden_size", "pa
 
 
 def _check_same_architecture(preset: VFMConfig, loaded: VFMConfig, where: str) -> None:
-    diffs = {f: (getattr(preset, f), getattr(loaded, f)) for f in _ARCH_FIELDS
-             if getattr(preset, f) != getattr(loaded, f)}
+    diffs = {
+        f: (getattr(preset, f), getattr(loaded, f)) for f in _ARCH_FIELDS if getattr(preset, f) != getattr(loaded, f)
+    }
     if diffs:
         text = ", ".join(f"{k}: preset {a} vs checkpoint {b}" for k, (a, b) in diffs.items())
-        raise ValueError(f"checkpoint {where} does not match the chosen VFM preset ({text}); "
-                         "pick the matching preset or pass `config` overrides")
+        raise ValueError(
+            f"checkpoint {where} does not match the chosen VFM preset ({text}); "
+            "pick the matching preset or pass `config` overrides"
+        )
 
 
 def _load_kwargs(allow_download: bool, attn_implementation: str) -> dict[str, Any]:
     # transformers 5 defaults to dtype="auto"; frozen weights are kept in float32 and the compute
     # precision comes from `compute_dtype` (autocast), as in the official wrapper.
-    return dict(local_files_only=not allow_download, dtype=torch.float32, attn_implementation=attn_implementation,
-                output_loading_info=True)
+    return dict(
+        local_files_only=not allow_download,
+        dtype=torch.float32,
+        attn_implementation=attn_implementation,
+        output_loading_info=True,
+    )
 
 
 def _raise_on_missing(info: dict, where: str) -> None:
@@ -59,19 +66,35 @@ class SiglipVFM(FrozenVFM):
     @staticmethod
     def hf_config(cfg: VFMConfig) -> SiglipVisionConfig:
         return SiglipVisionConfig(
-            hidden_size=cfg.hidden_size, intermediate_size=cfg.mlp_hidden_size, num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads, num_channels=3, image_size=cfg.image_size,
-            patch_size=cfg.patch_size, hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps,
-            attention_dropout=0.0, vision_use_head=cfg.keep_head, attn_implementation=cfg.attn_implementation,
-            **cfg.extra)
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.mlp_hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_channels=3,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            hidden_act=cfg.hidden_act,
+            layer_norm_eps=cfg.layer_norm_eps,
+            attention_dropout=0.0,
+            vision_use_head=cfg.keep_head,
+            attn_implementation=cfg.attn_implementation,
+            **cfg.extra,
+        )
 
     @staticmethod
     def config_from_hf(hf: SiglipVisionConfig, base: VFMConfig) -> VFMConfig:
         """A `VFMConfig` describing an existing HF SigLIP vision config (preprocessing from `base`)."""
-        return base.replace(hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-                            num_heads=hf.num_attention_heads, mlp_hidden_size=hf.intermediate_size,
-                            patch_size=hf.patch_size, image_size=hf.image_size, hidden_act=hf.hidden_act,
-                            layer_norm_eps=hf.layer_norm_eps, keep_head=bool(getattr(hf, "vision_use_head", True)))
+        return base.replace(
+            hidden_size=hf.hidden_size,
+            num_layers=hf.num_hidden_layers,
+            num_heads=hf.num_attention_heads,
+            mlp_hidden_size=hf.intermediate_size,
+            patch_size=hf.patch_size,
+            image_size=hf.image_size,
+            hidden_act=hf.hidden_act,
+            layer_norm_eps=hf.layer_norm_eps,
+            keep_head=bool(getattr(hf, "vision_use_head", True)),
+        )
 
     @classmethod
     def from_config(cls, cfg: VFMConfig) -> SiglipVFM:
@@ -94,8 +117,12 @@ class SiglipVFM(FrozenVFM):
         self.backbone.save_pretrained(str(path))
 
     def _run_backbone(self, pixel_values, hidden_indices, need_final):
-        out = self.backbone(pixel_values=pixel_values, interpolate_pos_encoding=True,
-                            output_hidden_states=bool(hidden_indices), return_dict=True)
+        out = self.backbone(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=True,
+            output_hidden_states=bool(hidden_indices),
+            return_dict=True,
+        )
         hidden = {i: out.hidden_states[i] for i in hidden_indices}
         return hidden, out.last_hidden_state if need_final else None
 
@@ -115,19 +142,36 @@ class HFDinov2VFM(FrozenVFM):
     @staticmethod
     def hf_config(cfg: VFMConfig) -> Dinov2Config:
         if cfg.mlp_hidden_size % cfg.hidden_size:
-            raise ValueError(f"DINOv2 needs mlp_hidden_size to be a multiple of hidden_size, got "
-                             f"{cfg.mlp_hidden_size} / {cfg.hidden_size}")
+            raise ValueError(
+                f"DINOv2 needs mlp_hidden_size to be a multiple of hidden_size, got "
+                f"{cfg.mlp_hidden_size} / {cfg.hidden_size}"
+            )
         return Dinov2Config(
-            hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_hidden_size // cfg.hidden_size, patch_size=cfg.patch_size, image_size=cfg.image_size,
-            layerscale_value=cfg.layerscale_value, layer_norm_eps=cfg.layer_norm_eps, hidden_act=cfg.hidden_act,
-            use_swiglu_ffn=False, attn_implementation=cfg.attn_implementation, **cfg.extra)
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_hidden_size // cfg.hidden_size,
+            patch_size=cfg.patch_size,
+            image_size=cfg.image_size,
+            layerscale_value=cfg.layerscale_value,
+            layer_norm_eps=cfg.layer_norm_eps,
+            hidden_act=cfg.hidden_act,
+            use_swiglu_ffn=False,
+            attn_implementation=cfg.attn_implementation,
+            **cfg.extra,
+        )
 
     @staticmethod
     def config_from_hf(hf: Dinov2Config, base: VFMConfig) -> VFMConfig:
-        return base.replace(hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-                            num_heads=hf.num_attention_heads, mlp_hidden_size=int(hf.hidden_size * hf.mlp_ratio),
-                            patch_size=hf.patch_size, image_size=hf.image_size, layer_norm_eps=hf.layer_norm_eps)
+        return base.replace(
+            hidden_size=hf.hidden_size,
+            num_layers=hf.num_hidden_layers,
+            num_heads=hf.num_attention_heads,
+            mlp_hidden_size=int(hf.hidden_size * hf.mlp_ratio),
+            patch_size=hf.patch_size,
+            image_size=hf.image_size,
+            layer_norm_eps=hf.layer_norm_eps,
+        )
 
     @classmethod
     def from_config(cls, cfg: VFMConfig) -> HFDinov2VFM:

@@ -27,15 +27,16 @@ from vfmvae.vfm.hf import HFDinov2VFM, SiglipVFM
 _WRAPPER_SEGMENTS = ("vision_model.", "model.")
 # Official keys that are deliberately not loaded (regexes on the key after prefix/segment removal).
 IGNORED_OFFICIAL_VFM_KEYS = (
-    r"head\..*",                     # SigLIP MAP attention-pool head: unused by the tokenizer
-    r"text_model\..*",               # text tower of a full SigLIP checkpoint
-    r"logit_(scale|bias)",           # SigLIP contrastive temperature / bias
-    r"embeddings\.position_ids",     # a non-persistent buffer some versions saved
+    r"head\..*",  # SigLIP MAP attention-pool head: unused by the tokenizer
+    r"text_model\..*",  # text tower of a full SigLIP checkpoint
+    r"logit_(scale|bias)",  # SigLIP contrastive temperature / bias
+    r"embeddings\.position_ids",  # a non-persistent buffer some versions saved
 )
 
 
-def vfm_from_hf_config(hf_config: dict[str, Any] | PretrainedConfig, keep_head: bool = False,
-                       compute_dtype: str = "float32") -> FrozenVFM:
+def vfm_from_hf_config(
+    hf_config: dict[str, Any] | PretrainedConfig, keep_head: bool = False, compute_dtype: str = "float32"
+) -> FrozenVFM:
     """Random-init wrapper for an HF vision config (dict as in `config.json` or a config object).
 
     Accepts `siglip_vision_model`, a full `siglip` config (its `vision_config` is used) and
@@ -55,12 +56,14 @@ def vfm_from_hf_config(hf_config: dict[str, Any] | PretrainedConfig, keep_head: 
         hf = Dinov2Config.from_dict(d)
         base = get_vfm_config("debug-dinov2", {"compute_dtype": compute_dtype})
         return HFDinov2VFM(Dinov2Model(hf), HFDinov2VFM.config_from_hf(hf, base))
-    raise ValueError(f"unsupported HF vision config model_type {model_type!r}; "
-                     "expected 'siglip_vision_model', 'siglip' or 'dinov2'")
+    raise ValueError(
+        f"unsupported HF vision config model_type {model_type!r}; expected 'siglip_vision_model', 'siglip' or 'dinov2'"
+    )
 
 
-def map_official_vfm_state_dict(state_dict: dict[str, torch.Tensor], vfm: FrozenVFM,
-                                prefix: str = "vfm_encoder.encoder.") -> tuple[dict[str, torch.Tensor], list[str]]:
+def map_official_vfm_state_dict(
+    state_dict: dict[str, torch.Tensor], vfm: FrozenVFM, prefix: str = "vfm_encoder.encoder."
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map the official VFM keys under `prefix` onto `vfm.state_dict()` names.
 
     Keys outside `prefix` are not looked at (they belong to other modules). Returns
@@ -73,7 +76,7 @@ def map_official_vfm_state_dict(state_dict: dict[str, torch.Tensor], vfm: Frozen
     for key, value in state_dict.items():
         if not key.startswith(prefix):
             continue
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         # Peel wrapper segments only while the remainder is not already a model key.
         while f"backbone.{rest}" not in expected and rest.startswith(_WRAPPER_SEGMENTS):
             rest = rest.split(".", 1)[1]
@@ -84,13 +87,16 @@ def map_official_vfm_state_dict(state_dict: dict[str, torch.Tensor], vfm: Frozen
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"{len(unknown)} official VFM key(s) under {prefix!r} have no counterpart in "
-                       f"{type(vfm).__name__}: {unknown[:20]}")
+        raise KeyError(
+            f"{len(unknown)} official VFM key(s) under {prefix!r} have no counterpart in "
+            f"{type(vfm).__name__}: {unknown[:20]}"
+        )
     return mapped, ignored
 
 
-def load_official_vfm_state_dict(vfm: FrozenVFM, state_dict: dict[str, torch.Tensor],
-                                 prefix: str = "vfm_encoder.encoder.") -> list[str]:
+def load_official_vfm_state_dict(
+    vfm: FrozenVFM, state_dict: dict[str, torch.Tensor], prefix: str = "vfm_encoder.encoder."
+) -> list[str]:
     """Load the official VFM weights under `prefix` into `vfm` (strict); return the ignored keys."""
     mapped, ignored = map_official_vfm_state_dict(state_dict, vfm, prefix)
     missing = sorted(set(vfm.state_dict()) - set(mapped))

@@ -35,6 +35,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"VFM weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path), device="cpu")
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
@@ -49,7 +50,7 @@ def unwrap_vit_state_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
             sd = sd[key]
     for prefix in _STRIP_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     # Our ViTs are built with num_classes=0: any classifier / DINO head weights are unused.
     return {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm.", "pre_logits."))}
 
@@ -71,11 +72,20 @@ class TimmViTVFM(FrozenVFM):
     @staticmethod
     def create_kwargs(cfg: VFMConfig) -> dict[str, Any]:
         if cfg.mlp_hidden_size % cfg.hidden_size:
-            raise ValueError(f"mlp_hidden_size {cfg.mlp_hidden_size} must be a multiple of hidden_size "
-                             f"{cfg.hidden_size} for timm ViTs")
-        kw = dict(num_classes=0, img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.hidden_size,
-                  depth=cfg.num_layers, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_hidden_size / cfg.hidden_size,
-                  dynamic_img_size=True)
+            raise ValueError(
+                f"mlp_hidden_size {cfg.mlp_hidden_size} must be a multiple of hidden_size "
+                f"{cfg.hidden_size} for timm ViTs"
+            )
+        kw = dict(
+            num_classes=0,
+            img_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.hidden_size,
+            depth=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_hidden_size / cfg.hidden_size,
+            dynamic_img_size=True,
+        )
         if cfg.family == "dinov2":
             kw["init_values"] = cfg.layerscale_value
         return {**kw, **cfg.extra}
@@ -94,11 +104,13 @@ class TimmViTVFM(FrozenVFM):
         try:
             result = model.load_state_dict(sd, strict=False)
         except RuntimeError as err:  # shape mismatch: wrong preset for this file
-            raise ValueError(f"{path} does not fit preset {cfg.timm_arch} "
-                             f"(hidden {cfg.hidden_size}, depth {cfg.num_layers}): {err}") from err
+            raise ValueError(
+                f"{path} does not fit preset {cfg.timm_arch} (hidden {cfg.hidden_size}, depth {cfg.num_layers}): {err}"
+            ) from err
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(f"{path}: missing keys {result.missing_keys[:20]}, "
-                             f"unexpected keys {result.unexpected_keys[:20]}")
+            raise ValueError(
+                f"{path}: missing keys {result.missing_keys[:20]}, unexpected keys {result.unexpected_keys[:20]}"
+            )
         return cls(model, cfg)
 
     @classmethod
