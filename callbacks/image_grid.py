@@ -55,7 +55,7 @@ class ReconstructionGridCallback(Callback):
         every_n_steps: int = 500,
         num_images: int = 8,
         use_ema: bool = True,
-        tag: str = "reconstruction/input|recon|multiscale",
+        tag: str = "grid/reconstruction",
     ) -> None:
         if every_n_steps < 0 or num_images < 1:
             raise ValueError("every_n_steps must be >= 0 and num_images >= 1")

@@ -49,7 +49,7 @@ class CheckpointPolicy:
             ``ModelCheckpoint`` callbacks are replaced by one atomic checkpoint callback; their
             ``every_n_train_steps`` and ``dirpath`` are kept unless given here.
         every_n_train_steps: checkpoint cadence in optimiser steps (``None`` = the run's own).
-        best_metric: a logged validation metric (e.g. ``val/psnr``); adds a "best" checkpoint. Never
+        best_metric: a logged validation metric (e.g. ``metric/psnr``); adds a "best" checkpoint. Never
             implied: a run without validation metrics has no "best".
         best_mode: ``min`` or ``max`` for ``best_metric``; keep_best: how many best to keep.
         save_last: also write ``last.ckpt`` (what ``--ckpt_path last`` resumes).

@@ -391,12 +391,12 @@ class TokenizerModule(LightningModule):
         return images
 
     def _log_step(self, d, g, d_norm, g_norm, beta: float) -> None:
-        values: dict[str, Any] = {f"train/D/{k}": v.detach().float() for k, v in d.terms.items() if v.numel() == 1}
-        values.update({f"train/G/{k}": v.detach().float() for k, v in g.terms.items() if v.numel() == 1})
+        values: dict[str, Any] = {f"loss/D/{k}": v.detach().float() for k, v in d.terms.items() if v.numel() == 1}
+        values.update({f"loss/G/{k}": v.detach().float() for k, v in g.terms.items() if v.numel() == 1})
         values.update(
             {
-                "train/D/total": d.total.detach().float(),
-                "train/G/total": g.total.detach().float(),
+                "loss/D/total": d.total.detach().float(),
+                "loss/G/total": g.total.detach().float(),
                 "train/grad_norm_D": d_norm,
                 "train/grad_norm_G": g_norm,
                 "train/skipped_D": float(self.guard_d.num_skipped),
@@ -449,9 +449,9 @@ class TokenizerModule(LightningModule):
             return
         record = {**metrics, "global_nimg": self.global_nimg, "step": int(self.global_step)}
         self.val_history.append(record)
-        logged = {f"val/{k}": float(v) for k, v in metrics.items() if k != "num_images"}
+        logged = {f"metric/{k}": float(v) for k, v in metrics.items() if k != "num_images"}
         if self.initial_val is not None:
-            logged["val/psnr_gain_db"] = metrics["psnr"] - self.initial_val["psnr"]
+            logged["metric/psnr_gain_db"] = metrics["psnr"] - self.initial_val["psnr"]
         self.log_dict(logged, sync_dist=True)
 
     def on_validation_end(self) -> None:

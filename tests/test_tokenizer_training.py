@@ -226,6 +226,12 @@ def test_non_finite_loss_skips_the_step_and_counts_it(tmp_path, repo_root):
     assert model.guard_g.num_skipped == 1 and model.guard_d.num_skipped == 0
     assert any(not torch.equal(a, b) for a, b in zip(d_before, model.d_params)), "the D step was taken"
     assert cli.trainer.global_step == 1
+    # Every logged tag follows the TensorBoard naming rule (callbacks/tb_layout.py).
+    from callbacks.tb_layout import invalid_tags
+
+    tags = list(cli.trainer.logged_metrics)
+    assert "loss/G/total" in tags and "loss/D/total" in tags
+    assert not invalid_tags(tags), invalid_tags(tags)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
