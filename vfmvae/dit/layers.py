@@ -180,3 +180,25 @@ class LabelEmbedder(nn.Module):
             drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
             labels = torch.where(drop, self.num_classes, labels)
         return self.embedding_table(labels)
+
+
+def official_dit_init(model: nn.Module, zero_layers: list[nn.Linear]) -> None:
+    """The DiT/SiT/LightningDiT weight init shared by both models.
+
+    Xavier-uniform linears with zero bias, the patch-embedding conv as a Linear over the flattened
+    patch, N(0, 0.02) label table and time MLP, and zeros for `zero_layers` (adaLN-Zero modulations and
+    output heads). `model` must have `x_embedder.proj`, `y_embedder.embedding_table`, `t_embedder.mlp`.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    w = model.x_embedder.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    for layer in zero_layers:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)

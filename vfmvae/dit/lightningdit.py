@@ -28,6 +28,7 @@ from vfmvae.dit.layers import (
     SwiGLU,
     TimestepEmbedder,
     modulate,
+    official_dit_init,
     unpatchify,
 )
 from vfmvae.dit.pos_embed import AxialRoPE2d, sincos_2d_pos_embed
@@ -173,22 +174,8 @@ class LightningDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """Official init: xavier linears, N(0, 0.02) label table and time MLP, zeroed adaLN and head."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear over the flattened patch
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [
-            self.final_layer.adaLN_modulation[-1],
-            self.final_layer.linear,
-        ]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        blocks = [b.adaLN_modulation[-1] for b in self.blocks]
+        official_dit_init(self, blocks + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear])
 
     def reset_buffers(self) -> None:
         """Recompute the fixed tables (needed after `to_empty()` of a `meta`-device model)."""

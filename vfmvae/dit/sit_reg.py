@@ -22,7 +22,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vfmvae.dit.layers import Attention, GeluMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder, modulate, unpatchify
+from vfmvae.dit.layers import (
+    Attention,
+    GeluMlp,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    modulate,
+    official_dit_init,
+    unpatchify,
+)
 from vfmvae.dit.pos_embed import sincos_2d_pos_embed
 
 
@@ -188,24 +197,10 @@ class SiTREG(nn.Module):
 
     def initialize_weights(self) -> None:
         """Official init: xavier linears, N(0, 0.02) label table/time MLP, zeroed adaLN and both heads."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        final = self.final_layer
-        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [
-            final.adaLN_modulation[-1],
-            final.linear,
-            final.linear_cls,
-        ]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        blocks = [b.adaLN_modulation[-1] for b in self.blocks]
+        official_dit_init(
+            self, blocks + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear, self.final_layer.linear_cls]
+        )
 
     def reset_buffers(self) -> None:
         """Recompute the fixed position table (after `to_empty()` of a `meta`-device model)."""
