@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project (a no-op when done)
 
-test: install ## Run the whole test suite (slow and multi-process tests included)
-	$(PY) -m pytest -q
+test: install ## Run the whole test suite (slow and multi-process tests included); any skip fails it
+	$(PY) -m pytest -q --fail-on-skip
 
 test-fast: install ## Run the tests not marked slow
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q --fail-on-skip -m "not slow"
 
 lint: install ## Ruff lint and format check
 	$(PY) -m ruff check .

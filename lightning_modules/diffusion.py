@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from lightning_modules.parallel import RankRNGStream, shard_diffusion_network
+from lightning_modules.parallel import shard_diffusion_network
 from vfmvae.dit.networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.transport import (
@@ -43,6 +43,7 @@ from vfmvae.transport import (
     projection_loss,
 )
 from vfmvae.utils.guard import NonFiniteGuard
+from vfmvae.utils.rng import RankRNGStream
 
 log = logging.getLogger(__name__)
 

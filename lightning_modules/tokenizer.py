@@ -52,12 +52,10 @@ from lightning_modules.parallel import refuse_sharded_strategy
 from lightning_modules.tokenizer_stages import TokenizerStepRule, get_stage, set_trainable
 from lightning_modules.tokenizer_state import (
     RNGStream,
-    all_reduce_gradients,
     compare_state_dicts,
     drop_frozen_keys,
     fill_frozen_keys,
     frozen_hashes,
-    grad_norm,
     merge_ema_state,
 )
 from vfmvae.losses import EQUIVARIANCE_PRESETS, LPIPS, TokenizerObjective, get_loss_config
@@ -69,6 +67,7 @@ from vfmvae.tokenizer.discriminators import (
     ProjectedDiscriminator,
 )
 from vfmvae.tokenizer.reconstruction_metrics import ReconstructionMetrics, to_uint8
+from vfmvae.utils.distributed import all_reduce_gradients, grad_norm
 from vfmvae.utils.ema import EMA, EMAConfig
 from vfmvae.utils.guard import NonFiniteGuard
 from vfmvae.vfm import build_vfm

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from vfmvae.provenance import state_dict_sha256
@@ -209,45 +208,13 @@ class RNGStream:
         self.cuda_state = None if state.get("cuda") is None else state["cuda"].clone()
 
 
-def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """Average the gradients of `params` over ranks with one flat all-reduce (official `training_loop`).
-
-    Parameters without a gradient on this rank contribute zeros, so every rank steps the same set.
-    Afterwards every gradient goes through `nan_to_num(nan=0, +-inf=+-1e5)` (spec §4.7).
-    """
-    if not params:
-        return
-    if world_size > 1 and dist.is_available() and dist.is_initialized():
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-        dist.all_reduce(flat)
-        flat /= world_size
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-    for p in params:
-        if p.grad is not None:
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-
-
-def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
-    """Global L2 norm of the present gradients (0 when there are none), fp32."""
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
 __all__ = [
     "FROZEN_PREFIXES",
     "HandoffReport",
     "RNGStream",
-    "all_reduce_gradients",
     "compare_state_dicts",
     "drop_frozen_keys",
     "fill_frozen_keys",
     "frozen_hashes",
-    "grad_norm",
     "merge_ema_state",
 ]

@@ -180,9 +180,6 @@ def test_official_fixture_kl_and_vf_through_the_tokenizer(fixtures_dir):
 
     from safetensors.torch import load_file
 
-    vfm = pytest.importorskip("vfmvae.vfm", reason="needs the VFM wrappers (vfmvae.vfm.build_vfm)")
-    if not hasattr(vfm, "build_vfm"):
-        pytest.skip("vfmvae.vfm.build_vfm is not available yet")
     from vfmvae.losses import vf_loss_from_latent
     from vfmvae.tokenizer import from_official
 

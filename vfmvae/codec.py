@@ -19,7 +19,27 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LatentNormalizer", "LatentCodec", "uint8_to_unit", "signed_to_uint8", "channel_stats"]
+__all__ = [
+    "LatentNormalizer",
+    "LatentCodec",
+    "UINT8_MODES",
+    "to_uint8",
+    "uint8_to_unit",
+    "uint8_to_signed",
+    "signed_to_unit",
+    "unit_to_signed",
+    "signed_to_uint8",
+    "channel_stats",
+]
+
+# How a float image becomes 8-bit pixels (docs/design.md, "Value ranges"):
+# - "truncate": clamp to [0, 1], x 255, truncate. The official VFM-VAE tools (`tools/decode`,
+#   `tools/reconstruct`) write images with torchvision's `to_pil_image`, i.e. `x.mul(255).byte()`.
+#   This is the paper protocol.
+# - "round": clamp, x 255, round half to even. Half a grey level brighter on average than "truncate".
+# - "half_up": `clamp(127.5 x + 128, 0, 255)` truncated = round half up; LightningDiT's VA-VAE
+#   `decode_to_images` (and ADM's sample scripts) convert this way.
+UINT8_MODES = ("truncate", "round", "half_up")
 
 
 def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -29,9 +49,49 @@ def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
+def uint8_to_signed(images: torch.Tensor) -> torch.Tensor:
+    """`uint8 (B, 3, H, W)` -> float32 in [-1, 1] (LPIPS, SSIM and VA-VAE/SD-VAE inputs)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    return images.float() / 127.5 - 1.0
+
+
+def signed_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (decoder output) -> [0, 1], `(x + 1) / 2`, not clamped."""
+    return (images + 1.0) / 2.0
+
+
+def unit_to_signed(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> [-1, 1], `2x - 1`."""
+    return images * 2.0 - 1.0
+
+
+def to_uint8(images: torch.Tensor, mode: str, *, value_range: str = "signed") -> torch.Tensor:
+    """Float images -> `uint8` of the same shape, the one float-to-pixel conversion of the project.
+
+    Args:
+        images: float tensor, nominally in [-1, 1] (``value_range="signed"``, decoder outputs) or
+            [0, 1] (``"unit"``); values outside are clamped.
+        mode: one of :data:`UINT8_MODES` (see their comment); callers name the official tool they follow.
+    """
+    if mode not in UINT8_MODES:
+        raise ValueError(f"unknown uint8 conversion mode {mode!r}; choose one of {UINT8_MODES}")
+    if value_range not in ("signed", "unit"):
+        raise ValueError(f"value_range must be 'signed' ([-1, 1]) or 'unit' ([0, 1]), got {value_range!r}")
+    x = images.detach().float()
+    if mode == "half_up":
+        scaled = x * 127.5 + 128.0 if value_range == "signed" else x * 255.0 + 0.5
+        return scaled.clamp(0, 255).to(torch.uint8)
+    if mode == "round":
+        scaled = (x + 1.0) * 127.5 if value_range == "signed" else x * 255.0
+        return scaled.round().clamp(0, 255).to(torch.uint8)
+    unit = (signed_to_unit(x) if value_range == "signed" else x).clamp(0, 1)
+    return unit.mul(255).to(torch.uint8)  # float -> uint8 truncates toward zero, as `Tensor.byte()`
+
+
 def signed_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Decoder output in [-1, 1] -> `uint8` with `(x + 1) / 2`, clamp, round (diffusion.md §3.5 step 1)."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """Deprecated spelling of ``to_uint8(images, "round")``; kept until every caller names its mode."""
+    return to_uint8(images, "round")
 
 
 def channel_stats(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
