@@ -1,4 +1,4 @@
-"""VFM-VAE tokenizer vs the official Generator (`../shared/fixtures/vfmvae_tiny.*`), fp32, atol 1e-5."""
+"""VFM-VAE tokenizer vs the official Generator (`tests/fixtures/official/vfmvae_tiny.*`), fp32, atol 1e-5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transport against the official LightningDiT fixtures (`../shared/fixtures/transport_cases.*`).
+"""Transport against the official LightningDiT fixtures (`tests/fixtures/official/transport_cases.*`).
 
 The fixture was produced by running LightningDiT's `transport/` and `Sampler.sample_ode`
 (torchdiffeq Euler) on the tiny official LightningDiT stored in `lightningdit_tiny.*`; we load

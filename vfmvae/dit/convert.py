@@ -1,7 +1,7 @@
 """Official checkpoints -> our DiT modules (conventions.md "Official compatibility").
 
 `from_official_lightningdit(state_dict, kwargs)` and `from_official_reg(state_dict, kwargs)` take
-official key names (as in `../shared/fixtures`) and the official constructor kwargs, and return our
+official key names (as in `tests/fixtures/official`) and the official constructor kwargs, and return our
 modules in `eval()` mode. Every official key is mapped or deliberately ignored; unknown or missing
 keys raise an error listing them.
 

@@ -4,7 +4,7 @@ Diffusion spec §3.1: adaLN-Zero DiT with SwiGLU, RMSNorm, QK-RMSNorm, 2-D axial
 QK-norm, a fixed 2-D sin-cos position embedding, a 1001-row label table (null id 1000) with label
 dropout, and `forward(x, t, y)` predicting the flow velocity with **t = 1 = data**
 (conventions.md "Time in diffusion"). Numerically identical to `hustvl/LightningDiT`
-`models/lightningdit.py` (checked against `../shared/fixtures/lightningdit_tiny.*`).
+`models/lightningdit.py` (checked against `tests/fixtures/official/lightningdit_tiny.*`).
 
 Classifier-free guidance is *not* here: it wraps a velocity function in `vfmvae/transport/`.
 """

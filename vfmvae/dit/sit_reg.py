@@ -7,7 +7,7 @@ sequence starts with one extra *class token*: a noisy DINOv2 cls vector `(B, z_d
 `encoder_depth` a projector MLP maps all `1 + N` tokens to the alignment space (REPA loss
 target, `zs`); the final layer predicts the latent velocity from the patch tokens and the class
 token velocity from token 0. **t = 1 = noise** (conventions.md). Numerically identical to
-VFM-VAE's `tools/preprocess_for_reg/sit.py` (checked against `../shared/fixtures/sit_reg_tiny.*`).
+VFM-VAE's `tools/preprocess_for_reg/sit.py` (checked against `tests/fixtures/official/sit_reg_tiny.*`).
 
 The model owns the projector and both heads; the alignment callback supplies targets and losses.
 """

@@ -40,7 +40,7 @@ def from_official(
 ) -> VFMVAE:
     """Official `networks.generator.Generator` weights -> `VFMVAE` (eval mode).
 
-    state_dict: official keys (as in `../shared/fixtures/vfmvae_tiny.safetensors`), or a released
+    state_dict: official keys (as in `tests/fixtures/official/vfmvae_tiny.safetensors`), or a released
         file / wrapper dict (`G_ema`, see `load_official_state_dict`).
     generator_kwargs: the official `G_kwargs` (YAML) / fixture `generator_kwargs`.
     vfm_config: the HF `SiglipVisionConfig` dict used to build the VFM when `vfm` is not given.
