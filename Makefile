@@ -137,7 +137,7 @@ train-tokenizer: install ## Tokenizer stage: STAGE=0|1|2|3 DATA_ROOT VFM_PATH DI
 	$(if $(INCEPTION_PATH),extra="$$extra --model.init_args.val_inception_path=$(INCEPTION_PATH)";) \
 	set -x; $(PY) -m lightning_modules fit --config $$config $$extra $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
 
-eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (spec §6): TOKENIZER=export|official.pth DATA_ROOT=val dir INCEPTION_PATH VGG_PATH [NUM] [OUT] (NO_FID=1 / NO_LPIPS=1 skip)
+eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconstruct): TOKENIZER=export|official.pth DATA_ROOT=val dir INCEPTION_PATH VGG_PATH [NUM] [OUT] (NO_FID=1 / NO_LPIPS=1 skip)
 	@[ -n "$(TOKENIZER)" ] || { echo "eval-reconstruction: TOKENIZER is not set (a save_pretrained export folder, or an official .pth with TOKENIZER_KWARGS=G_kwargs.yaml); after the demo (CONFIG=configs/tokenizer/demo.yaml make train-tokenizer): TOKENIZER=outputs/demo/tokenizer/export DATA_ROOT=outputs/demo_data/val IMAGE_SIZE=64 NO_FID=1 NO_LPIPS=1" >&2; exit 2; }
 	@[ -n "$(DATA_ROOT)" ] || { echo "eval-reconstruction: DATA_ROOT is not set (folder of validation images, e.g. ImageNet val; all files below it are used); demo: DATA_ROOT=outputs/demo_data/val" >&2; exit 2; }
 	@[ -n "$(INCEPTION_PATH)$(NO_FID)" ] || { echo "eval-reconstruction: INCEPTION_PATH is not set (torch-fidelity weights-inception-2015-12-05-6726825d.pth for rFID/rIS; NO_FID=1 skips them)" >&2; exit 2; }

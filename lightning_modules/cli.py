@@ -4,7 +4,7 @@ One complete YAML per run (`configs/tokenizer/stage*.yaml`, `configs/diffusion/*
 strategy YAMLs stack on top with a second `--config` (e.g. `--config configs/trainer/cpu.yaml`). The
 resolved config is written next to the logs (`<log_dir>/config.yaml`) so a run can be repeated exactly.
 
-Additions over `LightningCLI` (issue 14):
+Additions over `LightningCLI`:
 
 * a ``checkpoint:`` section (:class:`CheckpointPolicy`) that the trainer YAMLs set, so the policy
   stacks on any run: keep the last K periodic checkpoints (atomic writes), and a "best" checkpoint
