@@ -140,3 +140,20 @@ def test_vavae_strict_keys_name_the_extra_and_the_missing(vavae_fx):
         from_official_vavae(sd, {**meta["ddconfig"], "attn_resolutions": []})
     with pytest.raises(ValueError, match="shape mismatch"):
         from_official_vavae(sd, {**meta["ddconfig"], "ch": 64})
+
+
+def test_vavae_yaml_config_and_unsafe_file(vavae_fx, tmp_path):
+    """The LightningDiT YAML gives ddconfig + embed_dim; a file that pickles objects is refused with the fix."""
+    import argparse
+
+    import yaml
+
+    T, meta, sd = vavae_fx
+    cfg_file = tmp_path / "vavae_tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"params": {"embed_dim": 8, "ddconfig": meta["ddconfig"]}}}))
+    model = from_official_vavae(sd, cfg_file)
+    assert model.latent_channels == 8 and model.cfg.encoder_attn_levels == (1,)
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": sd, "hyper_parameters": argparse.Namespace(lr=1.0)}, unsafe)
+    with pytest.raises(Exception, match=r"cannot be read safely.*weights_only=False\)\['state_dict'\]"):
+        from_official_vavae(unsafe, meta["ddconfig"])

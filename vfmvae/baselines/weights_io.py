@@ -23,8 +23,11 @@ def _load_file(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message is a page long; keep the line that names the offending object.
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
         raise pickle.UnpicklingError(
-            f"{what} {path} holds more than tensors and cannot be read safely (weights_only=True: {err}). If you "
+            f"{what} {path} holds more than tensors and cannot be read safely ({reason}). If you "
             "trust the file, extract its weights once with `sd = torch.load(P, weights_only=False)['state_dict']; "
             "torch.save(sd, OUT)` and load OUT"
         ) from err
