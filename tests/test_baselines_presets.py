@@ -96,6 +96,8 @@ def test_config_errors_name_the_problem():
         from_ldm_ddconfig({"ch": 16, "ch_mult": [1, 2]})
     with pytest.raises(ValueError, match="give_pre_end"):
         from_ldm_ddconfig({"give_pre_end": True})
+    with pytest.raises(ValueError, match="one DownEncoderBlock2D and one UpDecoderBlock2D per entry"):
+        from_diffusers_config({"block_out_channels": [32, 64], "up_block_types": ["UpDecoderBlock2D"]})
     with pytest.raises(ValueError, match="only AutoencoderKL"):
         from_diffusers_config({"_class_name": "AutoencoderTiny"})
     with pytest.raises(KeyError, match="unknown baseline tokenizer preset"):

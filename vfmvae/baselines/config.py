@@ -181,7 +181,7 @@ def from_diffusers_config(config: Mapping[str, Any] | str | os.PathLike, kind: s
     boc = tuple(cfg.get("block_out_channels", (64,)))
     down = tuple(cfg.get("down_block_types", ("DownEncoderBlock2D",) * len(boc)))
     up = tuple(cfg.get("up_block_types", ("UpDecoderBlock2D",) * len(boc)))
-    if set(down) != {"DownEncoderBlock2D"} or set(up) != {"UpDecoderBlock2D"} or len(down) != len(boc) != len(up):
+    if set(down) != {"DownEncoderBlock2D"} or set(up) != {"UpDecoderBlock2D"} or not len(down) == len(boc) == len(up):
         raise ValueError(
             f"diffusers AutoencoderKL with blocks {down} / {up} is not supported: one DownEncoderBlock2D and "
             f"one UpDecoderBlock2D per entry of block_out_channels {boc}"
