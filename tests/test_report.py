@@ -193,15 +193,19 @@ def test_root_with_several_runs_records_and_a_csv_run(resumed_run, tmp_path):
         "0,1.0,2,\n"
         "0,1.25,1,\n"  # a resumed CSV logger appends: step 1 again, step 2 orphaned
     )
-    # the same run logged by TensorBoard and CSV (same <name>/<version>): the CSV copy is not a second run
-    (root / "csv" / "demo" / "reg").mkdir(parents=True)
-    (root / "csv" / "demo" / "reg" / "metrics.csv").write_text("loss/total,step\n1.0,0\n")
+    # the resumed TensorBoard run also logged by a CSV logger: the CSV copy is not shown as a second run
+    copy = root / "csv" / "lightning_logs" / "version_0"
+    copy.mkdir(parents=True)
+    rows = [f"{10.0 - s},0.5,{s}" for s in range(5)] + [f"{100.0 + s},0.5,{s}" for s in (5, 6, 7)]
+    rows += ["10.0,0.5,5", "106.0,0.5,6", "107.0,0.5,7", ",0.5,8", ",0.5,9"]  # the CSV's own resume, same result
+    (copy / "metrics.csv").write_text("loss/total,loss/G/l1,step\n" + "\n".join(rows) + "\n")
     found = find_runs(root)
     assert [(f.folder.relative_to(root).as_posix(), f.kind) for f in found] == [
+        ("csv/lightning_logs/version_0", "csv"),
         ("csv/other/version_0", "csv"),
         ("tb/demo/reg", "tensorboard"),
     ]
-    csv = load_run(found[0])
+    csv = load_run(found[1])
     assert csv.scalars["loss/total"].steps.tolist() == [0, 1] and csv.scalars["loss/total"].values.tolist() == [
         2.0,
         1.25,
@@ -209,6 +213,7 @@ def test_root_with_several_runs_records_and_a_csv_run(resumed_run, tmp_path):
     assert csv.scalars["train/lr"].values.tolist() == [0.1]
     text = write_report(root).read_text()
     assert text.count("<h2 id=") == 2 and 'href="#run-1"' in text
+    assert "lightning_logs/version_0" in section_text(text, "Run tb/demo/reg")  # "also logged to"
     loose = section_text(text, "Records under the root")
     assert "demo_fid.fid" in loose and "3.5" in loose and "tokenizer_summary" not in loose
     assert "junk_eval" not in text

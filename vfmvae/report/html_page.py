@@ -46,9 +46,7 @@ def img(png: bytes, alt: str, caption: str | None = None, pixels: bool = False) 
     return out + "</figure>"
 
 
-def table(
-    header: Sequence[str] | None, rows: Iterable[Sequence[object]], numeric: Sequence[bool] | None = None
-) -> str:
+def table(header: Sequence[str] | None, rows: Iterable[Sequence[object]], numeric: Sequence[bool] | None = None) -> str:
     """A ``<table>`` (no header row when ``header`` is None); cells are escaped; ``numeric[i]`` right-aligns
     column ``i``."""
     numeric = list(numeric or [])

@@ -40,7 +40,9 @@ def _positive_wide(values: np.ndarray) -> bool:
     return finite.size > 1 and bool(np.all(finite > 0)) and finite.max() / finite.min() > 100.0
 
 
-def _plot_series(ax, axis: ImageAxis, series: Series, label: str | None = None, color=None) -> None:
+def _plot_series(
+    ax, axis: ImageAxis, series: Series, label: str | None = None, color=None, smoothed: bool = True
+) -> None:
     if axis.counter is None:  # steps are whole numbers: no "0.5" ticks on a short run
         from matplotlib.ticker import MaxNLocator
 
@@ -49,15 +51,22 @@ def _plot_series(ax, axis: ImageAxis, series: Series, label: str | None = None, 
     if len(series) == 1:
         ax.plot(x, series.values, "o", label=label, color=color, markersize=4)
         return
-    if len(series) >= 20:
+    if smoothed and len(series) >= 20:
         (raw,) = ax.plot(x, series.values, alpha=0.3, linewidth=0.8, color=color)
         ax.plot(x, smooth(series.values), linewidth=1.4, color=raw.get_color(), label=label)
     else:
         ax.plot(x, series.values, marker=".", linewidth=1.2, label=label, color=color, markersize=4)
 
 
-def curves_grid(axis: ImageAxis, series: Mapping[str, Series], ncols: int = 3, title: str | None = None) -> bytes:
-    """One small chart per tag (each with its own y scale): raw curve faint, smoothed curve solid (>= 20 points)."""
+def curves_grid(
+    axis: ImageAxis,
+    series: Mapping[str, Series],
+    ncols: int = 3,
+    title: str | None = None,
+    smoothed: bool = True,
+) -> bytes:
+    """One small chart per tag (each with its own y scale); with ``smoothed`` (noisy quantities such as losses)
+    and >= 20 points the raw curve is faint and the smoothed one solid; counters are drawn as they are."""
     tags = list(series)
     if not tags:
         raise ValueError("curves_grid needs at least one series")
@@ -67,7 +76,7 @@ def curves_grid(axis: ImageAxis, series: Mapping[str, Series], ncols: int = 3, t
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, tag in zip(axes, tags):
         s = series[tag]
-        _plot_series(ax, axis, s)
+        _plot_series(ax, axis, s, smoothed=smoothed)
         ax.set_title(tag, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -83,13 +92,13 @@ def curves_grid(axis: ImageAxis, series: Mapping[str, Series], ncols: int = 3, t
 
 
 def curves_chart(axis: ImageAxis, series: Mapping[str, Series], ylabel: str, logy: bool | None = None) -> bytes:
-    """All tags as lines of one chart (for quantities on one scale, e.g. learning rates)."""
+    """All tags as lines of one chart, unsmoothed (quantities on one scale: learning rates, probe aggregates)."""
     if not series:
         raise ValueError("curves_chart needs at least one series")
     fig = _figure(7.0, 3.0)
     ax = fig.add_subplot(1, 1, 1)
     for tag, s in series.items():
-        _plot_series(ax, axis, s, label=tag)
+        _plot_series(ax, axis, s, label=tag, smoothed=False)
     values = np.concatenate([s.values for s in series.values()])
     if logy or (logy is None and _positive_wide(values)):
         ax.set_yscale("log")
@@ -130,5 +139,7 @@ def heatmap_png(
     if rows * cols <= 120:  # small maps get their numbers written in (readable in a printed report)
         for (r, c), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if image.norm(v) < 0.5 else "k")
+                ax.text(
+                    c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if image.norm(v) < 0.5 else "k"
+                )
     return figure_png(fig)

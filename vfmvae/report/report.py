@@ -17,7 +17,7 @@ from pathlib import Path
 from vfmvae.report import sections
 from vfmvae.report.html_page import esc, page, section
 from vfmvae.report.records import read_record
-from vfmvae.report.runs import Run, assign_records, find_runs, load_run
+from vfmvae.report.runs import Run, assign_records, find_runs, load_run, same_run
 
 __all__ = ["REPORT_NAME", "NoRunsError", "write_report", "render_report"]
 
@@ -50,6 +50,21 @@ def _run_html(run: Run, root: Path, index: int) -> str:
     return section(f"Run {name}", "\n".join(p for p in parts if p), level=2, anchor=_anchor(index))
 
 
+def _drop_copies(runs: list[Run]) -> list[Run]:
+    """A CSV run that repeats a TensorBoard run (two loggers, one training run) is shown once, as the latter."""
+    kept = []
+    for run in runs:
+        original = None
+        if run.kind == "csv":
+            original = next((o for o in runs if o.kind == "tensorboard" and same_run(run, o)), None)
+        if original is None:
+            kept.append(run)
+        else:
+            original.copies.append(run.folder)
+            original.records += [r for r in run.records if r.path not in {x.path for x in original.records}]
+    return kept
+
+
 def render_report(run_dir: str | os.PathLike) -> str:
     """The report of every run under ``run_dir`` as an HTML string (see :func:`write_report`)."""
     root = Path(run_dir).expanduser().resolve()
@@ -62,7 +77,7 @@ def render_report(run_dir: str | os.PathLike) -> str:
             "give the folder a run logged to (e.g. <save_dir>/<name>/<version>) or a root above it"
         )
     owned, loose = assign_records(found, root)
-    runs = [load_run(f, owned[f.folder]) for f in found]
+    runs = _drop_copies([load_run(f, owned[f.folder]) for f in found])
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [
         f"<h1>Run report: {esc(root.name or root)}</h1>",

@@ -4,7 +4,8 @@ A *run* is a folder holding TensorBoard event files (``events.out.tfevents.*``; 
 ``<save_dir>/<name>/<version>``), or a folder holding a CSVLogger ``metrics.csv`` and no event file. Event
 files in one folder are one run (a resumed run appends a file); event files in different folders are
 different runs, as in TensorBoard. When one training run logs to both (TensorBoard and CSV loggers under
-different ``save_dir``), the CSV folder with the same ``<name>/<version>`` as a TensorBoard run is skipped.
+different ``save_dir``, ``configs/logger/csv.yaml``), :func:`same_run` recognises the CSV copy (the same
+``loss/*`` tags ending at the same steps with the same values), and the report shows the run once.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vfmvae.report.csv_log import CSV_NAME, read_metrics_csv
 from vfmvae.report.events import EVENT_GLOB, LoggedImage, event_files, read_event_files
 from vfmvae.report.records import Record, find_records, read_record
 from vfmvae.report.scalars import ImageAxis, Series, image_axis
 
-__all__ = ["Run", "RunFolder", "find_runs", "load_run", "CONFIG_NAMES"]
+__all__ = ["Run", "RunFolder", "find_runs", "load_run", "same_run", "assign_records", "CONFIG_NAMES"]
 
 CONFIG_NAMES = ("config.yaml", "hparams.yaml")  # LightningCLI's resolved config first, the logger's hparams second
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
@@ -46,6 +49,7 @@ class Run:
     records: list[Record] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     axis: ImageAxis = field(default_factory=lambda: ImageAxis("step"))
+    copies: list[Path] = field(default_factory=list)  # folders where another logger wrote the same run
 
     def tags(self, prefix: str) -> list[str]:
         """Scalar tags starting with ``prefix`` (e.g. ``"loss/"``), sorted."""
@@ -76,10 +80,23 @@ def find_runs(root: Path) -> list[RunFolder]:
             tensorboard.append(here)
         elif CSV_NAME in files:
             csv_only.append(here)
-    seen = {p.parts[-2:] for p in tensorboard}
-    runs = [RunFolder(p, "tensorboard") for p in tensorboard]
-    runs += [RunFolder(p, "csv") for p in csv_only if p.parts[-2:] not in seen]
+    runs = [RunFolder(p, "tensorboard") for p in tensorboard] + [RunFolder(p, "csv") for p in csv_only]
     return sorted(runs, key=lambda r: r.folder)
+
+
+def same_run(csv_run: Run, other: Run) -> bool:
+    """True when ``csv_run`` is a CSV copy of ``other``: the same ``loss/*`` tags (at least one), each with the
+    same number of points, last step and last value (float32 precision, as TensorBoard stores values)."""
+    tags = csv_run.tags("loss/")
+    if not tags or tags != other.tags("loss/"):
+        return False
+    for tag in tags:
+        a, b = csv_run.scalars[tag], other.scalars[tag]
+        if len(a) != len(b) or a.last[0] != b.last[0]:
+            return False
+        if not np.isclose(a.last[1], b.last[1], rtol=1e-6, atol=0.0, equal_nan=True):
+            return False
+    return True
 
 
 def load_run(found: RunFolder, records: list[Path] | None = None) -> Run:

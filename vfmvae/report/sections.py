@@ -72,7 +72,7 @@ def _series_table(run: Run, tags: list[str]) -> str:
     )
 
 
-def _grids_by_group(run: Run, tags: list[str], depth: int = 2) -> str:
+def _grids_by_group(run: Run, tags: list[str], depth: int = 2, smoothed: bool = True) -> str:
     """Small-multiple figures, one per tag group (``loss/G/*``, ``loss/D/*``, ``loss/*``), 24 tags a figure."""
     groups: dict[str, list[str]] = {}
     for tag in tags:
@@ -82,7 +82,7 @@ def _grids_by_group(run: Run, tags: list[str], depth: int = 2) -> str:
     for group, members in sorted(groups.items(), key=lambda kv: (kv[0].count("/"), kv[0])):
         for i in range(0, len(members), _PER_FIGURE):
             chunk = members[i : i + _PER_FIGURE]
-            png = curves_grid(run.axis, {t: run.scalars[t] for t in chunk}, title=f"{group}/*")
+            png = curves_grid(run.axis, {t: run.scalars[t] for t in chunk}, title=f"{group}/*", smoothed=smoothed)
             out.append(img(png, f"{group} curves"))
     return "\n".join(out)
 
@@ -94,6 +94,8 @@ def overview(run: Run, root: Path) -> str:
         rows.append(["logged by", f"TensorBoard, {len(run.sources)} event file(s)"])
     else:
         rows.append(["logged by", f"CSVLogger ({run.sources[0].name}; no images)"])
+    for copy in run.copies:
+        rows.append(["also logged to", str(copy)])
     if run.last_step is not None:
         rows.append(["last step", run.last_step])
         if run.axis.counter:
@@ -140,7 +142,9 @@ def guard(run: Run) -> str:
         lines.append(f"steps logged as skipped: {steps.size}" + (f" (steps {shown})" if steps.size else ""))
     body = "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>"
     if any(np.nanmax(run.scalars[t].values, initial=0.0) > 0 for t in tags):
-        body += _grids_by_group(run, tags, depth=1)  # flat zero curves say nothing: drawn only after a skip
+        body += _grids_by_group(
+            run, tags, depth=1, smoothed=False
+        )  # flat zero curves say nothing: drawn only after a skip
     return section("Guard: skipped steps", body)
 
 
@@ -188,7 +192,9 @@ def probe(run: Run) -> str:
                 labels, xlabel = [si_format(x) for x in run.axis(np.asarray(steps))], "images seen"
             else:
                 labels, xlabel = [str(s) for s in steps], "step"
-            png = heatmap_png(values, rows, labels, title=f"{what} over training", xlabel=xlabel, colorbar_label=group)
+            png = heatmap_png(
+                values, rows, labels, title=f"{what} over training", xlabel=xlabel, colorbar_label=what.split("(")[0]
+            )
             parts.append(img(png, f"{group} heat-map", f"from the probe/{group}/* scalars ({len(steps)} probes)"))
         elif f"probe/{group}_heatmap" in run.images:
             logged = run.images[f"probe/{group}_heatmap"]
@@ -242,7 +248,7 @@ def metrics(run: Run, root: Path) -> str:
         parts.append(table(["metric", "step", "latest", "points"], rows, [False, True, True, True]))
         curves = [t for t in tags if len(run.scalars[t]) >= 2]
         if curves:
-            parts.append(_grids_by_group(run, curves, depth=1))
+            parts.append(_grids_by_group(run, curves, depth=1, smoothed=False))
     if run.records:
         parts.append("<p>JSON records in the run folder:</p>" + records_html(run.records, root))
     return section("Metrics", "\n".join(parts)) if parts else ""
@@ -252,7 +258,9 @@ def other_scalars(run: Run) -> str:
     """``train/*`` (but learning rates and skip counts), ``ema/*`` and any tag outside the naming rule."""
     shown = ("loss/", "metric/", "probe/", "guard/", "train/lr", "train/skipped")
     tags = sorted(
-        t for t in run.scalars if not t.startswith(shown) and t not in ("epoch", "hp_metric") and t not in IMAGE_COUNTERS
+        t
+        for t in run.scalars
+        if not t.startswith(shown) and t not in ("epoch", "hp_metric") and t not in IMAGE_COUNTERS
     )
     if not tags:
         return ""
