@@ -120,10 +120,21 @@ def test_merge_and_restart_inside_one_piece():
     assert merged["x"].values.tolist() == [1.0, 20.0, 300.0] and list(merged) == ["x", "y"]
 
 
-def test_smoothing_is_debiased_and_skips_non_finite_points():
+def test_smoothing_is_tensorboards_debiased_ema_skipping_non_finite_points():
+    def reference(values, weight):  # TensorBoard's formula, written out
+        out, last, count = [], 0.0, 0
+        for v in values:
+            if np.isfinite(v):
+                last, count = last * weight + (1 - weight) * v, count + 1
+            out.append(last / (1 - weight**count) if count else np.nan)
+        return np.array(out)
+
+    values = np.random.default_rng(0).standard_normal(300)
+    values[[0, 5, 6, 200]] = np.nan
+    values[7] = np.inf
+    assert np.allclose(smooth(values, 0.9), reference(values, 0.9), equal_nan=True)
     assert np.allclose(smooth(np.full(50, 3.0)), 3.0)  # debiased: no ramp from zero
-    out = smooth(np.array([1.0, np.nan, 1.0]), weight=0.5)
-    assert out.tolist() == [1.0, 1.0, 1.0]
+    assert smooth(np.array([1.0, np.nan, 1.0]), weight=0.5).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_report_page_of_a_resumed_run(resumed_run, tmp_path):
@@ -237,3 +248,19 @@ def test_flatten_json_records():
     rows = dict(flatten({"a": {"b": 1.5, "c": [1, 2]}, "ok": True, "long": list(range(10)), "x": None}))
     assert rows["a.b"] == "1.5" and rows["a.c"] == "[1, 2]" and rows["ok"] == "true" and rows["x"] == "null"
     assert rows["long.9"] == "9"
+
+
+def test_long_series_are_drawn_as_a_band(tmp_path):
+    """Over 4000 points a curve is a min-max band per bucket: a one-step spike stays visible, NaN is ignored."""
+    from vfmvae.report.plots import curves_grid, envelope
+    from vfmvae.report.scalars import ImageAxis
+
+    values = np.arange(9000, dtype=np.float64)
+    values[4321], values[10] = 1e6, np.nan
+    edges, low, high = envelope(values, 2000)
+    assert edges[0] == 0 and edges[-1] == 9000 and len(low) == len(high) == len(edges) - 1
+    spike = np.searchsorted(edges, 4321, side="right") - 1
+    assert high[spike] == 1e6 and high.max() == 1e6 and np.isfinite(low).all()
+    assert low[0] == 0.0 and high[-1] == 8999.0
+    png = curves_grid(ImageAxis("step"), {"loss/total": Series(np.arange(9000), values, np.zeros(9000))})
+    assert Image.open(io.BytesIO(png)).format == "PNG"

@@ -46,15 +46,25 @@ def img(png: bytes, alt: str, caption: str | None = None, pixels: bool = False) 
     return out + "</figure>"
 
 
+def _is_number(cell: object) -> bool:
+    try:
+        float(str(cell))
+    except ValueError:
+        return False
+    return True
+
+
 def table(header: Sequence[str] | None, rows: Iterable[Sequence[object]], numeric: Sequence[bool] | None = None) -> str:
     """A ``<table>`` (no header row when ``header`` is None); cells are escaped; ``numeric[i]`` right-aligns
-    column ``i``."""
+    the cells of column ``i`` that hold a number."""
     numeric = list(numeric or [])
     head = "" if header is None else "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>"
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="num">{esc(c)}</td>' if i < len(numeric) and numeric[i] else f"<td>{esc(c)}</td>"
+            f'<td class="num">{esc(c)}</td>'
+            if i < len(numeric) and numeric[i] and _is_number(c)
+            else f"<td>{esc(c)}</td>"
             for i, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")

@@ -13,9 +13,10 @@ import numpy as np
 
 from vfmvae.report.scalars import ImageAxis, Series, smooth
 
-__all__ = ["curves_grid", "curves_chart", "heatmap_png", "figure_png"]
+__all__ = ["curves_grid", "curves_chart", "heatmap_png", "figure_png", "envelope"]
 
 _DPI = 90
+_MAX_POINTS = 4000  # more points than pixels: drawn as a band
 
 
 def figure_png(fig) -> bytes:
@@ -40,6 +41,13 @@ def _positive_wide(values: np.ndarray) -> bool:
     return finite.size > 1 and bool(np.all(finite > 0)) and finite.max() / finite.min() > 100.0
 
 
+def envelope(values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(edges (B+1,), min (B,), max (B,))`` of ``values`` cut into ``B`` consecutive buckets (NaN ignored)."""
+    edges = np.unique(np.linspace(0, len(values), buckets + 1).astype(int))
+    with np.errstate(all="ignore"):
+        return edges, np.fmin.reduceat(values, edges[:-1]), np.fmax.reduceat(values, edges[:-1])
+
+
 def _plot_series(
     ax, axis: ImageAxis, series: Series, label: str | None = None, color=None, smoothed: bool = True
 ) -> None:
@@ -47,15 +55,27 @@ def _plot_series(
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    x = axis(series.steps)
+    x, y = axis(series.steps), series.values
     if len(series) == 1:
-        ax.plot(x, series.values, "o", label=label, color=color, markersize=4)
+        ax.plot(x, y, "o", label=label, color=color, markersize=4)
         return
-    if smoothed and len(series) >= 20:
-        (raw,) = ax.plot(x, series.values, alpha=0.3, linewidth=0.8, color=color)
-        ax.plot(x, smooth(series.values), linewidth=1.4, color=raw.get_color(), label=label)
+    if len(series) > _MAX_POINTS:  # a long run: the raw curve as its min-max envelope per bucket (spikes stay)
+        edges, low, high = envelope(y, _MAX_POINTS // 2)
+        xb = x[edges[:-1]]
+        band = ax.fill_between(xb, low, high, alpha=0.3, linewidth=0.6, color=color)  # edges: 1-bucket spikes show
+        line = smooth(y) if smoothed else y
+        ax.plot(
+            xb,
+            line[np.minimum(edges[1:] - 1, len(series) - 1)],
+            linewidth=1.2,
+            label=label,
+            color=band.get_facecolor()[0][:3],
+        )
+    elif smoothed and len(series) >= 20:
+        (raw,) = ax.plot(x, y, alpha=0.3, linewidth=0.8, color=color)
+        ax.plot(x, smooth(y), linewidth=1.4, color=raw.get_color(), label=label)
     else:
-        ax.plot(x, series.values, marker=".", linewidth=1.2, label=label, color=color, markersize=4)
+        ax.plot(x, y, marker="." if len(series) < 200 else None, linewidth=1.2, label=label, color=color, markersize=4)
 
 
 def curves_grid(

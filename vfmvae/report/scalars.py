@@ -9,6 +9,7 @@ run's history any more).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,6 +47,12 @@ class Series:
     @classmethod
     def from_points(cls, points: Iterable[tuple[int, float, float]]) -> Series:
         """``[(step, value, wall_time), ...]`` in logging order -> a series (restarts inside are merged)."""
+        points = list(points)
+        if not points:
+            return cls()
+        steps, values, walls = (np.asarray(c) for c in zip(*points))
+        if np.all(np.diff(steps) > 0):  # the usual case, without a Python loop over long runs
+            return cls(steps.astype(np.int64), values.astype(np.float64), walls.astype(np.float64))
         out: list[tuple[int, float, float]] = []
         for step, value, wall in points:
             if out and step <= out[-1][0]:  # the writer went back: a restart inside one piece
@@ -141,14 +148,15 @@ def smooth(values: np.ndarray, weight: float | None = None) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if weight is None:
         weight = float(np.clip(0.6 + 0.35 * np.log10(max(values.size, 1) / 100.0), 0.6, 0.95))
-    out = np.empty_like(values)
-    last, count = 0.0, 0
-    for i, v in enumerate(values):
-        if np.isfinite(v):
+    out = [math.nan] * values.size
+    last, correction = 0.0, 1.0  # correction = weight ** (finite points so far)
+    for i, v in enumerate(values.tolist()):  # plain Python floats: ~1 s for a million points
+        if math.isfinite(v):
             last = last * weight + (1.0 - weight) * v
-            count += 1
-        out[i] = last / (1.0 - weight**count) if count else np.nan
-    return out
+            correction *= weight
+        if correction < 1.0:
+            out[i] = last / (1.0 - correction)
+    return np.asarray(out, dtype=np.float64)
 
 
 def si_format(x: float) -> str:
