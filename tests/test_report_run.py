@@ -26,6 +26,35 @@ def _tiny_demo_config(repo_root, tmp_path):
     return path
 
 
+@pytest.mark.parametrize(
+    ("name", "class_name", "expected"),
+    [
+        ("wandb.yaml", "WandbLogger", {"offline": True, "log_model": False, "save_dir": "outputs/wandb"}),
+        ("mlflow.yaml", "MLFlowLogger", {"tracking_uri": "file:./outputs/mlruns", "log_model": False}),
+        ("csv_only.yaml", "CSVLogger", {"save_dir": "outputs/demo/diffusion/tb", "version": "demo_lightningdit"}),
+    ],
+)
+def test_logger_yamls_resolve_to_lightning_loggers(name, class_name, expected, repo_root, monkeypatch, capsys):
+    """Parsed by the project's CLI (class paths and argument names checked by jsonargparse; nothing built, so
+    wandb / mlflow need not be installed)."""
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(repo_root)
+    args = ["fit", "--config", "configs/diffusion/demo.yaml", "--config", f"configs/logger/{name}", "--print_config"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert not stop.value.code
+    logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
+    loggers = logger if isinstance(logger, list) else [logger]
+    paths = [lg["class_path"] for lg in loggers]
+    if name == "csv_only.yaml":  # replaces TensorBoard and takes over its folder
+        assert paths == ["lightning.pytorch.loggers.CSVLogger"]
+    else:  # appended: TensorBoard keeps writing what the report reads
+        assert paths == ["lightning.pytorch.loggers.TensorBoardLogger", f"lightning.pytorch.loggers.{class_name}"]
+    args = loggers[-1]["init_args"]
+    assert {k: args[k] for k in expected} == expected
+
+
 @pytest.mark.slow
 def test_report_of_a_real_run_with_the_csv_logger_stacked(repo_root, tmp_path, monkeypatch):
     from lightning_modules.cli import main
@@ -62,32 +91,3 @@ def test_report_of_a_real_run_with_the_csv_logger_stacked(repo_root, tmp_path, m
     assert "max_steps: 4" in saved and str(tmp_path / "tb") in config_html
     assert "lightning.pytorch.loggers.CSVLogger" in config_html  # the resolved config, loggers merged
     assert str(metrics_csv.parent) in text  # "also logged to"
-
-
-@pytest.mark.parametrize(
-    ("name", "class_name", "expected"),
-    [
-        ("wandb.yaml", "WandbLogger", {"offline": True, "log_model": False, "save_dir": "outputs/wandb"}),
-        ("mlflow.yaml", "MLFlowLogger", {"tracking_uri": "file:./outputs/mlruns", "log_model": False}),
-        ("csv_only.yaml", "CSVLogger", {"save_dir": "outputs/demo/diffusion/tb", "version": "demo_lightningdit"}),
-    ],
-)
-def test_logger_yamls_resolve_to_lightning_loggers(name, class_name, expected, repo_root, monkeypatch, capsys):
-    """Parsed by the project's CLI (class paths and argument names checked by jsonargparse; nothing built, so
-    wandb / mlflow need not be installed)."""
-    from lightning_modules.cli import main
-
-    monkeypatch.chdir(repo_root)
-    args = ["fit", "--config", "configs/diffusion/demo.yaml", "--config", f"configs/logger/{name}", "--print_config"]
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    assert not stop.value.code
-    logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
-    loggers = logger if isinstance(logger, list) else [logger]
-    paths = [lg["class_path"] for lg in loggers]
-    if name == "csv_only.yaml":  # replaces TensorBoard and takes over its folder
-        assert paths == ["lightning.pytorch.loggers.CSVLogger"]
-    else:  # appended: TensorBoard keeps writing what the report reads
-        assert paths == ["lightning.pytorch.loggers.TensorBoardLogger", f"lightning.pytorch.loggers.{class_name}"]
-    args = loggers[-1]["init_args"]
-    assert {k: args[k] for k in expected} == expected
