@@ -37,7 +37,7 @@ def _anchor(index: int) -> str:
 def _run_html(run: Run, root: Path, index: int) -> str:
     name = "." if run.folder == root else str(run.folder.relative_to(root))
     parts = [
-        sections.overview(run, root),
+        sections.overview(run),
         sections.losses(run),
         sections.learning_rate(run),
         sections.guard(run),

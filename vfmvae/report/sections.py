@@ -87,7 +87,7 @@ def _grids_by_group(run: Run, tags: list[str], depth: int = 2, smoothed: bool = 
     return "\n".join(out)
 
 
-def overview(run: Run, root: Path) -> str:
+def overview(run: Run) -> str:
     """Where the run is, what logged it, how far it went."""
     rows = [["folder", str(run.folder)]]
     if run.kind == "tensorboard":
