@@ -61,11 +61,8 @@ class Problem:
 def _merge(dst: dict, src: dict) -> dict:
     for key, value in src.items():
         old = dst.get(key)
-        same_class = not (
-            isinstance(value, dict)
-            and "class_path" in value
-            and value.get("class_path") != (old or {}).get("class_path")
-        )
+        old_class = old.get("class_path") if isinstance(old, dict) else None
+        same_class = not (isinstance(value, dict) and "class_path" in value and value["class_path"] != old_class)
         if isinstance(old, dict) and isinstance(value, dict) and same_class:
             _merge(old, value)
         else:  # a new class_path discards the old init_args, as in jsonargparse
@@ -89,6 +86,8 @@ def _set(cfg: dict, parts: list[str], value: Any, append: bool) -> None:
         items = node[parts[-1]] = items if isinstance(items, list) else [] if items is None else [items]
         items.append({"class_path": value} if isinstance(value, str) else value)
     else:
+        if parts[-1] == "class_path" and node.get("class_path") not in (None, value):
+            node.pop("init_args", None)  # never judge the old class's arguments against the new class
         node[parts[-1]] = value
 
 

@@ -55,7 +55,7 @@ def test_raw_config_merges_files_then_overrides(tmp_path):
     }
     # a different class_path replaces the spec (its old init_args do not apply to the new class)
     new = raw_config(["--config", str(base), "--model.class_path=pkg.Other"])
-    assert new["model"] == {"class_path": "pkg.Other", "init_args": {"lr": 0.1, "name": "a"}}
+    assert new["model"] == {"class_path": "pkg.Other"}
     swap = tmp_path / "swap.yaml"
     swap.write_text(yaml.safe_dump({"model": {"class_path": "pkg.Other"}}))
     assert raw_config(["--config", str(base), "--config", str(swap)])["model"] == {"class_path": "pkg.Other"}
