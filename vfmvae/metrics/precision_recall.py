@@ -20,9 +20,9 @@ Radii and the comparisons `d <= r` are float32, as in ADM. The orientation is AD
 (k+1)-th smallest distance in its own row of the (set x set) matrix (rank 0 is the point itself), and precision and
 recall both come from blocks with reference rows and sample columns (float16 rounding is not symmetric in u, v).
 
-``"float32"`` and ``"float64"`` compute every block in that precision (no float16, no fallback); they differ from
-ADM by ~1e-3 in precision/recall at 50k samples, because float16 distances at pool_3 scale (norms in the hundreds,
-float16 spacing 0.25-0.5) decide many borderline comparisons.
+``"float32"`` and ``"float64"`` compute every block in that precision (no float16, no fallback). They move
+precision and recall by about 1e-3 against ADM's values, because float16 distances at pool_3 scale (squared norms
+in the hundreds, float16 steps of 0.25-1) decide the borderline comparisons differently.
 
 Not reproduced bit for bit (declared in the README's deviations): TensorFlow's GPU `reduce_sum` accumulates the
 float16 squares in float16 in CUB's summation order; here they are summed in float32 and rounded once, the
