@@ -1,12 +1,13 @@
-"""Atomic checkpoint writing (conventions.md, "Training state": temporary name + rename).
+"""Atomic checkpoint writing: temporary name + rename (docs/design.md, "Checkpoints, resume and provenance").
 
 A checkpoint written in place is destroyed if the job is killed half way (pre-emption, OOM
 kill, full disk): the previous good file is already truncated. Here every write goes to a
 temporary file *in the same directory* (so the final rename never crosses a filesystem),
 is flushed and fsync'ed, and only then replaces the target with ``os.replace``, which POSIX
 guarantees to be atomic. A reader therefore sees either the old file or the complete new
-one, never a partial file. Leftover ``.tmp`` files from a killed write are harmless and are
-removed on the next failure path we can see (the ``except`` below).
+one, never a partial file. A write that raises removes its ``.tmp`` file; one left by a killed
+process is removed at the start of the next run (`vfmvae.utils.checkpoint_files.remove_stale_temporaries`).
+Results get the permissions a plain ``open()`` would give (``0666 & ~umask``), not mkstemp's 0600.
 
 Used by ``callbacks/atomic_checkpoint.py`` (every Lightning checkpoint) and by scripts that
 write ``.pt``/``.safetensors``/``.npz`` artefacts via :func:`atomic_write`.
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "atomic_open"]
+__all__ = ["atomic_save", "atomic_write", "atomic_open", "atomic_path"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,6 +80,32 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         os.replace(tmp_name, path)
     except BaseException:
         # BaseException: KeyboardInterrupt / SystemExit must not leave the temp file either.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file name next to ``path`` for writers that take a file name (``safetensors.save_file``).
+
+    On clean exit the file gets the permissions a plain ``open()`` would give (``0666 & ~umask``, not the 0600
+    of mkstemp or of writers that replace the file: caches and checkpoints are shared between users), is
+    fsync'ed and renamed to ``path``; on error it is removed and ``path`` is untouched.
+    """
+    path = Path(os.fspath(path))
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.close(fd)
+        yield tmp_name
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        with open(tmp_name, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
