@@ -10,16 +10,24 @@ Additions over `LightningCLI`:
   stacks on any run: keep the last K periodic checkpoints (atomic writes), and a "best" checkpoint
   only when a validation metric is named;
 * configuration mistakes end with one line naming the key or path: unknown keys (with a close match),
-  wrong types, files/folders that do not exist, and a latent cache that does not fit the model
-  (:class:`ConfigError`, exit status 2 from :func:`main`).
+  wrong types, a key given twice in one YAML mapping (`lightning_modules/strict_yaml.py`), files/folders
+  that do not exist, values a constructor or a ``setup`` refuses (the object and argument are found from the
+  traceback, `config_errors.attribute_error`), and a latent cache that does not fit the model
+  (:class:`ConfigError`, exit status 2 from :func:`main`; ``VFMVAE_TRACEBACK=1`` shows the traceback);
+* one folder per run and resume by checkpoint (`lightning_modules/run_folders.py`,
+  `lightning_modules/resume.py`): a fresh ``fit`` never writes into an existing run folder, a resumed one
+  writes into its checkpoint's; ``--ckpt_path last`` takes the newest complete checkpoint; leftovers of
+  killed checkpoint writes are removed; this run's arguments win over the checkpoint's, and each difference
+  is logged (the optimiser's restored hyper-parameters too: `callbacks/resume_arguments.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 # Hub access is off unless the user turns it on; it must be set before transformers/timm import.
@@ -30,11 +38,21 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # n
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from lightning_modules.config_errors import explain_parse_error, one_line, origin_error  # noqa: E402
+from lightning_modules import run_folders, strict_yaml  # noqa: E402
+from lightning_modules.config_errors import (  # noqa: E402
+    ConfigError,
+    attribute_error,
+    error_chain,
+    explain_parse_error,
+    keys_mentioned,
+    one_line,
+    origin_error,
+)
+from lightning_modules.resume import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
+from vfmvae.utils.checkpoint_files import remove_stale_temporaries  # noqa: E402
 
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the config key (or path) at fault."""
+log = logging.getLogger(__name__)
+__all__ = ["CheckpointPolicy", "ConfigError", "VFMVAECLI", "apply_checkpoint_policy", "explain_parse_error", "main"]
 
 
 @dataclasses.dataclass
@@ -122,52 +140,23 @@ def apply_checkpoint_policy(
 
 
 # ---------------------------------------------------------------------- error messages
-def _config_items(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, leaf value) pairs of a (namespace / dict / list) config."""
-    if hasattr(config, "as_dict"):
-        config = config.as_dict()
-    if isinstance(config, dict):
-        for k, v in config.items():
-            yield from _config_items(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(config, (list, tuple)):
-        for i, v in enumerate(config):
-            yield from _config_items(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, config
-
-
-def keys_mentioned(config: Any, message: str) -> list[str]:
-    """Config keys whose (path-like) string value appears in ``message``."""
-    found = {}
-    for key, value in _config_items(config):
-        if isinstance(value, str) and len(value) > 1 and ("/" in value or os.sep in value) and value in message:
-            found[key] = value
-    # A folder that merely contains the path at fault (e.g. default_root_dir) is not the culprit.
-    return [k for k, v in found.items() if not any(v != w and w.startswith(v) for w in found.values())]
-
-
-def attribute_error(config: Any, err: BaseException, doing: str) -> ConfigError | None:
-    """A :class:`ConfigError` naming the config key(s) behind ``err``, or None if none is found.
-
-    jsonargparse wraps a constructor's exception in its own reports; the constructor's exception is found by
-    walking the ``__cause__`` chain (:func:`origin_error`), and the config keys whose path-like values its
-    message quotes are named.
-    """
-    origin = origin_error(err)
-    message = one_line(origin)
-    keys = keys_mentioned(config, message)
-    if keys:
-        return ConfigError(f"config error at {', '.join(keys)}: {message}")
-    # Fallback that reads text: lightning_modules/diffusion.py reports a latent cache that does not fit the
-    # network with a plain ValueError; a dedicated exception type there would make this an isinstance check.
-    if "latent" in message and ("shape" in message or "tokenizer" in message):
+def _config_error(config: Any, err: BaseException, doing: str) -> ConfigError:
+    """`config_errors.attribute_error`, with the latent-cache mismatch named on both sides."""
+    message = one_line(origin_error(err))
+    # lightning_modules/diffusion.py reports a latent cache that does not fit the network with a plain ValueError;
+    # the cache is named by the data config and the shape by the model's, so both keys are named.
+    if not keys_mentioned(config, message) and "latent" in message and ("shape" in message or "tokenizer" in message):
         return ConfigError(
             "config error: the tokenizer that wrote the latent cache (data: latent_root / the cache manifest) "
             f"does not match the model (model.init_args.network_overrides: in_channels / input_size): {message}"
         )
-    if isinstance(origin, FileNotFoundError):
-        return ConfigError(f"config error while {doing}: {message}")
-    return None
+    return attribute_error(config, err, doing)
+
+
+def _is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 class VFMVAECLI(LightningCLI):
@@ -186,6 +175,9 @@ class VFMVAECLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
+            duplicate = next((e for e in error_chain(err) if isinstance(e, strict_yaml.DuplicateKeyError)), None)
+            if duplicate is not None:
+                raise ConfigError(str(duplicate)) from err
             given = sys.argv[1:] if args is None else args
             explained = explain_parse_error(err, given, {"trainer": Trainer, "checkpoint": CheckpointPolicy})
             raise ConfigError(explained or f"config error: {one_line(err)}") from err
@@ -193,15 +185,93 @@ class VFMVAECLI(LightningCLI):
     def _subcommand_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    # ------------------------------------------------------------------ run folder and resume
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which overwrote this run's model arguments with the checkpoint's."""
+        subcommand = self.config.get("subcommand")
+        self._resumed_from: Path | None = None
+        self._notes: list[str] = []
+        if subcommand != "fit":
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and Path(ckpt_path).is_file():
+                read_checkpoint_header(ckpt_path)  # a truncated or unsafe file: one line, not a traceback
+            super()._parse_ckpt_path()  # evaluation uses the model as it was trained
+            return
+        config = self.config["fit"]
+        decision = resolve_resume(config.get("ckpt_path"), config.as_dict())
+        config["ckpt_path"] = decision.checkpoint
+        for note in decision.notes:
+            self._say(note)
+        if decision.checkpoint is not None and Path(decision.checkpoint).exists():
+            self._prepare_resume(config, Path(decision.checkpoint))
+        else:
+            self._prepare_fresh_run(config)
+        if _is_rank_zero():
+            for folder in run_folders.checkpoint_folders(config.as_dict()):
+                remove_stale_temporaries(folder)
+
+    def _say(self, line: str) -> None:
+        """Log ``line`` on rank 0 once the run is built (a config error found later makes it moot)."""
+        if _is_rank_zero():
+            self._notes.append(line)
+
+    @staticmethod
+    def _logger_spec(config: Any, index: int | None) -> Any:
+        loggers = config["trainer"]["logger"]
+        return loggers if index is None else loggers[index]
+
+    def _prepare_fresh_run(self, config: Any) -> None:
+        """Move each TensorBoard/CSV logger whose folder is taken to a new ``<version>-k`` (rank 0 decides)."""
+        if not _is_rank_zero():
+            return  # Lightning broadcasts rank 0's log_dir and checkpoint folder to the other ranks
+        for folder in run_folders.logger_folders(config.as_dict()):
+            version = run_folders.claim_fresh_version(folder)
+            if version is not None:
+                self._logger_spec(config, folder.index)["init_args"]["version"] = version
+                self._say(
+                    f"{folder.root / folder.version_name} holds another run: this run writes to "
+                    f"{folder.root / version} (resume a run with --ckpt_path)"
+                )
+
+    def _prepare_resume(self, config: Any, checkpoint: Path) -> None:
+        """Log the arguments that differ from the checkpoint's; write into the checkpoint's run folder."""
+        header = read_checkpoint_header(checkpoint)
+        plain = config.as_dict()
+        changes = argument_changes(header.get("hyper_parameters") or {}, plain.get("model") or {}, "model")
+        if header.get("datamodule_hyper_parameters") and isinstance(plain.get("data"), dict):
+            changes += argument_changes(header["datamodule_hyper_parameters"], plain["data"], "data")
+        for key, old, new in changes:
+            self._say(f"resume: {key}: {old!r} (checkpoint) -> {new!r} (this run)")
+        self._resumed_from = checkpoint
+        step = int(header.get("global_step") or 0)
+        # The first segment's config.yaml stays; this segment's config goes beside it.
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.resume-step{step:09d}.yaml"}
+        run = run_folders.run_folder_of_checkpoint(checkpoint)
+        folders = run_folders.logger_folders(plain)
+        if not folders or run_folders.explicit_checkpoint_dirs(plain):
+            return
+        if run is None:
+            self._say(f"{checkpoint} is not in a run's checkpoints/ folder: this run gets a new run folder")
+            self._prepare_fresh_run(config)
+            return
+        first = folders[0]
+        for folder in folders:
+            if folder is first or folder.root == first.root:
+                spec = self._logger_spec(config, folder.index)["init_args"]
+                if folder is first and first.root.resolve() != run.parent.resolve():
+                    spec["save_dir"], spec["name"] = str(run.parent.parent), run.parent.name
+                spec["version"] = run.name
+
+    # ------------------------------------------------------------------ building and running
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
             if isinstance(err, ConfigError):
                 raise
-            wrapped = attribute_error(self._subcommand_config(), err, "building the model, data and trainer")
-            if wrapped is None:
-                raise
+            wrapped = _config_error(self._subcommand_config(), err, "building the model, data and trainer")
+            if isinstance(origin_error(err), TypeError) and not wrapped.args[0].startswith("config error at"):
+                raise  # a TypeError no config key explains is a bug: keep its traceback
             raise wrapped from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -210,25 +280,42 @@ class VFMVAECLI(LightningCLI):
         policy = config.get("checkpoint")
         if isinstance(policy, CheckpointPolicy):
             apply_checkpoint_policy(trainer, policy, config.get("trainer.enable_checkpointing"))
+        if getattr(self, "_resumed_from", None) is not None:
+            from callbacks.resume_arguments import ResumeArgumentsCallback
+
+            trainer.callbacks = [ResumeArgumentsCallback(), *trainer.callbacks]
+        for note in getattr(self, "_notes", []):
+            log.warning(note)
         return trainer
 
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """``trainer.fit`` with configuration mistakes found during setup reported by config key."""
+        self._check_global_batch(model)
         try:
             self.trainer.fit(model, **kwargs)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, KeyError) as err:
             if isinstance(err, ConfigError) or self.trainer.global_step > 0:
                 raise  # a failure during training is not a configuration mistake
-            wrapped = attribute_error(self._subcommand_config(), err, "setting up the run")
-            if wrapped is None:
-                raise
-            raise wrapped from err
+            raise _config_error(self._subcommand_config(), err, "setting up the run") from err
+
+    def _check_global_batch(self, model: LightningModule) -> None:
+        """Both modules split ``global_batch_size`` evenly over the processes (docs/design.md, "Image counters and
+        schedules"); checked here, before DDP starts its processes, so the mistake is reported once."""
+        batch = getattr(model, "hparams", {}).get("global_batch_size")
+        world = self.trainer.num_devices * self.trainer.num_nodes
+        if isinstance(batch, int) and world > 1 and batch % world:
+            raise ConfigError(
+                f"config error at model.init_args.global_batch_size: {batch} images per step do not split evenly "
+                f"over {world} processes (trainer.devices {self.trainer.num_devices} x trainer.num_nodes "
+                f"{self.trainer.num_nodes}); choose a multiple of {world}"
+            )
 
 
 def main(args: list[str] | None = None) -> VFMVAECLI:
     """Entry point of `python -m lightning_modules` and of the `vfmvae` console script.
 
-    A :class:`ConfigError` is printed as one line (``config error: ...``) and exits with status 2.
+    A :class:`ConfigError` (or a duplicate YAML key) is printed as one line (``config error: ...``) and exits
+    with status 2; with ``VFMVAE_TRACEBACK=1`` it is raised with its traceback instead.
     """
     try:
         return VFMVAECLI(
@@ -236,11 +323,14 @@ def main(args: list[str] | None = None) -> VFMVAECLI:
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            # Each fresh run has a folder of its own (run_folders); a resumed one writes config.resume-*.yaml.
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "parser_mode": strict_yaml.register()},
             args=args,  # None = sys.argv[1:]
             auto_configure_optimizers=False,
         )
-    except ConfigError as err:
+    except (ConfigError, strict_yaml.DuplicateKeyError) as err:
+        if os.environ.get("VFMVAE_TRACEBACK"):
+            raise
         print(str(err), file=sys.stderr)
         raise SystemExit(2) from err

@@ -14,6 +14,11 @@ only inside text. Rather than reading that text, a failed parse is diagnosed fro
    wrong type), and the first problem of that kind becomes the message.
 
 When the diagnosis finds nothing, the caller prints jsonargparse's own message on one line.
+
+Errors raised by the objects the config builds (a constructor refusing a value, a callback's ``setup`` missing a
+file) are attributed by :func:`attribute_error`: the traceback's frames say which configured object raised
+(the innermost frame whose ``self`` is an instance of a ``class_path`` of the config), and the arguments of
+that object whose name and value the message quotes are named as the keys at fault.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import os
+import re
+import traceback
 import types
 import typing
 from argparse import ArgumentError
@@ -31,7 +39,23 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["Problem", "error_chain", "explain_parse_error", "find_problems", "one_line", "origin_error", "raw_config"]
+__all__ = [
+    "ConfigError",
+    "Problem",
+    "attribute_error",
+    "error_chain",
+    "explain_parse_error",
+    "find_problems",
+    "keys_mentioned",
+    "one_line",
+    "origin_error",
+    "raw_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message (one line) names the config key (or path) at fault."""
+
 
 _SPEC_KEYS = ("class_path", "init_args", "dict_kwargs", "__path__")
 
@@ -270,3 +294,97 @@ def explain_parse_error(err: BaseException, args: Sequence[str] | dict | None, g
 def one_line(err: BaseException) -> str:
     """jsonargparse's multi-line report on one line (the fallback message)."""
     return " ".join(str(err).split())
+
+
+# ------------------------------------------------------------------------------------------- attribution
+def _config_items(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs of a (namespace / dict / list) config."""
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    if isinstance(config, dict):
+        for k, v in config.items():
+            yield from _config_items(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            yield from _config_items(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, config
+
+
+def keys_mentioned(config: Any, message: str) -> list[str]:
+    """Config keys whose (path-like) string value appears in ``message``."""
+    found = {}
+    for key, value in _config_items(config):
+        if isinstance(value, str) and len(value) > 1 and ("/" in value or os.sep in value) and value in message:
+            found[key] = value
+    # A folder that merely contains the path at fault (e.g. default_root_dir) is not the culprit.
+    return [k for k, v in found.items() if not any(v != w and w.startswith(v) for w in found.values())]
+
+
+def _specs(config: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """(dotted key, spec) for every ``class_path`` spec of the config, nested ones included."""
+    if isinstance(config, dict):
+        if _is_spec(config):
+            yield prefix, config
+        for k, v in config.items():
+            if k != "class_path":
+                yield from _specs(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            yield from _specs(v, f"{prefix}[{i}]")
+
+
+def _raising_spec(config: dict, err: BaseException) -> tuple[str, dict] | None:
+    """The spec whose object raised ``err``: the innermost traceback frame whose ``self`` the config built."""
+    classes = [(key, spec, _resolve(spec["class_path"])) for key, spec in _specs(config)]
+    classes = [(key, spec, cls) for key, spec, cls in classes if cls is not None]
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        owner = frame.f_locals.get("self")
+        matches = [(key, spec) for key, spec, cls in classes if owner is not None and isinstance(owner, cls)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:  # several specs of that class: name the section only when they share it
+            return None
+    return None
+
+
+def _argument_quoted(name: str, value: Any, message: str) -> bool:
+    """Whether ``message`` quotes argument ``name`` followed by its ``value``.
+
+    At most two words and three other characters may come between (``lr=-0.0001``, ``preset 'x'``,
+    ``transport preset 'x'``, ``tokenizer: '${TOKENIZER}'``), so a value merely listed among the choices does
+    not count.
+    """
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        quoted = re.escape(str(value)) + r"(?![\d.])"
+    elif isinstance(value, str) and value:
+        quoted = re.escape(repr(value))
+    else:
+        return False
+    return bool(re.search(rf"(?<!\w){re.escape(name)}(?!\w)(?:\s+\w+){{0,2}}\W{{0,3}}{quoted}", message))
+
+
+def attribute_error(config: Any, err: BaseException, doing: str) -> ConfigError:
+    """A one-line :class:`ConfigError` for ``err`` (raised while ``doing``), naming the key(s) at fault if it can.
+
+    jsonargparse wraps a constructor's exception in its own reports; the constructor's exception is found by
+    walking the ``__cause__`` chain (:func:`origin_error`). Keys: config values that look like paths and
+    appear in the message; else the arguments of the object that raised (:func:`_raising_spec`) whose name
+    and value the message quotes; else the object's section.
+    """
+    config = config.as_dict() if hasattr(config, "as_dict") else config
+    origin = origin_error(err)
+    message = one_line(origin)
+    keys = keys_mentioned(config, message)
+    owner = _raising_spec(config, origin)
+    if not keys and owner is not None:
+        key, spec = owner
+        args = spec.get("init_args") or {}
+        keys = [f"{key}.init_args.{name}" for name, value in args.items() if _argument_quoted(name, value, message)]
+        if not keys:
+            return ConfigError(f"config error in {key} ({spec['class_path']}): {message}")
+    if keys:
+        return ConfigError(f"config error at {', '.join(keys)}: {message}")
+    return ConfigError(f"config error while {doing}: {message}")

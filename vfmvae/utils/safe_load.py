@@ -162,11 +162,11 @@ def _torch_zip_problem(path: Path) -> str | None:
     return None
 
 
-def _load_torch(path: Path, what: str, allowed_globals: Iterable[Any], trust_hint: str) -> Any:
+def _load_torch(path: Path, what: str, allowed_globals: Iterable[Any], trust_hint: str, mmap: bool) -> Any:
     allowed = list(allowed_globals)
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         name = _refused_global(err)
         if name is not None:
@@ -203,6 +203,7 @@ def load_user_file(
     trust_pickle: bool = False,
     allowed_globals: Iterable[Any] = (),
     trust_hint: str = TRUST_HINT,
+    mmap: bool = False,
 ) -> Any:
     """Read a file the user gave (see the module docstring); tensors land on the CPU.
 
@@ -213,6 +214,7 @@ def load_user_file(
         allowed_globals: extra classes/functions ``weights_only`` may build (see ``torch.serialization.safe_globals``;
             a ``(stand_in, "module.Name")`` pair allows a class that is not importable here).
         trust_hint: how the user asks for ``trust_pickle`` where the refusal is reported.
+        mmap: memory-map the tensors of a torch zip file (they are read only when used: cheap headers).
 
     Raises:
         FileNotFoundError: no such file; :class:`UnsafePickleError`: refused objects; :class:`CorruptFileError`:
@@ -234,4 +236,4 @@ def load_user_file(
         return _load_trusted(path, fmt, what)
     if fmt == "pickle":
         return load_plain_pickle(path, what=what, trust_hint=trust_hint)
-    return _load_torch(path, what, allowed_globals, trust_hint)
+    return _load_torch(path, what, allowed_globals, trust_hint, mmap and fmt == "torch-zip")
