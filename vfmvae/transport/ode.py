@@ -57,8 +57,8 @@ def integrate_ode(
         raise ValueError(f"unknown ODE method {method!r}; expected one of {ODE_METHODS}")
     _check_grid(grid)
     n = batch_size(state)
-    if y.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"labels / conditions must have shape ({n}, ...), got {tuple(y.shape)}")
     grid = grid.to(as_components(state)[0].device)
     trajectory = [state]
     x = state

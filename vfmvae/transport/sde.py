@@ -94,8 +94,8 @@ def euler_maruyama_sde(
     """
     convention = parse_convention(convention)
     n = batch_size(state)
-    if y.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"labels / conditions must have shape ({n}, ...), got {tuple(y.shape)}")
     device = as_components(state)[0].device
     grid = (
         sde_time_grid(num_steps, last_time=last_time, device=device) if grid is None else grid.to(device, state_dtype)
