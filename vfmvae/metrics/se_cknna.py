@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vfmvae.codec import uint8_to_unit
+
 from .cknna import cknna
 from .numerics import full_fp32
 from .se_probe import conditioned_features, dit_block_features
@@ -70,7 +72,7 @@ class SEExtractor(Protocol):
 def _to_01(images: np.ndarray, device) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.permute(2, 0, 1)
-    return x.float() / 255.0
+    return uint8_to_unit(x)
 
 
 def _pil_resize_shorter(images: np.ndarray, size: int) -> np.ndarray:

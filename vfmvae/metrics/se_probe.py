@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vfmvae.codec import uint8_to_unit
 from vfmvae.transport.paths import TimeConvention, parse_convention
 
 from .numerics import full_fp32
@@ -214,7 +215,7 @@ def probe_class_tokens(vfm: Any, images: torch.Tensor, size: int = 224) -> torch
         raise ValueError(
             f"probe_class_tokens takes uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}"
         )
-    x = images.float() / 255.0
+    x = uint8_to_unit(images)
     if tuple(x.shape[-2:]) != (size, size):  # resized here so the rule is visible (no antialias)
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     if bool(getattr(vfm, "has_cls", False)):
