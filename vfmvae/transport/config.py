@@ -1,4 +1,5 @@
-"""Typed transport and sampler configs with named presets (diffusion.md §3.2, §3.4).
+"""Typed transport and sampler configs with named presets (paper §4.1; docs/design.md, "Diffusion training",
+"Sampling and guidance").
 
 ``TRANSPORT_PRESETS`` build the training loss; ``SAMPLER_PRESETS`` describe a sampling run
 and :func:`sample` executes one against a velocity function:
@@ -35,7 +36,11 @@ SAMPLER_METHODS = ODE_METHODS + ("sde",)
 
 @dataclass
 class TransportConfig:
-    """Training-side transport: which loss, which time convention and distribution."""
+    """Training-side transport: time convention, time distribution and loss weights.
+
+    ``loss`` names the official loss the preset reproduces (`build_loss`, the standalone loss objects); the
+    training objective (`DiffusionObjective`) reads the convention, the time distribution and ``cos_weight``.
+    """
 
     loss: str = "lightningdit"
     convention: str = "data_at_one"
@@ -58,9 +63,15 @@ class TransportConfig:
         )
 
     def build_loss(self) -> LightningDiTLoss | REGLoss:
-        if self.loss == "lightningdit":
-            return LightningDiTLoss(self.timestep_sampler(), self.cos_weight, self.convention)
-        return REGLoss(self.timestep_sampler(), self.proj_weight, self.cls_weight, self.convention)
+        """The standalone official loss of this preset (training goes through `DiffusionObjective`)."""
+        return _LOSS_BUILDERS[self.loss](self)
+
+
+# The official loss each `loss` kind reproduces (LightningDiT `train.py`, REG `loss.py`).
+_LOSS_BUILDERS = {
+    "lightningdit": lambda c: LightningDiTLoss(c.timestep_sampler(), c.cos_weight, c.convention),
+    "reg": lambda c: REGLoss(c.timestep_sampler(), c.proj_weight, c.cls_weight, c.convention),
+}
 
 
 TRANSPORT_PRESETS: dict[str, TransportConfig] = {
