@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared GPU check for issue 15: ONE command, about 5-8 minutes on one H100/H200-class GPU.
+# Prepared GPU check: ONE command, about 5-8 minutes on one H100/H200-class GPU.
 #
 #   bash benchmarks/gpu_check.sh            # suite "gpu": LightningDiT-XL/1 and REG SiT-XL/1 bf16 training
 #                                           # steps (batch 32, fused AdamW, EMA) with and without

@@ -1,6 +1,6 @@
 """Inference workloads: sampling, latent caching and CKNNA.
 
-* Sampling (paper §4.1): one batch of `num_steps`-point sampling through
+* Sampling (docs/design.md, "Sampling and guidance"): one batch of `num_steps`-point sampling through
   `vfmvae.transport.sample` with the case's sampler preset (LightningDiT: Euler ODE + CFG on channels
   0-2 where t >= 0.125; REG: Euler-Maruyama SDE + CFG where t <= 0.8). Latents only: decoding is
   one tokenizer decoder pass per image, negligible next to 2 x 249 DiT evaluations.

@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     table = markdown_table(rows)
     print(f"\nDevice: {peak.name} ({peak.note}); {report['date_utc']}; total {report['total_s']:.0f} s\n")
     print(table)
-    for r in rows:  # issue 15's bar and goal for one H100/H200-class GPU
+    for r in rows:  # the project's bar and goal for one H100/H200-class GPU
         case = r["case"]
         if (
             r["status"] == "ok"

@@ -1,4 +1,4 @@
-"""The numerical tokenizer training iteration: one G phase and one D phase (tokenizer spec §4-§5).
+"""The numerical tokenizer training iteration: one G phase and one D phase (docs/design.md, "Tokenizer stages and losses").
 
 G phase: frozen VFM forward under `no_grad` (SigLIP2 at 2x resolution) -> latent head -> z sample
 -> decoder with multi-scale outputs -> reconstruction terms (L1, LPIPS, multi-scale L1), KL, VF

@@ -1,4 +1,4 @@
-"""Joint alignment, diffusion side (paper §4.1): REG/REPA targets from a frozen VFM, as a callback.
+"""Joint alignment, diffusion side (docs/design.md, "Diffusion networks and the network interface"): REG/REPA targets from a frozen VFM, as a callback.
 
 Each training batch's images (``batch["image"]``, uint8 ``(B, 3, H, W)``; the latent cache stores the
 ADM crop beside each latent, flipped with it) go through a frozen VFM at ``image_size`` px with
@@ -24,7 +24,7 @@ which is what REG does once at load time. ``vfm="dinov2-base"`` reads a transfor
 
 Class-token substitute for VFMs without a CLS token (the tokenizer's own SigLIP2, run at 256 px ->
 16x16 tokens): the mean of the patch tokens after the post-LayerNorm (``cls_substitute="mean"``), i.e.
-the same pooled vector SE-CKNNA uses for SigLIP2 (diffusion.md §1.2). SigLIP's own MAP-head pooling is
+the same pooled vector SE-CKNNA uses for SigLIP2 (docs/design.md, "SE-CKNNA"). SigLIP's own MAP-head pooling is
 not used because the project drops that head.
 
 On/off by optimiser step: targets are produced for ``start_step <= global_step < end_step``

@@ -1,4 +1,4 @@
-"""SE-CKNNA probe callback: the paper's "representation dynamics" watched live (paper §3.3; docs/design.md,
+"""SE-CKNNA probe callback: the paper's "representation dynamics" watched live (docs/design.md, "SE-CKNNA"; docs/design.md,
 "SE-CKNNA").
 
 Every ``every_n_steps`` optimiser steps (and optionally at fit start) on a fixed probe set:

@@ -1,7 +1,7 @@
 """`DiffusionModule`: flow-matching training of a diffusion network (LightningDiT-XL/1, REG SiT-XL/1, or any
 registered `vfmvae.dit.interface.DiffusionNetwork`) on cached latents.
 
-The paper's diffusion runs (paper §4.1; docs/design.md, "Diffusion training"): AdamW (lr 2e-4, betas
+The paper's diffusion runs (docs/design.md, "Diffusion training"): AdamW (lr 2e-4, betas
 (0.9, 0.95), wd 0, constant lr), global batch 1024, EMA 0.9999 over the network only
 (`callbacks.ema.EMACallback` with ``attributes: [net]``), gradient clipping 1.0 for REG, none for
 LightningDiT, and for LightningDiT the logit-normal -> uniform time switch at step 600k (one run instead of

@@ -3,7 +3,7 @@
     python scripts/sample.py --ckpt RUN.ckpt --tokenizer TOKENIZER --out outputs/samples/run [--num-images 50000]
     make sample CKPT=... TOKENIZER=... [STATS=...] [NUM=50000] [OUT=...] [DEVICES=...]
 
-Inputs (paper §4.1; docs/design.md, "Evaluation protocol"):
+Inputs (docs/design.md, "Evaluation protocol"):
 * ``--ckpt``: a training checkpoint of `DiffusionModule` (its EMA weights, from the EMA callback's
   state; ``--weights raw`` for the live ones; the network is rebuilt from the saved hyper-parameters)
   or a released official file of a registered family (``--model lightningdit|reg``; the EMA entry is

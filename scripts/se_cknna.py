@@ -1,4 +1,4 @@
-"""Offline SE-CKNNA protocol (paper §3.3; docs/design.md, "SE-CKNNA"): CSV + PNG.
+"""Offline SE-CKNNA protocol (docs/design.md, "SE-CKNNA"): CSV + PNG.
 
     python scripts/se_cknna.py --images DIR --reference dinov2-large[@WEIGHTS] \
         --model tokenizer:vfmvae-f16d32-siglip2@CKPT --model vfm:siglip2-large-patch16-512@WEIGHTS \

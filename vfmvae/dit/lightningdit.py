@@ -1,4 +1,4 @@
-"""LightningDiT (Yao et al. 2025), the paper's first generator on VFM-VAE latents (paper §4.1).
+"""LightningDiT (Yao et al. 2025), the paper's first generator on VFM-VAE latents (docs/design.md, "Diffusion networks and the network interface").
 
 adaLN-Zero DiT with SwiGLU, RMSNorm, QK-RMSNorm, 2-D axial RoPE on q/k after QK-norm, a fixed 2-D
 sin-cos position embedding, a 1001-row label table (null id 1000) with label dropout, and

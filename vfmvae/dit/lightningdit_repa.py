@@ -23,7 +23,7 @@ from vfmvae.dit.lightningdit import LIGHTNINGDIT_PRESETS, LightningDiT, build_li
 from vfmvae.dit.registry import NetworkFamily, register_network
 from vfmvae.dit.sit_reg import build_projector
 
-# Constructor kwargs of the paper's LightningDiT run, for released official files (paper §4.1).
+# Constructor kwargs of the paper's LightningDiT run, for released official files (docs/design.md, "Diffusion networks and the network interface").
 PAPER_LIGHTNINGDIT_KWARGS = dict(
     input_size=16,
     patch_size=1,

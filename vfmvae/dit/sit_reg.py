@@ -1,5 +1,5 @@
 """REG SiT (Wu et al. 2025, "Representation Entanglement for Generation"), the paper's headline
-generator (gFID 2.22 at 80 epochs, 1.62 at 640 on VFM-VAE latents; paper §4.1, Table 3).
+generator (gFID 2.22 at 80 epochs, 1.62 at 640 on VFM-VAE latents).
 
 A SiT (LayerNorm, GELU-tanh MLP, timm-style attention with LayerNorm QK-norm, adaLN-Zero) whose
 sequence starts with one extra *class token*: a noisy DINOv2 cls vector `(B, z_dim)` enters through

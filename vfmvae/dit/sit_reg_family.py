@@ -6,7 +6,7 @@ from vfmvae.dit.convert import from_official_reg
 from vfmvae.dit.registry import NetworkFamily, register_network
 from vfmvae.dit.sit_reg import SIT_REG_PRESETS, SiTREG, build_sit_reg
 
-# Constructor kwargs of the paper's REG run, for released official files (paper §4.1).
+# Constructor kwargs of the paper's REG run, for released official files (docs/design.md, "Diffusion networks and the network interface").
 PAPER_REG_KWARGS = dict(
     input_size=16,
     patch_size=1,

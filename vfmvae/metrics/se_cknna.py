@@ -1,4 +1,4 @@
-"""SE-CKNNA: CKNNA between a model's pooled features and a VFM's, per SE condition (paper §3.3; docs/design.md,
+"""SE-CKNNA: CKNNA between a model's pooled features and a VFM's, per SE condition (docs/design.md, "SE-CKNNA"; docs/design.md,
 "SE-CKNNA").
 
 Each extractor turns images into ONE pooled vector per image, copying the official per-model input pipeline and

@@ -1,5 +1,5 @@
 """The one SE-CKNNA feature loop: run a probe set through a model and the reference VFM, condition by
-condition, in chunks (paper §3.3; docs/design.md, "SE-CKNNA").
+condition, in chunks (docs/design.md, "SE-CKNNA").
 
 Shared by `scripts/se_cknna.py` (files on disk, one process) and `callbacks/se_cknna_probe.py` (an
 in-memory probe set during training, every rank): the callback only adds when / where / logging.

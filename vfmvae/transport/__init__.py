@@ -1,4 +1,4 @@
-"""Flow-matching transport: paths, losses, ODE/SDE samplers and guidance (paper §4.1; docs/design.md,
+"""Flow-matching transport: paths, losses, ODE/SDE samplers and guidance (docs/design.md,
 "Diffusion training" and "Sampling and guidance").
 
 Everything numerical is written against a velocity function ``v(state, t, y)``; guidance wraps such a

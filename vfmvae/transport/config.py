@@ -1,4 +1,4 @@
-"""Typed transport and sampler configs with named presets (paper §4.1; docs/design.md, "Diffusion training",
+"""Typed transport and sampler configs with named presets (docs/design.md, "Diffusion training",
 "Sampling and guidance").
 
 ``TRANSPORT_PRESETS`` build the training loss; ``SAMPLER_PRESETS`` describe a sampling run

@@ -1,4 +1,4 @@
-"""Classifier-free guidance as a wrapper around a velocity function (diffusion.md §3.4, §6 item 3).
+"""Classifier-free guidance as a wrapper around a velocity function (docs/design.md, "Sampling and guidance").
 
 ``guided = uncond + scale·(cond − uncond)`` on a doubled batch ``[state; state]`` with labels
 ``[y; null]``, applied only while ``t`` lies inside a guidance interval:

@@ -1,5 +1,5 @@
-"""The diffusion training objective over any `vfmvae.dit.interface.DiffusionNetwork` (paper §4.1;
-docs/design.md, "Diffusion training").
+"""The diffusion training objective over any `vfmvae.dit.interface.DiffusionNetwork` (docs/design.md,
+"Diffusion training").
 
 Named terms in, named terms out, as `vfmvae.losses.TokenizerObjective`: the network says what its
 training state is (`training_state`: the latent, plus REG's class token when alignment is on, with each

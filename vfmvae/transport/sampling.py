@@ -1,5 +1,5 @@
-"""Sampling any `vfmvae.dit.interface.DiffusionNetwork` with the paper's samplers (paper §4.1;
-docs/design.md, "Sampling and guidance"); plain PyTorch.
+"""Sampling any `vfmvae.dit.interface.DiffusionNetwork` with the paper's samplers (docs/design.md,
+"Sampling and guidance"); plain PyTorch.
 
 Shared by the periodic sample grids (`callbacks/sample_grid.py`) and `scripts/sample.py`, so both run
 the same code path: ``net.initial_state`` (noise) -> ``net.velocity`` in its native time convention,

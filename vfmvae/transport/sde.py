@@ -1,4 +1,4 @@
-"""REG's Euler–Maruyama SDE sampler (diffusion.md §3.4; REG ``samplers.euler_maruyama_sampler``).
+"""REG's Euler–Maruyama SDE sampler (docs/design.md, "Sampling and guidance"; REG ``samplers.euler_maruyama_sampler``).
 
 In noise-at-one time ``t`` (REG's convention) on the linear path:
 
