@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.cases import BenchCase
 from benchmarks.workload import Workload, adamw, autocast, count_first_call, trainable_count
+from vfmvae.codec import uint8_to_unit
 
 
 def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
@@ -57,9 +58,8 @@ def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
 
     gen = torch.Generator().manual_seed(0)
     side = cfg.img_resolution
-    images = (
-        torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device).float()
-        / 255.0
+    images = uint8_to_unit(
+        torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device)
     )
 
     if case.channels_last:

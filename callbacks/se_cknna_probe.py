@@ -46,7 +46,7 @@ from torch import nn
 from callbacks.joint_alignment import JointAlignmentCallback
 from callbacks.se_cknna_probe_config import PROBE_PRESETS, ProbeSet, SECKNNAProbeConfig, load_probe_set
 from callbacks.tb_layout import log_image, log_scalars, render_heatmap
-from vfmvae.dit.interface import DiffusionNetwork
+from vfmvae.dit.interface import is_diffusion_network
 from vfmvae.metrics import cknna
 from vfmvae.metrics.se_cknna import AGGREGATE_NAME, DINOv2SEExtractor, SigLIPSEExtractor, TokenizerSEExtractor, se_cknna
 from vfmvae.metrics.se_probe import (
@@ -145,7 +145,7 @@ class SECKNNAProbeCallback(Callback):
     @staticmethod
     def _is_diffusion(net: nn.Module) -> bool:
         """A `DiffusionNetwork` (block probe) or a tokenizer with ``encode`` (SE probe); anything else is an error."""
-        if isinstance(net, DiffusionNetwork):
+        if is_diffusion_network(net):
             return True
         if callable(getattr(net, "encode", None)):
             return False

@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from vfmvae.dit.parallelize import shard_diffusion_network
-from vfmvae.dit.registry import build_diffusion_network
+from vfmvae.dit.registry import build_from_hparams
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.transport import TRANSPORT_PRESETS, DiffusionObjective, TransportConfig, parse_convention
 from vfmvae.utils.guard import NonFiniteGuard
@@ -121,14 +121,8 @@ class DiffusionModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.network = network  # the family name (checkpoint metadata); nothing branches on it
-        options = {}
-        if repa_encoder_depth is not None:  # family options, passed only when set
-            options = dict(
-                repa_encoder_depth=repa_encoder_depth, repa_projector_dim=repa_projector_dim, repa_z_dim=repa_z_dim
-            )
-        self.net = build_diffusion_network(
-            network, preset, network_overrides, activation_checkpointing=activation_checkpointing, **options
-        )
+        # The same rule rebuilds the network from a checkpoint's hyper-parameters (scripts/sample.py).
+        self.net = build_from_hparams(self.hparams, activation_checkpointing=activation_checkpointing)
         self.transport = transport_config(transport, transport_overrides)
         native = parse_convention(self.net.time_convention)
         if parse_convention(self.transport.convention) != native:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from vfmvae.transport.sampling import sample_latents
 from vfmvae.utils.sample_store import batch_seed, chunk_finished
 
 __all__ = ["ChunkBatches", "SampleDataModule", "SampleModule"]
+
+log = logging.getLogger("sample")
 
 
 class ChunkBatches(Dataset):
@@ -66,11 +69,9 @@ class SampleDataModule(LightningDataModule):
         ]
 
     def predict_dataloader(self) -> DataLoader:
-        import logging
-
         rank, world = self.trainer.global_rank, self.trainer.world_size
         chunks = self.pending_chunks(rank, world)
-        logging.getLogger("sample").info(
+        log.info(
             "rank %d: %d chunks to sample (%d finished chunks kept)",
             rank,
             len(chunks),

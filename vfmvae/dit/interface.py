@@ -46,6 +46,7 @@ __all__ = [
     "SamplerPresets",
     "TrainingState",
     "check_network",
+    "is_diffusion_network",
     "vfm_class_token_state",
 ]
 
@@ -133,9 +134,10 @@ class DiffusionNetwork(Protocol):
             latent alone.
         condition: the :class:`ConditionSpec` of what it is conditioned on.
         sampler_presets: :class:`SamplerPresets` (the paper's sampler and the no-CFG one).
-        config: a dataclass of its shapes (recorded in checkpoints).
-        fsdp_forward_methods: names of methods that run parameters without going through ``forward``
-            (FSDP2 must hook them; ``()`` if none).
+
+    Optional attributes: ``config`` (a dataclass of its shapes, recorded in checkpoints) and
+    ``fsdp_forward_methods`` (names of methods that run parameters without going through ``forward``;
+    FSDP2 hooks them). Anything that runs parameters should go through ``forward`` or be listed there.
     """
 
     time_convention: TimeConvention
@@ -147,8 +149,6 @@ class DiffusionNetwork(Protocol):
     class_token_dim: int | None
     condition: ConditionSpec
     sampler_presets: SamplerPresets
-    config: Any
-    fsdp_forward_methods: tuple[str, ...]
 
     def initial_state(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> State:
         """Pure noise ``N(0, I)`` float32 at the sampler's start, every state component (latent first)."""
@@ -184,6 +184,11 @@ _REQUIRED = (
     "training_forward",
     "block_features",
 )
+
+
+def is_diffusion_network(obj: Any) -> bool:
+    """Whether ``obj`` is an ``nn.Module`` with every :class:`DiffusionNetwork` member."""
+    return isinstance(obj, nn.Module) and all(hasattr(obj, name) for name in _REQUIRED)
 
 
 def check_network(net: Any, what: str = "the diffusion network") -> nn.Module:

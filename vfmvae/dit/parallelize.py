@@ -34,7 +34,6 @@ __all__ = [
     "apply_fsdp2",
     "block_classes_of",
     "data_parallel_mesh",
-    "dit_block_classes",
     "is_sharded",
     "shard_diffusion_network",
 ]
@@ -47,14 +46,6 @@ EXTRA_FORWARD_METHODS = ("forward_with_projections",)
 def _unwrapped(module: nn.Module) -> nn.Module:
     """A ``torch.compile``'d module's original (``compile_blocks`` may have wrapped the blocks)."""
     return getattr(module, "_orig_mod", module)
-
-
-def dit_block_classes() -> tuple[type[nn.Module], ...]:
-    """The repeated transformer blocks of the project's two DiTs (the FSDP / checkpoint unit)."""
-    from vfmvae.dit.lightningdit import LightningDiTBlock
-    from vfmvae.dit.sit_reg import SiTREGBlock
-
-    return (LightningDiTBlock, SiTREGBlock)
 
 
 def block_classes_of(net: nn.Module) -> tuple[type[nn.Module], ...]:
