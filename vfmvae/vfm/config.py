@@ -181,8 +181,9 @@ def _eva(**kw: Any) -> VFMConfig:
 
 
 def _mae(**kw: Any) -> VFMConfig:
+    # layer_norm_eps: the transformers default that the released `facebook/vit-mae-*` configs carry.
     base = dict(
-        family="mae", backend="hf", patch_size=16, image_size=224, interpolation="bilinear", layer_norm_eps=1e-6
+        family="mae", backend="hf", patch_size=16, image_size=224, interpolation="bilinear", layer_norm_eps=1e-12
     )
     return VFMConfig(**{**base, **kw})
 
