@@ -143,6 +143,8 @@ def test_mae_mask_ratio_is_forced_to_zero():
 
 
 def test_mae_refuses_other_resolutions_and_ambiguous_negative_layers(mae):
+    # A random-init MAE still has MAE's fixed sin-cos table: token (row 0, col 1) starts with sin(1).
+    assert abs(float(mae.backbone.embeddings.position_embeddings[0, 2, 0]) - 0.8414710) < 1e-6
     with pytest.raises(ValueError, match="cannot change resolution"):
         mae(_images(1, 64), [-1])  # 4x4 grid, the table is 8x8
     with torch.no_grad():

@@ -93,9 +93,22 @@ class MAEVFM(FrozenVFM):
             layer_norm_eps=hf.layer_norm_eps,
         )
 
+    @staticmethod
+    def sincos_table(hf_cfg: ViTMAEConfig) -> torch.Tensor:
+        """The fixed `(1, 1 + n, D)` 2-D sin-cos table of MAE for `hf_cfg`'s grid (transformers' own formula)."""
+        fresh = ViTMAEEmbeddings(hf_cfg)
+        fresh.initialize_weights()
+        return fresh.position_embeddings.detach()
+
     @classmethod
     def from_config(cls, cfg: VFMConfig) -> MAEVFM:
-        return cls(ViTMAEModel(cls.hf_config(cfg)), cfg)
+        hf_cfg = cls.hf_config(cfg)
+        model = ViTMAEModel(hf_cfg)
+        # transformers 5 leaves a fresh ViTMAEModel's table at zero (its init returns early once the patch
+        # projection is flagged initialised); MAE defines it as the sin-cos table, so set it.
+        with torch.no_grad():
+            model.embeddings.position_embeddings.copy_(cls.sincos_table(hf_cfg))
+        return cls(model, cfg)
 
     @classmethod
     def from_pretrained(cls, path: str, cfg: VFMConfig, allow_download: bool = False) -> MAEVFM:
@@ -110,10 +123,8 @@ class MAEVFM(FrozenVFM):
         raise_on_missing(info, path, allowed_mismatch=(_POSITION_KEY,) if resized else ())
         if resized:
             # The sin-cos table is a function of the grid only: rebuild it (HF left it re-initialised or stale).
-            fresh = ViTMAEEmbeddings(hf_cfg)
-            fresh.initialize_weights()
             with torch.no_grad():
-                model.embeddings.position_embeddings.copy_(fresh.position_embeddings)
+                model.embeddings.position_embeddings.copy_(cls.sincos_table(hf_cfg))
             log.info("MAE %s: fixed sin-cos position table rebuilt for a %d px native size", path, cfg.image_size)
         return cls(model, cfg)
 
