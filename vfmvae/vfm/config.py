@@ -275,6 +275,17 @@ VFM_PRESETS: dict[str, VFMConfig] = {
         compute_dtype="bfloat16",
         hub_id="facebook/vit-mae-large",
     ),
+    # The same weights at a 512 px native size (32x32 tokens, like SigLIP2 at x2): the tokenizer preset's
+    # MAE. Loading the 224 px checkpoint rebuilds the fixed sin-cos table for the 32x32 grid (mae.py).
+    "mae-large-512": _mae(
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        mlp_hidden_size=4096,
+        image_size=512,
+        compute_dtype="bfloat16",
+        hub_id="facebook/vit-mae-large",
+    ),
     # The Qwen2.5-VL-3B vision tower (transformers `Qwen2_5_VisionTransformerPretrainedModel`).
     "qwen2.5-vl-3b-vision": _qwen(
         hidden_size=1280,
