@@ -147,3 +147,22 @@ def test_patch_size_without_a_config_follows_the_official_name_rules(fixtures):
     _, meta, _, _ = fixtures["mae"]
     assert config_from_official(meta["generator_kwargs"], vfm_family="mae").vfm_patch_size == 16
     assert config_from_official(meta["generator_kwargs"], vfm_family="mae").vfm_name == "mae-large"
+
+
+def test_siglip2_text_family_builds_its_vision_side(fixtures_dir):
+    """`siglip2_text` (the text-conditional Generator's VFM): the vision tower is SigLIP and reproduces the
+    official features; the text tower's keys are recognised and left to the conditional decoder."""
+    from vfmvae.vfm import load_official_vfm_state_dict, vfm_from_official_config
+
+    T = load_file(fixtures_dir / "vfmvae_cond_text_tiny.safetensors")
+    meta = json.loads((fixtures_dir / "vfmvae_cond_text_tiny.json").read_text())
+    sd = {k[len("state_dict.") :]: v for k, v in T.items() if k.startswith("state_dict.")}
+    vfm = vfm_from_official_config("siglip2_text", meta["vfm_config"])
+    ignored = load_official_vfm_state_dict(vfm, sd)
+    assert ignored and all(".text_model." in k or ".head." in k for k in ignored)
+    g = meta["generator_kwargs"]
+    with torch.no_grad():
+        feats = vfm(T["inputs.img"], g["patch_from_layers"], scale=g["scale_factor"])
+    for i, f in enumerate(feats):
+        close(f, T[f"intermediates.vfm_feature_{i}"], f"siglip2_text vfm_feature_{i}")
+    assert resolve_vfm_family(g, meta["vfm_config"], vfm_family="siglip2_text") == "siglip2_text"
