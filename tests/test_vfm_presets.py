@@ -96,8 +96,6 @@ def test_tokenizer_preset_parameter_counts_on_meta(name):
     assert (cfg.vfm_hidden_size, cfg.vfm_patch_size, cfg.vfm_scale) == (width, stride, scale)
     assert cfg.token_resolution == 32 and cfg.z_resolution == 16 and cfg.space_to_depth == 2
     assert check_layers_share_grid(model.vfm, cfg.vfm_layers, cfg.vfm_hidden_size) == stride
-    z = torch.empty(1, 32, 16, 16, device="meta")
-    assert model.decode(z).shape == (1, 3, 256, 256)
 
 
 def test_every_family_has_a_tokenizer_preset():
