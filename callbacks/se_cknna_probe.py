@@ -116,7 +116,7 @@ class SECKNNAProbeCallback(Callback):
         if self.probe_set is None:
             self.probe_set = load_probe_set(self.config, self.dataset)
         if self.vfm is None:
-            from vfmvae.vfm import build_vfm
+            from vfmvae.vfm import build_se_cknna_reference
 
             weights = resolve_path(self.config.reference_pretrained, "SECKNNAProbeCallback.reference_pretrained")
             if weights is None:
@@ -124,7 +124,9 @@ class SECKNNAProbeCallback(Callback):
                     "SE-CKNNA probe: reference %s has RANDOM weights (tests/demo only)", self.config.reference_vfm
                 )
             with torch.random.fork_rng(devices=[]):  # the random init before loading must not shift training RNG
-                self.vfm = build_vfm(self.config.reference_vfm, pretrained=weights, config=self.config.reference_config)
+                self.vfm = build_se_cknna_reference(
+                    self.config.reference_vfm, pretrained=weights, config=self.config.reference_config
+                )
         net = self.probe_network(pl_module)
         if self._is_diffusion(net):
             self._check_latents(net)

@@ -28,7 +28,7 @@ class SECKNNAProbeConfig:
     probes when training starts (hook ``on_train_start``; a resumed run probes its restored step unless the
     checkpoint already holds that probe).
 
-    reference_*: the frozen VFM (a `vfmvae.vfm.build_vfm` preset, local weights, field overrides). DINOv2 presets
+    reference_*: the frozen VFM (a `vfmvae.vfm.build_se_cknna_reference` preset, local weights, overrides). DINOv2 presets
     use the official DINOv2 extractor (PIL bicubic to ``reference_resolution``, patch-token mean, CLS excluded),
     others the SigLIP one (input size as is, token mean). ``image_size``: tokenizer SE images (256 officially;
     other sizes are Lanczos-resized). ``conditions``: tokenizer SE conditions (None = all six).

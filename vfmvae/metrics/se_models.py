@@ -61,10 +61,12 @@ def parse_spec(spec: str, default_kind: str | None = None) -> tuple[str, str, st
 
 
 def build_vfm_extractor(preset: str, weights: str | None, device: str, config: dict | None = None):
-    """``(extractor, vfm)``: the SE extractor of a DINOv2 / SigLIP VFM (final tokens after the last norm)."""
-    from vfmvae.vfm import build_vfm
+    """``(extractor, vfm)``: the SE extractor of a DINOv2 / SigLIP VFM (final tokens after the last norm), the
+    VFM built as the official extractors run it (`vfmvae.vfm.build_se_cknna_reference`: fp32, DINOv2 position
+    table resampled by timm's rule)."""
+    from vfmvae.vfm import build_se_cknna_reference
 
-    vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
+    vfm = build_se_cknna_reference(preset, pretrained=weights, config=config).to(device)
     token_fn = lambda x: vfm(x, [-1])[0]  # final tokens after the last norm, CLS/registers removed
     family = vfm.config.family
     if family == "dinov2":
