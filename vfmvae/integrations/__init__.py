@@ -1,6 +1,7 @@
 """Bridges to other libraries' conventions. Optional dependencies are imported only when a name is used.
 
 * `AutoencoderKLVFMVAE` (`diffusers_vae.py`): the VFM-VAE tokenizer with diffusers' `AutoencoderKL` surface.
+* `LightningDiTTransformer2DModel` (`diffusers_transformer.py`): a LightningDiT as a diffusers model.
 * `VFMVAELatentDiffusionPipeline`, `lightningdit_scheduler`, `flow_sigmas` (`diffusers_pipeline.py`): a
   class-conditional diffusers pipeline around that autoencoder and a LightningDiT velocity network.
 
@@ -13,6 +14,7 @@ import importlib
 
 _EXPORTS = {
     "AutoencoderKLVFMVAE": "vfmvae.integrations.diffusers_vae",
+    "LightningDiTTransformer2DModel": "vfmvae.integrations.diffusers_transformer",
     "VFMVAELatentDiffusionPipeline": "vfmvae.integrations.diffusers_pipeline",
     "lightningdit_scheduler": "vfmvae.integrations.diffusers_pipeline",
     "flow_sigmas": "vfmvae.integrations.diffusers_pipeline",

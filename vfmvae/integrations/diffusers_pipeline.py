@@ -1,8 +1,8 @@
 """`VFMVAELatentDiffusionPipeline`: class-conditional sampling with a diffusers scheduler (paper §4.1 setup).
 
-Components: `vae` (`AutoencoderKLVFMVAE`), `transformer` (a velocity network `transformer(x, t, y)` in
-LightningDiT's convention, t = 1 is data, such as `vfmvae.dit.LightningDiT`) and `scheduler`
-(`FlowMatchEulerDiscreteScheduler`).
+Components: `vae` (`AutoencoderKLVFMVAE`), `transformer` (`LightningDiTTransformer2DModel`, a velocity network
+`transformer(x, t, y)` with t = 1 at data; a bare `vfmvae.dit.LightningDiT` is wrapped on construction) and
+`scheduler` (`FlowMatchEulerDiscreteScheduler`). All three save and load with diffusers' folder machinery.
 
 Time conventions (docs/design.md, "Time conventions"). diffusers' flow-matching schedulers use
 `x_sigma = (1 - sigma) x_data + sigma eps` with sigma = 1 at noise and expect the model output `d x / d sigma
@@ -30,11 +30,12 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
-from torch import nn
 
 from vfmvae.codec import signed_to_unit, to_uint8
+from vfmvae.dit import LightningDiT
 from vfmvae.transport import ClassifierFreeGuidance, GuidanceInterval
 
+from .diffusers_transformer import LightningDiTTransformer2DModel
 from .diffusers_vae import AutoencoderKLVFMVAE
 
 __all__ = ["VFMVAELatentDiffusionPipeline", "lightningdit_scheduler", "flow_sigmas", "OUTPUT_TYPES"]
@@ -66,15 +67,22 @@ def flow_sigmas(num_inference_steps: int) -> list[float]:
 class VFMVAELatentDiffusionPipeline(DiffusionPipeline):
     """`pipe(class_labels, num_inference_steps=249, guidance_scale=1.0, generator=..., output_type="pil")`.
 
-    The network samples normalised latents `x` (B, C, s, s), s = `transformer.config.input_size`; images are
+    The network samples normalised latents `x` (B, C, s, s), s = `transformer.network_config.input_size`; images are
     `vae.decode(vae.denormalize_latents(x))`. `output_type`: "pil" (8-bit by truncation, the paper protocol,
     `vfmvae.codec.to_uint8(..., "truncate")`), "np" / "pt" (float in [0, 1], NHWC / NCHW), "latent" (`x`).
     """
 
     model_cpu_offload_seq = "transformer->vae"
 
-    def __init__(self, vae: AutoencoderKLVFMVAE, transformer: nn.Module, scheduler: FlowMatchEulerDiscreteScheduler):
+    def __init__(
+        self,
+        vae: AutoencoderKLVFMVAE,
+        transformer: LightningDiTTransformer2DModel | LightningDiT,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
         super().__init__()
+        if isinstance(transformer, LightningDiT):
+            transformer = LightningDiTTransformer2DModel(network=transformer)
         if not isinstance(vae, AutoencoderKLVFMVAE):
             raise TypeError(f"vae must be an AutoencoderKLVFMVAE, got {type(vae).__name__}")
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
@@ -86,10 +94,9 @@ class VFMVAELatentDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 "the scheduler must run sigma from 1 to 0 without dynamic shifting (see docs/diffusers.md)"
             )
-        net = getattr(transformer, "config", None)
-        for name in ("input_size", "in_channels", "num_classes"):
-            if not hasattr(net, name):
-                raise TypeError(f"transformer.config has no {name!r}: expected a LightningDiT-like velocity network")
+        if not isinstance(transformer, LightningDiTTransformer2DModel):
+            raise TypeError(f"transformer must be a LightningDiT(Transformer2DModel), got {type(transformer).__name__}")
+        net = transformer.network_config
         if net.in_channels != vae.config.latent_channels:
             raise ValueError(
                 f"transformer takes {net.in_channels} latent channels, the vae has {vae.config.latent_channels}"
@@ -102,7 +109,7 @@ class VFMVAELatentDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"class_labels must be an int or a non-empty 1-D list/tensor of ints, got {class_labels!r}"
             )
-        n = self.transformer.config.num_classes
+        n = self.transformer.network_config.num_classes
         if bool(((labels < 0) | (labels >= n)).any()):
             raise ValueError(f"class_labels must lie in [0, {n}), got {labels.tolist()}")
         return labels.long()
@@ -135,9 +142,13 @@ class VFMVAELatentDiffusionPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if self.transformer.network.training:
+            raise RuntimeError(
+                "the transformer is in train mode, where LightningDiT drops class labels at random; call .eval()"
+            )
         device = self._execution_device
         y = self._labels(class_labels, device)
-        net = self.transformer.config
+        net = self.transformer.network_config
         shape = (y.numel(), net.in_channels, net.input_size, net.input_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)

@@ -300,7 +300,7 @@ class AutoencoderKLVFMVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         pretrained_model_name_or_path: str | os.PathLike,
         *,
         subfolder: str | None = None,
-        decoder_only: bool = False,
+        decoder_only: bool | None = None,
         vfm_pretrained: str | os.PathLike | None = None,
         verify_vfm: bool = True,
         latents_stats=None,
@@ -310,7 +310,7 @@ class AutoencoderKLVFMVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
     ) -> AutoencoderKLVFMVAE:
         """Load a local folder written by `save_pretrained`, or a bare tokenizer export folder; eval mode.
 
-        `decoder_only=True` never builds the VFM (decoding only); `vfm_pretrained` overrides the recorded VFM
+        `decoder_only=True` never builds the VFM (decoding only; None: as exported); `vfm_pretrained` overrides the recorded VFM
         path; `latents_stats` / `scaling_factor` override the config's statistics (`from_tokenizer` semantics).
         """
         unknown = sorted(k for k, v in kwargs.items() if k not in _IGNORED_LOADING_KWARGS and v not in (None, False))
@@ -329,9 +329,12 @@ class AutoencoderKLVFMVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         if not config_file.is_file():
             raise FileNotFoundError(f"{root} is not a VFM-VAE export: {CONFIG_NAME} is missing")
         record = json.loads(config_file.read_text())
-        load = dict(decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, verify_vfm=verify_vfm)
+        export = root / TOKENIZER_SUBFOLDER if record.get("_class_name") == cls.__name__ else root
+        if decoder_only is None and (export / CONFIG_NAME).is_file():
+            decoder_only = not json.loads((export / CONFIG_NAME).read_text()).get("has_encoder", True)
+        load = dict(decoder_only=bool(decoder_only), vfm_pretrained=vfm_pretrained, verify_vfm=verify_vfm)
         if record.get("_class_name") == cls.__name__:
-            tokenizer = load_tokenizer(root / TOKENIZER_SUBFOLDER, **load)
+            tokenizer = load_tokenizer(export, **load)
             names = (
                 "vfmvae_config",
                 "latent_channels",
