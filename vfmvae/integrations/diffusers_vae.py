@@ -42,7 +42,7 @@ import torch
 
 try:
     from diffusers import ConfigMixin, ModelMixin
-    from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+    from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
     from diffusers.models.modeling_outputs import AutoencoderKLOutput
     from diffusers.utils.accelerate_utils import apply_forward_hook
 except ImportError as e:  # an optional extra
@@ -83,7 +83,7 @@ def _stats_lists(latents_stats) -> tuple[list[float], list[float], float]:
     return normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist(), normalizer.multiplier
 
 
-class AutoencoderKLVFMVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
+class AutoencoderKLVFMVAE(ModelMixin, ConfigMixin):
     """VFM-VAE (paper §3, Fig. 2) as a diffusers autoencoder; see the module docstring for the conventions.
 
     Build it with `from_tokenizer(VFMVAE, latents_stats=...)` or `from_pretrained(local folder)`; the plain
@@ -256,6 +256,16 @@ class AutoencoderKLVFMVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)
+
+    def enable_slicing(self) -> None:
+        """Encode and decode one image at a time (less memory; the same result up to float rounding)."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        self.use_slicing = False
+
+    def disable_tiling(self) -> None:
+        self.use_tiling = False
 
     def enable_tiling(self, *args, **kwargs) -> None:
         # The VFM attends over the whole image and the decoder's attention blocks over the whole latent, so
