@@ -4,8 +4,10 @@ branches on a network family (no comparison with a family name, no isinstance on
 `DiffusionModule` assembles no loss terms itself; the diffusion files stay small.
 
 The scan covers the code that drives diffusion networks: `lightning_modules/`, `callbacks/`, `scripts/`,
-`benchmarks/` and `vfmvae/` outside `vfmvae/dit/`. (`datamodules/` names *latent sampling policies*
-"lightningdit"/"reg", which are not network families.)
+`benchmarks/` and `vfmvae/` outside `vfmvae/dit/`. Not scanned: `datamodules/` (it names *latent sampling
+policies* "lightningdit"/"reg", which are not network families) and `vfmvae/integrations/` (adapters that
+wrap one named family for an outside library, e.g. diffusers' `LightningDiTTransformer2DModel`, which checks
+that it was given a LightningDiT).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _sources(*folders: str):
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT)
-            if rel.parts[:2] == ("vfmvae", "dit"):
+            if rel.parts[:2] in (("vfmvae", "dit"), ("vfmvae", "integrations")):
                 continue
             yield rel, ast.parse(path.read_text(), filename=str(rel))
 
