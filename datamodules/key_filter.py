@@ -9,7 +9,9 @@ public repository). The official file is a pickled collection of WebDataset ``__
 
 Two formats are read and written, chosen by extension:
 - ``.txt``: one key per line (``#`` comments and blank lines ignored) - the project's format;
-- ``.pkl`` / ``.pickle``: a pickled list/set/tuple of ``str`` keys - the official format.
+- ``.pkl`` / ``.pickle``: a pickled list/set/tuple of ``str`` keys - the official format (the official loader
+  reads it with ``set(pickle.load(f))``). It is read without running code from the file
+  (`vfmvae.utils.safe_load.load_plain_pickle`: strings, numbers and containers only).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
+
+from vfmvae.utils.safe_load import load_plain_pickle
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
@@ -27,9 +31,7 @@ def load_key_list(path: str | Path) -> frozenset[str]:
     if not path.is_file():
         raise FileNotFoundError(f"filter key list not found: {path}")
     if path.suffix in PICKLE_SUFFIXES:
-        # Only for lists the user produced or downloaded from the official project: pickle runs code.
-        with path.open("rb") as f:
-            obj = pickle.load(f)
+        obj = load_plain_pickle(path, what="filter key list")
         if isinstance(obj, dict):
             obj = obj.keys()
         if isinstance(obj, (str, bytes)) or not hasattr(obj, "__iter__"):

@@ -50,6 +50,7 @@ from lightning_modules.config_errors import (  # noqa: E402
 )
 from lightning_modules.resume import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
 from vfmvae.utils.checkpoint_files import remove_stale_temporaries  # noqa: E402
+from vfmvae.utils.safe_load import TRUST_PICKLE_HELP, set_pickle_trust, trusting_pickles  # noqa: E402
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckpointPolicy", "ConfigError", "VFMVAECLI", "apply_checkpoint_policy", "explain_parse_error", "main"]
@@ -168,6 +169,12 @@ class VFMVAECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: D401 - LightningCLI hook
         parser.add_class_arguments(CheckpointPolicy, "checkpoint", instantiate=True)
+        parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+
+    def before_instantiate_classes(self) -> None:
+        # Weight files named by the config are read without running code unless the user trusts them;
+        # main() resets this when the run ends.
+        set_pickle_trust(bool(self._subcommand_config().get("trust_pickle")))
 
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
@@ -318,17 +325,18 @@ def main(args: list[str] | None = None) -> VFMVAECLI:
     with status 2; with ``VFMVAE_TRACEBACK=1`` it is raised with its traceback instead.
     """
     try:
-        return VFMVAECLI(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            # Each fresh run has a folder of its own (run_folders); a resumed one writes config.resume-*.yaml.
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False, "parser_mode": strict_yaml.register()},
-            args=args,  # None = sys.argv[1:]
-            auto_configure_optimizers=False,
-        )
+        with trusting_pickles(False):  # --trust-pickle turns it on for this run only
+            return VFMVAECLI(
+                model_class=LightningModule,
+                datamodule_class=LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                # Each fresh run has a folder of its own (run_folders); a resumed one writes config.resume-*.yaml.
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False, "parser_mode": strict_yaml.register()},
+                args=args,  # None = sys.argv[1:]
+                auto_configure_optimizers=False,
+            )
     except (ConfigError, strict_yaml.DuplicateKeyError) as err:
         if os.environ.get("VFMVAE_TRACEBACK"):
             raise

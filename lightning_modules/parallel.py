@@ -14,7 +14,7 @@ refuses a CPU accelerator). The sharding plan itself is plain PyTorch in `vfmvae
 * :func:`refuse_sharded_strategy` gives modules that do not support sharding (the tokenizer: its
   GAN step averages gradients itself, and at 50 M trainable decoder parameters sharding saves
   nothing worth the extra all-gathers) a clear error instead of a deep stack trace.
-* ``python -m lightning_modules.parallel FOLDER OUTPUT.ckpt``: one file from a sharded checkpoint folder
+* ``python -m lightning_modules.parallel FOLDER OUTPUT.ckpt --trust-pickle``: one file from a sharded checkpoint folder
   (`vfmvae.utils.fsdp_checkpoint.consolidate_checkpoint`).
 """
 
@@ -133,6 +133,10 @@ if __name__ == "__main__":
 
     from vfmvae.utils.fsdp_checkpoint import consolidate_checkpoint
 
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m lightning_modules.parallel CHECKPOINT_FOLDER OUTPUT.ckpt")
-    print(consolidate_checkpoint(sys.argv[1], sys.argv[2]))
+    args = [a for a in sys.argv[1:] if a != "--trust-pickle"]
+    if len(args) != 2:
+        raise SystemExit("usage: python -m lightning_modules.parallel CHECKPOINT_FOLDER OUTPUT.ckpt [--trust-pickle]")
+    try:
+        print(consolidate_checkpoint(args[0], args[1], trust_pickle="--trust-pickle" in sys.argv))
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err

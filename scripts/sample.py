@@ -45,11 +45,13 @@ from lightning.pytorch import Trainer  # noqa: E402
 
 from callbacks.sample_writer import SampleWriter  # noqa: E402
 from lightning_modules.sampling import SampleDataModule, SampleModule  # noqa: E402
+from scripts.errors import InputError, add_trust_pickle_argument, run_cli  # noqa: E402
 from vfmvae.dit.loading import load_sampling_network  # noqa: E402
 from vfmvae.dit.registry import network_families  # noqa: E402
 from vfmvae.provenance import state_dict_sha256, to_jsonable  # noqa: E402
 from vfmvae.tokenizer.loading import load_decoder, load_latent_stats  # noqa: E402
 from vfmvae.transport.sampling import sampler_config  # noqa: E402
+from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
 from vfmvae.utils.sample_store import SEED_RULE, check_resume  # noqa: E402
 
 log = logging.getLogger("sample")
@@ -99,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--devices", default="auto")
     ap.add_argument("--num-nodes", type=int, default=1)
+    add_trust_pickle_argument(ap)
     args = ap.parse_args(argv)
     if args.num_images < 1 or args.chunk_size < 1 or args.batch_size < 1:
         ap.error("--num-images, --chunk-size and --batch-size must be >= 1")
@@ -108,6 +111,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    with trusting_pickles(args.trust_pickle):
+        try:
+            inputs = _load_inputs(args)
+        except (ValueError, KeyError) as err:  # the inputs do not fit together: one line, nothing written
+            raise InputError(str(err).strip("'\"")) from err
+    return _sample(args, *inputs)
+
+
+def _load_inputs(args: argparse.Namespace):
+    """The network, decoder, statistics, sampler and provenance; refuses inputs that do not fit together."""
     net, family, net_record, train_prov = load_sampling_network(
         args.ckpt, args.model, args.weights, args.official_kwargs
     )
@@ -154,6 +167,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         "training_provenance": train_prov,
     }
     check_resume(out, to_jsonable(provenance))
+    return net, decoder, normalizer, config, precision, out, provenance
+
+
+def _sample(args, net, decoder, normalizer, config, precision, out, provenance) -> Path | None:
     if precision == "32-true" and torch.cuda.is_available():
         # The official samplers run fp32 with TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32 = True`).
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -178,4 +195,4 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, None, "sample.py")

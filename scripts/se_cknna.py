@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.errors import add_trust_pickle_argument, run_cli  # noqa: E402
 from vfmvae.metrics.cknna import cknna  # noqa: E402
 from vfmvae.metrics.se_cknna import (  # noqa: E402
     AGGREGATE_NAME,
@@ -55,10 +56,11 @@ from vfmvae.metrics.se_models import (  # noqa: E402
     parse_spec,
 )
 from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images  # noqa: E402
+from vfmvae.utils.safe_load import load_user_file, trusting_pickles  # noqa: E402
 
 
 def _state_dict(path: str) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_user_file(path, what="tokenizer weights")
     for key in ("G_ema", "ema", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             return obj[key]
@@ -157,11 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", default="outputs/se_cknna")
+    add_trust_pickle_argument(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    with trusting_pickles(args.trust_pickle):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> list[dict]:
     if not args.model:
         raise SystemExit("give at least one --model KIND:PRESET[@WEIGHTS]")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -261,4 +269,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, None, "se_cknna.py")

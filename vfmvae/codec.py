@@ -172,7 +172,11 @@ class LatentNormalizer(nn.Module):
                 f"latent statistics file not found: {path} (run `make cache-latents`, which writes it beside the "
                 "shards, or give the official latents_stats.pt)"
             )
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        from vfmvae.utils.safe_load import load_user_file
+
+        stats = load_user_file(path, what="latent statistics file")
+        if not isinstance(stats, Mapping):
+            raise KeyError(f"{path}: latent statistics need a dict with 'mean' and 'std', got {type(stats).__name__}")
         return cls.from_stats(stats, multiplier, source=str(path))
 
     @classmethod

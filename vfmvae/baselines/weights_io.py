@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,23 +13,9 @@ __all__ = ["read_state_dict"]
 
 
 def _load_file(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from vfmvae.utils.safe_load import load_user_file
 
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's message is a page long; keep the line that names the offending object.
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
-        raise pickle.UnpicklingError(
-            f"{what} {path} holds more than tensors and cannot be read safely ({reason}). If you "
-            "trust the file, extract its weights once with `sd = torch.load(P, weights_only=False)['state_dict']; "
-            "torch.save(sd, OUT)` and load OUT"
-        ) from err
+    return load_user_file(path, what=what)
 
 
 def read_state_dict(

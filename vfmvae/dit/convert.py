@@ -87,21 +87,15 @@ REG_RECOMPUTED = {"pos_embed": "pos_embed"}
 _WRAPPER_KEYS = ("ema", "model", "state_dict")
 
 
-def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
-    """Read a `.safetensors` file or a torch pickle without executing arbitrary code.
+def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Mapping[str, Any]:
+    """Read a `.safetensors` file or a torch pickle without executing arbitrary code (`vfmvae.utils.safe_load`).
 
     `weights_only=True` with `argparse.Namespace` allow-listed, because REG checkpoints store
     their training `args` as a Namespace.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from vfmvae.utils.safe_load import load_user_file
 
-        return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_user_file(path, what=what, allowed_globals=[argparse.Namespace])
 
 
 def unwrap_checkpoint(obj: Any, prefer: str = "ema") -> dict[str, torch.Tensor]:

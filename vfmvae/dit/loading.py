@@ -2,19 +2,20 @@
 official file (docs/design.md, "Checkpoints, resume and provenance"). Plain PyTorch; used by
 `scripts/sample.py` and `scripts/se_cknna.py`.
 
-* Training checkpoint (a Lightning ``.ckpt`` of the run itself): the network is rebuilt from the saved
-  hyper-parameters (`vfmvae.dit.registry.build_from_hparams`) and loaded with the EMA callback's averaged
-  weights (``weights="ema"``) or the live ones (``"raw"``). The file is the run's own (hyper-parameters and
-  callback states are Python objects), so it is read with ``weights_only=False``.
-* Official release file (``family`` given): read with ``weights_only=True``
-  (`vfmvae.dit.convert.load_checkpoint_file`) and converted by the family's ``from_official`` with the paper
-  run's constructor kwargs unless ``official_kwargs`` (a JSON/YAML file) gives others; its EMA entry is used.
+* Training checkpoint (a Lightning ``.ckpt``): the network is rebuilt from the saved hyper-parameters
+  (`vfmvae.dit.registry.build_from_hparams`) and loaded with the EMA callback's averaged weights
+  (``weights="ema"``) or the live ones (``"raw"``).
+* Official release file (``family`` given): converted by the family's ``from_official`` with the paper run's
+  constructor kwargs unless ``official_kwargs`` (a JSON/YAML file) gives others; its EMA entry is used.
+
+Both are read without running code from the file (`vfmvae.dit.convert.load_checkpoint_file`: ``weights_only``
+with ``argparse.Namespace`` allowed, or safetensors); our checkpoints hold only tensors, containers, numbers
+and strings. A file that needs full unpickling is refused unless the caller trusts it (``--trust-pickle``).
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +59,12 @@ def load_sampling_network(
         raise FileNotFoundError(f"diffusion checkpoint not found: {p}")
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    if family is None:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)  # the run's own checkpoint
-        if not _is_training_checkpoint(ckpt):
-            raise ValueError(
-                f"{p} is not a DiffusionModule checkpoint; say which official network it is with --model "
-                "(e.g. lightningdit or reg)"
-            )
-    else:
-        try:
-            ckpt = load_checkpoint_file(p)
-        except pickle.UnpicklingError:  # a training checkpoint holds Python objects: read it as the run's own
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-            if not _is_training_checkpoint(ckpt):
-                raise
+    ckpt = load_checkpoint_file(p, what="diffusion checkpoint")
+    if family is None and not _is_training_checkpoint(ckpt):
+        raise ValueError(
+            f"{p} is not a DiffusionModule checkpoint; say which official network it is with --model "
+            "(e.g. lightningdit or reg)"
+        )
     if _is_training_checkpoint(ckpt):
         return _from_training(p, ckpt, family, weights)
     kwargs = None if official_kwargs is None else read_kwargs_file(official_kwargs)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from vfmvae.utils.safe_load import load_user_file
+
 VGG16_FILENAME = "vgg16-397923af.pth"
 CHANNELS = (64, 128, 256, 512, 512)
 # Indices into torchvision's `vgg16().features` at which the 5 LPIPS slices end (exclusive).
@@ -99,7 +101,7 @@ class LPIPS(nn.Module):
                 f"LPIPS needs the ImageNet VGG16 weights ({VGG16_FILENAME}): pass vgg_weights_path or place the file in "
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'} ($TORCH_HOME); random_backbone=True is for tests only"
             )
-        state = torch.load(found, map_location="cpu", weights_only=True)
+        state = load_user_file(found, what="VGG16 weights")
         state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")} or state
         # Only the convs up to relu5_3 are used; the classifier and the last max-pool are dropped.
         wanted = self.features.state_dict().keys()
@@ -110,7 +112,7 @@ class LPIPS(nn.Module):
 
     def _load_heads(self, path: str | os.PathLike | None) -> None:
         path = Path(path) if path is not None else torchmetrics_lpips_heads_path("vgg")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_user_file(path, what="LPIPS heads file")
         for i, head in enumerate(self.heads):
             # taming / torchmetrics name them `lin{i}.model.1.weight` (index 0 was the dropout).
             key = next((k for k in (f"lin{i}.model.1.weight", f"lin{i}.model.0.weight") if k in state), None)

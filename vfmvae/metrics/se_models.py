@@ -112,7 +112,9 @@ def latent_stats(path: str | None, latents: torch.Tensor) -> tuple[torch.Tensor,
     """``(mean, std)`` ``(1, C, 1, 1)`` from a ``latents_stats.pt``, else per-channel statistics of ``latents``."""
     if path is None:
         return latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
-    stats = torch.load(path, map_location="cpu", weights_only=True)
+    from vfmvae.utils.safe_load import load_user_file
+
+    stats = load_user_file(path, what="latent statistics file")
     mean, std = torch.as_tensor(stats["mean"]).float(), torch.as_tensor(stats["std"]).float()
     return mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
 

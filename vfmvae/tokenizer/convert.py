@@ -371,11 +371,15 @@ def load_official_state_dict(source) -> dict[str, torch.Tensor]:
     """State dict from a released file path, a loaded checkpoint object, or a plain state dict.
 
     Looks for `G_ema` first (the release and training snapshots store the EMA generator there),
-    then `ema`, `model`, `state_dict`, `G`; a pickled module gives its `state_dict()`.
+    then `ema`, `model`, `state_dict`, `G`; a pickled module gives its `state_dict()`. A file is read without
+    running code from it (`vfmvae.utils.safe_load`: the releases are plain `torch.save` dicts of state dicts);
+    one that needs full unpickling (a pickled module) loads only when trusted (``--trust-pickle``).
     """
+    from vfmvae.utils.safe_load import load_user_file
+
     obj = source
     if isinstance(source, (str, Path)):
-        obj = torch.load(source, map_location="cpu", weights_only=False)
+        obj = load_user_file(source, what="official tokenizer file")
     for _ in range(3):
         if isinstance(obj, nn.Module):
             return obj.state_dict()

@@ -5,7 +5,7 @@ Plain PyTorch (no Lightning import; docs/design.md, "Checkpoints, resume and pro
 (Lightning's ``ModelParallelStrategy`` folders written with torch.distributed.checkpoint), not a network:
 any sharded module's checkpoint goes through it. `lightning_modules.parallel.FSDP2Strategy` calls
 :func:`gather_dtensors` / :func:`reshard_like_parameters` when saving / loading, and
-``python -m lightning_modules.parallel FOLDER OUTPUT`` runs :func:`consolidate_checkpoint`.
+``python -m lightning_modules.parallel FOLDER OUTPUT --trust-pickle`` runs :func:`consolidate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -68,32 +68,41 @@ def reshard_like_parameters(obj: Any, named_params: Mapping[str, torch.Tensor]) 
     return count
 
 
-def consolidate_checkpoint(folder: str | os.PathLike, output: str | os.PathLike) -> Path:
+def consolidate_checkpoint(
+    folder: str | os.PathLike, output: str | os.PathLike, trust_pickle: bool | None = None
+) -> Path:
     """One ``.ckpt`` file from an FSDP2 checkpoint folder (single process, no GPU needed).
 
     The file has the layout of a DDP Lightning checkpoint (``state_dict`` with full tensors, the
     callbacks' states incl. the full EMA, hyper-parameters, the modules' extras) minus the optimiser
     states, which DCP keys by parameter name: it is for sampling, export and fine-tuning starts;
-    resume a run from the folder itself. ``python -m lightning_modules.parallel FOLDER OUTPUT``.
+    resume a run from the folder itself. ``python -m lightning_modules.parallel FOLDER OUTPUT --trust-pickle``.
     (Lightning's ``consolidate_checkpoint`` utility expects the FSDP1 layout and fails here.)
-    The folder is the run's own checkpoint (hyper-parameters and callback states are Python objects),
-    so it is read with ``weights_only=False``.
+    ``torch.distributed.checkpoint`` unpickles the folder's ``.metadata`` and non-tensor entries in full (it can
+    run code stored there), so a folder is consolidated only when trusted: ``trust_pickle=True`` or
+    ``--trust-pickle`` (`vfmvae.utils.safe_load.trusting_pickles`); meant for folders your own runs wrote.
     """
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     from vfmvae.utils.checkpoint_io import atomic_save
+    from vfmvae.utils.safe_load import UnsafePickleError, load_user_file, pickles_trusted
 
     folder, output = Path(folder), Path(output)
     meta_path = folder / "meta.pt"
     if not folder.is_dir() or not meta_path.is_file():
         raise FileNotFoundError(f"{folder} is not an FSDP2 checkpoint folder (no meta.pt inside)")
+    if not (pickles_trusted() if trust_pickle is None else trust_pickle):
+        raise UnsafePickleError(
+            f"sharded checkpoint {folder}: not read: torch.distributed.checkpoint unpickles its .metadata and "
+            "non-tensor entries (which can run code); pass --trust-pickle for a folder your own run wrote"
+        )
     flat = output.with_name(output.name + ".dcp.tmp")
     try:
         dcp_to_torch_save(folder, flat)
-        sharded = torch.load(flat, map_location="cpu", weights_only=False)
+        sharded = load_user_file(flat, what="consolidated checkpoint", trust_pickle=True)
     finally:
         flat.unlink(missing_ok=True)
-    checkpoint = torch.load(meta_path, map_location="cpu", weights_only=False)
+    checkpoint = load_user_file(meta_path, what="checkpoint metadata", trust_pickle=True)
     checkpoint["state_dict"] = sharded["state_dict"]
     atomic_save(checkpoint, output)
     return output

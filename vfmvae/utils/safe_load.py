@@ -12,19 +12,22 @@ code, by format (sniffed from the first bytes, not the extension):
 
 A refusal, a truncated file or a file of another format raises a :class:`UserFileError` whose message is one
 line naming the file, what was wrong and the fix (never the advice to retry with ``weights_only=False``).
-``trust_pickle=True`` (the command-line flag ``--trust-pickle``) unpickles in full instead: only for files
-from a source the user trusts, e.g. an old checkpoint that pickled a whole ``nn.Module``.
+``trust_pickle=True`` unpickles in full instead: only for files from a source the user trusts, e.g. an old
+checkpoint that pickled a whole ``nn.Module``. Front ends turn it on for one run with ``--trust-pickle``,
+which enters :func:`trusting_pickles` (every load inside it that is not told otherwise trusts).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import logging
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +41,20 @@ __all__ = [
     "file_format",
     "load_plain_pickle",
     "load_user_file",
+    "pickles_trusted",
+    "set_pickle_trust",
+    "trusting_pickles",
 ]
 
 log = logging.getLogger(__name__)
 
-TRUST_HINT = "--trust-pickle"  # the scripts' flag; library callers pass `trust_hint="trust_pickle=True"`
+TRUST_HINT = "--trust-pickle (see the README, 'What it trusts and what it checks')"
+_TRUST = contextvars.ContextVar("vfmvae_trust_pickle", default=False)
+TRUST_PICKLE_HELP = (
+    "unpickle weight/checkpoint files in full (this can run code stored in them): only for files from a source "
+    "you trust that hold Python objects besides tensors (e.g. a pickled nn.Module); by default files are read "
+    "with torch.load(weights_only=True) or safetensors"
+)
 # `torch.save`'s legacy (pre-zip) format starts with a protocol-2 pickle of this magic number.
 _LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
@@ -57,6 +69,26 @@ class UnsafePickleError(UserFileError, pickle.UnpicklingError):
 
 class CorruptFileError(UserFileError):
     """The file is empty, truncated, or of another format than the one expected."""
+
+
+@contextlib.contextmanager
+def trusting_pickles(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load_user_file` unpickles in full unless a call says otherwise (``--trust-pickle``)."""
+    token = _TRUST.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def set_pickle_trust(enabled: bool) -> None:
+    """Trust (or not) pickles for the rest of the current :func:`trusting_pickles` block (a parsed flag)."""
+    _TRUST.set(bool(enabled))
+
+
+def pickles_trusted() -> bool:
+    """Whether the current :func:`trusting_pickles` block trusts pickles (``--trust-pickle``)."""
+    return _TRUST.get()
 
 
 def file_format(path: str | os.PathLike) -> str:
@@ -95,9 +127,15 @@ def _refused_global(err: BaseException) -> str | None:
 
 def _refusal(what: str, path: Path, name: str, trust_hint: str) -> UnsafePickleError:
     return UnsafePickleError(
-        f"{what} {path}: not loaded: it holds a Python object ({name}) that only full unpickling can build, and "
+        f"{what} {path}: not loaded: it holds Python objects ({name}) that only full unpickling can build, and "
         f"unpickling can run code; if you trust where the file comes from, pass {trust_hint}"
     )
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    """The inner reason of torch's weights-only refusal (its outer message is a page of advice)."""
+    inner = err.__context__ if err.__context__ is not None else err
+    return _one_line(inner)[:160]
 
 
 # ------------------------------------------------------------------------------------------ plain pickles
@@ -200,7 +238,7 @@ def load_user_file(
     path: str | os.PathLike,
     *,
     what: str = "file",
-    trust_pickle: bool = False,
+    trust_pickle: bool | None = None,
     allowed_globals: Iterable[Any] = (),
     trust_hint: str = TRUST_HINT,
     mmap: bool = False,
@@ -211,6 +249,7 @@ def load_user_file(
         path: the file.
         what: what the file is, for messages (``"diffusion checkpoint"``, ``"latent statistics"``).
         trust_pickle: unpickle in full (runs code the file names); only when the user asked for it.
+            ``None``: as set by :func:`trusting_pickles` (default: no).
         allowed_globals: extra classes/functions ``weights_only`` may build (see ``torch.serialization.safe_globals``;
             a ``(stand_in, "module.Name")`` pair allows a class that is not importable here).
         trust_hint: how the user asks for ``trust_pickle`` where the refusal is reported.
@@ -232,7 +271,7 @@ def load_user_file(
         raise CorruptFileError(f"{what} {path}: not a PyTorch, safetensors or pickle file (or its start is damaged)")
     if fmt == "torch-zip" and (problem := _torch_zip_problem(path)) is not None:
         raise CorruptFileError(f"{what} {path}: {problem}")
-    if trust_pickle:
+    if _TRUST.get() if trust_pickle is None else trust_pickle:
         return _load_trusted(path, fmt, what)
     if fmt == "pickle":
         return load_plain_pickle(path, what=what, trust_hint=trust_hint)

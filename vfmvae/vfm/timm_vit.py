@@ -14,7 +14,6 @@ Also holds the state-dict file helpers shared by the timm wrappers (`load_state_
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -31,14 +30,9 @@ _STRIP_PREFIXES = ("module.", "backbone.", "encoder.")
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a `.pth`/`.pt`/`.bin` (torch.load, weights only) or `.safetensors` state dict on CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VFM weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from vfmvae.utils.safe_load import load_user_file
 
-        return load_file(str(path), device="cpu")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = load_user_file(path, what="VFM weights file")
     if not isinstance(obj, dict):
         raise TypeError(f"{path} holds a {type(obj).__name__}, expected a state dict")
     return obj

@@ -104,9 +104,9 @@ def build_dino_vit(config: ProjectedDiscriminatorConfig, weights_path: str | os.
         num_classes=0,
     )
     if weights_path is not None:
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"DINO ViT weights not found at {weights_path}")
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        from vfmvae.utils.safe_load import load_user_file
+
+        state = load_user_file(weights_path, what="DINO ViT weights")
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         vit.load_state_dict(state)
     return vit
