@@ -31,9 +31,11 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.crops import get_crop  # noqa: E402
+from scripts.errors import add_trust_pickle_argument, run_cli  # noqa: E402
 from vfmvae.codec import uint8_to_unit  # noqa: E402
 from vfmvae.metrics.reconstruction import RECONSTRUCTION_UINT8_MODE, ReconstructionMetrics  # noqa: E402
 from vfmvae.metrics.record import evaluation_record, write_record  # noqa: E402
+from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 ROWS = (("rfid", "rFID"), ("ris", "rIS"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"))
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--save-images", default=None, help="also write input/recon PNG pairs here")
     p.add_argument("--out", default=None, help="JSON path (default <tokenizer>_reconstruction.json)")
+    add_trust_pickle_argument(p)
     return p
 
 
@@ -149,6 +152,11 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    with trusting_pickles(args.trust_pickle):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -195,4 +203,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, None, "eval_reconstruction.py")
