@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from callbacks.ema import find_ema_callback
+
 __all__ = ["ReconstructionGridCallback", "reconstruction_grid"]
 
 
@@ -83,8 +85,9 @@ class ReconstructionGridCallback(Callback):
         images = self._fixed_batch(trainer, fallback).to(pl_module.device)
         images01 = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         gen = torch.Generator(device=pl_module.device).manual_seed(0)
-        ema = getattr(pl_module, "ema", None)
-        swap = self.use_ema and ema is not None and not ema.swapped
+        ema_cb = find_ema_callback(trainer) if self.use_ema else None
+        ema = ema_cb.current(trainer, pl_module) if ema_cb is not None else None
+        swap = ema is not None and not ema.swapped
         was_training = pl_module.training
         pl_module.eval()
         try:

@@ -101,7 +101,7 @@ class JointAlignmentCallback(Callback):
         if stage != "fit":
             return
         if self.vfm is None:
-            from lightning_modules.tokenizer_loading import resolve_path
+            from vfmvae.utils.paths import resolve_path
             from vfmvae.vfm import build_vfm
 
             self.vfm_pretrained = resolve_path(self.vfm_pretrained, "JointAlignmentCallback.vfm_pretrained")

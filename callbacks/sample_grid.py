@@ -3,7 +3,7 @@
 Every ``every_n_steps`` optimiser steps the network samples ``num_samples`` images with fixed noise
 and fixed labels (so successive grids are comparable), with the EMA weights when an
 `callbacks.ema.EMACallback` is present, de-normalises the latents with the run's statistics and
-decodes them with a decoder-only tokenizer (`lightning_modules.tokenizer_loading.load_decoder`).
+decodes them with a decoder-only tokenizer (`vfmvae.tokenizer.loading.load_decoder`).
 The grid is logged as ``grid/samples`` (image) on rank 0.
 
 Every rank samples (a sharded FSDP network needs all ranks in each forward); only rank 0 decodes
@@ -21,8 +21,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_modules.diffusion_sampling import class_labels, sample_latents, sampler_config
-from lightning_modules.tokenizer_loading import load_decoder, load_latent_stats, resolve_path
 from vfmvae.codec import signed_to_uint8
+from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
+from vfmvae.utils.paths import resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -194,7 +194,7 @@ def _open_source(config: SECKNNAProbeConfig, dataset: Any | None) -> Any:
         return dataset
     if config.source == "dataset":
         raise ValueError("probe source 'dataset' needs the dataset= argument of the callback")
-    from lightning_modules.tokenizer_loading import resolve_path
+    from vfmvae.utils.paths import resolve_path
 
     root = resolve_path(config.root, "SECKNNAProbeCallback.root")
     if config.source == "latent_cache":
@@ -355,7 +355,7 @@ class SECKNNAProbeCallback(Callback):
         if self.probe_set is None:
             self.probe_set = load_probe_set(self.config, self.dataset)
         if self.vfm is None:
-            from lightning_modules.tokenizer_loading import resolve_path
+            from vfmvae.utils.paths import resolve_path
             from vfmvae.vfm import build_vfm
 
             weights = resolve_path(self.config.reference_pretrained, "SECKNNAProbeCallback.reference_pretrained")

@@ -15,8 +15,9 @@ import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from callbacks.ema import find_ema
 from lightning_modules.cli import VFMVAECLI
-from lightning_modules.tokenizer_stages import STAGES, steps_for_images
+from vfmvae.tokenizer.stages import STAGES, steps_for_images
 
 STAGE_FILES = {
     0: "stage0_strong_alignment.yaml",
@@ -130,7 +131,7 @@ def test_stage_configs_carry_the_paper_numbers(repo_root):
 
 
 def test_paper_stage_trainable_counts_on_meta():
-    from lightning_modules.tokenizer_stages import trainable_generator_modules
+    from vfmvae.tokenizer.stages import trainable_generator_modules
     from vfmvae.tokenizer import VFMVAE, get_config
 
     with torch.device("meta"):
@@ -171,7 +172,7 @@ def test_every_stage_runs_two_steps_and_hands_off(tmp_path, repo_root):
         assert trainer.global_step == 2, "global_step counts iterations (one D + one G update each)"
         assert model.stage_nimg == 2 * BATCH
         assert model.global_nimg == previous_nimg + 2 * BATCH, "global image counter carried over"
-        assert model.ema.num_updates == 2 * (stage + 1), "EMA state carried over"
+        assert find_ema(trainer).num_updates == 2 * (stage + 1), "EMA state carried over"
         if previous_ckpt:
             report = model.handoff_report
             assert report is not None and report.previous_stage == stage - 1 and not report.unexplained
@@ -260,7 +261,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
     assert (a.global_nimg, a.stage_nimg, res.trainer.global_step) == (b.global_nimg, b.stage_nimg, 4)
     for (k, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
         assert torch.equal(x, y), f"weights differ after resume: {k}"
-    ea, eb = a.ema.state_dict(), b.ema.state_dict()
+    ea, eb = find_ema(full.trainer).state_dict(), find_ema(res.trainer).state_dict()
     assert ea["num_updates"] == eb["num_updates"] == 4
     for k in ea["params"]:
         assert torch.equal(ea["params"][k], eb["params"][k]), f"EMA differs after resume: {k}"

@@ -27,7 +27,7 @@ from .equivariance import (
 )
 from .kl import kl_divergence, split_moments
 from .lpips import LPIPS
-from .objective import (
+from .stage_terms import (
     TOKENIZER_LOSS_PRESETS,
     ReconstructionLoss,
     TokenizerLossConfig,
