@@ -170,7 +170,7 @@ def _diffusion_worker(rank: int, tmp: Path, cache: str) -> None:
 
 
 def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
-    from lightning_modules.demo_latents import build_demo_latent_cache
+    from datamodules.demo_latents import build_demo_latent_cache
 
     # 15 classes x 2 latents with their 64 px crops (REG's alignment targets); global batch 6 = 2 x 3.
     cache = build_demo_latent_cache(tmp_path / "demo", num_per_class=2, resolution=64, seed=0)

@@ -20,8 +20,8 @@ from lightning.pytorch import Callback, Trainer
 from callbacks.atomic_checkpoint import AtomicModelCheckpoint
 from callbacks.ema import EMACallback
 from callbacks.sampler_state import SamplerStateCallback
+from datamodules.demo_latents import build_demo_latent_cache
 from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
-from lightning_modules.demo_latents import build_demo_latent_cache
 from lightning_modules.diffusion import DiffusionModule
 from vfmvae.utils.guard import NonFiniteLossError
 
