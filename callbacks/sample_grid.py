@@ -95,9 +95,9 @@ class SampleGridCallback(Callback):
 
     def _normalizer(self, trainer: Trainer):
         if self.normalizer is None:
-            from lightning_modules.diffusion import _find_latent_dataset
+            from datamodules.latent_dataset import find_latent_dataset
 
-            ds = _find_latent_dataset(trainer.datamodule) if self.latent_stats is None else None
+            ds = find_latent_dataset(trainer.datamodule) if self.latent_stats is None else None
             stats = ds.normalizer.stats_dict() if ds is not None and ds.normalizer is not None else None
             path = resolve_path(self.latent_stats, "SampleGridCallback.latent_stats", optional=True)
             self.normalizer = load_latent_stats(path, stats)
