@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vfmvae.codec import uint8_to_unit
+
 from .config import VFMVAEConfig, get_config
 from .decoder import Decoder, DecoderOutput
 from .latent_head import LatentHead
@@ -116,7 +118,7 @@ class VFMVAE(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"VFMVAE.encode: images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
-            images = images.float() / 255.0  # loaders yield uint8; the model takes [0, 1]
+            images = uint8_to_unit(images)  # loaders yield uint8; the model takes [0, 1]
         elif not images.is_floating_point():
             raise TypeError(f"VFMVAE.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
         if images.device.type == "meta":
