@@ -236,7 +236,9 @@ def _tokenizer_worker(rank: int, tmp: Path) -> None:
     trained = {n: p.detach().sum().item() for m in module.g_modules.values() for n, p in m.named_parameters()}
     replicas = _gather(trained)
     assert replicas[0] == replicas[1]  # the module's own gradient all-reduce keeps replicas identical
-    ema = _gather({k: v.sum().item() for k, v in module.ema.state_dict()["params"].items()})
+    from callbacks.ema import find_ema
+
+    ema = _gather({k: v.sum().item() for k, v in find_ema(module.trainer).state_dict()["params"].items()})
     assert ema[0] == ema[1]
     try:
         _tokenizer_fit(tmp / "fsdp", FSDP2Strategy(process_group_backend="gloo"))
