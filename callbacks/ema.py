@@ -22,7 +22,7 @@ What is averaged: ``attributes``, dotted sub-module names on the LightningModule
 not given, the modules the LightningModule names in ``ema_modules()`` (the tokenizer: the stage's
 trainable generator modules, which differ per stage). Frozen parameters are never averaged.
 
-Images per optimiser step (the half-life rule, paper §3.3): the LightningModule's ``global_batch_size``
+Images per optimiser step (the half-life rule; docs/design.md, "EMA"): the LightningModule's ``global_batch_size``
 when it has one, else the train loader's batch size x world size x accumulation. The ramp-up counts
 images with the EMA's own counter, which checkpoints carry across resumes and, for the tokenizer, across
 stage hand-offs: it equals the tokenizer's global image counter.

@@ -1,6 +1,6 @@
 """Reconstruction grids in TensorBoard: input | reconstruction | multi-scale outputs, every N steps.
 
-One row per image: the input, the EMA reconstruction (sampled latent, paper §4.1), then the decoder's
+One row per image: the input, the EMA reconstruction (sampled latent; docs/design.md, "Evaluation protocol"), then the decoder's
 progressive outputs (Progressive Resolution Reconstruction, largest first), each upsampled with
 nearest-neighbour to the input size so the coarse scales stay visibly coarse. Images come from a
 fixed held-out batch (the first validation batch, or the first training batch when there is no

@@ -1,6 +1,6 @@
 """Random-access dataset over a latent cache (the DataModule's `latents` mode), and latent statistics.
 
-Two sampling policies reproduce the two official diffusion pipelines (paper §4.1; docs/design.md, "Latent
+Two sampling policies reproduce the two official diffusion pipelines (docs/design.md, "Latent
 normalisation"):
 
 - `"lightningdit"`: each image has one *fixed* posterior sample for itself and one for its flip (as the
@@ -151,7 +151,7 @@ class LatentDataset(_EpochMixin, Dataset):
 
 
 def compute_latent_stats(root: str | os.PathLike, num_samples: int = 10_000, seed: int = 0) -> LatentNormalizer:
-    """Per-channel statistics over `num_samples` random images' fixed posterior samples (diffusion.md §4).
+    """Per-channel statistics over `num_samples` random images' fixed posterior samples (docs/design.md, "Latent normalisation").
 
     As the official protocol: samples of the original (not flipped) images, chosen at random without
     replacement, mean and unbiased std pooled over N, h, w.

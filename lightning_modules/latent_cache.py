@@ -1,4 +1,4 @@
-"""Latent caching as a Lightning `predict` run (paper §4.1), so it scales to many GPUs and nodes.
+"""Latent caching as a Lightning `predict` run (docs/design.md, "Latent normalisation"), so it scales to many GPUs and nodes.
 
 The images and shards come from `datamodules.latent_cache.LatentCacheDataModule`; here the tokenizer
 encodes each image and its horizontal flip (`LatentCacheModule`) and `LatentShardWriter` writes each shard

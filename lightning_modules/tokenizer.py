@@ -1,5 +1,5 @@
-"""`TokenizerModule`: one paper stage of VFM-VAE tokenizer training (paper §3.3; docs/design.md, "Tokenizer
-stages and losses").
+"""`TokenizerModule`: one paper stage of VFM-VAE tokenizer training (docs/design.md, "Tokenizer stages
+and losses").
 
 Numerics live in `vfmvae`: the stage's networks and objective (`vfmvae.tokenizer.stage_networks`), the G and
 D phases (`vfmvae.losses.TokenizerObjective`), the guard, the checkpoint helpers
@@ -71,7 +71,7 @@ class TokenizerModule(LightningModule):
     """One tokenizer stage (see the module docstring).
 
     Args:
-        stage: 0, 1, 2 or 3 (paper §3.3); picks the trainable modules, default lr and loss preset.
+        stage: 0, 1, 2 or 3 (the paper's stages); picks the trainable modules, default lr and loss preset.
         tokenizer / tokenizer_overrides: `vfmvae.tokenizer` preset and field overrides.
         vfm_pretrained: local folder/file of the frozen VFM (None = random init from `seed`: tests/demo).
         vfm_config: VFM config overrides (e.g. `{"compute_dtype": "float32"}` on CPU).
@@ -82,7 +82,7 @@ class TokenizerModule(LightningModule):
         vgg_path: local torchvision VGG16 weights for LPIPS; `lpips_random_backbone` for tests only.
         global_batch_size: images per iteration over all ranks (the DataModule batch is set from it).
         lr: Adam lr of both optimisers (default: the stage's, 1e-4 / 1e-4 / 5e-5 / 5e-5).
-        ema_halflife_nimg / ema_rampup: EMA half-life (images) and ramp-up (paper 160k, 0.05).
+        ema_halflife_nimg / ema_rampup: EMA half-life (images) and ramp-up (paper: 160k, 0.05).
         init_checkpoint: previous stage's Lightning checkpoint (weights, EMA, global image counter).
         init_keep_optimizers: also take its optimiser states (needs the same trainable set).
         init_strict: unexplained missing/unexpected keys at the hand-off are an error.
@@ -333,7 +333,7 @@ class TokenizerModule(LightningModule):
     def reconstruct(
         self, images01: torch.Tensor, generator: torch.Generator | None = None, return_multiscale: bool = False
     ):
-        """Sampled-latent reconstruction (latents are sampled, never the mean; paper §4.1), in [-1, 1]."""
+        """Sampled-latent reconstruction (latents are sampled, never the mean), in [-1, 1]."""
         posterior = self.tokenizer.encode(images01)
         out = self.tokenizer.decode(posterior.sample(generator=generator), return_multiscale=True)
         return out if return_multiscale else out.image

@@ -1,4 +1,4 @@
-"""Cache tokenizer latents of an ImageFolder split for diffusion training (paper §4.1).
+"""Cache tokenizer latents of an ImageFolder split for diffusion training (docs/design.md, "Latent normalisation").
 
     python scripts/cache_latents.py --data-root /data/imagenet/train --tokenizer exports/vfmvae \
         --out latents/imagenet256 [--devices 8 --num-nodes 1] [--store-images]

@@ -7,7 +7,7 @@ finished phases and redoes an unfinished one from its start):
 
 1. ``data``             the embedded photographs (15 classes, ``datamodules/demo_data.py``) as ImageFolder
                         ``train`` / ``val`` splits;
-2. ``tokenizer_stage0`` tokenizer stage 0 (strong alignment, paper §3.3) with the tiny random SigLIP
+2. ``tokenizer_stage0`` tokenizer stage 0 (strong alignment) with the tiny random SigLIP
                         (``configs/tokenizer/demo.yaml`` + ``configs/demo/tokenizer_stage0.yaml``);
 3. ``tokenizer_stage2`` a short stage 2 (SSIM fine-tuning of the decoder) from stage 0's checkpoint
                         (``configs/demo/tokenizer_stage2.yaml``); its end-of-fit export is the demo tokenizer;

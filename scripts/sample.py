@@ -53,10 +53,10 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lightning_modules.diffusion_sampling import class_labels, sample_latents, sampler_config  # noqa: E402
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats  # noqa: E402
 from vfmvae.codec import signed_to_uint8  # noqa: E402
 from vfmvae.dit.networks import build_diffusion_network  # noqa: E402
 from vfmvae.provenance import state_dict_sha256, to_jsonable  # noqa: E402
+from vfmvae.tokenizer.loading import load_decoder, load_latent_stats  # noqa: E402
 from vfmvae.utils.checkpoint_io import atomic_save  # noqa: F401,E402 - same atomic-IO module as checkpoints
 
 log = logging.getLogger("sample")

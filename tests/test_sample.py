@@ -300,8 +300,8 @@ def test_official_release_files_sample_directly(fixtures_dir, repo_root, tmp_pat
 
 
 def test_decoder_from_an_export_folder_and_tokenizer_mismatch_is_refused(trained, repo_root, tmp_path):
-    from vfmvae.tokenizer.loading import load_decoder
     from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.loading import load_decoder
 
     torch.manual_seed(3)
     tok = VFMVAE("debug", decoder_only=True).eval()

@@ -19,7 +19,7 @@ FEATURE_DIM = 32
 def reconstruction_metrics(model: nn.Module, images: np.ndarray, seed: int = 0, batch_size: int = 16):
     """PSNR/SSIM of held-out uint8 NHWC ``images`` and the uint8 NHWC reconstructions.
 
-    The paper protocol (paper §4.1; docs/design.md, "Evaluation protocol"): a *sampled* latent (seeded), the
+    The paper protocol (docs/design.md, "Evaluation protocol"): a *sampled* latent (seeded), the
     decoder output written as 8-bit pixels the way the official ``tools/reconstruct`` writes PNGs
     (``to_uint8(.., "truncate")``), PSNR with data range 255 and SSIM (Gaussian 11 / 1.5) per image, averaged.
     """

@@ -1,4 +1,5 @@
-"""Which loss terms each tokenizer stage uses, with what weight, and their sums (paper §3.3, Eq. 1-4).
+"""Which loss terms each tokenizer stage uses, with what weight, and their sums (docs/design.md,
+"Tokenizer stages and losses").
 
 `TokenizerLossConfig` / `TOKENIZER_LOSS_PRESETS` (the weights), `ReconstructionLoss` (the pixel, LPIPS and
 multi-scale terms), `generator_total` / `discriminator_total` (the weighted sums). Running the networks for

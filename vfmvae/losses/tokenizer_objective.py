@@ -1,4 +1,5 @@
-"""One G phase and one D phase of tokenizer training on the networks (paper §3.2-§3.3).
+"""One G phase and one D phase of tokenizer training on the networks (docs/design.md, "Tokenizer
+stages and losses").
 
 The weights and sums per stage are `stage_terms.py`; this file runs the tokenizer and discriminators.
 

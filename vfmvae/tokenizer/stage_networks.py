@@ -1,4 +1,5 @@
-"""The networks of one tokenizer training stage, built from presets and seeds (paper §3.3).
+"""The networks of one tokenizer training stage, built from presets and seeds (docs/design.md,
+"Tokenizer stages and losses").
 
 `build_stage_networks` returns the tokenizer (frozen VFM inside), the projected discriminator (frozen
 DINO ViT-S + trainable heads), the PatchGAN (stage 3), LPIPS (frozen VGG16), the stage's loss weights,

@@ -1,4 +1,4 @@
-"""The paper's four tokenizer stages as data (paper §3.3; docs/design.md, "Tokenizer stages and losses").
+"""The paper's four tokenizer stages as data (docs/design.md, "Tokenizer stages and losses").
 
 | stage | name                | images | lr   | loss preset | trainable generator modules                       |
 |-------|---------------------|--------|------|-------------|---------------------------------------------------|
@@ -33,7 +33,7 @@ from vfmvae.losses.safe_loss import SafeLossConfig, TokenizerSafeLossRule
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Facts of one paper stage (paper §3.3)."""
+    """Facts of one paper stage."""
 
     name: str
     num_images: int

@@ -7,7 +7,7 @@
   so `load_state_dict` stays strict for every *other* key, and a changed frozen network is an error
   (docs/design.md, "Checkpoints, resume and provenance").
 - **Stage hand-off**: weights, EMA and the global image counter of the previous stage's checkpoint;
-  fresh optimisers unless asked otherwise (paper §3.3: fresh Adam per stage). Missing and unexpected
+  fresh optimisers unless asked otherwise (fresh Adam per stage, as officially). Missing and unexpected
   keys are reported (`HandoffReport`); those explained by the stage plan (the VF projection dropped
   after stage 1, the PatchGAN new in stage 3) are listed as such, anything else is an error unless
   `strict=False`. `merge_ema_state` carries the previous EMA over name by name.

@@ -21,7 +21,7 @@ def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """Average the gradients of `params` over ranks with one flat all-reduce (official `training_loop`).
 
     Parameters without a gradient on this rank contribute zeros, so every rank steps the same set.
-    Afterwards every gradient goes through `nan_to_num(nan=0, +-inf=+-1e5)` (spec §4.7).
+    Afterwards every gradient goes through `nan_to_num(nan=0, +-inf=+-1e5)`, as the official loop.
     """
     if not params:
         return

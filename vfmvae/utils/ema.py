@@ -2,14 +2,14 @@
 
 Two update rules, one class:
 
-- ``"halflife"`` (tokenizer, StyleGAN / official VFM-VAE ``training_loop.py``; paper §3.3):
+- ``"halflife"`` (tokenizer, StyleGAN / official VFM-VAE ``training_loop.py``):
   ``ema_nimg = halflife_nimg``; with ramp-up ``ema_nimg = min(ema_nimg, cur_nimg * rampup)``;
   ``beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))``; ``ema <- beta * ema + (1 - beta) * p``.
   ``cur_nimg`` is the number of images seen *before* this step (the official loop updates
   ``G_ema`` before ``cur_nimg += batch_size``), so the very first update has ``beta = 0`` and
   the EMA equals the weights. ``batch_size`` is the **global** batch (all ranks).
   Paper values: half-life 160k images, ramp-up 0.05 (beta = 0.99778 at batch 512).
-- ``"decay"`` (LightningDiT / REG, paper §4.1): fixed ``beta = 0.9999`` every
+- ``"decay"`` (LightningDiT / REG): fixed ``beta = 0.9999`` every
   optimiser step, EMA initialised as a copy of the weights.
 
 Buffers (e.g. BatchNorm statistics) are copied, not averaged, as in the official code.
@@ -49,7 +49,7 @@ class EMAConfig:
     """EMA rule. ``halflife_nimg``/``rampup`` for ``mode="halflife"``, ``decay`` for ``mode="decay"``."""
 
     mode: Literal["halflife", "decay"] = "halflife"
-    halflife_nimg: float = 160_000.0  # official ema_kimg 160 (paper §3.3)
+    halflife_nimg: float = 160_000.0  # official ema_kimg 160
     rampup: float | None = 0.05  # official ema_rampup; None = no ramp-up
     decay: float = 0.9999  # LightningDiT / REG
 

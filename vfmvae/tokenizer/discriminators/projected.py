@@ -1,4 +1,4 @@
-"""StyleGAN-T projected discriminator on a frozen DINO ViT-S/16 (tokenizer spec §4.5).
+"""StyleGAN-T projected discriminator on a frozen DINO ViT-S/16 (docs/design.md, "Tokenizer stages and losses").
 
 Pipeline for a batch in [-1, 1] at any size (the EQ transform may have shrunk or rotated it):
 DiffAugment (color, translation, cutout) -> [0, 1] -> if larger than 224, with p = 0.5 one random
