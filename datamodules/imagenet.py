@@ -153,7 +153,7 @@ DATA_PRESETS: dict[str, ImageNetDataConfig] = {
 }
 
 
-def dataImageNetDataConfig(name: str, **overrides: Any) -> ImageNetDataConfig:
+def data_preset(name: str, **overrides: Any) -> ImageNetDataConfig:
     """A copy of preset ``name`` with ``overrides`` applied."""
     if name not in DATA_PRESETS:
         raise ValueError(f"unknown data preset {name!r}; choose one of {sorted(DATA_PRESETS)}")
@@ -182,7 +182,7 @@ class ImageNetDataModule(L.LightningDataModule):
 
     @classmethod
     def fromImageNetDataConfig(cls, name: str, **overrides: Any) -> ImageNetDataModule:
-        return cls(dataImageNetDataConfig(name, **overrides))
+        return cls(data_preset(name, **overrides))
 
     # ------------------------------------------------------------------ paths
     def split_path(self, split: str) -> Path:
