@@ -90,10 +90,10 @@ bench: install ## Benchmark throughput/memory/MFU (CPU tiny+small; BENCH_ARGS="-
 
 # ---------------------------------------------------------------- metrics (vfmvae/metrics)
 .PHONY: evaluate se-cknna
-evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.npz [INCEPTION=weights.pth] [NUM=50000] [OUT=json]
+evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.npz [INCEPTION=weights.pth] [NUM=50000] [OUT=json] [PR_DTYPE=float32 (default float16 = ADM)]
 	@[ -n "$(SAMPLES)" ] || { echo "evaluate: SAMPLES is not set (an .npz from 'make sample' or a folder of PNGs)" >&2; exit 2; }
 	@[ -n "$(REF)" ] || { echo "evaluate: REF is not set (ADM's VIRTUAL_imagenet256_labeled.npz, or a folder/npz of reference images)" >&2; exit 2; }
-	$(PY) scripts/evaluate.py $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT)) $(EVAL_ARGS)
+	$(PY) scripts/evaluate.py $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT)) $(if $(PR_DTYPE),--pr-distance-dtype $(PR_DTYPE)) $(EVAL_ARGS)
 
 se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=N = N photos, tiny random models
 	$(PY) scripts/se_cknna.py $(SE_ARGS) $(if $(DEMO),--demo $(if $(filter 1,$(DEMO)),16,$(DEMO)) --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
@@ -137,7 +137,7 @@ train-tokenizer: install ## Tokenizer stage: STAGE=0|1|2|3 DATA_ROOT VFM_PATH DI
 	$(if $(INCEPTION_PATH),extra="$$extra --model.init_args.val_inception_path=$(INCEPTION_PATH)";) \
 	set -x; $(PY) -m lightning_modules fit --config $$config $$extra $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
 
-eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (spec §6): TOKENIZER=export|official.pth DATA_ROOT=val dir INCEPTION_PATH VGG_PATH [NUM] [OUT] (NO_FID=1 / NO_LPIPS=1 skip)
+eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconstruct): TOKENIZER=export|official.pth DATA_ROOT=val dir INCEPTION_PATH VGG_PATH [NUM] [OUT] [UINT8_MODE=round (default truncate = official)] (NO_FID=1 / NO_LPIPS=1 skip)
 	@[ -n "$(TOKENIZER)" ] || { echo "eval-reconstruction: TOKENIZER is not set (a save_pretrained export folder, or an official .pth with TOKENIZER_KWARGS=G_kwargs.yaml); after the demo (CONFIG=configs/tokenizer/demo.yaml make train-tokenizer): TOKENIZER=outputs/demo/tokenizer/export DATA_ROOT=outputs/demo_data/val IMAGE_SIZE=64 NO_FID=1 NO_LPIPS=1" >&2; exit 2; }
 	@[ -n "$(DATA_ROOT)" ] || { echo "eval-reconstruction: DATA_ROOT is not set (folder of validation images, e.g. ImageNet val; all files below it are used); demo: DATA_ROOT=outputs/demo_data/val" >&2; exit 2; }
 	@[ -n "$(INCEPTION_PATH)$(NO_FID)" ] || { echo "eval-reconstruction: INCEPTION_PATH is not set (torch-fidelity weights-inception-2015-12-05-6726825d.pth for rFID/rIS; NO_FID=1 skips them)" >&2; exit 2; }
@@ -146,7 +146,7 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (spec §6): TOKENIZER=e
 	  $(if $(NO_FID),,--inception-weights "$(INCEPTION_PATH)") $(if $(NO_LPIPS),,--vgg-weights "$(VGG_PATH)") \
 	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") \
 	  --resolution $(or $(IMAGE_SIZE),256) --batch-size $(or $(BATCH),50) $(if $(NUM),--num-images $(NUM)) \
-	  --device $(or $(DEVICE),auto) $(if $(OUT),--out "$(OUT)") $(EVAL_ARGS)
+	  --device $(or $(DEVICE),auto) $(if $(OUT),--out "$(OUT)") $(if $(UINT8_MODE),--uint8-mode $(UINT8_MODE)) $(EVAL_ARGS)
 
 # ---------------------------------------------------------------- demo (docs/demo.md)
 .PHONY: demo

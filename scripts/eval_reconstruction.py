@@ -1,22 +1,22 @@
-"""Reconstruction evaluation of a tokenizer (tokenizer spec §6): rFID, rIS, PSNR, SSIM, LPIPS.
+"""Reconstruction evaluation of a tokenizer: rFID, rIS, PSNR, SSIM, LPIPS.
 
     python scripts/eval_reconstruction.py --tokenizer EXPORT_DIR|official.pth --data-root VAL_DIR \
         --inception-weights weights-inception-2015-12-05-6726825d.pth --vgg-weights vgg16-397923af.pth
 
-Protocol (official `tools/reconstruct`): every image file below `--data-root` (ImageNet val: 50,000),
-`resize_center` crop (Resize(short side) bilinear antialias + CenterCrop), the tokenizer's weights as
-exported (EMA), `validation` mode (no EQ transform), fp32 decoder, **sampled** latents (seeded),
-reconstructions quantised to uint8 as the official PNGs. rFID/rIS: torch-fidelity `inception-v3-compat`
-between reconstructions and the cropped inputs. Prints a table and writes JSON (metrics + provenance:
-the tokenizer's weights hash, crop, seed, weight files). `--save-images DIR` also writes the PNG pairs.
+Follows the official VFM-VAE `tools/reconstruct` (`reconstruct.py` writes the PNG pairs, `evaluate.py` scores
+them; docs/design.md, "Evaluation protocol"): every image file below `--data-root` (ImageNet val: 50,000),
+`resize_center` crop (Resize(short side) bilinear antialias + CenterCrop), the tokenizer's weights as exported
+(EMA), `validation` mode (no EQ transform), fp32 decoder, **sampled** latents (seeded). Reconstructions become
+uint8 as the official PNGs do (`to_pil_image`: clamp to [0, 1], x 255, truncate); `--uint8-mode round` rounds
+to the nearest level instead. rFID/rIS: torch-fidelity `inception-v3-compat` between reconstructions and the
+cropped inputs. Prints a table and writes the evaluation record (`vfmvae.metrics.record`: metrics, protocol,
+the tokenizer's weights hash, weight files). `--save-images DIR` also writes the PNG pairs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,9 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.crops import get_crop  # noqa: E402
-from vfmvae.tokenizer.reconstruction_metrics import ReconstructionMetrics, to_uint8  # noqa: E402
+from vfmvae.codec import uint8_to_unit  # noqa: E402
+from vfmvae.metrics.reconstruction import RECONSTRUCTION_UINT8_MODE, ReconstructionMetrics  # noqa: E402
+from vfmvae.metrics.record import evaluation_record, write_record  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 ROWS = (("rfid", "rFID"), ("ris", "rIS"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"))
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="torch-fidelity inception-v3-compat weights (rFID/rIS)")
     p.add_argument("--vgg-weights", default=None, help="torchvision VGG16 weights for LPIPS")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent sampling")
+    p.add_argument(
+        "--uint8-mode",
+        default=RECONSTRUCTION_UINT8_MODE,
+        choices=("truncate", "round"),
+        help="decoded image -> uint8: truncate = official tools/reconstruct (to_pil_image); round = nearest level",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--save-images", default=None, help="also write input/recon PNG pairs here")
     p.add_argument("--out", default=None, help="JSON path (default <tokenizer>_reconstruction.json)")
@@ -129,9 +137,9 @@ def evaluate(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         real = load_batch(chunk, resolution).to(device)
-        posterior = model.encode(real.float() / 255.0)
-        fake = to_uint8(model.decode(posterior.sample(generator=gen)))  # sampled latent, spec §6
-        metrics.update(real, fake)
+        posterior = model.encode(uint8_to_unit(real))
+        # A sampled latent, as the official reconstruct.py (docs/design.md, "Evaluation protocol").
+        fake = metrics.update_decoded(real, model.decode(posterior.sample(generator=gen)))
         if save_dir is not None:
             for path, r, f in zip(chunk, real.cpu(), fake.cpu()):
                 Image.fromarray(r.permute(1, 2, 0).numpy()).save(save_dir / f"{path.stem}_input.png")
@@ -159,41 +167,30 @@ def main(argv: list[str] | None = None) -> dict:
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    results = evaluate(
-        model,
-        paths,
-        args.resolution,
-        args.batch_size,
-        ReconstructionMetrics(lpips, inception),
-        device,
-        args.seed,
-        save_dir,
-    )
+    metrics = ReconstructionMetrics(lpips, inception, uint8_mode=args.uint8_mode)
+    results = evaluate(model, paths, args.resolution, args.batch_size, metrics, device, args.seed, save_dir)
     print(format_table(results))
-    out = Path(args.out) if args.out else Path(str(Path(args.tokenizer)).rstrip("/") + "_reconstruction.json")
-    record = {
-        "results": results,
-        "tokenizer": tokenizer_provenance(model, args.tokenizer),
-        "data_root": str(args.data_root),
-        "protocol": {
+    uint8 = "to_pil_image: clamp, x 255, truncate" if args.uint8_mode == "truncate" else "clamp, x 255, round"
+    record = evaluation_record(
+        "reconstruction",
+        results,
+        protocol={
+            "follows": "VFM-VAE tools/reconstruct (reconstruct.py + evaluate.py); rFID/rIS with torch-fidelity",
             "crop": "resize_center",
             "resolution": args.resolution,
             "latent": "sampled",
             "seed": args.seed,
-            "quantisation": "uint8 (as PNG)",
+            "uint8": f"{args.uint8_mode} ({uint8})",
             "psnr": "per image, data range 2 on [-1, 1], mean",
             "ssim": "torchmetrics gaussian 11/1.5, data range 2, mean over images",
             "rfid_ris": "torch-fidelity inception-v3-compat vs the cropped inputs; IS 10 splits, seed 2020",
         },
-        "inception_weights": None if inception is None else inception.fingerprint,
-        "vgg_weights": args.vgg_weights,
-        "seconds": round(time.time() - start, 2),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {out}")
+        inputs={"tokenizer": tokenizer_provenance(model, args.tokenizer), "data_root": str(args.data_root)},
+        weights={"inception": None if inception is None else inception.fingerprint, "vgg": args.vgg_weights},
+        seconds=time.time() - start,
+    )
+    out = Path(args.out) if args.out else Path(str(Path(args.tokenizer)).rstrip("/") + "_reconstruction.json")
+    print(f"wrote {write_record(record, out)}")
     return record
 
 

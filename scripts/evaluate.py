@@ -2,18 +2,19 @@
 
     python scripts/evaluate.py SAMPLES REF [--inception-weights PATH] [--num-samples 50000] [--out results.json]
 
+Follows the official ADM evaluator (`openai/guided-diffusion`, `evaluations/evaluator.py`), the reference for
+gFID / IS / precision / recall on ImageNet 256; precision/recall distances are float16 as there
+(`--pr-distance-dtype float32` computes them in float32 instead).
 SAMPLES: an ADM-style `.npz` (`arr_0` uint8 [N, H, W, 3]) or a folder of images.
 REF: ADM's reference batch (e.g. `VIRTUAL_imagenet256_labeled.npz`: `mu, sigma, mu_s, sigma_s` + `arr_0`), another
 sample `.npz`, or a folder of images. Activations are cached by content hash under `--cache-dir`.
-Prints a table and writes JSON (results + provenance).
+Prints a table and writes the evaluation record (`vfmvae.metrics.record`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vfmvae.metrics.adm_suite import evaluate_adm, load_batch  # noqa: E402
 from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path  # noqa: E402
+from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES  # noqa: E402
+from vfmvae.metrics.record import evaluation_record, write_record  # noqa: E402
 
 ROWS = (
     ("fid", "FID"),
@@ -49,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--cache-dir", default=".cache/adm_activations", help="activation cache ('' disables)")
+    p.add_argument(
+        "--pr-distance-dtype",
+        default="float16",
+        choices=PR_DISTANCE_DTYPES,
+        help="precision/recall distances: float16 = ADM (float32 fallback on overflow), the paper protocol",
+    )
     p.add_argument("--out", default=None, help="JSON output path (default: <samples>_adm.json)")
     return p
 
@@ -75,22 +84,26 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         device=device,
         cache_dir=args.cache_dir or None,
+        pr_distance_dtype=args.pr_distance_dtype,
     )
     print(format_table(results))
+    pr = "float16 blocks, float32 fallback on overflow (as ADM)" if args.pr_distance_dtype == "float16" else None
+    record = evaluation_record(
+        "adm",
+        results,
+        protocol={
+            "follows": "openai/guided-diffusion evaluations/evaluator.py (ADM)",
+            "fid": "pool_3 (2048), float64 Frechet distance",
+            "sfid": "mixed_6/conv[..., :7] NHWC",
+            "inception_score": "softmax of pool_3 logits, splits of 5000",
+            "precision_recall": f"k=3, squared distances in {pr or args.pr_distance_dtype}",
+        },
+        inputs={"samples": str(args.samples), "reference": str(args.ref), "num_samples": args.num_samples},
+        weights={"inception": extractor.fingerprint},
+        seconds=time.time() - start,
+    )
     out = Path(args.out) if args.out else Path(str(Path(args.samples)).rstrip("/").removesuffix(".npz") + "_adm.json")
-    record = {
-        "results": results,
-        "samples": str(args.samples),
-        "reference": str(args.ref),
-        "inception_weights": extractor.fingerprint,
-        "protocol": "ADM evaluator in PyTorch: pool_3 FID/PR(k=3), Mixed_6d[:7] NHWC sFID, IS split 5000",
-        "seconds": round(time.time() - start, 2),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_record(record, out)}")
     return record
 
 

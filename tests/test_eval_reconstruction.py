@@ -1,4 +1,5 @@
-"""Reconstruction evaluation (spec §6): metrics vs independent computations, and the script end to end."""
+"""Reconstruction evaluation (official tools/reconstruct): metrics vs independent computations, the uint8
+conversion vs torchvision's `to_pil_image`, the evaluation record, and the script end to end."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import scipy.linalg
 import torch
 from PIL import Image
 from scipy.ndimage import correlate1d
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from vfmvae.tokenizer.reconstruction_metrics import ReconstructionMetrics, psnr_per_image, ssim_per_image, to_uint8
+from vfmvae.metrics.reconstruction import ReconstructionMetrics, psnr_per_image, ssim_per_image
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,9 +68,32 @@ def test_psnr_and_ssim_match_independent_formulas():
         assert ssim[i].item() == pytest.approx(_numpy_ssim(real[i].numpy(), fake[i].numpy()), abs=1e-5)
 
 
-def test_to_uint8_quantises_like_a_png():
-    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
-    assert to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds half to even -> 128
+def _official_png_pixels(decoded: torch.Tensor) -> torch.Tensor:
+    """tools/reconstruct/reconstruct.py: `to_pil_image(gen.add(1).div(2).clamp(0, 1))`, read back as uint8."""
+    unit = decoded.add(1).div(2).clamp(0, 1)
+    return torch.stack([pil_to_tensor(to_pil_image(img)) for img in unit])
+
+
+def test_metrics_convert_decoded_images_like_the_official_pngs():
+    g = torch.Generator().manual_seed(0)
+    decoded = torch.rand(3, 3, 16, 16, generator=g) * 2.4 - 1.2  # a decoder overshoots [-1, 1]
+    decoded[0, 0, 0, :4] = torch.tensor([-1.0, 0.0, 1.0, 1 / 255 - 1e-6])  # edges and a level boundary
+    real = torch.randint(0, 256, decoded.shape, generator=g, dtype=torch.uint8)
+    official = _official_png_pixels(decoded)
+
+    metrics = ReconstructionMetrics()
+    assert metrics.uint8_mode == "truncate"  # the default follows the official tool
+    fake = metrics.update_decoded(real, decoded)
+    assert torch.equal(fake, official)
+    expected = ReconstructionMetrics()
+    expected.update(real, official)
+    assert metrics.compute() == expected.compute()
+
+    rounded = ReconstructionMetrics(uint8_mode="round").to_uint8(decoded)
+    assert not torch.equal(rounded, official)  # rounding is half a level brighter on average
+    assert (rounded.int() - official.int()).unique().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="uint8_mode"):
+        ReconstructionMetrics(uint8_mode="nearest")
 
 
 class _TinyFeatures:
@@ -176,6 +201,8 @@ def test_script_end_to_end_with_random_inception(tmp_path):
     assert res["psnr"] == pytest.approx(float(np.mean(psnrs)), abs=1e-6)
     assert res["ssim"] == pytest.approx(float(np.mean(ssims)), abs=1e-5)
     assert (
-        saved["tokenizer"]["weights_sha256"]
+        saved["inputs"]["tokenizer"]["weights_sha256"]
         == json.loads((tmp_path / "tok" / "config.json").read_text())["weights_sha256"]
     )
+    assert saved["kind"] == "reconstruction" and saved["protocol"]["uint8"].startswith("truncate")
+    assert "tools/reconstruct" in saved["protocol"]["follows"]

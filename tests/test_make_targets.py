@@ -29,6 +29,16 @@ def test_missing_variable_is_named(repo_root, target, variable):
     assert variable in proc.stderr, proc.stderr
 
 
+def test_protocol_options_reach_the_evaluation_scripts(repo_root):
+    """PR_DTYPE / UINT8_MODE are the make spellings of --pr-distance-dtype / --uint8-mode; unset = paper protocol."""
+    proc = make(repo_root, "-n", "evaluate", "SAMPLES=s.npz", "REF=r.npz", "PR_DTYPE=float32")
+    assert "--pr-distance-dtype float32" in proc.stdout, proc.stdout + proc.stderr
+    assert "--pr-distance-dtype" not in make(repo_root, "-n", "evaluate", "SAMPLES=s.npz", "REF=r.npz").stdout
+    args = ("eval-reconstruction", "TOKENIZER=t", "DATA_ROOT=d", "NO_FID=1", "NO_LPIPS=1")
+    assert "--uint8-mode round" in make(repo_root, "-n", *args, "UINT8_MODE=round").stdout
+    assert "--uint8-mode" not in make(repo_root, "-n", *args).stdout
+
+
 @pytest.mark.slow
 def test_cache_latents_and_eval_reconstruction_through_make(repo_root, tmp_path):
     """`make cache-latents` and `make eval-reconstruction` on an exported debug tokenizer and 15 demo photos."""
@@ -73,3 +83,4 @@ def test_cache_latents_and_eval_reconstruction_through_make(repo_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(report.read_text())
     assert "psnr" in json.dumps(result).lower() and "ssim" in json.dumps(result).lower()
+    assert result["kind"] == "reconstruction" and result["protocol"]["uint8"].startswith("truncate")

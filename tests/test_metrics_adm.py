@@ -208,14 +208,19 @@ def test_suite_bad_input(tmp_path):
 
 
 def test_full_fp32_restores_settings():
-    from vfmvae.metrics.numerics import full_fp32
+    from vfmvae.metrics.numerics import fp32_precision_state, full_fp32
 
-    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    # A training script's usual settings, through the legacy API (they map onto the per-backend settings).
+    torch.set_float32_matmul_precision("medium")
     torch.backends.cudnn.allow_tf32 = True
     try:
+        caller = fp32_precision_state()
+        assert caller["cuda.matmul"] == "tf32" and caller["mkldnn.matmul"] == "bf16"
         with full_fp32():
-            assert not torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
-        assert torch.backends.cudnn.allow_tf32
+            assert set(fp32_precision_state().values()) == {"ieee"}
+        assert fp32_precision_state() == caller
+        assert torch.get_float32_matmul_precision() == "medium" and torch.backends.cudnn.allow_tf32
     finally:
-        torch.backends.cudnn.allow_tf32 = before[0]
-        torch.set_float32_matmul_precision(before[1])
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]

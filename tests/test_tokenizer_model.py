@@ -150,7 +150,10 @@ def test_bad_inputs_raise_clear_errors(tiny):
 
 
 def test_presets_and_config_validation():
-    assert set(PRESETS) == {"vfmvae-f16d32-siglip2", "debug"}
+    families = {
+        f"vfmvae-f16d32-{f}" for f in ("siglip2-large", "dinov2-large", "eva02-large", "mae-large", "qwen2.5-vl")
+    }
+    assert set(PRESETS) == {"vfmvae-f16d32-siglip2", "debug"} | families  # families: tests/test_vfm_presets.py
     paper = get_config("vfmvae-f16d32-siglip2")
     assert paper.block_channels == [512, 512, 512, 512, 256, 128]
     assert paper.block_resolutions == [8, 16, 32, 64, 128, 256]

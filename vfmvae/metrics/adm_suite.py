@@ -1,4 +1,4 @@
-"""The ADM evaluation suite in PyTorch: gFID, sFID, IS, precision, recall (spec diffusion.md §3.5, ecosystem.md §2.1).
+"""The ADM evaluation suite in PyTorch: gFID, sFID, IS, precision, recall (docs/design.md, "Evaluation protocol").
 
 Mirrors `openai/guided-diffusion/evaluations/evaluator.py`:
 - activations (pool_3, mixed_6/conv[..., :7]) of every image of both batches (`arr_0`, uint8 NHWC);
@@ -179,10 +179,13 @@ def evaluate_adm(
     cache_dir: str | os.PathLike | None = None,
     prc_k: int = 3,
     is_split_size: int = ADM_IS_SPLIT_SIZE,
+    pr_distance_dtype: str = "float16",
 ) -> dict[str, float | None]:
     """ADM metrics of `samples` against `reference`: `{"fid", "sfid", "inception_score", "precision", "recall", ...}`.
 
     `num_samples`: evaluate exactly the first N samples (error when fewer exist); None uses all (ADM behaviour).
+    `pr_distance_dtype`: precision/recall distances, ``"float16"`` = ADM's float16 blocks with the float32
+    fallback (the paper protocol), ``"float32"`` / ``"float64"`` = plain distances in that precision.
     """
     if samples.images is None:
         raise ValueError(f"{samples.source}: the sample batch needs images ('arr_0'), not only statistics")
@@ -214,5 +217,5 @@ def evaluate_adm(
         results["sfid"] = acts.stats_spatial.frechet_distance(ref_stats_s)
     if ref_acts is not None:
         results["num_reference"] = float(len(ref_acts.pool))
-        results.update(precision_recall(ref_acts.pool, acts.pool, k=prc_k, device=device))
+        results.update(precision_recall(ref_acts.pool, acts.pool, k=prc_k, dtype=pr_distance_dtype, device=device))
     return results

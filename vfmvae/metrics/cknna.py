@@ -1,4 +1,4 @@
-"""CKNNA: centered kernel nearest-neighbour alignment (paper SE-CKNNA analysis, spec diffusion.md §1.3).
+"""CKNNA: centered kernel nearest-neighbour alignment (paper SE-CKNNA analysis; docs/design.md, "SE-CKNNA").
 
 Exactly the official `tools/evaluate_alignment/metrics.py` (= platonic-rep `AlignmentMetrics.cknna`) with its
 preprocessing `load_and_process_features`:

@@ -1,7 +1,7 @@
-"""Fréchet distance between Gaussian feature statistics (gFID on pool_3, sFID on mixed_6/conv; spec diffusion.md §3.5).
+"""Fréchet distance between Gaussian feature statistics: gFID on pool_3, sFID on mixed_6/conv.
 
-FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}), in float64 (guided-diffusion issue #166: FID against the
-ADM reference batch is precision sensitive).
+See (docs/design.md, "Evaluation protocol"). FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}), in
+float64 (FID against the ADM reference batch is sensitive to the precision of this computation).
 
 ADM's evaluator takes `scipy.linalg.sqrtm(S1 @ S2)`, retries with 1e-6 on the diagonals when that is non-finite,
 and drops a small imaginary part. That route can return NaN or garbage for (near-)singular covariances. Here the

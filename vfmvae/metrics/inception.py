@@ -120,7 +120,7 @@ class AdmInceptionFeatures(nn.Module):
 def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write kaiming-initialised `inception-v3-compat` weights to `path` (TESTS ONLY; never a download).
 
-    PyTorch's default init gives degenerate features (ecosystem.md §2.1); kaiming-normal convs and mild random BN
+    PyTorch's default init gives degenerate (near-constant) features; kaiming-normal convs and mild random BN
     statistics give usable, sample-dependent features.
     """
     cls = _tf_inception_class()

@@ -33,3 +33,24 @@ __all__ = [
     "config_from_official",
     "SynthesisBlock",
 ]
+
+# The tokenizer interface and the baseline tokenizers (VA-VAE, SD-VAE; paper Table 1). The baselines are
+# resolved lazily: `vfmvae.baselines` imports this package (interface, posterior), so an eager import would be a cycle.
+from .interface import Posterior, Tokenizer, TokenizerRecordMixin, check_tokenizer  # noqa: E402
+
+_BASELINE_EXPORTS = {
+    "from_official_vavae": "vfmvae.baselines.ldm_checkpoint",
+    "load_vavae_state_dict": "vfmvae.baselines.ldm_checkpoint",
+    "from_diffusers_autoencoder": "vfmvae.baselines.diffusers_checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _BASELINE_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_BASELINE_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += ["Tokenizer", "Posterior", "TokenizerRecordMixin", "check_tokenizer", *_BASELINE_EXPORTS]

@@ -202,8 +202,35 @@ def _debug() -> VFMVAEConfig:
     )
 
 
+def _family(vfm_name: str, patch: int, scale: float, layers: tuple[int, ...], hidden: int = 1024) -> VFMVAEConfig:
+    """The paper's f16d32 tokenizer on another frozen VFM (paper's VFM table): same head and decoder widths.
+
+    The VFM input is resized so that its token grid is 32x32 at 256 px (as SigLIP2-L/16 at x2), so the
+    head's space-to-depth stays 2. `legacy=False`: no static noise maps, the official recommendation for
+    new training (the released SigLIP2 weights alone need `legacy=True`).
+    """
+    return VFMVAEConfig(
+        vfm_name=vfm_name,
+        vfm_hidden_size=hidden,
+        vfm_patch_size=patch,
+        vfm_scale=scale,
+        vfm_layers=layers,
+        legacy=False,
+    )
+
+
 PRESETS: dict[str, VFMVAEConfig] = {
-    "vfmvae-f16d32-siglip2": VFMVAEConfig(),
+    "vfmvae-f16d32-siglip2": VFMVAEConfig(),  # the paper's tokenizer (released weights: legacy decoder)
+    "vfmvae-f16d32-siglip2-large": VFMVAEConfig(),  # the same, named like the other families
+    # DINOv2-L/14 at 448 px (native 518: the position table is resampled, transformers rule).
+    "vfmvae-f16d32-dinov2-large": _family("dinov2-large", 14, 1.75, (0, 12, -1)),
+    # EVA-02-CLIP-L/14 at 448 px (native 336); -1 is its last block without the final norm (official).
+    "vfmvae-f16d32-eva02-large": _family("eva02-large-patch14-clip-336", 14, 1.75, (0, 12, -1)),
+    # MAE-L/16 at 512 px, its native size in this preset (MAE cannot change resolution at run time).
+    "vfmvae-f16d32-mae-large": _family("mae-large-512", 16, 2.0, (0, 12, -1)),
+    # Qwen2.5-VL-3B vision tower at 448 px: block outputs (1280 wide, 14 px grid); the merged output
+    # (-1, 2048 wide, 28 px grid) cannot share the head with them.
+    "vfmvae-f16d32-qwen2.5-vl": _family("qwen2.5-vl-3b-vision", 14, 1.75, (0, 16, -2), hidden=1280),
     "debug": _debug(),
 }
 

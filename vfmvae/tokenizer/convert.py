@@ -1,7 +1,9 @@
-"""Official `tianciB/VFM-VAE` Generator checkpoints -> our modules (conventions "Official compatibility").
+"""Official `tianciB/VFM-VAE` Generator checkpoints -> our modules (docs/design.md, "Deviations from the official code").
 
 `from_official(state_dict, generator_kwargs, vfm_config)` builds a `VFMVAE` from the official
-constructor kwargs and the SigLIP vision config, and loads the official state dict. Every official
+constructor kwargs and the VFM's config dict (any official VFM family: SigLIP2, DINOv2, EVA-CLIP,
+MAE, Qwen2.5-VL; `config_from_official` resolves the family and the VFM's patch size), and loads
+the official state dict. Every official
 key is mapped or deliberately ignored (`IGNORED_KEYS` below, each with its reason); anything else
 is an error that lists the keys. Missing keys are an error too.
 
@@ -253,13 +255,54 @@ OFFICIAL_GENERATOR_KWARGS = frozenset(
 )
 
 
-def config_from_official(
-    generator_kwargs: Mapping, vfm_config: Mapping | None = None, vfm_name: str | None = None
-) -> VFMVAEConfig:
-    """Translate official `Generator` kwargs (+ SigLIP vision config) into a `VFMVAEConfig`.
+def resolve_vfm_family(
+    generator_kwargs: Mapping, vfm_config: Mapping | None = None, vfm_name: str | None = None, vfm_family=None
+) -> str:
+    """The official VFM family: `vfm_family` if given, else the official name dispatch on `vfm_name` (ours)
+    or the official `vfm_name`, else what the config dict describes (`vfmvae.vfm.official`)."""
+    from vfmvae.vfm.official import check_official_family, family_of_config, official_family
 
+    if vfm_family is not None:
+        return check_official_family(vfm_family)
+    for name in (vfm_name, generator_kwargs.get("vfm_name")):
+        if name and official_family(name):
+            return official_family(name)
+    family = family_of_config(vfm_config)
+    if family is None:
+        raise ValueError(
+            f"config_from_official: cannot tell the VFM family from vfm_name {generator_kwargs.get('vfm_name')!r}; "
+            "pass vfm_family= (siglip2, siglip2_text, dinov2, eva, mae, qwen2_5_vl)"
+        )
+    return family
+
+
+def _vfm_geometry(family: str, g: Mapping, vfm_config: Mapping | None, vfm_name: str | None) -> tuple[int, int | None]:
+    """(pixels per token, VFM width or None) of the official VFM, from its config or its name."""
+    from vfmvae.vfm.official import official_patch_size, vfm_config_from_official
+
+    layers = list(g["patch_from_layers"])
+    if not vfm_config:
+        return official_patch_size(family, str(vfm_name or g.get("vfm_name", "")), layers), None
+    vcfg = vfm_config_from_official(family, vfm_config)
+    if family == "qwen2_5_vl" and layers and all(i == -1 for i in layers):  # merged output on its own grid
+        return vcfg.patch_size * int(vcfg.extra.get("spatial_merge_size", 2)), int(vcfg.extra["out_hidden_size"])
+    return vcfg.patch_size, vcfg.hidden_size
+
+
+def config_from_official(
+    generator_kwargs: Mapping,
+    vfm_config: Mapping | None = None,
+    vfm_name: str | None = None,
+    vfm_family: str | None = None,
+) -> VFMVAEConfig:
+    """Translate official `Generator` kwargs (+ the VFM's config dict) into a `VFMVAEConfig`.
+
+    `vfm_family` (official names: siglip2, siglip2_text, dinov2, eva, mae, qwen2_5_vl) wins over any
+    name; `vfm_name` is our VFM preset (default: the family's full-size preset, `FAMILY_PRESET`).
     Rejects settings we do not implement (conditional, VQ, conv compression, non-skip, non-ConvNeXt).
     """
+    from vfmvae.vfm.official import FAMILY_PRESET
+
     g = dict(generator_kwargs)
     syn = dict(g.get("synthesis_kwargs") or {})
     unknown = sorted(set(g) - OFFICIAL_GENERATOR_KWARGS)
@@ -290,17 +333,13 @@ def config_from_official(
     need(not unused_syn, f"synthesis_kwargs {unused_syn}")
     in_dims = list(g["patch_in_dimensions"])
     need(len(set(in_dims)) == 1, f"patch_in_dimensions must all be equal, got {in_dims}")
-    vc = dict(vfm_config or {})
-    if vc:
-        need(vc.get("hidden_size", in_dims[0]) == in_dims[0], "vfm hidden_size != patch_in_dimensions")
-    if vfm_name is None:  # official names are hub ids / local folders; map them onto our preset
-        official = str(g.get("vfm_name", "siglip2")).lower()
-        need("siglip" in official, f"vfm_name {g.get('vfm_name')!r}: pass vfm_name= (a vfmvae.vfm preset key)")
-        vfm_name = "siglip2-large-patch16-512"
+    family = resolve_vfm_family(g, vfm_config, vfm_name, vfm_family)
+    patch, width = _vfm_geometry(family, g, vfm_config, vfm_name)
+    need(width is None or width == in_dims[0], f"VFM width {width} != patch_in_dimensions {in_dims[0]}")
     return VFMVAEConfig(
-        vfm_name=vfm_name,
+        vfm_name=vfm_name or FAMILY_PRESET[family],
         vfm_hidden_size=in_dims[0],
-        vfm_patch_size=int(vc.get("patch_size", 16)),
+        vfm_patch_size=patch,
         vfm_scale=float(g.get("scale_factor", 2.0)),
         vfm_layers=tuple(g["patch_from_layers"]),
         level_dims=tuple(g["patch_out_dimensions"]),

@@ -1,9 +1,9 @@
 """`from_official`: build a `VFMVAE` from an official VFM-VAE Generator checkpoint.
 
-See `convert.py` for the key map of the head and decoder and for the release-file format. The
-frozen VFM is built and loaded by the VFM module's own official loaders
-(`vfmvae.vfm.vfm_from_hf_config`, `vfmvae.vfm.load_official_vfm_state_dict`), which map
-`vfm_encoder.encoder.vision_model.[vision_model.]<HF key>` and ignore the unused MAP head.
+See `convert.py` for the key map of the head and decoder, the family resolution and the release-file
+format. The frozen VFM is built and loaded by the VFM module's own official loaders
+(`vfmvae.vfm.vfm_from_official_config`, `vfmvae.vfm.load_official_vfm_state_dict`), which map
+`vfm_encoder.encoder.vision_model.[vision_model.]<model key>` and ignore unused heads.
 """
 
 from __future__ import annotations
@@ -12,19 +12,39 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .convert import VFM_OFFICIAL_PREFIX, config_from_official, convert_state_dict, load_official_state_dict
+from .convert import (
+    VFM_OFFICIAL_PREFIX,
+    config_from_official,
+    convert_state_dict,
+    load_official_state_dict,
+    resolve_vfm_family,
+)
 from .model import VFMVAE
 
 
-def _build_vfm_for(cfg, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: str | None) -> nn.Module:
-    from vfmvae.vfm import build_vfm, get_vfm_config, vfm_from_hf_config
+def _build_vfm_for(cfg, family: str, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: str | None) -> nn.Module:
+    from vfmvae.vfm import build_vfm, get_vfm_config, vfm_from_official_config
 
     dtype = vfm_dtype or get_vfm_config(cfg.vfm_name).compute_dtype  # the paper preset: bf16 autocast
     if vfm_pretrained is not None:
         return build_vfm(cfg.vfm_name, pretrained=vfm_pretrained, config={"compute_dtype": dtype})
     if vfm_config:
-        return vfm_from_hf_config(dict(vfm_config), compute_dtype=dtype)
+        return vfm_from_official_config(family, dict(vfm_config), compute_dtype=dtype)
     return build_vfm(cfg.vfm_name, config={"compute_dtype": dtype})
+
+
+def _check_vfm_fits(vfm: nn.Module, cfg) -> None:
+    """The VFM's grid and width must be what the official kwargs describe (one-line error otherwise)."""
+    if not hasattr(vfm, "token_stride"):
+        return  # a stand-in module (tests of the head alone)
+    from vfmvae.vfm import check_layers_share_grid
+
+    stride = check_layers_share_grid(vfm, cfg.vfm_layers, cfg.vfm_hidden_size)
+    if stride != cfg.vfm_patch_size:
+        raise ValueError(
+            f"from_official: the VFM has {stride} pixels per token for layers {list(cfg.vfm_layers)}, but the "
+            f"official config implies {cfg.vfm_patch_size}; pass the VFM's config (vfm_config=) or vfm_family="
+        )
 
 
 def from_official(
@@ -37,23 +57,30 @@ def from_official(
     vfm_name: str | None = None,
     vfm_pretrained=None,
     vfm_dtype: str | None = None,
+    vfm_family: str | None = None,
 ) -> VFMVAE:
     """Official `networks.generator.Generator` weights -> `VFMVAE` (eval mode).
 
     state_dict: official keys (as in `tests/fixtures/official/vfmvae_tiny.safetensors`), or a released
         file / wrapper dict (`G_ema`, see `load_official_state_dict`).
     generator_kwargs: the official `G_kwargs` (YAML) / fixture `generator_kwargs`.
-    vfm_config: the HF `SiglipVisionConfig` dict used to build the VFM when `vfm` is not given.
-    vfm: an already built frozen VFM (e.g. real SigLIP2 weights from a local folder); the
-        checkpoint's VFM weights, when present, are loaded into it.
+    vfm_config: the VFM's config dict, used to build the VFM when `vfm` is not given: the HF
+        `config.json` dict (SigLIP vision or full SigLIP, DINOv2, ViT-MAE, Qwen2.5-VL) or, for EVA,
+        `{"architecture": <timm name>, "model_args": {...}}`.
+    vfm: an already built frozen VFM (e.g. real weights from a local folder); the checkpoint's VFM
+        weights, when present, are loaded into it.
     vfm_pretrained: local folder/file with the VFM weights (used when `vfm` is None).
     decoder_only: build only the decoder and ignore all encoder-side keys (VFM, head, VF projection).
-    vfm_name: our VFM preset (default: "siglip2-large-patch16-512" for the official SigLIP names).
-    vfm_dtype: VFM compute dtype; default the preset's ("bfloat16" for SigLIP2-L, like the official
-        CUDA autocast). Pass "float32" for exact CPU comparisons.
+    vfm_name: our VFM preset (default: the family's full-size preset, e.g. "siglip2-large-patch16-512").
+    vfm_dtype: VFM compute dtype; default the preset's ("bfloat16" for the full-size presets, like the
+        official CUDA autocast). Pass "float32" for exact CPU comparisons.
+    vfm_family: "siglip2", "siglip2_text", "dinov2", "eva", "mae" or "qwen2_5_vl"; wins over any
+        name. Without it the family is inferred from `vfm_name` / the official `vfm_name` as the
+        official dispatch does, then from `vfm_config`. ("siglip2_text": only the vision side is used.)
     """
     sd = load_official_state_dict(state_dict)
-    cfg = config_from_official(generator_kwargs, vfm_config, vfm_name)
+    family = resolve_vfm_family(generator_kwargs, vfm_config, vfm_name, vfm_family)
+    cfg = config_from_official(generator_kwargs, vfm_config, vfm_name, family)
     has_vfm_weights = any(k.startswith(VFM_OFFICIAL_PREFIX) for k in sd)
     if decoder_only:
         model = VFMVAE(cfg, decoder_only=True)
@@ -61,10 +88,11 @@ def from_official(
         if vfm is None and vfm_pretrained is None and not has_vfm_weights:
             raise KeyError(
                 "from_official: the state dict has no VFM weights (vfm_encoder.*); pass vfm= or "
-                "vfm_pretrained= with the real SigLIP2 weights"
+                "vfm_pretrained= with the real VFM weights"
             )
         if vfm is None:
-            vfm = _build_vfm_for(cfg, vfm_config, vfm_pretrained, vfm_dtype)
+            vfm = _build_vfm_for(cfg, family, vfm_config, vfm_pretrained, vfm_dtype)
+        _check_vfm_fits(vfm, cfg)
         model = VFMVAE(cfg, vfm=vfm)
     mapped = convert_state_dict(sd, model, decoder_only=decoder_only)
     model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict

@@ -1,141 +1,21 @@
-"""Reconstruction metrics of the paper's protocol (tokenizer spec §6): PSNR, SSIM, LPIPS, rFID, rIS.
+"""Old location of the reconstruction metrics, now :mod:`vfmvae.metrics.reconstruction`.
 
-Official protocol (`tools/reconstruct/*`): `Resize(256) + CenterCrop(256)` inputs, `G_ema`, sampled
-latents, reconstructions written as PNG (so they are **uint8-quantised**, which we reproduce with
-`to_uint8`), then
-- PSNR per image with data range 2 on [-1, 1] (= range 1 on [0, 1]), averaged over images;
-- SSIM: torchmetrics, Gaussian window 11 / sigma 1.5, data range 2 on [-1, 1], averaged over images;
-- LPIPS: the training LPIPS-VGG, averaged over images;
-- rFID / rIS: torch-fidelity `inception-v3-compat` between the reconstructions and the cropped inputs
-  (not ADM reference statistics). FID uses the 2048-d pool features (robust float64 Frechet distance of
-  `vfmvae.metrics`), IS torch-fidelity's own `isc_features_to_metric` (10 splits, shuffled with seed 2020)
-  on the unbiased logits.
-
-`ReconstructionMetrics` accumulates over batches (validation loop, evaluation script); `compute()`
-returns a flat dict. Everything here is a pure function of images and frozen feature networks.
+Kept only until `lightning_modules/tokenizer.py` and `scripts/demo.py` import the new module; delete it then.
+`to_uint8` here keeps its old behaviour (round to the nearest level) so that the tokenizer's validation numbers do
+not change silently; the evaluation protocol truncates (`ReconstructionMetrics.update_decoded`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
-import numpy as np
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
+
+from vfmvae.codec import to_uint8 as _to_uint8
+from vfmvae.codec import uint8_to_signed as uint8_to_pm1
+from vfmvae.metrics.reconstruction import ReconstructionMetrics, psnr_per_image, ssim_per_image
+
+__all__ = ["ReconstructionMetrics", "psnr_per_image", "ssim_per_image", "to_uint8", "uint8_to_pm1"]
 
 
 def to_uint8(images_pm1: torch.Tensor) -> torch.Tensor:
-    """Decoder output in [-1, 1] -> uint8 as written to PNG (clamp, x 255, round half to even)."""
-    return ((images_pm1.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def uint8_to_pm1(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1.0
-
-
-def psnr_per_image(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """`(B,)` PSNR in dB of uint8 `(B, 3, H, W)` images (data range 255 == range 2 on [-1, 1])."""
-    _check(real, fake)
-    mse = (real.double() - fake.double()).square().flatten(1).mean(1)
-    return 10.0 * torch.log10(255.0**2 / mse.clamp_min(1e-12))
-
-
-def ssim_per_image(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """`(B,)` SSIM of uint8 images mapped to [-1, 1] (data range 2, Gaussian 11 / 1.5)."""
-    _check(real, fake)
-    return structural_similarity_index_measure(
-        uint8_to_pm1(fake),
-        uint8_to_pm1(real),
-        gaussian_kernel=True,
-        sigma=1.5,
-        kernel_size=11,
-        data_range=2.0,
-        reduction="none",
-    )
-
-
-def _check(real: torch.Tensor, fake: torch.Tensor) -> None:
-    if real.shape != fake.shape or real.dim() != 4 or real.shape[1] != 3:
-        raise ValueError(
-            f"reconstruction metrics need two (B, 3, H, W) batches of equal shape, got "
-            f"{tuple(real.shape)} and {tuple(fake.shape)}"
-        )
-    if real.dtype != torch.uint8 or fake.dtype != torch.uint8:
-        raise TypeError(f"reconstruction metrics take uint8 images (as saved to PNG), got {real.dtype} / {fake.dtype}")
-
-
-class ReconstructionMetrics:
-    """Accumulator: `update(real_uint8, fake_uint8)` per batch, `compute()` at the end.
-
-    Args:
-        lpips: LPIPS module (`vfmvae.losses.LPIPS`) or None to skip LPIPS.
-        inception: callable uint8 `(B, 3, H, W)` -> `{"pool": (B, 2048), "logits": (B, 1008)}`
-            (`vfmvae.metrics.inception.AdmInceptionFeatures`) or None to skip rFID / rIS.
-    """
-
-    def __init__(
-        self,
-        lpips: torch.nn.Module | None = None,
-        inception: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
-    ):
-        self.lpips = lpips
-        self.inception = inception
-        self.reset()
-
-    def reset(self) -> None:
-        self.psnr: list[torch.Tensor] = []
-        self.ssim: list[torch.Tensor] = []
-        self.lpips_values: list[torch.Tensor] = []
-        self.real_pool: list[np.ndarray] = []
-        self.fake_pool: list[np.ndarray] = []
-        self.fake_logits: list[np.ndarray] = []
-
-    @property
-    def num_images(self) -> int:
-        return int(sum(len(p) for p in self.psnr))
-
-    @torch.no_grad()
-    def update(self, real: torch.Tensor, fake: torch.Tensor) -> None:
-        self.psnr.append(psnr_per_image(real, fake).cpu())
-        self.ssim.append(ssim_per_image(real, fake).float().cpu())
-        if self.lpips is not None:
-            self.lpips_values.append(self.lpips(uint8_to_pm1(fake), uint8_to_pm1(real)).float().cpu())
-        if self.inception is not None:
-            f_real, f_fake = self.inception(real), self.inception(fake)
-            self.real_pool.append(f_real["pool"].double().cpu().numpy())
-            self.fake_pool.append(f_fake["pool"].double().cpu().numpy())
-            self.fake_logits.append(f_fake["logits"].double().cpu().numpy())
-
-    def compute(self) -> dict[str, float]:
-        if not self.psnr:
-            raise RuntimeError("ReconstructionMetrics.compute() before any update()")
-        out = {
-            "num_images": self.num_images,
-            "psnr": float(torch.cat(self.psnr).mean()),
-            "ssim": float(torch.cat(self.ssim).mean()),
-        }
-        if self.lpips_values:
-            out["lpips"] = float(torch.cat(self.lpips_values).mean())
-        if self.real_pool:
-            out.update(self._fidelity())
-        return out
-
-    def _fidelity(self) -> dict[str, float]:
-        from torch_fidelity.metric_isc import isc_features_to_metric
-
-        from vfmvae.metrics.frechet import compute_statistics, frechet_distance
-
-        real, fake = np.concatenate(self.real_pool), np.concatenate(self.fake_pool)
-        out: dict[str, float] = {"rfid": math.nan, "ris": math.nan, "ris_std": math.nan}
-        if len(real) >= 2:
-            s_real, s_fake = compute_statistics(real), compute_statistics(fake)
-            out["rfid"] = float(frechet_distance(s_fake.mu, s_fake.sigma, s_real.mu, s_real.sigma))
-        logits = torch.from_numpy(np.concatenate(self.fake_logits))
-        if len(logits) >= 10:  # torch-fidelity's 10 splits
-            isc = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
-            out["ris"], out["ris_std"] = float(isc["inception_score_mean"]), float(isc["inception_score_std"])
-        return out
-
-
-__all__ = ["ReconstructionMetrics", "psnr_per_image", "ssim_per_image", "to_uint8", "uint8_to_pm1"]
+    """Deprecated: ``vfmvae.codec.to_uint8(images_pm1, "round")``."""
+    return _to_uint8(images_pm1, "round")

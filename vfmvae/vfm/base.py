@@ -3,18 +3,27 @@
 images in [0, 1] `(B, 3, H, W)` -> per-call resize -> the model's own mean/std -> backbone ->
 patch tokens `(B, N, D)` of the requested layers (optionally the CLS token `(B, D)`).
 
-Layer index convention (spec `tokenizer.md` §1, official `siglip2_utils.py` / `vfm_utils.py`),
+Layer index convention (official `networks/utils/vfm_utils.py`, docs/design.md, "Frozen networks"),
 with L = `num_layers` transformer blocks and `hidden_states` the L + 1 pre-norm sequences:
 
     0        -> hidden_states[0]      embedding output (patch embed + position embedding)
     k (1..L) -> hidden_states[k]      output of block k
-    -1       -> final output          after the post-LayerNorm (HF `last_hidden_state`)
+    -1       -> final output          after the final norm (HF `last_hidden_state`)
     -k (k>=2)-> hidden_states[L+2-k]  i.e. hidden_states[-k+1]: -2 is block L before the
-                                      post-LN, -3 block L-1, ..., -(L+2) the embedding output
+                                      final norm, -3 block L-1, ..., -(L+2) the embedding output
 
-The paper's tokenizer uses `[0, 12, -1]` on SigLIP2-L (VFM-VAE §3 / tokenizer.md §1).
+Families narrow or reinterpret it exactly as their official wrappers do (EVA: -1 is the last
+block *without* a norm; EVA and MAE accept no other negative index; Qwen2.5-VL: -1 is the
+2x2-merged output on its own grid); see `resolve_layer` of each wrapper.
 
-Frozen (conventions "Frozen networks"): `requires_grad_(False)` at construction and `train()`
+The paper's tokenizer uses `[0, 12, -1]` on SigLIP2-L (paper §3).
+
+Each wrapper class also states its official capabilities: `resize_mode` (interpolation of the
+tokenizer's `scale_factor` resize), `eq_prior_resize` (how the official wrapper downsizes the
+input for the equivariance "prior" branch), `supports_dynamic_resolution` (whether it runs at
+another token grid than its native one; see `check_equivariance_supported`).
+
+Frozen (docs/design.md, "Frozen networks"): `requires_grad_(False)` at construction and `train()`
 always leaves the module in eval mode. Whether the *input* needs a gradient is the caller's choice
 (`torch.no_grad()` in the tokenizer; input gradients in the projected discriminator).
 """
@@ -97,12 +106,17 @@ def resize_images(
 
 
 class FrozenVFM(nn.Module):
-    """Base class of all frozen VFM wrappers (SigLIP, DINOv2 via HF or timm, timm ViTs).
+    """Base class of all frozen VFM wrappers.
 
     Subclasses set `self.backbone` and implement `_run_backbone`. Attributes: `hidden_size`,
     `patch_size`, `num_layers`, `has_cls`, `image_size` (native side), `num_prefix_tokens`
     (CLS + register tokens in front of the patch tokens), `config` (`VFMConfig`).
     """
+
+    # Official capabilities of the family (overridden per wrapper class, see the module doc).
+    resize_mode: str = "bilinear"
+    eq_prior_resize: tuple[str, bool] = ("bilinear", True)
+    supports_dynamic_resolution: bool = True
 
     def __init__(self, config: VFMConfig, num_prefix_tokens: int):
         super().__init__()
@@ -131,8 +145,32 @@ class FrozenVFM(nn.Module):
     def _run_backbone(
         self, pixel_values: torch.Tensor, hidden_indices: set[int], need_final: bool
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
-        """Return ({hidden index: full sequence (B, T, D)}, final post-norm sequence or None)."""
+        """Return ({hidden index: full sequence (B, T, D)}, final sequence or None)."""
         raise NotImplementedError
+
+    def resolve_layer(self, index: int) -> int | str:
+        """A user layer index -> `hidden_states` index or `FINAL` (the general rule; families narrow it)."""
+        return resolve_layer(index, self.num_layers)
+
+    @property
+    def input_multiple(self) -> int:
+        """The resized input sides must be multiples of this (the patch size; 28 for Qwen2.5-VL)."""
+        return self.patch_size
+
+    def token_stride(self, layer: int) -> int:
+        """Pixels of the resized input per token of `layer` (the patch size; 28 for Qwen2.5-VL's -1)."""
+        self.resolve_layer(layer)
+        return self.patch_size
+
+    def layer_dim(self, layer: int) -> int:
+        """Channels of the tokens of `layer` (hidden_size; the merger width for Qwen2.5-VL's -1)."""
+        self.resolve_layer(layer)
+        return self.hidden_size
+
+    def token_grid(self, height: int, width: int, layer: int = -1) -> tuple[int, int]:
+        """Token grid `(h, w)` of `layer` for a *resized* input of `height x width` pixels."""
+        stride = self.token_stride(layer)
+        return height // stride, width // stride
 
     # ----------------------------------------------------------------- public API
     def preprocess(
@@ -140,17 +178,32 @@ class FrozenVFM(nn.Module):
         images: torch.Tensor,
         size=None,
         scale=None,
-        interpolation: str = "bilinear",
-        antialias: bool | str = False,
+        interpolation: str | None = None,
+        antialias: bool | str | None = None,
     ) -> torch.Tensor:
-        """[0, 1] images `(B, 3, H, W)` -> resized, normalised pixel values (same dtype)."""
+        """[0, 1] images `(B, 3, H, W)` -> resized, normalised pixel values (same dtype).
+
+        `interpolation=None` is the family's official `resize_mode`; `antialias=None` is the official
+        rule for a `scale` resize (antialias only when shrinking) and False for a `size` resize.
+        """
         self._check_images(images)
+        interpolation = self.resize_mode if interpolation is None else interpolation
+        if antialias is None:
+            antialias = "auto" if scale is not None else False
         x = resize_images(images, size=size, scale=scale, interpolation=interpolation, antialias=antialias)
         h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
+        m = self.input_multiple
+        if h % m or w % m:
             raise ValueError(
-                f"the resized input {h}x{w} is not a multiple of the patch size {self.patch_size}; "
+                f"the resized input {h}x{w} is not a multiple of the patch size {m}; "
                 f"choose `size`/`scale` so that both sides are (input was {tuple(images.shape[-2:])})"
+            )
+        if not self.supports_dynamic_resolution and (h, w) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{type(self).__name__} ({self.config.family}) cannot change resolution (its official wrapper has "
+                f"no position-table resampling): the resized input is {h}x{w} but the model needs "
+                f"{self.image_size}x{self.image_size}; resize to that size or build the VFM with "
+                f"config={{'image_size': {h}}} (square inputs only)"
             )
         return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
 
@@ -161,21 +214,22 @@ class FrozenVFM(nn.Module):
         *,
         size: int | Sequence[int] | None = None,
         scale: float | None = None,
-        interpolation: str = "bilinear",
-        antialias: bool | str = False,
+        interpolation: str | None = None,
+        antialias: bool | str | None = None,
         return_cls: bool = False,
     ):
         """Per-layer patch tokens of `images`.
 
         Args:
             images: float `(B, 3, H, W)` in [0, 1].
-            layers: layer indices (see module doc: 0 embeddings, k block k, -1 post-LN, -k).
+            layers: layer indices (see module doc: 0 embeddings, k block k, -1 final, -k).
             size / scale: per-call resize target (int or (h, w)) or factor; neither = as given.
-            interpolation, antialias: resize mode; antialias may be "auto" (only when shrinking).
+            interpolation: resize mode; None = the family's official `resize_mode` (the tokenizer path).
+            antialias: True/False/"auto" (only when shrinking); None = "auto" for `scale`, else False.
             return_cls: also return the CLS token of each layer (error if the model has none).
         Returns:
             `list[(B, N, D)]` float32 patch tokens in row-major grid order (no CLS/register tokens),
-            N = (H'/p) * (W'/p); with `return_cls`, `(tokens, cls)` where `cls[i]` is `(B, D)`.
+            N = (H'/p) * (W'/p) (see `token_grid`); with `return_cls`, `(tokens, cls)` where `cls[i]` is `(B, D)`.
         """
         if return_cls and not self.has_cls:
             raise ValueError(
@@ -183,7 +237,7 @@ class FrozenVFM(nn.Module):
             )
         if isinstance(layers, int) or len(layers) == 0:
             raise ValueError(f"`layers` must be a non-empty list of ints, got {layers!r}")
-        targets = [resolve_layer(i, self.num_layers) for i in layers]
+        targets = [self.resolve_layer(i) for i in layers]
         pixel_values = self.preprocess(images, size, scale, interpolation, antialias)
         hidden_indices = {t for t in targets if t != FINAL}
         # If the frozen weights were cast (e.g. Lightning "bf16-true"), feed inputs of their dtype.
@@ -200,7 +254,7 @@ class FrozenVFM(nn.Module):
 
     # ----------------------------------------------------------------- helpers
     def _autocast(self, device: torch.device):
-        """Backbone precision is decided here, not by the ambient autocast (style principle 9)."""
+        """Backbone precision is decided here, not by the ambient autocast (docs/design.md, "Precision policy")."""
         if device.type == "meta":
             return nullcontext()
         dtype = _DTYPES[self.config.compute_dtype]

@@ -1,13 +1,14 @@
-"""timm-backed frozen ViTs: DINO ViT-S/16 (projected discriminator) and DINOv2 in the torch.hub format.
+"""timm-backed frozen ViTs: DINO ViT-S/16 (projected discriminator); base of the timm DINOv2 backend.
 
-The torch.hub DINOv2 `.pth` files (`dinov2_vitb14_pretrain.pth`, what REG/REPA load with
-`torch.hub.load('facebookresearch/dinov2', 'dinov2_vitb14')`) use the same key names as timm's
-`vit_*_patch14_dinov2` plus a `mask_token`; timm's own `checkpoint_filter_fn` converts them and
-resamples the position embedding when the grid differs (e.g. REG's 16x16 resampled copy).
-The original DINO ViT-S/16 release (`dino_deitsmall16_pretrain.pth`) is plain timm keys.
+The original DINO ViT-S/16 release (`dino_deitsmall16_pretrain.pth`) is plain timm keys; timm's
+`checkpoint_filter_fn` converts other ViT layouts and resamples the position embedding when the
+grid differs. DINOv2 in the torch.hub format is `vfmvae.vfm.dinov2.TimmDinov2VFM` (a subclass).
 
 Models are created with `dynamic_img_size=True`, so any input that is a multiple of the patch
-size works (position embeddings resampled bicubically, as REPA does once at load time).
+size works (position embeddings resampled by timm: bicubic with antialias).
+
+Also holds the state-dict file helpers shared by the timm wrappers (`load_state_dict_file`,
+`unwrap_vit_state_dict`).
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def unwrap_vit_state_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 class TimmViTVFM(FrozenVFM):
-    """Frozen timm `VisionTransformer` with a CLS token (DINO ViT-S/16, DINOv2 B/L hub format).
+    """Frozen timm `VisionTransformer` with a CLS token (DINO ViT-S/16; DINOv2 hub format via a subclass).
 
     Layer 0 is the sequence after patch embedding, CLS concat and position embedding (the
     discriminator's "patch-embedding" tap); block k and -1 (after the final `norm`) as in `base`.
     """
+
+    resize_mode = "bilinear"
+    eq_prior_resize = ("bilinear", True)
+    supports_dynamic_resolution = True
 
     def __init__(self, backbone: torch.nn.Module, config: VFMConfig):
         super().__init__(config, num_prefix_tokens=int(backbone.num_prefix_tokens))
@@ -86,8 +91,6 @@ class TimmViTVFM(FrozenVFM):
             mlp_ratio=cfg.mlp_hidden_size / cfg.hidden_size,
             dynamic_img_size=True,
         )
-        if cfg.family == "dinov2":
-            kw["init_values"] = cfg.layerscale_value
         return {**kw, **cfg.extra}
 
     @classmethod
@@ -124,10 +127,15 @@ class TimmViTVFM(FrozenVFM):
         """Write the backbone state dict as a `.pth` file in timm key names (reloads via `build_vfm`)."""
         torch.save(self.backbone.state_dict(), str(path))
 
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tokens entering block 1: patch embedding, prefix tokens, position table (timm's own resampling)."""
+        m = self.backbone
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixel_values))))
+
     def _run_backbone(self, pixel_values, hidden_indices, need_final):
         m = self.backbone
         # Same steps as timm `VisionTransformer.forward_features`, keeping the embedding output.
-        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixel_values))))
+        x = self._embed(pixel_values)
         hidden = {0: x} if 0 in hidden_indices else {}
         # Stop after the deepest requested block unless the post-norm output is needed.
         depth = self.num_layers if need_final else max(hidden_indices)
