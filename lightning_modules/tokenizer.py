@@ -40,8 +40,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from callbacks.ema import EMACallback, find_ema, find_ema_callback
 from datamodules.batch_size import set_per_device_batch_size
 from lightning_modules.parallel import refuse_sharded_strategy
-from vfmvae.codec import to_uint8, uint8_to_unit
-from vfmvae.tokenizer.reconstruction_metrics import ReconstructionMetrics
+from vfmvae.codec import uint8_to_unit
+from vfmvae.metrics.reconstruction import ReconstructionMetrics
 from vfmvae.tokenizer.stage_networks import build_stage_networks
 from vfmvae.tokenizer.stages import TokenizerStepRule, get_stage
 from vfmvae.tokenizer.training_state import (
@@ -318,7 +318,9 @@ class TokenizerModule(LightningModule):
             from vfmvae.metrics.inception import AdmInceptionFeatures
 
             self._inception = AdmInceptionFeatures(self.hparams.val_inception_path).to(self.device)
-        self._val_metrics = ReconstructionMetrics(self.lpips, self._inception)
+        # Validation rounds decoder outputs to the nearest level, as it always has (the evaluation protocol
+        # truncates: scripts/eval_reconstruction.py); kept so that logged metric/* stay comparable.
+        self._val_metrics = ReconstructionMetrics(self.lpips, self._inception, uint8_mode="round")
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -326,8 +328,7 @@ class TokenizerModule(LightningModule):
         if images.dtype != torch.uint8:
             raise TypeError("validation batches must hold uint8 images (as the data module yields)")
         gen = torch.Generator(device=images.device).manual_seed(self.hparams.seed * 100_003 + batch_idx)
-        recon = self.reconstruct(uint8_to_unit(images), generator=gen)
-        self._val_metrics.update(images, to_uint8(recon, "round"))
+        self._val_metrics.update_decoded(images, self.reconstruct(uint8_to_unit(images), generator=gen))
 
     @torch.no_grad()
     def reconstruct(

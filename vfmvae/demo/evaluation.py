@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vfmvae.codec import to_uint8, uint8_to_signed, uint8_to_unit
+from vfmvae.codec import uint8_to_signed, uint8_to_unit
 from vfmvae.metrics import frechet_distance
-from vfmvae.tokenizer.reconstruction_metrics import psnr_per_image, ssim_per_image
+from vfmvae.metrics.reconstruction import ReconstructionMetrics
 
 FEATURE_SEED = 0  # the demo FID's random feature network
 FEATURE_DIM = 32
@@ -19,23 +19,20 @@ FEATURE_DIM = 32
 def reconstruction_metrics(model: nn.Module, images: np.ndarray, seed: int = 0, batch_size: int = 16):
     """PSNR/SSIM of held-out uint8 NHWC ``images`` and the uint8 NHWC reconstructions.
 
-    The paper protocol (docs/design.md, "Evaluation protocol"): a *sampled* latent (seeded), the
-    decoder output written as 8-bit pixels the way the official ``tools/reconstruct`` writes PNGs
-    (``to_uint8(.., "truncate")``), PSNR with data range 255 and SSIM (Gaussian 11 / 1.5) per image, averaged.
+    The paper protocol (docs/design.md, "Evaluation protocol"; `vfmvae.metrics.ReconstructionMetrics`): a
+    *sampled* latent (seeded), the decoder output written as 8-bit pixels the way the official
+    ``tools/reconstruct`` writes PNGs (``to_uint8(.., "truncate")``), PSNR (data range 255) and SSIM (Gaussian
+    11 / 1.5) per image, averaged.
     """
     real = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    psnr, ssim, recon = [], [], []
+    metrics = ReconstructionMetrics(uint8_mode="truncate")
     gen = torch.Generator().manual_seed(seed)
+    recon = []
     for start in range(0, len(real), batch_size):
         batch = real[start : start + batch_size]
         posterior = model.encode(uint8_to_unit(batch))
-        fake = to_uint8(model.decode(posterior.sample(generator=gen)), "truncate")
-        psnr.append(psnr_per_image(batch, fake))
-        ssim.append(ssim_per_image(batch, fake))
-        recon.append(fake)
-    fake = torch.cat(recon).permute(0, 2, 3, 1).numpy()
-    metrics = {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), "num_images": len(real)}
-    return metrics, fake
+        recon.append(metrics.update_decoded(batch, model.decode(posterior.sample(generator=gen))))
+    return metrics.compute(), torch.cat(recon).permute(0, 2, 3, 1).numpy()
 
 
 def demo_feature_net() -> nn.Module:
