@@ -27,15 +27,17 @@ when it has one, else the train loader's batch size x world size x accumulation.
 images with the EMA's own counter, which checkpoints carry across resumes and, for the tokenizer, across
 stage hand-offs: it equals the tokenizer's global image counter.
 
-Consumers look the EMA up with :func:`find_ema` (the tokenizer's export, the sample grid, the SE-CKNNA
-probe). A consumer that runs in ``on_train_batch_end`` *before* this callback (callbacks run in list
-order, and a LightningModule's own callbacks come after the YAML's) takes :meth:`EMACallback.current`,
-which applies a pending update first, so it sees the same EMA as one that runs after.
+Consumers read ``EMACallback.ema`` (or :func:`find_ema`; `TokenizerModule.ema` returns the same object): the
+sample grid, the SE-CKNNA probe, the reconstruction grid, the tokenizer's validation and export. Callbacks
+run in list order, and a LightningModule's own callbacks come after the YAML's, so a consumer may run in
+``on_train_batch_end`` before this callback: reading ``.ema`` then applies the step's pending update first
+(once), so every consumer sees the EMA of every optimiser step taken so far, whatever the order.
 """
 
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,7 +90,8 @@ class EMACallback(Callback):
             raise ValueError("EMACallback: give either config or halflife_nimg / decay overrides, not both")
         self.config = config or EMAConfig(**{**EMA_PRESETS[preset].__dict__, **overrides})
         self.attributes = None if attributes is None else list(attributes)
-        self.ema: EMA | None = None
+        self._ema: EMA | None = None
+        self._run: tuple[weakref.ref, weakref.ref] | None = None  # (trainer, module) of the fit, for `ema`
         self._pending_state: dict[str, Any] | None = None
         self._last_global_step: int | None = None
         self._swapped_by_us = False
@@ -114,20 +117,33 @@ class EMACallback(Callback):
         return modules
 
     def _build(self, pl_module: LightningModule) -> EMA:
-        if self.ema is None:
-            self.ema = EMA(self._modules(pl_module), self.config)
+        if self._ema is None:
+            self._ema = EMA(self._modules(pl_module), self.config)
             if self._pending_state is not None:
-                self.ema.load_state_dict(self._pending_state)
+                self._ema.load_state_dict(self._pending_state)
                 self._pending_state = None
-        return self.ema
+        return self._ema
+
+    @property
+    def ema(self) -> EMA | None:
+        """The EMA (``None`` before it is built), with every optimiser step taken so far applied."""
+        if self._ema is not None and self._run is not None:
+            trainer, pl_module = self._run[0](), self._run[1]()
+            if trainer is not None and pl_module is not None:
+                return self.current(trainer, pl_module)
+        return self._ema
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After strategy.setup: modules are on their device and, under FSDP2, sharded.
         self._build(pl_module)
+        self._run = (weakref.ref(trainer), weakref.ref(pl_module))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._build(pl_module)
         self._last_global_step = trainer.global_step
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run = None
 
     # ------------------------------------------------------------------ update
     def _images_per_step(self, trainer: Trainer, pl_module: LightningModule) -> int:
@@ -168,8 +184,8 @@ class EMACallback(Callback):
             self._swapped_by_us = True
 
     def _swap_out(self) -> None:
-        if self._swapped_by_us and self.ema is not None:
-            self.ema.swap_out()
+        if self._swapped_by_us and self._ema is not None:
+            self._ema.swap_out()
             self._swapped_by_us = False
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -182,26 +198,25 @@ class EMACallback(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # A checkpoint written while the EMA is swapped in (e.g. a save during validation) would store
         # the EMA values as the raw weights: put the raw ones back.
-        if self.ema is None or not self.ema.swapped or "state_dict" not in checkpoint:
+        ema = self._ema
+        if ema is None or not ema.swapped or "state_dict" not in checkpoint:
             return
         sd = checkpoint["state_dict"]
-        for name, raw in zip(
-            self.ema.param_names + self.ema.buffer_names, self.ema.shadow_params + self.ema.shadow_buffers
-        ):
+        for name, raw in zip(ema.param_names + ema.buffer_names, ema.shadow_params + ema.shadow_buffers):
             if name in sd:
                 sd[name] = raw.detach().clone()
 
     def state_dict(self) -> dict[str, Any]:
-        if self.ema is None:
+        if self._ema is None:
             return {"ema": self._pending_state} if self._pending_state is not None else {}
-        return {"ema": self.ema.state_dict()}
+        return {"ema": self._ema.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
         if "ema" not in state_dict:
             raise KeyError("EMACallback checkpoint state lacks 'ema'")
-        if self.ema is None:
+        if self._ema is None:
             self._pending_state = state_dict["ema"]
         else:
-            self.ema.load_state_dict(state_dict["ema"])
+            self._ema.load_state_dict(state_dict["ema"])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.ema import find_ema_callback
+from callbacks.ema import find_ema
 from vfmvae.codec import to_uint8, uint8_to_unit
 from vfmvae.utils.image_grid import image_grid
 
@@ -92,8 +92,7 @@ class ReconstructionGridCallback(Callback):
         images = self._fixed_batch(trainer, fallback).to(pl_module.device)
         images01 = uint8_to_unit(images) if images.dtype == torch.uint8 else images.float()
         gen = torch.Generator(device=pl_module.device).manual_seed(0)
-        ema_cb = find_ema_callback(trainer) if self.use_ema else None
-        ema = ema_cb.current(trainer, pl_module) if ema_cb is not None else None
+        ema = find_ema(trainer) if self.use_ema else None
         swap = ema is not None and not ema.swapped
         was_training = pl_module.training
         pl_module.eval()

@@ -1,28 +1,21 @@
-"""`TokenizerModule`: one paper stage of VFM-VAE tokenizer training (docs/design.md, "Tokenizer stages
-and losses").
+"""`TokenizerModule`: one paper stage of VFM-VAE tokenizer training (docs/design.md, "Tokenizer stages and losses").
 
-Numerics live in `vfmvae`: the stage's networks and objective (`vfmvae.tokenizer.stage_networks`), the G and
-D phases (`vfmvae.losses.TokenizerObjective`), the guard, the checkpoint helpers
-(`vfmvae.tokenizer.training_state`). This module orchestrates one iteration = **one discriminator update,
-then one generator update**, each with its own equivariance draw (as the official loop), with two Adam
-optimisers (betas (0, 0.99), eps 1e-8, no schedule, no weight decay).
+Numerics live in `vfmvae` (`vfmvae.tokenizer.stage_networks`: the stage's networks and objective;
+`vfmvae.tokenizer.training_state`: checkpoint and hand-off helpers). One iteration = **one discriminator update,
+then one generator update**, each with its own equivariance draw (as the official loop), two Adam optimisers.
 
-- **One step = one iteration = `global_batch_size` images** (docs/design.md, "Image counters and
-  schedules"): `trainer.global_step` counts G steps only (the D optimiser is stepped on the unwrapped
-  torch optimiser). A skipped (unsafe) step still counts: its gradients are dropped (`None`), so Adam
-  leaves the parameters *and* its state untouched. `global_nimg` counts images over all stages (carried
-  at the hand-off), `stage_nimg` within this stage (safe-loss warm-up); both are checkpointed, so a
-  resumed run equals an uninterrupted one.
-- **EMA** (docs/design.md, "EMA"): the module adds `callbacks.ema.EMACallback` to the run itself
-  (`configure_callbacks`; half-life `ema_halflife_nimg` with ramp-up `ema_rampup`, over `ema_modules()`,
-  the stage's trainable generator modules); validation and the export use its weights.
-- **DDP**: gradients are averaged by the module with one flat all-reduce per phase over exactly the
-  stepped parameters (as the official loop), DDP's reducer stays off (two backward passes over disjoint
-  sets). Each rank draws from its own streams, seeded `seed * world + rank`: the step's torch stream
-  (`vfmvae.utils.rng.RankRNGStream`) and the equivariance sampler; checkpoints hold every rank's streams,
-  so a resume on the same world size is exact on every rank. `16-mixed` (GradScaler) is refused.
-- **Checkpoints** leave the frozen VFM, the discriminator's DINO ViT and LPIPS' VGG out (rebuilt each
-  run, checked by hash on load); the module's state is `checkpoint["tokenizer_training"]`.
+- **One step = one iteration = `global_batch_size` images** (docs/design.md, "Image counters and schedules"):
+  `trainer.global_step` counts G steps (D is stepped on the unwrapped optimiser). A skipped (unsafe) step
+  still counts, with `None` gradients: Adam leaves weights and state untouched. `global_nimg` spans all stages,
+  `stage_nimg` this one; both are checkpointed, so a resumed run equals an uninterrupted one.
+- **EMA** (docs/design.md, "EMA"): the module adds `callbacks.ema.EMACallback` itself (`configure_callbacks`,
+  over `ema_modules()`); validation and the export use its weights.
+- **DDP**: the module averages the gradients of exactly the stepped parameters (one flat all-reduce per
+  phase, as the official loop); DDP's reducer stays off. Each rank has its own streams (`seed * world +
+  rank`): the step's torch stream (`RankRNGStream`) and the equivariance sampler; checkpoints hold every
+  rank's, so a resume on the same world size is exact on every rank. `16-mixed` is refused.
+- **Checkpoints** leave the frozen VFM, DINO ViT and VGG out (rebuilt each run, checked by hash on load);
+  the module's state is `checkpoint["tokenizer_training"]`.
 """
 
 from __future__ import annotations
@@ -42,6 +35,7 @@ from datamodules.batch_size import set_per_device_batch_size
 from lightning_modules.parallel import refuse_sharded_strategy
 from vfmvae.codec import uint8_to_unit
 from vfmvae.metrics.reconstruction import ReconstructionMetrics
+from vfmvae.tokenizer.handoff import merge_ema_state, read_previous_stage
 from vfmvae.tokenizer.stage_networks import build_stage_networks
 from vfmvae.tokenizer.stages import TokenizerStepRule, get_stage
 from vfmvae.tokenizer.training_state import (
@@ -51,14 +45,12 @@ from vfmvae.tokenizer.training_state import (
     fit_summary,
     format_metrics,
     frozen_hashes,
-    legacy_rng_state,
-    merge_ema_state,
     move_legacy_ema,
-    own_rank_state,
-    read_previous_stage,
+    restore_training_record,
     summary_line,
+    training_record,
 )
-from vfmvae.utils.distributed import all_reduce_gradients, gather_from_ranks, grad_norm
+from vfmvae.utils.distributed import all_reduce_gradients, grad_norm
 from vfmvae.utils.ema import EMA, EMAConfig
 from vfmvae.utils.guard import NonFiniteGuard
 from vfmvae.utils.rng import RankRNGStream
@@ -176,13 +168,17 @@ class TokenizerModule(LightningModule):
         """What `EMACallback` averages: the stage's trainable generator modules (never the VFM or a D)."""
         return self.g_modules
 
+    @property
+    def ema(self) -> EMA | None:
+        """The run's EMA (owned by the `EMACallback` this module adds; ``None`` outside a fit)."""
+        return find_ema(self.trainer) if self._trainer is not None else None
+
     def _ema(self) -> EMA:
-        ema = find_ema(self.trainer) if self._trainer is not None else None
-        if ema is None:
+        if self.ema is None:
             raise RuntimeError(
                 "the tokenizer's EMA lives in the EMACallback of a fit (TokenizerModule.configure_callbacks)"
             )
-        return ema
+        return self.ema
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -357,16 +353,8 @@ class TokenizerModule(LightningModule):
         log_dir = Path(self.trainer.log_dir or ".")  # a collective under DDP: every rank asks
         if self.trainer.global_rank != 0:
             return
-        counters = {
-            "stage": self.stage,
-            "global_nimg": self.global_nimg,
-            "stage_nimg": self.stage_nimg,
-            "steps": int(self.global_step),
-            "skipped_G": self.guard_g.num_skipped,
-            "skipped_D": self.guard_d.num_skipped,
-            "wall_seconds": None if self._fit_start_time is None else round(time.time() - self._fit_start_time, 1),
-        }
-        summary = fit_summary(counters, self.initial_val, self.val_history)
+        wall = None if self._fit_start_time is None else round(time.time() - self._fit_start_time, 1)
+        summary = fit_summary(self, wall)
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "tokenizer_summary.json").write_text(json.dumps(summary, indent=2))
         rank_zero_info(summary_line(summary))
@@ -395,36 +383,17 @@ class TokenizerModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called on every rank: the random streams of all ranks are gathered (collectives).
         frozen = drop_frozen_keys(checkpoint["state_dict"], self._hashes())
-        checkpoint[STATE_KEY] = {
-            "stage": self.stage,
-            "global_nimg": self.global_nimg,
-            "stage_nimg": self.stage_nimg,
-            "global_batch_size": self.global_batch_size,
-            "guard_g": self.guard_g.state_dict(),
-            "guard_d": self.guard_d.state_dict(),
-            "objective": {"ranks": gather_from_ranks(self.objective.state_dict_extra())},
-            "rng": self.rng.state_dict(),
-            "frozen": frozen,
-            "initial_val": self.initial_val,
-            "val_history": self.val_history,
-        }
+        checkpoint[STATE_KEY] = {**training_record(self), "frozen": frozen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume: fill the frozen networks back in (strict loading stays on for the rest), restore state."""
         extra = check_resume_record(checkpoint.get(STATE_KEY), self.stage, STATE_KEY)
         fill_frozen_keys(checkpoint["state_dict"], self, extra.get("frozen"), self._hashes())
         ema_cb = find_ema_callback(self.trainer) if self._trainer is not None else None
-        if ema_cb is not None:
+        if ema_cb is not None:  # a checkpoint written before the redesign holds the EMA in `extra`
             move_legacy_ema(checkpoint, STATE_KEY, ema_cb.state_key)
-        self.global_nimg, self.stage_nimg = int(extra["global_nimg"]), int(extra["stage_nimg"])
-        self.guard_g.load_state_dict(extra["guard_g"])
-        self.guard_d.load_state_dict(extra["guard_d"])
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
-        eq_state = own_rank_state(extra["objective"], world, rank)
-        if eq_state is not None:
-            self.objective.load_state_dict_extra(eq_state)
-        self.rng.load_state_dict(legacy_rng_state(extra["rng"], self.hparams.seed))
-        self.initial_val, self.val_history = extra.get("initial_val"), list(extra.get("val_history", []))
+        restore_training_record(self, extra, world, rank, self.hparams.seed)
 
 
 def _images01(batch: dict[str, Any] | torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.ema import EMACallback, find_ema, find_ema_callback
+from callbacks.ema import EMACallback, find_ema
 from vfmvae.utils.ema import EMA_PRESETS
 
 
@@ -123,13 +123,13 @@ class TwoParts(Tiny):
 
 
 class ReadsEmaFirst(Callback):
-    """A consumer listed *before* the EMA callback: what it sees at each step end, via `current`."""
+    """A consumer listed *before* the EMA callback: what it sees at each step end (as the probes read it)."""
 
     def __init__(self) -> None:
         self.seen: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen.append(find_ema_callback(trainer).current(trainer, pl_module).num_updates)
+        self.seen.append(find_ema(trainer).num_updates)
 
 
 def test_module_named_modules_current_ema_and_the_beta_tag(tmp_path):

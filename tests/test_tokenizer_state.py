@@ -1,4 +1,4 @@
-"""`vfmvae.tokenizer.training_state`: the formats of checkpoints written before the redesign keep loading.
+"""`vfmvae.tokenizer.training_state` / `handoff`: the formats of checkpoints written before the redesign keep loading.
 
 Before the redesign the tokenizer kept one RNG stream ``{seed, cpu, cuda}`` and its EMA inside its own
 checkpoint entry; now every rank's stream is saved (`RankRNGStream`) and the EMA is `EMACallback`'s.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vfmvae.tokenizer.handoff import checkpoint_ema_state
 from vfmvae.tokenizer.training_state import (
     check_resume_record,
-    checkpoint_ema_state,
     legacy_rng_state,
     move_legacy_ema,
     own_rank_state,

@@ -1,4 +1,4 @@
-"""Training state of the tokenizer stages in plain PyTorch: frozen-network keys, stage hand-off, legacy formats.
+"""Training state of a tokenizer stage in plain PyTorch: frozen-network keys, the module's record, legacy formats.
 
 - **Frozen networks are not stored in Lightning checkpoints.** The SigLIP2-L VFM (1.2 GB), the
   discriminator's DINO ViT-S and LPIPS' VGG16 are rebuilt from their files (or, for random test /
@@ -6,29 +6,24 @@
   records a sha256 per network; `fill_frozen_keys` puts the current tensors back before loading,
   so `load_state_dict` stays strict for every *other* key, and a changed frozen network is an error
   (docs/design.md, "Checkpoints, resume and provenance").
-- **Stage hand-off**: weights, EMA and the global image counter of the previous stage's checkpoint;
-  fresh optimisers unless asked otherwise (fresh Adam per stage, as officially). Missing and unexpected
-  keys are reported (`HandoffReport`); those explained by the stage plan (the VF projection dropped
-  after stage 1, the PatchGAN new in stage 3) are listed as such, anything else is an error unless
-  `strict=False`. `merge_ema_state` carries the previous EMA over name by name.
+- **The tokenizer's own record** (`training_record`): counters, guards, every rank's random streams and the
+  held-out history, and the stage summary written at the end of a fit. The stage hand-off is `handoff.py`.
 - **Checkpoints written before the redesign** keep loading: `legacy_rng_state` turns the old
   single-stream RNG record into the per-rank `vfmvae.utils.rng.RankRNGStream` format, and
-  `previous_stage_ema` finds the EMA both where `callbacks.ema.EMACallback` stores it now and inside
-  the tokenizer's own checkpoint entry, where it used to live.
+  `move_legacy_ema` moves the EMA from the tokenizer's own checkpoint entry to `EMACallback`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from vfmvae.provenance import state_dict_sha256
+from vfmvae.utils.distributed import gather_from_ranks
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +32,6 @@ FROZEN_PREFIXES: dict[str, str] = {
     "vfm": "tokenizer.vfm.",
     "dino": "projected_d.dino.",
     "lpips": "lpips.",
-}
-# Differences between consecutive stages that the stage plan explains.
-EXPLAINED_MISSING = {r"^patchgan\.": "PatchGAN discriminator is new in stage 3"}
-EXPLAINED_UNEXPECTED = {
-    r"^tokenizer\.head\.vf_projection\.": "VF projection (linear_proj) exists only in stages 0-1 (official strict=False drop)",
-    r"^patchgan\.": "PatchGAN discriminator is not used in this stage",
 }
 
 
@@ -91,138 +80,6 @@ def frozen_hashes(module: nn.Module) -> dict[str, str]:
     return out
 
 
-def _explain(key: str, table: Mapping[str, str]) -> str | None:
-    return next((why for pattern, why in table.items() if re.search(pattern, key)), None)
-
-
-@dataclass
-class HandoffReport:
-    """Outcome of loading the previous stage: keys that did not match, explained or not."""
-
-    source: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    explained: dict[str, str] = field(default_factory=dict)
-    ema_initialised_from_weights: list[str] = field(default_factory=list)
-    ema_dropped: list[str] = field(default_factory=list)
-    global_nimg: int = 0
-    previous_stage: int | None = None
-    optimizers_kept: bool = False
-
-    @property
-    def unexplained(self) -> list[str]:
-        return [k for k in self.missing + self.unexpected if k not in self.explained]
-
-    def summary(self) -> str:
-        lines = [f"stage hand-off from {self.source} (stage {self.previous_stage}, global images {self.global_nimg})"]
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
-            for k in keys:
-                lines.append(
-                    f"  {title}: {k}" + (f"  [{self.explained[k]}]" if k in self.explained else "  [UNEXPLAINED]")
-                )
-        if self.ema_initialised_from_weights:
-            lines.append(f"  EMA initialised from the weights for {len(self.ema_initialised_from_weights)} tensors")
-        if self.ema_dropped:
-            lines.append(
-                f"  EMA values dropped for {len(self.ema_dropped)} tensors no longer trained (raw weights kept)"
-            )
-        lines.append(f"  optimisers: {'kept' if self.optimizers_kept else 'fresh (paper)'}")
-        return "\n".join(lines)
-
-
-def _collapse(keys: Iterable[str], depth: int = 4) -> list[str]:
-    """Group keys by their first `depth` name parts so a report stays readable."""
-    return sorted({".".join(k.split(".")[:depth]) + (".*" if k.count(".") >= depth else "") for k in keys})
-
-
-def compare_state_dicts(own: Iterable[str], loaded: Iterable[str], source: str) -> HandoffReport:
-    own, loaded = set(own), set(loaded)
-    report = HandoffReport(source=source, missing=_collapse(own - loaded), unexpected=_collapse(loaded - own))
-    for key in report.missing:
-        why = _explain(key, EXPLAINED_MISSING)
-        if why:
-            report.explained[key] = why
-    for key in report.unexpected:
-        why = _explain(key, EXPLAINED_UNEXPECTED)
-        if why:
-            report.explained[key] = why
-    return report
-
-
-def merge_ema_state(saved: Mapping[str, Any], current: Mapping[str, Any], report: HandoffReport) -> dict[str, Any]:
-    """EMA state for this stage's tracked tensors from the previous stage's EMA, name by name.
-
-    Tracked names missing from the old EMA keep the current (weight-initialised) shadow; old names
-    no longer tracked are dropped (the parts a stage freezes keep their raw weights, which is where
-    the official G_ema of frozen parts converges to within the stage).
-    """
-    merged = {k: v for k, v in current.items() if k not in ("params", "buffers")}
-    merged["num_updates"] = int(saved.get("num_updates", 0))
-    merged["nimg"] = int(saved.get("nimg", 0))
-    for kind in ("params", "buffers"):
-        old, new = saved.get(kind, {}), current[kind]
-        merged[kind] = {
-            n: (old[n] if n in old and tuple(old[n].shape) == tuple(t.shape) else t) for n, t in new.items()
-        }
-        report.ema_initialised_from_weights += [n for n in new if n not in old]
-        report.ema_dropped += [n for n in old if n not in new]
-    return merged
-
-
-@dataclass
-class Handoff:
-    """What `read_previous_stage` takes from the previous stage's checkpoint."""
-
-    state: dict[str, torch.Tensor]  # weights to load (strict=False), frozen networks filled in
-    report: HandoffReport
-    ema: dict[str, Any] | None  # the previous EMA state, to merge with `merge_ema_state`
-    optimizer_states: list[dict] | None  # only with keep_optimizers
-
-
-def read_previous_stage(
-    path: str,
-    module: nn.Module,
-    hashes: Mapping[str, str],
-    module_key: str,
-    train_mode: str,
-    strict: bool = True,
-    keep_optimizers: bool = False,
-) -> Handoff:
-    """Read a previous stage's Lightning checkpoint for the stage hand-off (see the module docstring).
-
-    ``module``: the LightningModule of the new stage (its state-dict keys are compared with the checkpoint's);
-    ``module_key``: the checkpoint entry of its training state; ``train_mode``: the new stage's trainable set.
-    """
-    from .stages import get_stage
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint of TokenizerModule (no 'state_dict')")
-    state = dict(ckpt["state_dict"])
-    extra = ckpt.get(module_key, {})
-    fill_frozen_keys(state, module, extra.get("frozen"), hashes)
-    own = module.state_dict()
-    report = compare_state_dicts(own.keys(), state.keys(), str(path))
-    report.previous_stage = extra.get("stage")
-    report.global_nimg = int(extra.get("global_nimg", 0))
-    if report.unexplained and strict:
-        raise KeyError(
-            f"stage hand-off: unexplained key differences (init_strict=False to accept):\n{report.summary()}"
-        )
-    optimizer_states = None
-    if keep_optimizers:
-        previous = extra.get("stage")
-        if previous is not None and get_stage(previous).train_mode != train_mode:
-            raise ValueError(
-                f"init_keep_optimizers: stage {previous} trained a different parameter set "
-                f"({get_stage(previous).train_mode} vs {train_mode})"
-            )
-        optimizer_states = ckpt["optimizer_states"]
-        report.optimizers_kept = True
-    weights = {k: v for k, v in state.items() if k in own}
-    return Handoff(weights, report, checkpoint_ema_state(ckpt, module_key), optimizer_states)
-
-
 def own_rank_state(state: Mapping[str, Any], world_size: int, rank: int) -> Mapping[str, Any] | None:
     """This rank's entry of a per-rank record ``{"ranks": [...]}`` (a bare record = one rank, written before the
     redesign); ``None`` when the record was written by another number of ranks (the caller keeps its fresh state)."""
@@ -235,19 +92,6 @@ def own_rank_state(state: Mapping[str, Any], world_size: int, rank: int) -> Mapp
         )
         return None
     return ranks[rank]
-
-
-EMA_CALLBACK_KEY = "EMACallback"  # the checkpoint entry of `callbacks.ema.EMACallback` (its state_key)
-
-
-def checkpoint_ema_state(checkpoint: Mapping[str, Any], module_key: str) -> dict[str, Any] | None:
-    """The EMA state of a Lightning checkpoint: the EMA callback's entry, or (a checkpoint written before
-    the redesign) ``checkpoint[module_key]["ema"]``, where the tokenizer kept it; ``None`` when neither exists."""
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if key.startswith(EMA_CALLBACK_KEY) and isinstance(state, Mapping) and state.get("ema"):
-            return dict(state["ema"])
-    legacy = (checkpoint.get(module_key) or {}).get("ema")
-    return None if legacy is None else dict(legacy)
 
 
 def check_resume_record(record: Mapping[str, Any] | None, stage: int, module_key: str) -> Mapping[str, Any]:
@@ -287,6 +131,39 @@ def legacy_rng_state(state: Mapping[str, Any], seed: int) -> Mapping[str, Any]:
     return {"seed": int(seed), "world_size": 1, "ranks": [{"cpu": state["cpu"], "cuda": state.get("cuda")}]}
 
 
+def training_record(module: Any) -> dict[str, Any]:
+    """The tokenizer module's own state for ``checkpoint["tokenizer_training"]`` (not the frozen-network record).
+
+    ``module``: a `TokenizerModule` (``stage``, the image counters, ``guard_g`` / ``guard_d``, ``objective``,
+    ``rng``, ``initial_val`` / ``val_history``). Gathers every rank's random streams: call it on every rank.
+    """
+    return {
+        "stage": module.stage,
+        "global_nimg": module.global_nimg,
+        "stage_nimg": module.stage_nimg,
+        "global_batch_size": module.global_batch_size,
+        "guard_g": module.guard_g.state_dict(),
+        "guard_d": module.guard_d.state_dict(),
+        "objective": {"ranks": gather_from_ranks(module.objective.state_dict_extra())},
+        "rng": module.rng.state_dict(),
+        "initial_val": module.initial_val,
+        "val_history": module.val_history,
+    }
+
+
+def restore_training_record(module: Any, record: Mapping[str, Any], world_size: int, rank: int, seed: int) -> None:
+    """Put a `training_record` back into ``module`` on rank ``rank`` of ``world_size``; also reads the records
+    written before the redesign (one RNG stream, one equivariance-sampler state)."""
+    module.global_nimg, module.stage_nimg = int(record["global_nimg"]), int(record["stage_nimg"])
+    module.guard_g.load_state_dict(record["guard_g"])
+    module.guard_d.load_state_dict(record["guard_d"])
+    eq_state = own_rank_state(record["objective"], world_size, rank)
+    if eq_state is not None:
+        module.objective.load_state_dict_extra(eq_state)
+    module.rng.load_state_dict(legacy_rng_state(record["rng"], seed))
+    module.initial_val, module.val_history = record.get("initial_val"), list(record.get("val_history", []))
+
+
 def format_metrics(metrics: Mapping[str, float] | None) -> str:
     """``"psnr 21.3, ssim 0.61, ..."`` of a validation record (``n/a`` when there is none)."""
     if not metrics:
@@ -295,14 +172,24 @@ def format_metrics(metrics: Mapping[str, float] | None) -> str:
     return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys)
 
 
-def fit_summary(
-    counters: Mapping[str, Any], initial_val: Mapping[str, float] | None, val_history: list[Mapping[str, float]]
-) -> dict[str, Any]:
-    """``tokenizer_summary.json`` of a finished stage: the ``counters`` given, the held-out reconstruction
-    before training and after the last validation, and the PSNR gain between them."""
-    summary = {**counters, "initial_val": initial_val, "final_val": val_history[-1] if val_history else None}
-    if initial_val and val_history:
-        summary["psnr_gain_db"] = val_history[-1]["psnr"] - initial_val["psnr"]
+def fit_summary(module: Any, wall_seconds: float | None) -> dict[str, Any]:
+    """``tokenizer_summary.json`` of a finished stage: counters, skipped steps, the held-out reconstruction
+    before training and after the last validation, and the PSNR gain between them (``module``: as
+    `training_record`'s; ``steps``: its ``global_step``)."""
+    initial, history = module.initial_val, module.val_history
+    summary = {
+        "stage": module.stage,
+        "global_nimg": module.global_nimg,
+        "stage_nimg": module.stage_nimg,
+        "steps": int(module.global_step),
+        "skipped_G": module.guard_g.num_skipped,
+        "skipped_D": module.guard_d.num_skipped,
+        "wall_seconds": wall_seconds,
+        "initial_val": initial,
+        "final_val": history[-1] if history else None,
+    }
+    if initial and history:
+        summary["psnr_gain_db"] = history[-1]["psnr"] - initial["psnr"]
     return summary
 
 
@@ -318,21 +205,17 @@ def summary_line(summary: Mapping[str, Any]) -> str:
 
 __all__ = [
     "FROZEN_PREFIXES",
-    "EMA_CALLBACK_KEY",
-    "Handoff",
-    "HandoffReport",
     "check_resume_record",
-    "checkpoint_ema_state",
-    "compare_state_dicts",
     "drop_frozen_keys",
     "fill_frozen_keys",
     "fit_summary",
     "format_metrics",
     "frozen_hashes",
+    "frozen_state",
     "legacy_rng_state",
-    "merge_ema_state",
     "move_legacy_ema",
     "own_rank_state",
-    "read_previous_stage",
+    "restore_training_record",
     "summary_line",
+    "training_record",
 ]
