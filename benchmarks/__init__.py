@@ -1,4 +1,4 @@
-"""Benchmarks (issue 15): throughput, peak memory and MFU of the training and inference steps.
+"""Benchmarks: throughput, peak memory and MFU of the training and inference steps.
 
 Plain PyTorch with the project's modules (no Lightning), so the numbers do not depend on the
 LightningModules. Entry points: `python -m benchmarks --suite cpu|gpu|gpu-extra|smoke` (`make bench`),

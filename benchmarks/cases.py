@@ -8,6 +8,7 @@ fp32, activation checkpointing, fused AdamW. Suites:
 |---|---|---|
 | `cpu` | `make bench` (< 5 min on 2 cores) | tiny (`debug`) and small DiTs, tiny tokenizer, sampling, caching, CKNNA |
 | `gpu` | `benchmarks/gpu_check.sh` | LightningDiT-XL/1, REG SiT-XL/1 bf16 +/- compile, tokenizer at 256 px |
+| `gpu-sampling` | `benchmarks/gpu_check.sh` | sampling XL nets at the paper protocol's fp32 (+TF32) vs opt-in bf16 (`scripts/sample.py --precision`) |
 | `gpu-extra` | GPU, when minutes are left | sampling at 250 steps, latent caching, CKNNA n = 10,000, fp32 / checkpointing rows |
 | `smoke` | `tests/test_bench.py` | the smallest size of each DiT workload, seconds |
 """
@@ -18,8 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 KINDS = ("dit_train", "tokenizer_train", "sampling", "latent_cache", "cknna")
-FAMILIES = ("lightningdit", "reg")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "tf32", "bf16")
 
 
 @dataclass
@@ -28,16 +28,17 @@ class BenchCase:
 
     name: str
     kind: str
-    family: str = "lightningdit"  # DiT family for dit_train / sampling
+    family: str = "lightningdit"  # registered diffusion network family for dit_train / sampling
     preset: str = "debug"  # architecture preset (DiT or tokenizer)
     overrides: dict = field(default_factory=dict)  # architecture shape overrides of the preset
     batch_size: int = 8
-    dtype: str = "fp32"  # "bf16" = autocast to bfloat16 around the forward (weights stay fp32)
+    dtype: str = "fp32"  # "bf16" = autocast to bfloat16 around the forward (weights stay fp32); "tf32" = fp32 + TF32
     compile: bool = False  # torch.compile each transformer block (`compile_blocks`)
     activation_checkpointing: bool = False
     fused_optimizer: bool = False  # AdamW(fused=True); otherwise foreach
     channels_last: bool = False  # tokenizer: decoder, LPIPS, D heads and images in channels-last memory format
     ema: bool = True  # include the EMA update in the training step (it is part of every real step)
+    transport: str = "lightningdit"  # TRANSPORT_PRESETS key of dit_train (the family's own convention)
     reg_target: str = "cached"  # REG: "cached" DINOv2 targets, or "online" DINOv2-B forward per step
     discriminator: str = "debug"  # tokenizer: projected-D preset ("dino-vits16" at 256 px)
     loss_preset: str = "debug"  # tokenizer: TOKENIZER_LOSS_PRESETS key
@@ -51,8 +52,12 @@ class BenchCase:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"BenchCase {self.name!r}: unknown kind {self.kind!r}; choose from {KINDS}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"BenchCase {self.name!r}: unknown family {self.family!r}; choose from {FAMILIES}")
+        from vfmvae.dit import network_families
+
+        if self.family not in network_families():
+            raise ValueError(
+                f"BenchCase {self.name!r}: unknown family {self.family!r}; choose from {network_families()}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"BenchCase {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.reg_target not in ("cached", "online"):
@@ -70,11 +75,7 @@ class BenchCase:
         parts += ["ckpt"] if self.activation_checkpointing else []
         parts += ["fused"] if self.fused_optimizer else []
         parts += ["channels-last"] if self.channels_last else []
-        parts += (
-            ["online-target"]
-            if self.kind == "dit_train" and self.family == "reg" and self.reg_target == "online"
-            else []
-        )
+        parts += ["online-target"] if self.kind == "dit_train" and self.reg_target == "online" else []
         return "+".join(parts)
 
     def to_dict(self) -> dict:
@@ -89,9 +90,9 @@ SMALL_REG = {**SMALL_DIT, "encoder_depth": 2, "projector_dim": 512}
 
 def _cpu_suite() -> list[BenchCase]:
     ldit = BenchCase("LightningDiT debug", "dit_train", "lightningdit", "debug", batch_size=16, iters=4)
-    reg = BenchCase("REG SiT debug", "dit_train", "reg", "debug", batch_size=16, iters=4)
+    reg = BenchCase("REG SiT debug", "dit_train", "reg", "debug", batch_size=16, iters=4, transport="reg")
     ldit_s = BenchCase("LightningDiT small", "dit_train", "lightningdit", "LightningDiT-XL/1", SMALL_DIT, 8, iters=1)
-    reg_s = BenchCase("REG SiT small", "dit_train", "reg", "SiT-XL/1-REG", SMALL_REG, 8, iters=1)
+    reg_s = BenchCase("REG SiT small", "dit_train", "reg", "SiT-XL/1-REG", SMALL_REG, 8, iters=1, transport="reg")
     return [
         ldit,
         ldit.replace(name="LightningDiT debug fused", fused_optimizer=True),
@@ -126,6 +127,7 @@ def _gpu_suite() -> list[BenchCase]:
         batch_size=32,
         dtype="bf16",
         fused_optimizer=True,
+        transport="reg",
         warmup=3,
         iters=10,
     )
@@ -186,6 +188,7 @@ def _gpu_extra_suite() -> list[BenchCase]:
             dtype="bf16",
             fused_optimizer=True,
             reg_target="online",
+            transport="reg",
             warmup=3,
             iters=10,
         ),
@@ -217,16 +220,42 @@ def _gpu_extra_suite() -> list[BenchCase]:
     ]
 
 
+def _gpu_sampling_suite() -> list[BenchCase]:
+    """`scripts/sample.py --precision fp32` (the paper protocol: fp32 with TF32, as the official samplers) against
+    ``--precision bf16``: one batch of 64 at 50 grid points per network (the per-evaluation cost is what differs)."""
+    ldit = BenchCase(
+        "Sampling LightningDiT-XL/1 CFG fp32+TF32",
+        "sampling",
+        "lightningdit",
+        "LightningDiT-XL/1",
+        batch_size=64,
+        dtype="tf32",
+        num_steps=50,
+        warmup=1,
+        iters=1,
+    )
+    reg = ldit.replace(
+        name="Sampling REG SiT-XL/1 CFG fp32+TF32", family="reg", preset="SiT-XL/1-REG", sampler="reg-cfg"
+    )
+    return [
+        ldit,
+        ldit.replace(name="Sampling LightningDiT-XL/1 CFG bf16", dtype="bf16"),
+        reg,
+        reg.replace(name="Sampling REG SiT-XL/1 CFG bf16", dtype="bf16"),
+    ]
+
+
 def _smoke_suite() -> list[BenchCase]:
     return [
         BenchCase("LightningDiT debug", "dit_train", "lightningdit", "debug", batch_size=2, warmup=1, iters=1),
-        BenchCase("REG SiT debug", "dit_train", "reg", "debug", batch_size=2, warmup=1, iters=1),
+        BenchCase("REG SiT debug", "dit_train", "reg", "debug", batch_size=2, warmup=1, iters=1, transport="reg"),
     ]
 
 
 SUITES: dict[str, list[BenchCase]] = {
     "cpu": _cpu_suite(),
     "gpu": _gpu_suite(),
+    "gpu-sampling": _gpu_sampling_suite(),
     "gpu-extra": _gpu_extra_suite(),
     "smoke": _smoke_suite(),
 }

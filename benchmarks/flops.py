@@ -1,4 +1,4 @@
-"""Model FLOPs of the DiT training step, counted analytically from the config (issue 15, MFU).
+"""Model FLOPs of the DiT training step, counted analytically from the config (MFU).
 
 Counting rule (the one every number in `docs/benchmarks.md` uses):
 
@@ -71,7 +71,7 @@ def _timestep_flops(dim: int, frequency_dim: int = 256) -> int:
 
 
 def dit_forward_flops(cfg: LightningDiTConfig | SiTREGConfig) -> FlopBreakdown:
-    """Forward FLOPs per sample of a LightningDiT or REG SiT (diffusion spec §3.1) from its config."""
+    """Forward FLOPs per sample of a LightningDiT or REG SiT from its config."""
     D, p = cfg.hidden_size, cfg.patch_size
     N = cfg.grid_size**2
     if isinstance(cfg, LightningDiTConfig):

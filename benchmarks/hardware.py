@@ -1,7 +1,7 @@
 """Peak FLOP/s of the device a benchmark runs on, for MFU = achieved model FLOP/s / peak.
 
 GPU peaks are the vendors' *dense* tensor-core numbers (no 2:4 sparsity) for the dtype the step
-computes in: bf16 for `--dtype bf16`, fp32 (TF32 off, as VFM-VAE trains: tokenizer spec §5) for
+computes in: bf16 for `--dtype bf16`, fp32 (TF32 off, as VFM-VAE trains; docs/design.md, "Precision policy") for
 `--dtype fp32`. Names are matched as substrings of `torch.cuda.get_device_name()`, most specific
 first. A CPU peak is an *estimate* (cores x clock x SIMD FLOPs per cycle) and is flagged as such:
 CPU MFU figures only show relative efficiency on the same machine.

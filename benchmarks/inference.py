@@ -1,12 +1,12 @@
-"""Inference workloads: sampling, latent caching and CKNNA (issue 15).
+"""Inference workloads: sampling, latent caching and CKNNA.
 
-* Sampling (diffusion spec §3.4): one batch of `num_steps`-point sampling through
+* Sampling (docs/design.md, "Sampling and guidance"): one batch of `num_steps`-point sampling through
   `vfmvae.transport.sample` with the case's sampler preset (LightningDiT: Euler ODE + CFG on channels
   0-2 where t >= 0.125; REG: Euler-Maruyama SDE + CFG where t <= 0.8). Latents only: decoding is
   one tokenizer decoder pass per image, negligible next to 2 x 249 DiT evaluations.
   FLOPs: analytic forward FLOPs x the batch rows the network actually saw (counted while running,
   so CFG doubling only inside the guidance interval is accounted for exactly).
-* Latent caching (diffusion spec §4): `encode` of each image and its horizontal flip in fp32 with
+* Latent caching: `encode` of each image and its horizontal flip in fp32 with
   autocast off, as `lightning_modules.latent_cache.LatentCacheModule.predict_step`.
   FLOPs by `FlopCounterMode` over the first (warm-up) batch.
 * CKNNA (`vfmvae.metrics.cknna`): n samples of two random feature sets (SigLIP2-L 1024-d vs
@@ -30,36 +30,33 @@ class _RowCounter:
         self.fn, self.rows, self.calls = fn, 0, 0
 
     def __call__(self, x, *args, **kwargs):
-        self.rows += x.shape[0]
+        self.rows += (x[0] if isinstance(x, tuple) else x).shape[0]
         self.calls += 1
         return self.fn(x, *args, **kwargs)
 
 
 def build_sampling(case: BenchCase, device: torch.device) -> Workload:
-    from vfmvae.transport import SAMPLER_PRESETS, reg_velocity_fn, sample
+    """`vfmvae.transport.sample_latents`'s path: the network's initial state and velocity, its null condition."""
+    from vfmvae.transport import SAMPLER_PRESETS, sample
 
     if case.sampler not in SAMPLER_PRESETS:
         raise ValueError(f"unknown sampler preset {case.sampler!r}; choose from {sorted(SAMPLER_PRESETS)}")
     config = SAMPLER_PRESETS[case.sampler].replace(num_steps=case.num_steps)
     model = build_dit(case, device).eval().requires_grad_(False)
-    counter = _RowCounter(model)
-    c, B = model.config, case.batch_size
+    counter = _RowCounter(model.velocity)
+    B = case.batch_size
     gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(B, c.in_channels, c.input_size, c.input_size, generator=gen).to(device)
-    y = torch.randint(0, c.num_classes, (B,), generator=gen).to(device)
-    if case.family == "reg":
-        noise = (noise, torch.randn(B, c.cls_token_dim, generator=gen).to(device))
-        fn = reg_velocity_fn(counter)
-    else:
-        fn = counter
+    noise = model.initial_state(B, gen, "cpu")
+    noise = tuple(c.to(device) for c in noise) if isinstance(noise, tuple) else noise.to(device)
+    y = model.condition.draw("random", B, generator=gen).to(device)
     steps = {"n": 0}
 
     def step():
         steps["n"] += 1
         with torch.no_grad(), autocast(device, case.dtype):
-            return sample(config, fn, noise, y)
+            return sample(config, counter, noise, y, null_condition=model.condition.null_like)
 
-    per_row = dit_forward_flops(c).total
+    per_row = dit_forward_flops(model.config).total
 
     def flops_per_step() -> float:  # resolved after timing, from the rows actually evaluated
         return per_row * counter.rows / max(steps["n"], 1)

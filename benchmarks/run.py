@@ -1,4 +1,4 @@
-"""`python -m benchmarks` — run a suite, print a markdown table, write JSON (issue 15).
+"""`python -m benchmarks` — run a suite, print a markdown table, write JSON.
 
     python -m benchmarks --suite cpu                       # what `make bench` runs
     python -m benchmarks --suite gpu --out-dir outputs/bench
@@ -142,12 +142,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--suite", default="cpu", help="cpu | gpu | gpu-extra | smoke (benchmarks/cases.py)")
+    p.add_argument("--suite", default="cpu", help="cpu | gpu | gpu-sampling | gpu-extra | smoke (benchmarks/cases.py)")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="outputs/bench", help="JSON goes here (gitignored)")
     p.add_argument("--only", action="append", default=[], help="keep cases whose name contains this (repeatable)")
     p.add_argument("--kind", action="append", default=[], choices=KINDS, help="keep cases of this kind")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="override the compute dtype of every case")
+    p.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], help="override the compute dtype of every case")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile blocks")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None)
@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     table = markdown_table(rows)
     print(f"\nDevice: {peak.name} ({peak.note}); {report['date_utc']}; total {report['total_s']:.0f} s\n")
     print(table)
-    for r in rows:  # issue 15's bar and goal for one H100/H200-class GPU
+    for r in rows:  # the project's bar and goal for one H100/H200-class GPU
         case = r["case"]
         if (
             r["status"] == "ok"

@@ -1,4 +1,4 @@
-"""The numerical tokenizer training iteration: one G phase and one D phase (tokenizer spec §4-§5).
+"""The numerical tokenizer training iteration: one G phase and one D phase (docs/design.md, "Tokenizer stages and losses").
 
 G phase: frozen VFM forward under `no_grad` (SigLIP2 at 2x resolution) -> latent head -> z sample
 -> decoder with multi-scale outputs -> reconstruction terms (L1, LPIPS, multi-scale L1), KL, VF
@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.cases import BenchCase
 from benchmarks.workload import Workload, adamw, autocast, count_first_call, trainable_count
+from vfmvae.codec import uint8_to_unit
 
 
 def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
@@ -57,9 +58,8 @@ def build_tokenizer_train(case: BenchCase, device: torch.device) -> Workload:
 
     gen = torch.Generator().manual_seed(0)
     side = cfg.img_resolution
-    images = (
-        torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device).float()
-        / 255.0
+    images = uint8_to_unit(
+        torch.randint(0, 256, (case.batch_size, 3, side, side), generator=gen, dtype=torch.uint8).to(device)
     )
 
     if case.channels_last:

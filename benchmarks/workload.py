@@ -31,10 +31,24 @@ class Workload:
 
 
 def autocast(device: torch.device, dtype: str):
-    """bf16 autocast around forward + loss (weights, optimiser and EMA stay fp32); fp32: no-op."""
+    """bf16 autocast around forward + loss (weights, optimiser and EMA stay fp32); fp32: no-op;
+    tf32: fp32 with TF32 matmuls/convolutions allowed (the official samplers' setting, `scripts/sample.py`'s
+    default ``--precision fp32`` on GPU)."""
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if dtype == "tf32":
+        return _allow_tf32()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _allow_tf32():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def adamw(

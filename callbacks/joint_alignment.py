@@ -1,18 +1,20 @@
-"""Joint alignment, diffusion side (diffusion.md §2): REG/REPA targets from a frozen VFM, as a callback.
+"""Joint alignment, diffusion side (docs/design.md, "Diffusion networks and the network interface"): REG/REPA targets from a frozen VFM, as a callback.
 
 Each training batch's images (``batch["image"]``, uint8 ``(B, 3, H, W)``; the latent cache stores the
 ADM crop beside each latent, flipped with it) go through a frozen VFM at ``image_size`` px with
 ``interpolation`` (the paper: DINOv2-B/14, 224 px bicubic, ImageNet mean/std) under ``no_grad``.
-The callback puts the targets into the batch, and `DiffusionModule.training_step` hands them to the
-transport loss::
+The callback puts the targets into the batch, and the network turns them into its training state
+(`vfmvae.dit.interface.DiffusionNetwork.training_state`)::
 
-    batch["alignment"] = {"proj_targets": [(B, 1+N, D)] (REG) or [(B, N, D)] (LightningDiT REPA),
-                          "cls_target": (B, D) (REG) or None, "proj_weight": 0.5, "cls_weight": 0.03}
+    batch["alignment"] = {"proj_targets": [(B, 1+N, D)] (class-token networks) or [(B, N, D)],
+                          "cls_target": (B, D) or None, "proj_weight": 0.5, "cls_weight": 0.03}
 
-* REG (``network == "reg"``): target = ``x_norm_clstoken`` prepended to ``x_norm_patchtokens``
-  (257 x 768 for XL/1); the class token is also the REG input state (noised by the loss) and its
-  velocity target. Weights 0.5 (projection) and 0.03 (class token), on from step 0 (the paper).
-* LightningDiT with a REPA projector: the N patch tokens only, projection weight 0.5, no class token.
+* A network whose state carries a VFM class token (``net.class_token_dim`` set: REG): target =
+  ``x_norm_clstoken`` prepended to ``x_norm_patchtokens`` (257 x 768 for XL/1); the class token is also
+  the input state (noised by the objective) and its velocity target. Weights 0.5 (projection) and 0.03
+  (class token), on from step 0 (the paper).
+* A projector-only network (LightningDiT with a REPA projector): the N patch tokens only, projection
+  weight 0.5, no class token.
 
 VFM weights. ``vfm="dinov2-vitb14"`` reads the torch.hub ``dinov2_vitb14`` ``.pth`` that REG loads;
 the timm wrapper resamples its 37x37 position table bicubically to the 16x16 grid of a 224 px input,
@@ -22,7 +24,7 @@ which is what REG does once at load time. ``vfm="dinov2-base"`` reads a transfor
 
 Class-token substitute for VFMs without a CLS token (the tokenizer's own SigLIP2, run at 256 px ->
 16x16 tokens): the mean of the patch tokens after the post-LayerNorm (``cls_substitute="mean"``), i.e.
-the same pooled vector SE-CKNNA uses for SigLIP2 (diffusion.md §1.2). SigLIP's own MAP-head pooling is
+the same pooled vector SE-CKNNA uses for SigLIP2 (docs/design.md, "SE-CKNNA"). SigLIP's own MAP-head pooling is
 not used because the project drops that head.
 
 On/off by optimiser step: targets are produced for ``start_step <= global_step < end_step``
@@ -41,6 +43,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vfmvae.codec import uint8_to_unit
+from vfmvae.dit.interface import check_network
+from vfmvae.tokenizer.loading import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ class JointAlignmentCallback(Callback):
         interpolation / antialias: the resize (REG: bicubic, no antialias).
         layer: VFM layer (``-1`` = final output after the post-LayerNorm, the REPA/REG choice).
         proj_weight / cls_weight: loss weights put into the batch (paper: 0.5 / 0.03).
-        use_cls: ``None`` = by network family (REG yes, LightningDiT no).
+        use_cls: ``None`` = whether the network's state carries a class token (REG yes, LightningDiT no).
         cls_substitute: how to make a class token for VFMs without one (``"mean"`` of patch tokens).
         start_step / end_step: optimiser-step window in which alignment is on.
     """
@@ -100,8 +104,8 @@ class JointAlignmentCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        net = check_network(getattr(pl_module, "net", None), "JointAlignmentCallback's pl_module.net")
         if self.vfm is None:
-            from vfmvae.utils.paths import resolve_path
             from vfmvae.vfm import build_vfm
 
             self.vfm_pretrained = resolve_path(self.vfm_pretrained, "JointAlignmentCallback.vfm_pretrained")
@@ -110,24 +114,20 @@ class JointAlignmentCallback(Callback):
                     "joint alignment: %s with RANDOM weights (vfm_pretrained not set): tests/demo only", self.vfm_name
                 )
             self.vfm = build_vfm(self.vfm_name, pretrained=self.vfm_pretrained, config=self.vfm_config or None)
-        family = getattr(pl_module, "network", None)
-        self._cls = (family == "reg") if self.use_cls is None else bool(self.use_cls)
-        self._check_shapes(pl_module)
+        self._cls = (net.class_token_dim is not None) if self.use_cls is None else bool(self.use_cls)
+        self._check_shapes(net)
 
-    def _check_shapes(self, pl_module: LightningModule) -> None:
-        from vfmvae.dit.networks import alignment_dim_of, token_grid_of
-
-        net = pl_module.net
+    def _check_shapes(self, net: torch.nn.Module) -> None:
         patch = int(self.vfm.patch_size)
         if self.image_size % patch:
             raise ValueError(f"alignment image_size {self.image_size} is not a multiple of the VFM patch {patch}")
-        grid, want = self.image_size // patch, token_grid_of(net)
+        grid, want = self.image_size // patch, int(net.token_grid)
         if grid != want:
             raise ValueError(
                 f"the VFM gives a {grid}x{grid} token grid at {self.image_size} px, but the diffusion "
                 f"network has {want}x{want} tokens: set image_size={want * patch}"
             )
-        dim = alignment_dim_of(net)
+        dim = net.alignment_dim
         if dim is None:
             raise ValueError("the diffusion network has no projector to align (LightningDiT: set repa_encoder_depth)")
         if dim != int(self.vfm.hidden_size):

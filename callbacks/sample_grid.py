@@ -1,10 +1,13 @@
 """Periodic sample grids during diffusion training, decoded by the tokenizer's decoder, to TensorBoard.
 
 Every ``every_n_steps`` optimiser steps the network samples ``num_samples`` images with fixed noise
-and fixed labels (so successive grids are comparable), with the EMA weights when an
+and fixed conditions (so successive grids are comparable), with the EMA weights when an
 `callbacks.ema.EMACallback` is present, de-normalises the latents with the run's statistics and
-decodes them with a decoder-only tokenizer (`vfmvae.tokenizer.loading.load_decoder`).
-The grid is logged as ``grid/samples`` (image) on rank 0.
+decodes them with a decoder-only tokenizer (`vfmvae.tokenizer.loading.load_decoder`). The network is
+driven only through `vfmvae.dit.interface.DiffusionNetwork` (its paper sampler, its condition type), by
+the same `vfmvae.transport.sample_latents` as `scripts/sample.py`. Decoded images become uint8 by the
+paper protocol's truncation (`vfmvae.codec.to_uint8(x, "truncate")`, the official `tools/decode`). The grid
+is logged as ``grid/samples`` (image) on rank 0.
 
 Every rank samples (a sharded FSDP network needs all ranks in each forward); only rank 0 decodes
 and logs. The decoder is a plain attribute of the callback, never part of the LightningModule, so
@@ -14,32 +17,18 @@ it is not trained, averaged or checkpointed.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_modules.diffusion_sampling import class_labels, sample_latents, sampler_config
-from vfmvae.codec import signed_to_uint8
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
-from vfmvae.utils.paths import resolve_path
+from vfmvae.codec import to_uint8
+from vfmvae.dit.interface import check_network
+from vfmvae.tokenizer.loading import load_decoder, load_latent_stats, resolve_path
+from vfmvae.transport.sampling import sample_latents, sampler_config
+from vfmvae.utils.image_grid import image_grid
 
 log = logging.getLogger(__name__)
-
-
-def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> one uint8 ``(3, rows*(H+pad)+pad, cols*(W+pad)+pad)`` mosaic."""
-    b, c, h, w = images.shape
-    cols = nrow or max(1, math.ceil(math.sqrt(b)))
-    rows = math.ceil(b / cols)
-    grid = images.new_zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad))
-    for i in range(b):
-        r, q = divmod(i, cols)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[
-            i
-        ]
-    return grid
 
 
 class SampleGridCallback(Callback):
@@ -51,8 +40,9 @@ class SampleGridCallback(Callback):
         tokenizer_kwargs: official generator kwargs (file or dict) for an official release file.
         latent_stats: ``latents_stats.pt``; default: the statistics of the training latent dataset.
         every_n_steps, num_samples: cadence and grid size.
-        sampler / num_steps / cfg_scale: sampler preset (default: the family's paper sampler) and overrides.
-        label_mode: ``"balanced"`` (classes 0, 1, ...) or ``"random"``; seed: fixed noise and labels.
+        sampler / num_steps / cfg_scale: sampler preset (default: the network's paper sampler) and overrides.
+        label_mode: ``"balanced"`` (classes 0, 1, ...) or ``"random"`` (passed to the network's condition
+            spec); seed: fixed noise and conditions.
         use_ema: sample with the EMA weights when an EMA callback exists.
     """
 
@@ -95,10 +85,10 @@ class SampleGridCallback(Callback):
 
     def _normalizer(self, trainer: Trainer):
         if self.normalizer is None:
-            from datamodules.latent_dataset import find_latent_dataset
-
-            ds = find_latent_dataset(trainer.datamodule) if self.latent_stats is None else None
-            stats = ds.normalizer.stats_dict() if ds is not None and ds.normalizer is not None else None
+            # The run's own statistics come from the module (`DiffusionModule.latent_normalizer`: its latent cache).
+            own = getattr(trainer.lightning_module, "latent_normalizer", None)
+            data = own() if callable(own) and self.latent_stats is None else None
+            stats = data.stats_dict() if data is not None else None
             path = resolve_path(self.latent_stats, "SampleGridCallback.latent_stats", optional=True)
             self.normalizer = load_latent_stats(path, stats)
         return self.normalizer
@@ -116,30 +106,28 @@ class SampleGridCallback(Callback):
     @torch.no_grad()
     def sample_grid(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor | None:
         """Sample on every rank; decode and return the uint8 grid on rank 0 (``None`` elsewhere)."""
-        family = pl_module.network
-        config = sampler_config(family, self.sampler, cfg_scale=self.cfg_scale, num_steps=self.num_steps)
+        net = check_network(getattr(pl_module, "net", None), "SampleGridCallback's pl_module.net")
+        config = sampler_config(net, self.sampler, cfg_scale=self.cfg_scale, num_steps=self.num_steps)
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        labels = class_labels(
-            self.label_mode,
-            self.num_samples,
-            pl_module.net.config.num_classes,
-            generator=torch.Generator().manual_seed(self.seed),
+        conditions = net.condition.draw(
+            self.label_mode, self.num_samples, generator=torch.Generator().manual_seed(self.seed)
         ).to(pl_module.device)
         ema = self._ema(trainer)
         # The run's precision (e.g. bf16 autocast) also for the network here; the decoder runs in fp32 below.
         with trainer.precision_plugin.forward_context():
             if ema is not None:
                 with ema.swap():
-                    latents = sample_latents(pl_module.net, family, config, labels, generator=g)
+                    latents = sample_latents(net, config, conditions, generator=g)
             else:
-                latents = sample_latents(pl_module.net, family, config, labels, generator=g)
+                latents = sample_latents(net, config, conditions, generator=g)
         if not trainer.is_global_zero:
             return None
         normalizer = self._normalizer(trainer).to(latents.device)
         decoder = self.decoder.to(latents.device)
-        with torch.autocast(device_type=latents.device.type, enabled=False):  # decode in fp32 (diffusion.md §3.5)
-            images = signed_to_uint8(decoder.decode(normalizer.denormalize(latents)))
-        return make_grid(images.cpu())
+        # Decode in fp32 (docs/design.md, "Precision policy"); uint8 by truncation (official tools/decode).
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            images = to_uint8(decoder.decode(normalizer.denormalize(latents)), "truncate")
+        return image_grid(images.cpu())
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

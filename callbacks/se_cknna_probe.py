@@ -1,31 +1,31 @@
-"""SE-CKNNA probe callback: the paper's "representation dynamics" watched live (issue 13; diffusion.md §1.2, §1.4).
+"""SE-CKNNA probe callback: the paper's "representation dynamics" watched live (docs/design.md, "SE-CKNNA"; docs/design.md,
+"SE-CKNNA").
 
 Every ``every_n_steps`` optimiser steps (and optionally at fit start) on a fixed probe set:
 
-* **diffusion** (the probed network is a `LightningDiT` / `SiTREG`): per-block CKNNA(k) between the DiT's
-  token-mean features of the probe latents noised to t = 0.5 (x_t = 0.5 x + 0.5 eps, null label, the model's own
-  time convention, REG's class token noised the same way and excluded from the means; all via
-  `vfmvae.metrics.se_cknna.dit_block_features`) and the frozen reference VFM's clean pooled features of the same
-  images (§1.4). Logs ``probe/cknna/{embedder, block_i, final_layer[, projector_0], mean_over_blocks}``.
-* **tokenizer** (a `VFMVAE`): SE-CKNNA of the pooled posterior sample z per condition (clean, equivariance,
-  pixel noise; official transforms indexed by the probe-set position, §1.2) against the reference VFM on the
-  same transformed images. Logs ``probe/se_cknna/{condition, mean_over_conditions}``.
+* **diffusion** (the probed network implements `vfmvae.dit.interface.DiffusionNetwork`): per-block CKNNA(k)
+  between the network's token-mean features of the probe latents noised to t = 0.5 (x_t = 0.5 x + 0.5 eps,
+  null condition, the network's own time convention; a class token in its state noised the same way) and the
+  frozen reference VFM's clean pooled features of the same images. Logs
+  ``probe/cknna/{embedder, block_i, final_layer[, projector_j], mean_over_blocks}``.
+* **tokenizer** (a module with ``encode``, e.g. `VFMVAE`): SE-CKNNA of the pooled posterior sample z per
+  condition (clean, equivariance, pixel noise; official transforms indexed by the probe-set position) against
+  the reference VFM on the same transformed images. Logs ``probe/se_cknna/{condition, mean_over_conditions}``.
 
-Both log ``probe/seconds`` and a rows x step heat-map image (``probe/cknna_heatmap`` / ``probe/se_cknna_heatmap``)
-to every TensorBoard logger (`callbacks.tb_layout`). Cost is bounded by ``num_images`` (kernels are n x n) and
-``max_blocks`` (CKNNAs per probe); the reference features are computed once and cached.
+The features come from the one feature loop of `vfmvae.metrics.se_probe` (also used by `scripts/se_cknna.py`);
+this callback adds only when (the step schedule), where (probe set, EMA weights, ranks) and the logging: both
+kinds log ``probe/seconds`` and a rows x step heat-map image (``probe/cknna_heatmap`` /
+``probe/se_cknna_heatmap``) to every TensorBoard logger (`callbacks.tb_layout`). Cost is bounded by
+``num_images`` (kernels are n x n) and ``max_blocks``; the reference features are computed once and cached.
 
-Protocol on the LightningModule (docs/interfaces.md): ``probe_network()`` returns the network to probe (fallback:
-the attribute ``net``, then ``tokenizer``); optional ``probe_ema()`` returns a `vfmvae.utils.ema.EMA` or None
-(fallback: ``pl_module.ema`` or any callback's ``.ema`` that averages the network's parameters). With an EMA
-the probe runs on the EMA weights (swapped in, then back). The probe set never comes from the training batch:
-``source`` = ``latent_cache`` (a cache written with images; gives latents *and* pixels), ``image_folder``,
-``demo`` (tokenizer only: no latents), or a ``dataset=`` object whose items hold ``image`` uint8 (3, H, W) and,
-for diffusion, ``latent`` (C, h, w) normalised.
+Protocol on the LightningModule: ``probe_network()`` returns the network to probe (fallback: the attribute
+``net``, then ``tokenizer``); optional ``probe_ema()`` returns a `vfmvae.utils.ema.EMA` or None (fallback:
+``pl_module.ema`` or any callback's ``.ema`` that averages the network's parameters). With an EMA the probe
+runs on the EMA weights (swapped in, then back). The probe set is described in
+`callbacks/se_cknna_probe_config.py`.
 
-Distributed: the probe set is cut into equal chunks; rank r runs chunks r, r + W, ... (every rank the same
-number of forward passes, so FSDP's collectives inside the forward line up), the features are gathered with
-``all_gather_object`` on *all* ranks, and rank 0 alone computes CKNNA, logs and keeps the history (the
+Distributed: rank r runs chunks r, r + W, ... of the probe set (every rank the same number of forward passes),
+the features are gathered on *all* ranks, and rank 0 alone computes CKNNA, logs and keeps the history (the
 checkpointed state). Chunk c's noise comes from a generator seeded by (seed, c), so the numbers do not depend on
 the world size, and the probe never touches the global RNG (training stays reproducible).
 Put this callback *after* `EMACallback` in the list so a probe at step N sees the EMA of step N.
@@ -34,11 +34,8 @@ Put this callback *after* `EMACallback` in the list so a probe at step N sees th
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -46,268 +43,32 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+from callbacks.joint_alignment import JointAlignmentCallback
+from callbacks.se_cknna_probe_config import PROBE_PRESETS, ProbeSet, SECKNNAProbeConfig, load_probe_set
 from callbacks.tb_layout import log_image, log_scalars, render_heatmap
+from vfmvae.dit.interface import is_diffusion_network
 from vfmvae.metrics import cknna
-from vfmvae.metrics.se_cknna import (
-    AGGREGATE_NAME,
-    DINOv2SEExtractor,
-    SigLIPSEExtractor,
-    TokenizerSEExtractor,
+from vfmvae.metrics.se_cknna import AGGREGATE_NAME, DINOv2SEExtractor, SigLIPSEExtractor, TokenizerSEExtractor, se_cknna
+from vfmvae.metrics.se_probe import (
+    chunk_seed,
+    conditioned_features,
     dit_block_features,
-    lightningdit_probe,
-    se_cknna,
-    sit_reg_probe,
+    probe_chunks,
+    probe_class_tokens,
+    resize_hwc,
+    run_chunks,
+    select_blocks,
 )
-from vfmvae.metrics.se_transforms import (
-    NOISE_LEVELS,
-    SE_SEED,
-    add_pixel_noise,
-    condition_names,
-    equivariance_params,
-    noise_condition,
-)
+from vfmvae.metrics.se_transforms import condition_names
+from vfmvae.tokenizer.loading import resolve_path
 from vfmvae.utils.ema import EMA
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SECKNNAProbeConfig", "PROBE_PRESETS", "ProbeSet", "load_probe_set", "SECKNNAProbeCallback"]
 
-SOURCES = ("latent_cache", "image_folder", "demo", "dataset")
-CLS_SOURCES = ("auto", "alignment", "reference", "zeros")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-@dataclass(frozen=True)
-class SECKNNAProbeConfig:
-    """What to probe and how often. ``every_n_steps=0`` disables the periodic probe; ``probe_on_fit_start`` also
-    probes when training starts (hook ``on_train_start``; a resumed run probes its restored step unless the
-    checkpoint already holds that probe).
-
-    reference_*: the frozen VFM (a `vfmvae.vfm.build_vfm` preset, local weights, field overrides). DINOv2 presets
-    use the official DINOv2 extractor (PIL bicubic to ``reference_resolution``, patch-token mean, CLS excluded),
-    others the SigLIP one (input size as is, token mean). ``image_size``: tokenizer SE images (256 officially;
-    other sizes are Lanczos-resized). ``conditions``: tokenizer SE conditions (None = all six).
-    ``cls_source`` (REG): the class token fed with the latents: the joint-alignment callback's target, the
-    reference VFM's CLS, or zeros; ``auto`` picks them in that order.
-    """
-
-    every_n_steps: int = 10_000
-    probe_on_fit_start: bool = False
-    source: str = "latent_cache"
-    root: str | None = None
-    num_images: int = 256
-    seed: int = 0
-    image_size: int = 256
-    reference_vfm: str = "dinov2-vitb14"
-    reference_pretrained: str | None = None
-    reference_config: dict[str, Any] | None = None
-    reference_resolution: int = 224
-    noise_fraction: float = 0.5
-    max_blocks: int | None = None
-    conditions: tuple[str, ...] | None = None
-    use_posterior_sample: bool = True
-    cls_source: str = "auto"
-    batch_size: int = 32
-    topk: int = 10
-    use_ema: bool = True
-    heatmap_columns: int = 64
-
-    def __post_init__(self) -> None:
-        if self.every_n_steps < 0 or self.batch_size < 1 or self.heatmap_columns < 1:
-            raise ValueError("every_n_steps must be >= 0, batch_size and heatmap_columns >= 1")
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown probe source {self.source!r}; choose one of {SOURCES}")
-        if self.source in ("latent_cache", "image_folder") and not self.root:
-            raise ValueError(f"probe source {self.source!r} needs root= (the folder to read)")
-        if not isinstance(self.topk, int) or self.topk < 2 or self.num_images < max(4, self.topk + 1):
-            raise ValueError(
-                f"need topk >= 2 and num_images >= max(4, topk + 1), got topk={self.topk}, num_images={self.num_images}"
-            )
-        if not 0.0 <= self.noise_fraction <= 1.0:
-            raise ValueError(f"noise_fraction must be in [0, 1], got {self.noise_fraction}")
-        if self.max_blocks is not None and self.max_blocks < 1:
-            raise ValueError(f"max_blocks must be >= 1 or None, got {self.max_blocks}")
-        if self.cls_source not in CLS_SOURCES:
-            raise ValueError(f"unknown cls_source {self.cls_source!r}; choose one of {CLS_SOURCES}")
-        if self.conditions is not None:
-            unknown = [c for c in self.conditions if c not in condition_names()]
-            if unknown or not self.conditions:
-                raise ValueError(f"unknown SE conditions {unknown or '[] (empty)'}; known: {condition_names()}")
-
-
-PROBE_PRESETS: dict[str, SECKNNAProbeConfig] = {
-    # 256 cached ImageNet latents + pixels vs DINOv2-B/14 (timm .pth, as REG loads it), every 10k steps.
-    "diffusion": SECKNNAProbeConfig(root="${LATENTS}"),
-    # 256 validation images, all six SE conditions, every 5k tokenizer iterations.
-    "tokenizer": SECKNNAProbeConfig(source="image_folder", root="${IMAGENET_VAL}", every_n_steps=5_000),
-    # Tiny CPU probe for tests: in-memory dataset, debug DINOv2 at 56 px, k = 3.
-    "debug": SECKNNAProbeConfig(
-        every_n_steps=2,
-        source="dataset",
-        num_images=8,
-        image_size=64,
-        reference_vfm="debug-dinov2",
-        reference_config={"compute_dtype": "float32"},
-        reference_resolution=56,
-        topk=3,
-        batch_size=4,
-    ),
-}
-
-
-# ------------------------------------------------------------------------------------------------- probe set
-@dataclass
-class ProbeSet:
-    """The fixed probe images ``uint8 (N, 3, H, W)``, their latents ``(N, C, h, w)`` (or None) and keys."""
-
-    images: torch.Tensor
-    latents: torch.Tensor | None
-    keys: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-class _ImageFiles:
-    """Images under ``root`` (recursive), sorted by stem (the official SE order), Lanczos to a square side."""
-
-    def __init__(self, root: str, size: int) -> None:
-        from vfmvae.metrics.se_transforms import load_image
-
-        self.paths = sorted(
-            (p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (p.stem, str(p))
-        )
-        if not self.paths:
-            raise FileNotFoundError(f"probe image folder {root} holds no {IMAGE_SUFFIXES} images")
-        self.size, self._load = size, load_image
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        image = torch.from_numpy(self._load(self.paths[i], self.size)).permute(2, 0, 1).contiguous()
-        return {"image": image, "key": self.paths[i].stem}
-
-
-def _open_source(config: SECKNNAProbeConfig, dataset: Any | None) -> Any:
-    if dataset is not None:
-        return dataset
-    if config.source == "dataset":
-        raise ValueError("probe source 'dataset' needs the dataset= argument of the callback")
-    from vfmvae.utils.paths import resolve_path
-
-    root = resolve_path(config.root, "SECKNNAProbeCallback.root")
-    if config.source == "latent_cache":
-        from datamodules.latent_dataset import LatentDataset
-
-        # Fixed posterior samples (lightningdit policy): the same latents at every probe.
-        return LatentDataset(root, policy="lightningdit", return_images=True, seed=config.seed)
-    if config.source == "image_folder":
-        return _ImageFiles(root, config.image_size)
-    from datamodules.demo_data import DEMO_CLASSES, DemoDataConfig, DemoPhotoDataset
-
-    per_class = math.ceil(config.num_images / len(DEMO_CLASSES))
-    return DemoPhotoDataset(DemoDataConfig(resolution=config.image_size, num_per_class=per_class, seed=config.seed))
-
-
-def load_probe_set(config: SECKNNAProbeConfig, dataset: Any | None = None) -> ProbeSet:
-    """``num_images`` items drawn once (seeded, sorted indices) from the configured source; deterministic."""
-    ds = _open_source(config, dataset)
-    n = len(ds)
-    if n <= config.topk or n < 4:
-        raise ValueError(
-            f"the probe source holds {n} images; CKNNA with topk={config.topk} needs at least {max(4, config.topk + 1)}"
-        )
-    if n > config.num_images:
-        g = torch.Generator().manual_seed(config.seed)
-        indices = sorted(torch.randperm(n, generator=g)[: config.num_images].tolist())
-    else:
-        indices = list(range(n))
-    items = [ds[i] for i in indices]
-    bad = [
-        i
-        for i, it in zip(indices, items)
-        if not isinstance(it, dict)
-        or "image" not in it
-        or not torch.is_tensor(it["image"])
-        or it["image"].dtype != torch.uint8
-        or it["image"].ndim != 3
-    ]
-    if bad:
-        raise ValueError(f"probe items {bad[:5]} lack an 'image' uint8 (3, H, W) tensor")
-    shapes = {tuple(it["image"].shape) for it in items}
-    if len(shapes) != 1:
-        raise ValueError(f"probe images have different shapes {sorted(shapes)}; use a resizing source")
-    latents = None
-    if all("latent" in it for it in items):
-        latents = torch.stack([torch.as_tensor(it["latent"]).float() for it in items])
-    keys = [str(it.get("key", i)) for i, it in zip(indices, items)]
-    return ProbeSet(torch.stack([it["image"] for it in items]), latents, keys)
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-def _chunks(n: int, batch_size: int) -> list[tuple[list[int], int]]:
-    """Equal-size chunks ``(indices, valid)`` covering 0..n-1; the last one wraps around (padding is dropped)."""
-    b = min(batch_size, n)
-    return [([(c * b + j) % n for j in range(b)], min(b, n - c * b)) for c in range(math.ceil(n / b))]
-
-
-def _chunk_seed(seed: int, chunk: int) -> int:
-    return (int(seed) * 1_000_003 + 7919 * int(chunk) + 1) % (2**63 - 1)
-
-
-def _select_blocks(depth: int, max_blocks: int | None) -> list[int]:
-    """All blocks, or ``max_blocks`` evenly spaced ones including the first and the last."""
-    if max_blocks is None or max_blocks >= depth:
-        return list(range(depth))
-    return sorted({int(round(x)) for x in np.linspace(0, depth - 1, max_blocks)})
-
-
-def _resize_hwc(images: torch.Tensor, size: int) -> list[np.ndarray]:
-    """uint8 ``(B, 3, H, W)`` -> list of ``(size, size, 3)`` arrays (Lanczos when the side differs, as officially)."""
-    from PIL import Image
-
-    out = []
-    for im in images.permute(0, 2, 3, 1).cpu().numpy():
-        if im.shape[:2] != (size, size):
-            im = np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS), dtype=np.uint8)
-        out.append(np.ascontiguousarray(im))
-    return out
-
-
-def _condition_features(
-    extractor: Any, images: list[np.ndarray], indices: list[int], conditions: list[str]
-) -> dict[str, torch.Tensor]:
-    """``{condition: (b, D)}`` with the official per-image transforms of probe positions ``indices`` (§1.2).
-
-    The transform index is the position in the probe set; it equals the official index when the probe folder is
-    the prepared evaluation set (stem-sorted) and ``num_images`` covers all of it.
-    """
-    sigma_of = {noise_condition(s): s for s in NOISE_LEVELS}
-    out = {}
-    for cond in conditions:
-        if cond == "equivariance":
-            out[cond] = torch.stack(
-                [extractor.equivariance(im, equivariance_params(i, SE_SEED)) for im, i in zip(images, indices)]
-            )
-        elif cond in sigma_of:
-            noisy = [add_pixel_noise(im, sigma_of[cond], i, SE_SEED) for im, i in zip(images, indices)]
-            out[cond] = extractor.clean(np.stack(noisy))
-        else:
-            out[cond] = extractor.clean(np.stack(images))
-    return out
-
-
-def _all_gather(local: dict[int, Any], world: int) -> dict[int, Any]:
-    """Merge every rank's ``{chunk: features}``; a collective that *all* ranks call (never under a rank check)."""
-    if world <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return dict(local)
-    parts: list[Any] = [None] * world
-    torch.distributed.all_gather_object(parts, local)
-    merged: dict[int, Any] = {}
-    for part in parts:
-        merged.update(part)
-    return merged
+# Kept under their old names for the tests and users of the callback module.
+_chunks, _select_blocks = probe_chunks, select_blocks
 
 
 # ------------------------------------------------------------------------------------------------- callback
@@ -355,8 +116,7 @@ class SECKNNAProbeCallback(Callback):
         if self.probe_set is None:
             self.probe_set = load_probe_set(self.config, self.dataset)
         if self.vfm is None:
-            from vfmvae.utils.paths import resolve_path
-            from vfmvae.vfm import build_vfm
+            from vfmvae.vfm import build_se_cknna_reference
 
             weights = resolve_path(self.config.reference_pretrained, "SECKNNAProbeCallback.reference_pretrained")
             if weights is None:
@@ -364,10 +124,12 @@ class SECKNNAProbeCallback(Callback):
                     "SE-CKNNA probe: reference %s has RANDOM weights (tests/demo only)", self.config.reference_vfm
                 )
             with torch.random.fork_rng(devices=[]):  # the random init before loading must not shift training RNG
-                self.vfm = build_vfm(self.config.reference_vfm, pretrained=weights, config=self.config.reference_config)
-        kind = self._kind(self.probe_network(pl_module))
-        if kind != "tokenizer":
-            self._check_latents(self.probe_network(pl_module))
+                self.vfm = build_se_cknna_reference(
+                    self.config.reference_vfm, pretrained=weights, config=self.config.reference_config
+                )
+        net = self.probe_network(pl_module)
+        if self._is_diffusion(net):
+            self._check_latents(net)
 
     @staticmethod
     def probe_network(pl_module: LightningModule) -> nn.Module:
@@ -383,18 +145,15 @@ class SECKNNAProbeCallback(Callback):
         )
 
     @staticmethod
-    def _kind(net: nn.Module) -> str:
-        from vfmvae.dit import LightningDiT, SiTREG
-        from vfmvae.tokenizer import VFMVAE
-
-        if isinstance(net, VFMVAE):
-            return "tokenizer"
-        if isinstance(net, SiTREG):
-            return "reg"
-        if isinstance(net, LightningDiT):
-            return "lightningdit"
+    def _is_diffusion(net: nn.Module) -> bool:
+        """A `DiffusionNetwork` (block probe) or a tokenizer with ``encode`` (SE probe); anything else is an error."""
+        if is_diffusion_network(net):
+            return True
+        if callable(getattr(net, "encode", None)):
+            return False
         raise TypeError(
-            f"SECKNNAProbeCallback cannot probe a {type(net).__name__}: expected a VFMVAE, LightningDiT or SiTREG"
+            f"SECKNNAProbeCallback cannot probe a {type(net).__name__}: expected a tokenizer with encode() or a "
+            "vfmvae.dit.interface.DiffusionNetwork"
         )
 
     def _check_latents(self, net: nn.Module) -> None:
@@ -404,7 +163,7 @@ class SECKNNAProbeCallback(Callback):
                 "the diffusion probe needs latents: use source='latent_cache' (a cache written with "
                 "store_images=true) or a dataset whose items carry 'latent'"
             )
-        want = (net.config.in_channels, net.config.input_size, net.config.input_size)
+        want = tuple(net.latent_shape)
         if tuple(lat.shape[1:]) != want:
             raise ValueError(f"probe latents have shape {tuple(lat.shape[1:])}, the network takes {want}")
 
@@ -428,7 +187,7 @@ class SECKNNAProbeCallback(Callback):
         start = time.perf_counter()
         self._last_step = step = trainer.global_step
         net = self.probe_network(pl_module)
-        kind = self._kind(net)
+        diffusion = self._is_diffusion(net)
         device = next(net.parameters()).device
         self.vfm.to(device)
         modes = {m: m.training for m in net.modules()}
@@ -440,10 +199,8 @@ class SECKNNAProbeCallback(Callback):
                 ema.swap_in()
             with torch.no_grad():
                 if self._reference is None:
-                    self._reference = self._sharded(
-                        trainer, lambda c, idx: self._reference_chunk(trainer, kind, net, idx, device)
-                    )
-                model = self._sharded(trainer, lambda c, idx: self._model_chunk(kind, net, c, idx, device))
+                    self._reference = self._features(trainer, net, device, diffusion, reference=True)
+                model = self._features(trainer, net, device, diffusion, reference=False)
         finally:
             if swap:
                 ema.swap_out()
@@ -451,31 +208,39 @@ class SECKNNAProbeCallback(Callback):
                 m.training = was
         if not trainer.is_global_zero:
             return None
-        scores = self._scores(kind, model)
+        scores = self._scores(diffusion, model)
         seconds = time.perf_counter() - start
         self.history.append({"step": int(step), "scores": scores, "seconds": float(seconds)})
         self.last_scores = scores
-        group = "se_cknna" if kind == "tokenizer" else "cknna"
+        group = "cknna" if diffusion else "se_cknna"
         metrics = {f"probe/{group}/{k}": v for k, v in scores.items()}
         log_scalars(trainer, {**metrics, "probe/seconds": seconds}, step)
         self._log_heatmap(trainer, group, step)
         return scores
 
-    def _sharded(self, trainer: Trainer, fn: Callable[[int, list[int]], dict[str, torch.Tensor]]):
-        """Run ``fn(chunk, indices)`` over this rank's chunks, gather all ranks, concatenate -> ``{name: (N, D)}``."""
-        chunks = _chunks(len(self.probe_set), self.config.batch_size)
-        rank, world = trainer.global_rank, trainer.world_size
-        local = {}
-        for k in range(math.ceil(len(chunks) / world)):
-            c = k * world + rank
-            real = c < len(chunks)
-            idx, valid = chunks[c if real else 0]
-            feats = fn(c if real else 0, idx)  # idle ranks repeat chunk 0 (same forward count under FSDP)
-            if real:
-                local[c] = {name: v[:valid].float().cpu() for name, v in feats.items()}
-        merged = _all_gather(local, world)
-        names = merged[0].keys()
-        return {name: torch.cat([merged[c][name] for c in sorted(merged)]) for name in names}
+    def _features(self, trainer: Trainer, net: nn.Module, device, diffusion: bool, reference: bool):
+        """``{name: (N, D)}`` of the probe set: the reference VFM's or the model's (`vfmvae.metrics.se_probe`)."""
+        c, ps = self.config, self.probe_set
+        where = dict(rank=trainer.global_rank, world=trainer.world_size)
+        if not diffusion:  # tokenizer: every SE condition, reference and model through the same loop
+            if reference:
+                extractor_for = lambda chunk: self._extractor(device)
+            else:
+                extractor_for = lambda chunk: TokenizerSEExtractor(
+                    net.encode,
+                    use_sample=c.use_posterior_sample,
+                    device=device,
+                    generator=torch.Generator(device=device).manual_seed(chunk_seed(c.seed, chunk)),
+                )
+            load = lambda idx: resize_hwc(ps.images[idx], c.image_size)
+            return conditioned_features(
+                extractor_for, load, len(ps), self._conditions(), batch_size=c.batch_size, **where
+            )
+        if reference:
+            return run_chunks(
+                lambda chunk, idx: self._reference_chunk(trainer, net, idx, device), len(ps), c.batch_size, **where
+            )
+        return run_chunks(lambda chunk, idx: self._model_chunk(net, chunk, idx, device), len(ps), c.batch_size, **where)
 
     def _extractor(self, device: torch.device):
         token_fn = lambda x: self.vfm(x, [-1])[0]
@@ -491,22 +256,17 @@ class SECKNNAProbeCallback(Callback):
     def _conditions(self) -> list[str]:
         return list(self.config.conditions or condition_names())
 
-    def _reference_chunk(self, trainer, kind, net, idx, device) -> dict[str, torch.Tensor]:
+    def _reference_chunk(self, trainer, net, idx, device) -> dict[str, torch.Tensor]:
         images = self.probe_set.images[idx]
-        if kind == "tokenizer":
-            return _condition_features(
-                self._extractor(device), _resize_hwc(images, self.config.image_size), idx, self._conditions()
-            )
         out = {"clean": self._extractor(device).clean(np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy()))}
-        if kind == "reg":
+        if net.class_token_dim is not None:
             out["cls"] = self._class_tokens(trainer, net, images.to(device))
         return out
 
     def _class_tokens(self, trainer: Trainer, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """REG's extra input for the probe latents (diffusion.md §1.4: DINOv2 CLS, noised by the probe)."""
-        dim, source = int(net.config.cls_token_dim), self.config.cls_source
-        from callbacks.joint_alignment import JointAlignmentCallback
-
+        """The class token a network with one in its state takes with the probe latents (the official REG
+        extractor: DINOv2 CLS of the image, bilinear without antialias; noised later by the probe)."""
+        dim, source = int(net.class_token_dim), self.config.cls_source
         align = next(
             (cb for cb in trainer.callbacks if isinstance(cb, JointAlignmentCallback) and cb.vfm is not None), None
         )
@@ -516,7 +276,7 @@ class SECKNNAProbeCallback(Callback):
         if source == "alignment":
             if align is None:
                 raise ValueError("cls_source='alignment' but no joint-alignment callback is on the trainer")
-            return align.targets(images)["cls_target"].float()
+            return probe_class_tokens(align.vfm, images, size=int(align.image_size))
         if source == "reference":
             if not ref_ok:
                 raise ValueError(
@@ -524,39 +284,25 @@ class SECKNNAProbeCallback(Callback):
                     f"{dim} (has_cls={getattr(self.vfm, 'has_cls', False)}, "
                     f"hidden={self.vfm.hidden_size})"
                 )
-            _, cls = self.vfm(
-                images.float() / 255.0,
-                [-1],
-                size=self.config.reference_resolution,
-                interpolation="bicubic",
-                return_cls=True,
-            )
-            return cls[0].float()
+            return probe_class_tokens(self.vfm, images, size=self.config.reference_resolution)
         return torch.zeros(len(images), dim, device=images.device)
 
-    def _model_chunk(self, kind, net, chunk, idx, device) -> dict[str, torch.Tensor]:
-        generator = torch.Generator(device=device).manual_seed(_chunk_seed(self.config.seed, chunk))
-        if kind == "tokenizer":
-            extractor = TokenizerSEExtractor(
-                net.encode, use_sample=self.config.use_posterior_sample, device=device, generator=generator
-            )
-            images = _resize_hwc(self.probe_set.images[idx], self.config.image_size)
-            return _condition_features(extractor, images, idx, self._conditions())
-        probe = sit_reg_probe(net) if kind == "reg" else lightningdit_probe(net)
-        cls = self._reference["cls"][idx].to(device) if kind == "reg" else None
+    def _model_chunk(self, net, chunk, idx, device) -> dict[str, torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(chunk_seed(self.config.seed, chunk))
+        cls = self._reference["cls"][idx].to(device) if net.class_token_dim is not None else None
         feats = dit_block_features(
-            probe,
+            net,
             self.probe_set.latents[idx].to(device),
             noise_fraction=self.config.noise_fraction,
-            cls_tokens=cls,
+            class_tokens=cls,
             batch_size=len(idx),
             generator=generator,
         )
-        keep = {f"block_{i}" for i in _select_blocks(len(net.blocks), self.config.max_blocks)}
+        keep = {f"block_{i}" for i in select_blocks(net.num_blocks, self.config.max_blocks)}
         return {k: v for k, v in feats.items() if not k.startswith("block_") or k in keep}
 
-    def _scores(self, kind: str, model: dict[str, torch.Tensor]) -> dict[str, float]:
-        if kind == "tokenizer":
+    def _scores(self, diffusion: bool, model: dict[str, torch.Tensor]) -> dict[str, float]:
+        if not diffusion:
             ref = {c: self._reference[c] for c in model}
             return se_cknna(model, ref, topk=self.config.topk)
         ref = self._reference["clean"]

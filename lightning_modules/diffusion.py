@@ -1,19 +1,19 @@
-"""`DiffusionModule`: flow-matching training of LightningDiT-XL/1 or REG SiT-XL/1 on cached latents.
+"""`DiffusionModule`: flow-matching training of a diffusion network (LightningDiT-XL/1, REG SiT-XL/1, or any
+registered `vfmvae.dit.interface.DiffusionNetwork`) on cached latents.
 
-The paper's diffusion runs (diffusion.md §3.2-§3.3): AdamW (lr 2e-4, betas (0.9, 0.95), wd 0,
-constant lr), global batch 1024, EMA 0.9999 over the network only (`callbacks.ema.EMACallback`
-with ``attributes: [net]``), gradient clipping 1.0 for REG, none for LightningDiT, and for
-LightningDiT the logit-normal -> uniform time switch at step 600k (one run instead of the two
-official stage yamls). Numerics live in `vfmvae.transport` and `vfmvae.dit`; this module only
-orchestrates: it builds the network, picks the loss, steps the optimiser and logs.
+The paper's diffusion runs (docs/design.md, "Diffusion training"): AdamW (lr 2e-4, betas
+(0.9, 0.95), wd 0, constant lr), global batch 1024, EMA 0.9999 over the network only
+(`callbacks.ema.EMACallback` with ``attributes: [net]``), gradient clipping 1.0 for REG, none for
+LightningDiT, and for LightningDiT the logit-normal -> uniform time switch at step 600k (one run instead of
+the two official stage yamls). This module only orchestrates: the network comes from the registry
+(`vfmvae.dit.registry`), the loss terms from `vfmvae.transport.DiffusionObjective`, and it steps the
+optimiser, guards against non-finite steps and logs. It never asks which family it trains.
 
-Batches: ``{"latent": (B, C, h, w) float32 normalised, "label": (B,) int64, ...}``. When the
-joint-alignment callback (`callbacks/joint_alignment.py`) runs, it adds
-``batch["alignment"] = {"proj_targets": [(B, [1+]N, D)], "cls_target": (B, D) | None,
-"proj_weight": float, "cls_weight": float}``; REG then gets the noised class token as input, the
-projection loss and the class-token velocity loss (REG's ``loss.py``), LightningDiT (with a REPA
-projector, ``repa_encoder_depth``) the projection loss. Without it REG runs with a zero class token
-and no alignment terms.
+Batches: ``{"latent": (B, C, h, w) float32 normalised, "label": (B,) int64, ...}`` (the condition is read
+by ``net.condition.from_batch``). When the joint-alignment callback (`callbacks/joint_alignment.py`) runs,
+it adds ``batch["alignment"]`` (targets and weights, see `vfmvae.dit.interface`); the network turns it
+into its training state (REG: the class token joins the noised state; LightningDiT with a REPA
+projector: a projection term). Without it REG runs with a zero class token and no alignment terms.
 
 Global batch: ``global_batch_size`` = world size x micro-batch x accumulation. The micro-batch is
 ``global_batch_size / world`` unless ``micro_batch_size`` is given (then accumulation makes up the
@@ -31,24 +31,14 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
-from lightning_modules.parallel import shard_diffusion_network
-from vfmvae.dit.networks import FAMILIES, LightningDiTREPA, build_diffusion_network, latent_shape_of
+from vfmvae.dit.parallelize import shard_diffusion_network
+from vfmvae.dit.registry import build_from_hparams
 from vfmvae.provenance import state_dict_sha256, to_jsonable
-from vfmvae.transport import (
-    TRANSPORT_PRESETS,
-    LightningDiTLoss,
-    REGLoss,
-    TransportConfig,
-    parse_convention,
-    projection_loss,
-)
+from vfmvae.transport import TRANSPORT_PRESETS, DiffusionObjective, TransportConfig, parse_convention
 from vfmvae.utils.guard import NonFiniteGuard
 from vfmvae.utils.rng import RankRNGStream
 
 log = logging.getLogger(__name__)
-
-# Each family's native time convention (conventions.md, "Time in diffusion").
-NATIVE_CONVENTION = {"lightningdit": "data_at_one", "reg": "noise_at_one"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +80,9 @@ class DiffusionModule(LightningModule):
     """Flow-matching training of one diffusion network (see the module docstring).
 
     Args:
-        network: ``"lightningdit"`` or ``"reg"``; ``preset`` a key of that family's presets
-            (``"LightningDiT-XL/1"``, ``"SiT-XL/1-REG"``, ``"debug"``); ``network_overrides`` shape fields.
+        network: a registered family (``"lightningdit"``, ``"reg"``, see `vfmvae.dit.network_families`);
+            ``preset`` a key of that family's presets (``"LightningDiT-XL/1"``, ``"SiT-XL/1-REG"``,
+            ``"debug"``); ``network_overrides`` shape fields.
         repa_encoder_depth / repa_projector_dim / repa_z_dim: LightningDiT only, a REPA projector on
             block ``repa_encoder_depth`` (1-based) predicting ``repa_z_dim`` features (beyond the paper).
         transport / transport_overrides: a `vfmvae.transport.TRANSPORT_PRESETS` key and field overrides
@@ -129,28 +120,18 @@ class DiffusionModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if network not in FAMILIES:
-            raise ValueError(f"unknown network {network!r}; choose one of {FAMILIES}")
-        self.network = network
-        self.net = build_diffusion_network(
-            network,
-            preset,
-            network_overrides,
-            repa_encoder_depth=repa_encoder_depth,
-            repa_projector_dim=repa_projector_dim,
-            repa_z_dim=repa_z_dim,
-            activation_checkpointing=activation_checkpointing,
-        )
+        self.network = network  # the family name (checkpoint metadata); nothing branches on it
+        # The same rule rebuilds the network from a checkpoint's hyper-parameters (scripts/sample.py).
+        self.net = build_from_hparams(self.hparams, activation_checkpointing=activation_checkpointing)
         self.transport = transport_config(transport, transport_overrides)
-        expected = NATIVE_CONVENTION[network]
-        if parse_convention(self.transport.convention) != parse_convention(expected):
+        native = parse_convention(self.net.time_convention)
+        if parse_convention(self.transport.convention) != native:
             raise ValueError(
                 f"transport {transport!r} uses time convention {self.transport.convention!r}, but the "
-                f"{network} network's weights embed t in {expected!r}"
+                f"{network} network's weights embed t in {native.value!r}"
             )
-        if (self.transport.loss == "reg") != (network == "reg"):
-            raise ValueError(f"transport loss {self.transport.loss!r} does not fit the {network} network")
-        self.timestep_sampler = self.transport.timestep_sampler()
+        self.objective = DiffusionObjective.from_transport(self.transport)
+        self.timestep_sampler = self.objective.timestep_sampler
         if gradient_clip_norm is not None and gradient_clip_norm <= 0:
             raise ValueError(f"gradient_clip_norm must be positive or null, got {gradient_clip_norm}")
         if lr <= 0 or len(betas) != 2:
@@ -161,16 +142,22 @@ class DiffusionModule(LightningModule):
         self._micro_step = 0  # micro-batches into the current accumulation window
         self._window_unsafe = False
         self._checked_batch = False
-        # Times, noise and label dropout come from a per-rank checkpointed stream (exact resume, issue 14).
+        # Times, noise and label dropout come from a per-rank checkpointed stream (exact resume).
         self.rng = RankRNGStream(seed)
         self.last_time_distribution: str | None = None
         if compile_blocks:
-            self.net.compile_blocks()
+            for block in self.net.blocks:  # in place: parameter names and state_dict keys unchanged
+                block.compile()
 
     # ------------------------------------------------------------------ setup
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return latent_shape_of(self.net)
+        return tuple(self.net.latent_shape)
+
+    def latent_normalizer(self):
+        """The training latents' `LatentNormalizer` (for decoding samples), or None without a latent cache."""
+        ds = _find_latent_dataset(self.trainer.datamodule) if self._trainer is not None else None
+        return getattr(ds, "normalizer", None)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -188,7 +175,9 @@ class DiffusionModule(LightningModule):
         dm = trainer.datamodule
         if dm is not None:
             _set_batch_size(dm, self.plan.micro_batch_size)
-            shape = getattr(dm, "latent_shape", None) if _has_data(dm) else None
+            # A DataModule without latents (images mode) has no latent_shape (AttributeError -> None);
+            # any other error (an unreadable cache) is real and propagates.
+            shape = getattr(dm, "latent_shape", None)
             if shape is not None and tuple(shape) != self.latent_shape:
                 raise ValueError(
                     f"the latent cache holds latents of shape {tuple(shape)}, the network takes {self.latent_shape} "
@@ -209,60 +198,14 @@ class DiffusionModule(LightningModule):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Named loss terms (``total`` first-class) for one batch; see the module docstring."""
-        x, y = batch["latent"], batch["label"]
+        """Named loss terms (``total`` first-class) of one batch, from `DiffusionObjective`."""
+        x = batch["latent"]
         if x.shape[1:] != self.latent_shape:
             raise ValueError(f"batch latents have shape {tuple(x.shape[1:])}, the network takes {self.latent_shape}")
         step = int(self.global_step)
         self.last_time_distribution = self.timestep_sampler.distribution_at(step)
-        align = batch.get("alignment")
-        if self.network == "reg":
-            return self._reg_loss(x, y, align, step)
-        return self._lightningdit_loss(x, y, align, step)
-
-    def _reg_loss(self, x, y, align, step) -> dict[str, torch.Tensor]:
-        conv = self.transport.convention
-        if align is None:
-            # No alignment callback: a zero class token and the velocity MSE only.
-            zeros = x.new_zeros(x.shape[0], self.net.config.cls_token_dim)
-            loss = LightningDiTLoss(self.timestep_sampler, 0.0, conv)
-            outputs = []
-
-            def velocity(x_t, t, yy):
-                outputs.append(self.net(x_t, t, yy, zeros))
-                return outputs[-1].velocity
-
-            terms = loss(velocity, x, y, step=step)
-            _, zs, cls_v = outputs[-1]
-            return _touch_unused(terms, [*zs, cls_v])
-        if align.get("cls_target") is None:
-            raise ValueError("REG needs a class-token target: the alignment callback gave cls_target=None")
-        loss = REGLoss(self.timestep_sampler, float(align["proj_weight"]), float(align["cls_weight"]), conv)
-        fn = lambda x_t, t, yy, cls_t: tuple(self.net(x_t, t, yy, cls_t))
-        return loss(fn, x, align["cls_target"].to(x.dtype), y, list(align["proj_targets"]), step=step)
-
-    def _lightningdit_loss(self, x, y, align, step) -> dict[str, torch.Tensor]:
-        loss = LightningDiTLoss(self.timestep_sampler, self.transport.cos_weight, self.transport.convention)
-        if align is None and not isinstance(self.net, LightningDiTREPA):
-            return loss(self.net, x, y, step=step)
-        if not isinstance(self.net, LightningDiTREPA):
-            raise ValueError(
-                "the alignment callback supplies targets, but this LightningDiT has no projector: "
-                "set repa_encoder_depth (REPA option) or remove the callback"
-            )
-        captured: dict[str, list[torch.Tensor]] = {}
-
-        def velocity(x_t, t, yy):
-            v, zs = self.net.forward_with_projections(x_t, t, yy)
-            captured["zs"] = zs
-            return v
-
-        terms = loss(velocity, x, y, step=step)
-        if align is None:  # REPA projector present but alignment off (window): keep DDP's graph complete
-            return _touch_unused(terms, captured["zs"])
-        terms["proj"] = projection_loss(list(align["proj_targets"]), captured["zs"])
-        terms["total"] = terms["total"] + float(align["proj_weight"]) * terms["proj"]
-        return terms
+        condition = self.net.condition.from_batch(batch)
+        return self.objective(self.net, x, condition, batch.get("alignment"), step=step)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -317,7 +260,7 @@ class DiffusionModule(LightningModule):
             "network": {
                 "family": self.network,
                 "latent_shape": list(self.latent_shape),
-                "config": to_jsonable(self.net.config),
+                "config": to_jsonable(getattr(self.net, "config", None)),
             },
             "transport": to_jsonable(self.transport),
             "batch_plan": to_jsonable(self.plan) if self.plan else None,
@@ -337,22 +280,6 @@ class DiffusionModule(LightningModule):
 
 
 # ---------------------------------------------------------------------- helpers
-def _touch_unused(terms: dict[str, torch.Tensor], outputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add ``0 x`` the outputs no loss term uses (REG heads/projector without alignment), so that every
-    parameter gets a (zero) gradient and DDP does not wait for reductions that never come."""
-    terms["total"] = terms["total"] + sum(o.float().sum() for o in outputs) * 0.0
-    return terms
-
-
-def _has_data(dm: Any) -> bool:
-    """Whether reading ``dm.latent_shape`` is safe (a DataModule may build its dataset only in setup)."""
-    try:
-        getattr(dm, "latent_shape", None)
-    except Exception:  # noqa: BLE001 - a property that needs setup() first
-        return False
-    return True
-
-
 def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
     """Give the DataModule the derived per-device batch size (before its loaders are built)."""
     for owner in (dm, getattr(dm, "config", None)):
@@ -380,7 +307,8 @@ def _find_latent_dataset(dm: Any) -> Any:
 
 
 def _data_provenance(dm: Any) -> dict[str, Any]:
-    """Tokenizer record of the latent cache and the latent statistics used (conventions.md provenance)."""
+    """Tokenizer record of the latent cache and the latent statistics used (docs/design.md, "Checkpoints,
+    resume and provenance")."""
     ds = _find_latent_dataset(dm) if dm is not None else None
     if ds is None:
         return {}

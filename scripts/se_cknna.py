@@ -1,4 +1,4 @@
-"""Offline SE-CKNNA protocol (paper §SE-CKNNA; spec diffusion.md §1.2-1.4): CSV + PNG.
+"""Offline SE-CKNNA protocol (docs/design.md, "SE-CKNNA"): CSV + PNG.
 
     python scripts/se_cknna.py --images DIR --reference dinov2-large[@WEIGHTS] \
         --model tokenizer:vfmvae-f16d32-siglip2@CKPT --model vfm:siglip2-large-patch16-512@WEIGHTS \
@@ -9,10 +9,14 @@ Images: PNGs in DIR, sorted by stem (index i -> transform seed 42 + i), Lanczos-
 Models (`KIND:PRESET[@WEIGHTS]`, repeatable):
 - `vfm:<vfmvae.vfm preset>`  DINOv2 or SigLIP rules by family; `tokenizer:<vfmvae.tokenizer preset>` (weights: a
   state dict of our `VFMVAE`, optionally wrapped in `state_dict`/`G_ema`/`ema`);
-- `lightningdit:<preset>` / `reg:<preset>`: block features at t = 0.5 (own time convention), null label, on clean
-  images encoded by `--tokenizer` and normalised by `--latent-stats` (a `latents_stats.pt` with `mean`/`std`; if
-  omitted, per-channel statistics of these latents are used). PRESET `official` + `--dit-kwargs JSON` loads an
-  official checkpoint through `vfmvae.dit.from_official_*`. REG's class token comes from `--cls-vfm` (DINOv2-B).
+- `<diffusion family>:<preset>` (any registered network: `lightningdit:...`, `reg:...`): block features at
+  t = 0.5 (own time convention), null condition, on clean images encoded by `--tokenizer` and normalised by
+  `--latent-stats` (a `latents_stats.pt` with `mean`/`std`; if omitted, per-channel statistics of these latents
+  are used). PRESET `official` + `--dit-kwargs JSON` loads an official checkpoint through the family's converter.
+  A class token in the network's state (REG) comes from `--cls-vfm` (DINOv2-B) on the image resized to 224 px
+  bilinear without antialias, as the official prefetch; REG's projector features average all tokens, the
+  class token included, as the official extractor.
+The models and the feature loop live in `vfmvae.metrics.se_models` / `vfmvae.metrics.se_probe`.
 Tokenizer/VFM models get one value per condition (clean, equivariance, noise_0.050..0.200) plus
 `mean_over_conditions`; DiTs get one value per block on the clean images.
 """
@@ -37,57 +41,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vfmvae.metrics.cknna import cknna  # noqa: E402
 from vfmvae.metrics.se_cknna import (  # noqa: E402
     AGGREGATE_NAME,
-    DINOv2SEExtractor,
-    SigLIPSEExtractor,
     TokenizerSEExtractor,
     dit_block_features,
     extract_condition_features,
-    lightningdit_probe,
     se_cknna,
-    sit_reg_probe,
 )
-from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images, load_image  # noqa: E402
-
-DIT_KINDS = ("lightningdit", "reg")
-KINDS = ("vfm", "tokenizer") + DIT_KINDS
-
-
-def parse_spec(spec: str, default_kind: str | None = None) -> tuple[str, str, str | None]:
-    """`KIND:PRESET[@WEIGHTS]` -> (kind, preset, weights or None)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep:
-        if default_kind is None:
-            raise ValueError(f"model spec {spec!r} must look like KIND:PRESET[@WEIGHTS] with KIND in {KINDS}")
-        kind, rest = default_kind, spec
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r} in {spec!r}; known: {KINDS}")
-    preset, _, weights = rest.partition("@")
-    if not preset:
-        raise ValueError(f"model spec {spec!r} has no preset name")
-    if weights and not Path(weights).exists():
-        raise FileNotFoundError(f"weights for {spec!r} not found: {weights}")
-    return kind, preset, weights or None
+from vfmvae.metrics.se_models import (  # noqa: E402
+    build_dit,
+    build_vfm_extractor,
+    encode_latents,
+    image_class_tokens,
+    latent_stats,
+    parse_spec,
+)
+from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images  # noqa: E402
 
 
 def _state_dict(path: str) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("G_ema", "ema", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             return obj[key]
     return obj
-
-
-def build_vfm_extractor(preset: str, weights: str | None, device: str, config: dict | None = None):
-    from vfmvae.vfm import build_vfm
-
-    vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
-    token_fn = lambda x: vfm(x, [-1])[0]  # final tokens after the last norm, CLS/registers removed
-    family = vfm.config.family
-    if family == "dinov2":
-        return DINOv2SEExtractor(token_fn, patch_size=vfm.patch_size, device=device), vfm
-    if family == "siglip":
-        return SigLIPSEExtractor(token_fn, device=device), vfm
-    raise ValueError(f"SE-CKNNA has pipelines for DINOv2 and SigLIP VFMs only, not {family!r} ({preset})")
 
 
 def build_tokenizer(preset: str, weights: str | None, device: str, official: dict | None = None):
@@ -109,60 +84,6 @@ def build_tokenizer(preset: str, weights: str | None, device: str, official: dic
     if weights:
         model.load_state_dict(_state_dict(weights), strict=True)
     return model.to(device).eval()
-
-
-def build_dit(kind: str, preset: str, weights: str | None, dit_kwargs: dict, device: str):
-    from vfmvae import dit
-
-    if preset == "official":
-        if not weights:
-            raise ValueError(f"{kind}:official needs @CHECKPOINT")
-        convert = dit.from_official_lightningdit if kind == "lightningdit" else dit.from_official_reg
-        model = convert(weights, dit_kwargs)
-    else:
-        model = (dit.build_lightningdit if kind == "lightningdit" else dit.build_sit_reg)(preset)
-        if weights:
-            model.load_state_dict(
-                dit.unwrap_checkpoint(torch.load(weights, map_location="cpu", weights_only=False), prefer="ema"),
-                strict=True,
-            )
-    model = model.to(device).eval()
-    return model, (lightningdit_probe(model) if kind == "lightningdit" else sit_reg_probe(model))
-
-
-def encode_latents(tokenizer, paths, resolution, device, batch_size, seed) -> torch.Tensor:
-    """Posterior samples z (official: the diffusion prefetch samples, it never takes the mode)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    zs = []
-    for start in range(0, len(paths), batch_size):
-        images = np.stack([load_image(p, resolution) for p in paths[start : start + batch_size]])
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
-            zs.append(tokenizer.encode(x).sample(generator=gen).cpu())
-    return torch.cat(zs)
-
-
-def load_latent_stats(path: str | None, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if path is None:
-        return latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
-    stats = torch.load(path, map_location="cpu", weights_only=False)
-    mean, std = torch.as_tensor(stats["mean"]).float(), torch.as_tensor(stats["std"]).float()
-    return mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
-
-
-def dinov2_cls_tokens(preset, weights, config, paths, resolution, device, batch_size) -> torch.Tensor:
-    """REG's extra input: DINOv2 `x_norm_clstoken` at 224 px bicubic (diffusion prefetch)."""
-    from vfmvae.vfm import build_vfm
-
-    vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
-    out = []
-    for start in range(0, len(paths), batch_size):
-        images = np.stack([load_image(p, resolution) for p in paths[start : start + batch_size]])
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
-            _, cls = vfm(x, [-1], size=224, interpolation="bicubic", antialias=True, return_cls=True)
-        out.append(cls[0].float().cpu())
-    return torch.cat(out)
 
 
 def write_demo_images(folder: Path, count: int, resolution: int, seed: int) -> Path:
@@ -290,12 +211,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 args.batch_size,
                 args.seed,
             )
-            mean, std = load_latent_stats(args.latent_stats, latents)
+            mean, std = latent_stats(args.latent_stats, latents)
             latents = (latents - mean) / std
-        model, probe = build_dit(kind, preset, weights, json.loads(args.dit_kwargs), device)
-        if probe.needs_cls_token and cls_tokens is None:
+        model = build_dit(kind, preset, weights, json.loads(args.dit_kwargs), device)
+        if model.class_token_dim is not None and cls_tokens is None:
             _, cls_preset, cls_weights = parse_spec(args.cls_vfm, default_kind="vfm")
-            cls_tokens = dinov2_cls_tokens(
+            cls_tokens = image_class_tokens(
                 cls_preset,
                 cls_weights,
                 json.loads(args.cls_vfm_config or "{}"),
@@ -306,10 +227,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
         gen = torch.Generator(device=device).manual_seed(args.seed)
         feats = dit_block_features(
-            probe,
+            model,
             latents.to(device),
             noise_fraction=args.noise_fraction,
-            cls_tokens=None if cls_tokens is None else cls_tokens.to(device),
+            class_tokens=None if model.class_token_dim is None else cls_tokens.to(device),
             batch_size=args.batch_size,
             generator=gen,
         )

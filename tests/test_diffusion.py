@@ -185,7 +185,7 @@ def test_sample_grid_is_logged_to_tensorboard(tmp_path):
 
 
 def test_config_paths_from_environment_variables(monkeypatch):
-    from vfmvae.utils.paths import resolve_path
+    from vfmvae.tokenizer.loading import resolve_path
 
     monkeypatch.setenv("TOKENIZER", "/weights/tok")
     monkeypatch.delenv("DINOV2", raising=False)

@@ -15,8 +15,9 @@ from lightning.pytorch import Trainer
 from test_diffusion_helpers import TinyLatentDataModule, tiny_module
 
 from callbacks.ema import EMACallback
-from lightning_modules.diffusion_sampling import class_labels, sampler_config
 from vfmvae.codec import LatentNormalizer
+from vfmvae.dit import build_diffusion_network, class_labels
+from vfmvae.transport.sampling import sampler_config
 
 
 def _load_script(repo_root):
@@ -117,7 +118,8 @@ def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, 
 
 
 def test_sampler_settings_and_labels():
-    ldit = sampler_config("lightningdit")
+    ldit_net, reg_net = build_diffusion_network("lightningdit", "debug"), build_diffusion_network("reg", "debug")
+    ldit = sampler_config(ldit_net)
     assert (ldit.method, ldit.num_steps, ldit.timestep_shift, ldit.cfg_scale, ldit.guidance_low, ldit.cfg_channels) == (
         "euler",
         250,
@@ -126,7 +128,7 @@ def test_sampler_settings_and_labels():
         0.125,
         3,
     )
-    reg = sampler_config("reg")
+    reg = sampler_config(reg_net)
     assert (reg.method, reg.num_steps, reg.cfg_scale, reg.cls_cfg_scale, reg.guidance_high) == (
         "sde",
         250,
@@ -134,8 +136,8 @@ def test_sampler_settings_and_labels():
         4.0,
         0.8,
     )
-    assert sampler_config("reg", cfg_scale=1.0).cfg_scale == 1.0
-    assert sampler_config("lightningdit", cfg_channels="all").cfg_channels is None
+    assert sampler_config(reg_net, cfg_scale=1.0).cfg_scale == 1.0
+    assert sampler_config(ldit_net, cfg_channels="all").cfg_channels is None
     counts = torch.bincount(class_labels("balanced", 3000, 1000), minlength=1000)
     assert counts.min() == counts.max() == 3
     r = class_labels("random", 5000, 1000, generator=torch.Generator().manual_seed(0))
@@ -316,3 +318,37 @@ def test_decoder_from_an_export_folder_and_tokenizer_mismatch_is_refused(trained
     argv[argv.index("--tokenizer") + 1] = str(tmp_path / "tok")
     with pytest.raises(ValueError, match="trained on latents of tokenizer"):
         script.main(argv)
+
+
+def test_npz_is_the_official_truncating_conversion_of_the_decoded_batch(trained, repo_root, tmp_path):
+    """Paper protocol: uint8 = official `tools/decode` (`to_pil_image(((x + 1) / 2).clamp(0, 1))`, truncation);
+    `--uint8-mode round` keeps the earlier rounding, and the two differ on this batch."""
+    from torchvision.transforms.functional import to_pil_image
+
+    from vfmvae.codec import to_uint8
+    from vfmvae.dit.loading import load_sampling_network
+    from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
+    from vfmvae.transport.sampling import sample_latents
+    from vfmvae.utils.sample_store import batch_seed
+
+    _, ckpt, stats, _, _ = trained
+    script = _load_script(repo_root)
+    common = ["--num-images", "2", "--chunk-size", "2", "--batch-size", "2"]
+    argv = _argv(ckpt, stats, tmp_path / "t") + common
+    npz = np.load(script.main(argv))
+    prov = json.loads(str(npz["provenance"]))
+    assert (prov["uint8_mode"], prov["precision"]) == ("truncate", "fp32")
+    # The same decoded batch, recomputed: EMA network, the batch's seed, balanced labels 0 and 1.
+    net, _, _, _ = load_sampling_network(ckpt)
+    seed = batch_seed(0, 0)
+    labels = net.condition.draw("balanced", 2, generator=torch.Generator().manual_seed(seed))
+    latents = sample_latents(
+        net, sampler_config(net, num_steps=3), labels, generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.no_grad():
+        decoded = load_decoder(None, "debug").decode(load_latent_stats(stats).denormalize(latents))
+    official = np.stack([np.asarray(to_pil_image(((x + 1) / 2).clamp(0, 1))) for x in decoded])
+    np.testing.assert_array_equal(npz["arr_0"], official)
+    rounded = np.load(script.main(_argv(ckpt, stats, tmp_path / "r", "--uint8-mode", "round") + common))["arr_0"]
+    np.testing.assert_array_equal(rounded, to_uint8(decoded, "round").permute(0, 2, 3, 1).numpy())
+    assert (rounded != official).any()

@@ -177,7 +177,7 @@ def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
     _launch(_diffusion_worker, tmp_path, str(cache))
 
     # The sharded folder of the last step consolidates into one file with the full weights and EMA.
-    from lightning_modules.parallel import consolidate_checkpoint
+    from vfmvae.utils.fsdp_checkpoint import consolidate_checkpoint
 
     single = consolidate_checkpoint(tmp_path / "fsdp" / "ck" / "step=3.ckpt", tmp_path / "step3.ckpt")
     ckpt = torch.load(single, map_location="cpu", weights_only=False)

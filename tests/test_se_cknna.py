@@ -11,17 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vfmvae.dit.conditions import ClassLabels
 from vfmvae.metrics.se_cknna import (
     AGGREGATE_NAME,
     DINOv2SEExtractor,
-    DiTProbe,
     SigLIPSEExtractor,
     TokenizerSEExtractor,
     dit_block_features,
     extract_condition_features,
-    lightningdit_probe,
     se_cknna,
-    sit_reg_probe,
 )
 from vfmvae.metrics.se_transforms import (
     EquivarianceTransform,
@@ -170,29 +168,39 @@ def test_extract_conditions_and_aggregate(tmp_path):
 # ------------------------------------------------------------------------------------------------ DiT probes
 
 
-@pytest.mark.parametrize("convention,expected_t", [("data_at_1", 0.7), ("noise_at_1", 0.3)])
-def test_dit_probe_time_convention_noise_and_null_label(convention, expected_t):
-    calls = []
+class _StandInDiT:
+    """The members of `DiffusionNetwork` the block probe reads, around a recording ``block_features``."""
 
-    def hidden_fn(x_t, t, y, cls_t):
-        calls.append((x_t, t, y))
+    class_token_dim = None
+    condition = ClassLabels()
+
+    def __init__(self, time_convention):
+        self.time_convention, self.calls = time_convention, []
+
+    def block_features(self, x_t, t, y):
+        self.calls.append((x_t, t, y))
         return {"block_0": x_t.flatten(2).transpose(1, 2)}
 
+
+@pytest.mark.parametrize("convention,expected_t", [("data_at_one", 0.7), ("noise_at_one", 0.3)])
+def test_dit_probe_time_convention_noise_and_null_label(convention, expected_t):
+    net = _StandInDiT(convention)
     latents = torch.randn(5, 4, 3, 3)
     feats = dit_block_features(
-        DiTProbe(hidden_fn, convention),
+        net,
         latents,
         noise_fraction=0.3,
         batch_size=2,
         generator=torch.Generator().manual_seed(0),
     )
+    calls = net.calls
     assert len(calls) == 3 and feats["block_0"].shape == (5, 4)
     g = torch.Generator().manual_seed(0)
     eps = torch.randn((2, 4, 3, 3), generator=g)
     torch.testing.assert_close(calls[0][0], 0.7 * latents[:2] + 0.3 * eps)
     assert torch.allclose(calls[0][1], torch.full((2,), expected_t)) and (calls[0][2] == 1000).all()
-    with pytest.raises(ValueError, match="time_convention"):
-        DiTProbe(hidden_fn, "t1")
+    with pytest.raises(ValueError, match="time convention"):
+        dit_block_features(_StandInDiT("t1"), latents)
 
 
 def test_real_dit_probes_exclude_class_token():
@@ -200,21 +208,55 @@ def test_real_dit_probes_exclude_class_token():
 
     torch.manual_seed(0)
     ldit = build_lightningdit("debug").eval()
-    feats = dit_block_features(lightningdit_probe(ldit), torch.randn(3, 8, 8, 8))
+    feats = dit_block_features(ldit, torch.randn(3, 8, 8, 8))
     assert set(feats) == {"embedder", "block_0", "block_1", "final_layer"}
     assert feats["block_1"].shape == (3, 64) and feats["final_layer"].shape == (3, 8)
 
     reg = build_sit_reg("debug").eval()
-    probe = sit_reg_probe(reg)
     x, cls = torch.randn(2, 8, 8, 8), torch.randn(2, 32)
     t, y = torch.full((2,), 0.5), torch.full((2,), 1000)
-    hidden = probe.hidden_fn(x, t, y, cls)
-    _, raw = reg(x, t, y, cls, return_hidden=[1])
+    hidden = reg.block_features((x, cls), t, y)
+    out, raw = reg(x, t, y, cls, return_hidden=[1])
     assert hidden["block_1"].shape == (2, 64, 64)  # 1 + 64 tokens -> 64 patch tokens
     torch.testing.assert_close(hidden["block_1"], raw[1][:, 1:])
-    assert hidden["projector_0"].shape == (2, 64, 32)
     with pytest.raises(ValueError, match="class token"):
-        dit_block_features(probe, torch.randn(2, 8, 8, 8))
+        dit_block_features(reg, torch.randn(2, 8, 8, 8))
+
+
+def test_reg_projector_feature_averages_all_tokens_class_token_included():
+    """Official `get_block_features_from_reg.py`: `projector_j` = mean over all 1 + N tokens (blocks skip token 0)."""
+    from vfmvae.dit import build_sit_reg
+
+    torch.manual_seed(0)
+    reg = build_sit_reg("debug").eval()
+    x, cls = torch.randn(3, 8, 8, 8), torch.randn(3, 32)
+    feats = dit_block_features(reg, x, class_tokens=cls, noise_fraction=0.5, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    x_t = 0.5 * x + 0.5 * torch.randn(x.shape, generator=g)  # latent noise first, then the class token's
+    cls_t = 0.5 * cls + 0.5 * torch.randn(cls.shape, generator=g)
+    with torch.no_grad():
+        out = reg(x_t, torch.full((3,), 0.5), torch.full((3,), 1000), cls_t)
+    torch.testing.assert_close(feats["projector_0"], out.projections[0].mean(1))
+    # The old rule (patch tokens only) gives another vector: the test would catch it.
+    assert not torch.allclose(feats["projector_0"], out.projections[0][:, 1:].mean(1), atol=1e-4)
+
+
+def test_probe_class_token_is_dinov2_cls_of_the_bilinear_224_image():
+    """Official diffusion prefetch: `F.interpolate(img, 224, mode="bilinear", align_corners=False)` (no antialias)."""
+    from vfmvae.metrics.se_probe import probe_class_tokens
+    from vfmvae.vfm import build_vfm
+
+    torch.manual_seed(0)
+    vfm = build_vfm("debug-dinov2", config={"compute_dtype": "float32"})
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = images.float() / 255
+    official = F.interpolate(x, size=(56, 56), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        want = vfm(official, [-1], return_cls=True)[1][0]
+        old = vfm(x, [-1], size=56, interpolation="bicubic", antialias=True, return_cls=True)[1][0]
+    got = probe_class_tokens(vfm, images, size=56)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, old, atol=1e-4)  # bicubic + antialias (the old rule) differs
 
 
 # ------------------------------------------------------------------------------------------------ the script

@@ -71,14 +71,15 @@ def _reference(cb: SECKNNAProbeCallback) -> torch.Tensor:
 def _reg_expected(net, cb, class_vfm) -> dict[str, float]:
     x = cb.probe_set.latents
     images = cb.probe_set.images.float() / 255
-    cls = class_vfm(images, [-1], size=56, interpolation="bicubic", return_cls=True)[1][0]
+    # Official REG prefetch: bilinear resize without antialias before DINOv2 (64 px -> 56 px here).
+    cls = class_vfm(images, [-1], size=56, interpolation="bilinear", antialias=False, return_cls=True)[1][0]
     n, depth = len(x), len(net.blocks)
     net.eval()
     out, hidden = net(x, torch.zeros(n), torch.full((n,), NULL), cls, return_hidden=list(range(depth)))
     feats = {"embedder": net.embed_tokens(x, cls)[:, 1:].mean(1)}
     feats.update({f"block_{i}": hidden[i][:, 1:].mean(1) for i in range(depth)})  # class token excluded
     feats["final_layer"] = out.velocity.flatten(2).mean(2)
-    feats["projector_0"] = out.projections[0][:, 1:].mean(1)
+    feats["projector_0"] = out.projections[0].mean(1)  # official: all tokens, the class token included
     ref = _reference(cb)
     return {k: cknna(v, ref, topk=3) for k, v in feats.items()}
 

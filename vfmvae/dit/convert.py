@@ -1,4 +1,4 @@
-"""Official checkpoints -> our DiT modules (conventions.md "Official compatibility").
+"""Official checkpoints -> our DiT modules (docs/design.md, "Checkpoints, resume and provenance").
 
 `from_official_lightningdit(state_dict, kwargs)` and `from_official_reg(state_dict, kwargs)` take
 official key names (as in `tests/fixtures/official`) and the official constructor kwargs, and return our

@@ -1,4 +1,4 @@
-"""Building blocks shared by LightningDiT and REG SiT (diffusion spec §3.1).
+"""Building blocks shared by LightningDiT and REG SiT (docs/design.md, "Diffusion networks and the network interface").
 
 Shapes: tokens `(B, N, D)`, conditioning vectors `(B, D)`, latents `(B, C, H, W)`.
 Every layer keeps the official parameter layout (fused `qkv`, fused SwiGLU `w12`), so the
@@ -130,7 +130,7 @@ class TimestepEmbedder(nn.Module):
     """Raw scalar time `(B,)` -> `(B, D)`: sinusoid (GLIDE/DiT, `[cos, sin]`, max period 1e4) + MLP.
 
     The time is not rescaled: LightningDiT feeds t in [0, 1] with t=1 = data, REG t in [0, 1] with
-    t=1 = noise (conventions.md "Time in diffusion"). The sinusoid is computed in float32.
+    t=1 = noise (docs/design.md, "Time conventions"). The sinusoid is computed in float32.
     """
 
     def __init__(self, dim: int, frequency_dim: int = 256, max_period: float = 10000.0) -> None:

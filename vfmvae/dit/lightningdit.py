@@ -1,12 +1,14 @@
-"""LightningDiT (Yao et al. 2025), the paper's first generator on VFM-VAE latents.
+"""LightningDiT (Yao et al. 2025), the paper's first generator on VFM-VAE latents (docs/design.md, "Diffusion networks and the network interface").
 
-Diffusion spec §3.1: adaLN-Zero DiT with SwiGLU, RMSNorm, QK-RMSNorm, 2-D axial RoPE on q/k after
-QK-norm, a fixed 2-D sin-cos position embedding, a 1001-row label table (null id 1000) with label
-dropout, and `forward(x, t, y)` predicting the flow velocity with **t = 1 = data**
-(conventions.md "Time in diffusion"). Numerically identical to `hustvl/LightningDiT`
-`models/lightningdit.py` (checked against `tests/fixtures/official/lightningdit_tiny.*`).
+adaLN-Zero DiT with SwiGLU, RMSNorm, QK-RMSNorm, 2-D axial RoPE on q/k after QK-norm, a fixed 2-D
+sin-cos position embedding, a 1001-row label table (null id 1000) with label dropout, and
+`forward(x, t, y)` predicting the flow velocity with **t = 1 = data** (docs/design.md, "Time
+conventions"). Numerically identical to `hustvl/LightningDiT` `models/lightningdit.py` (checked against
+`tests/fixtures/official/lightningdit_tiny.*`).
 
-Classifier-free guidance is *not* here: it wraps a velocity function in `vfmvae/transport/`.
+The network implements `vfmvae.dit.interface.DiffusionNetwork`: its state is the latent alone, its
+condition the class ids, its paper sampler ``lightningdit-cfg``. Classifier-free guidance is *not* here:
+it wraps the velocity function in `vfmvae.transport`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vfmvae.dit.conditions import ClassLabels
+from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
 from vfmvae.dit.layers import (
     Attention,
     GeluMlp,
@@ -32,6 +36,7 @@ from vfmvae.dit.layers import (
     unpatchify,
 )
 from vfmvae.dit.pos_embed import AxialRoPE2d, sincos_2d_pos_embed
+from vfmvae.transport.paths import TimeConvention
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,15 @@ class LightningDiT(nn.Module):
     """Velocity network `v(x, t, y)`: `x (B, C, H, W)`, `t (B,)` in [0, 1] (1 = data), `y (B,)`.
 
     `activation_checkpointing` recomputes each block in the backward pass (runtime knob, not a
-    shape); `compile_blocks()` wraps each block in `torch.compile`.
+    shape); `compile_blocks()` wraps each block in `torch.compile`. The `DiffusionNetwork` members
+    follow `forward`.
     """
+
+    time_convention = TimeConvention.DATA_AT_ONE
+    sampler_presets = SamplerPresets(default="lightningdit-cfg", no_cfg="lightningdit")
+    class_token_dim: int | None = None
+    alignment_dim: int | None = None  # LightningDiTREPA sets its projector width
+    fsdp_forward_methods: tuple[str, ...] = ()
 
     def __init__(self, config: LightningDiTConfig, *, activation_checkpointing: bool = False) -> None:
         super().__init__()
@@ -170,6 +182,7 @@ class LightningDiT(nn.Module):
         self.feat_rope = AxialRoPE2d(cfg.head_dim, cfg.grid_size) if cfg.use_rope else None
         self.blocks = nn.ModuleList(LightningDiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = LightningDiTFinalLayer(cfg)
+        self.condition = ClassLabels(cfg.num_classes, null_id=cfg.num_classes)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -194,7 +207,7 @@ class LightningDiT(nn.Module):
         """`(B, C, H, W) -> (B, N, D)`: patch embedding plus sin-cos position (SE-CKNNA `embedder`)."""
         return self.x_embedder(x) + self.pos_embed.to(x.dtype)
 
-    def condition(self, t: torch.Tensor, y: torch.Tensor, batch: int, force_drop_ids=None) -> torch.Tensor:
+    def embed_condition(self, t: torch.Tensor, y: torch.Tensor, batch: int, force_drop_ids=None) -> torch.Tensor:
         """`c = t_emb + y_emb`, `(B, D)`. A 0-d `t` is broadcast over the batch."""
         if t.ndim == 0:
             t = t.expand(batch)
@@ -217,7 +230,7 @@ class LightningDiT(nn.Module):
         """
         wanted = self._normalise_indices(return_hidden)
         tokens = self.embed_tokens(x)
-        c = self.condition(t, y, x.shape[0], force_drop_ids)
+        c = self.embed_condition(t, y, x.shape[0], force_drop_ids)
         hidden: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and torch.is_grad_enabled():
@@ -230,6 +243,41 @@ class LightningDiT(nn.Module):
         if self.config.learn_sigma:
             out = out.chunk(2, dim=1)[0]
         return out if return_hidden is None else (out, hidden)
+
+    # ------------------------------------------------------------------ DiffusionNetwork
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.config.in_channels, self.config.input_size, self.config.input_size)
+
+    @property
+    def token_grid(self) -> int:
+        return self.config.grid_size
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def initial_state(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """The latent noise `(n, C, h, w)` ~ N(0, I), float32 (the state is the latent alone)."""
+        return torch.randn((n, *self.latent_shape), generator=generator, device=device)
+
+    def velocity(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self(state, t, condition)
+
+    def training_state(self, latents: torch.Tensor, alignment) -> TrainingState:
+        return vfm_class_token_state(latents, alignment, None, self.alignment_dim)
+
+    def training_forward(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> NetworkOutput:
+        return NetworkOutput(self(state, t, condition))
+
+    def block_features(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`embedder`, `block_i` and `final_layer` tokens (the official LightningDiT extractor)."""
+        depth = len(self.blocks)
+        v, hidden = self(state, t, condition, return_hidden=list(range(depth)))
+        feats = {"embedder": self.embed_tokens(state)}
+        feats.update({f"block_{i}": hidden[i] for i in range(depth)})
+        feats["final_layer"] = v.flatten(2).transpose(1, 2)  # (B, h*w, C): the head's tokens for patch size 1
+        return feats
 
     def _normalise_indices(self, indices: Iterable[int] | None) -> set[int]:
         depth = self.config.depth

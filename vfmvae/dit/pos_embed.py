@@ -1,4 +1,4 @@
-"""Position encodings of the two diffusion transformers (paper §3.1 / diffusion spec §3.1).
+"""Position encodings of the two diffusion transformers (docs/design.md, "Diffusion networks and the network interface").
 
 * `sincos_2d_pos_embed`: the fixed MAE/DiT 2-D sin-cos table that both models *add* to the patch
   tokens, `(grid*grid [+ extra], D)`. REG prepends an all-zero row for its class token.
@@ -61,7 +61,7 @@ def axial_rope_tables(head_dim: int, grid_size: int, theta: float = 10000.0) -> 
 
     Per axis `d = head_dim // 2` channels with frequencies `theta^(-2i/d)`, i < d/2, each repeated
     for its interleaved pair. Token (r, c) in raster order uses row frequencies on the first `d`
-    channels and column frequencies on the last `d` (diffusion spec §3.1: 36 + 36 for XL).
+    channels and column frequencies on the last `d` (36 + 36 for XL).
     """
     if head_dim % 4:
         raise ValueError(f"axial 2-D RoPE needs head_dim divisible by 4, got {head_dim}")

@@ -1,15 +1,18 @@
 """REG SiT (Wu et al. 2025, "Representation Entanglement for Generation"), the paper's headline
-generator (gFID 2.22 at 80 epochs, 1.62 at 640 on VFM-VAE latents; diffusion spec §2, §3.1).
+generator (gFID 2.22 at 80 epochs, 1.62 at 640 on VFM-VAE latents).
 
 A SiT (LayerNorm, GELU-tanh MLP, timm-style attention with LayerNorm QK-norm, adaLN-Zero) whose
 sequence starts with one extra *class token*: a noisy DINOv2 cls vector `(B, z_dim)` enters through
 `Linear(z_dim -> D)` + affine LayerNorm with a zero position embedding. After block
 `encoder_depth` a projector MLP maps all `1 + N` tokens to the alignment space (REPA loss
 target, `zs`); the final layer predicts the latent velocity from the patch tokens and the class
-token velocity from token 0. **t = 1 = noise** (conventions.md). Numerically identical to
-VFM-VAE's `tools/preprocess_for_reg/sit.py` (checked against `tests/fixtures/official/sit_reg_tiny.*`).
+token velocity from token 0. **t = 1 = noise** (docs/design.md, "Time conventions"). Numerically
+identical to VFM-VAE's `tools/preprocess_for_reg/sit.py` (checked against
+`tests/fixtures/official/sit_reg_tiny.*`).
 
-The model owns the projector and both heads; the alignment callback supplies targets and losses.
+As a `vfmvae.dit.interface.DiffusionNetwork` its state is ``(latent, class token)``, its paper sampler
+``reg-cfg``; the class token is token 0 of every block (the probes skip it, except for the projector
+features, as the official extractor). The alignment callback supplies the targets.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vfmvae.dit.conditions import ClassLabels
+from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
 from vfmvae.dit.layers import (
     Attention,
     GeluMlp,
@@ -33,6 +38,7 @@ from vfmvae.dit.layers import (
     unpatchify,
 )
 from vfmvae.dit.pos_embed import sincos_2d_pos_embed
+from vfmvae.transport.paths import TimeConvention
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,14 @@ class REGOutput(NamedTuple):
 
 
 class SiTREG(nn.Module):
-    """REG velocity network on the joint state (latent, class token); t = 1 is noise."""
+    """REG velocity network on the joint state (latent, class token); t = 1 is noise.
+
+    The `DiffusionNetwork` members follow `forward`.
+    """
+
+    time_convention = TimeConvention.NOISE_AT_ONE
+    sampler_presets = SamplerPresets(default="reg-cfg", no_cfg="reg")
+    fsdp_forward_methods: tuple[str, ...] = ()
 
     def __init__(self, config: SiTREGConfig, *, activation_checkpointing: bool = False) -> None:
         super().__init__()
@@ -193,6 +206,7 @@ class SiTREG(nn.Module):
         # Official names: the class-token input projection and its LayerNorm.
         self.cls_projectors2 = nn.Linear(cfg.cls_token_dim, D)
         self.wg_norm = nn.LayerNorm(D, eps=1e-6)
+        self.condition = ClassLabels(cfg.num_classes, null_id=cfg.num_classes)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -265,6 +279,70 @@ class SiTREG(nn.Module):
         patch_out, cls_velocity = self.final_layer(tokens, c)
         out = REGOutput(unpatchify(patch_out, self.config.patch_size, self.out_channels), projections, cls_velocity)
         return out if return_hidden is None else (out, hidden)
+
+    # ------------------------------------------------------------------ DiffusionNetwork
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.config.in_channels, self.config.input_size, self.config.input_size)
+
+    @property
+    def token_grid(self) -> int:
+        return self.config.grid_size
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def alignment_dim(self) -> int:
+        return int(self.config.z_dims[0])
+
+    @property
+    def class_token_dim(self) -> int:
+        return int(self.config.cls_token_dim)
+
+    def initial_state(self, n: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(latent (n, C, h, w), class token (n, z_dim))`` ~ N(0, I), float32, drawn in that order."""
+        x = torch.randn((n, *self.latent_shape), generator=generator, device=device)
+        return (x, torch.randn((n, self.class_token_dim), generator=generator, device=device))
+
+    @staticmethod
+    def _split(state) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise ValueError("a REG state is the tuple (latent, class_token)")
+        return state
+
+    def velocity(self, state, t: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, cls = self._split(state)
+        v, _zs, cls_v = self(x, t, condition, cls)  # the projector outputs only matter to the training loss
+        return (v, cls_v)
+
+    def training_state(self, latents: torch.Tensor, alignment) -> TrainingState:
+        return vfm_class_token_state(latents, alignment, self.class_token_dim, self.alignment_dim)
+
+    def training_forward(self, state, t: torch.Tensor, condition: torch.Tensor) -> NetworkOutput:
+        """A ``(latent, class token)`` state, or the latent alone (alignment off): then a zero class token
+        goes in and its velocity is an unused output."""
+        if isinstance(state, tuple):
+            x, cls = self._split(state)
+            out = self(x, t, condition, cls)
+            return NetworkOutput((out.velocity, out.cls_velocity), out.projections)
+        zeros = state.new_zeros(state.shape[0], self.class_token_dim)
+        out = self(state, t, condition, zeros)
+        return NetworkOutput(out.velocity, out.projections, [out.cls_velocity])
+
+    def block_features(self, state, t: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The official REG extractor (`tools/evaluate_alignment/diffusions/get_block_features_from_reg.py`):
+        embedder and block tokens without the class token, projector outputs over all ``1 + N`` tokens,
+        `final_layer` = the patch velocity tokens."""
+        x, cls = self._split(state)
+        depth = len(self.blocks)
+        out, hidden = self(x, t, condition, cls, return_hidden=list(range(depth)))
+        feats = {"embedder": self.embed_tokens(x, cls)[:, 1:]}
+        feats.update({f"block_{i}": hidden[i][:, 1:] for i in range(depth)})
+        feats["final_layer"] = out.velocity.flatten(2).transpose(1, 2)
+        feats.update({f"projector_{j}": z for j, z in enumerate(out.projections)})
+        return feats
 
 
 def build_sit_reg(preset: str = "SiT-XL/1-REG", *, activation_checkpointing: bool = False, **overrides) -> SiTREG:

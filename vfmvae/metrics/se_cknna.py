@@ -1,4 +1,5 @@
-"""SE-CKNNA: CKNNA between a model's pooled features and a VFM's, per SE condition (spec diffusion.md §1.2, §1.4).
+"""SE-CKNNA: CKNNA between a model's pooled features and a VFM's, per SE condition (docs/design.md, "SE-CKNNA"; docs/design.md,
+"SE-CKNNA").
 
 Each extractor turns images into ONE pooled vector per image, copying the official per-model input pipeline and
 pooling rule (`tools/evaluate_alignment/{vfms,vaes,diffusions}/*`):
@@ -13,9 +14,11 @@ The networks are plain callables, so the rules are testable with tiny stand-ins:
 - `token_fn(images_01 (B, 3, H, W)) -> (B, N, D)` patch tokens (e.g. `lambda x: vfm(x, [-1])[0]` for a `FrozenVFM`);
 - `encode_fn(images_01) -> posterior` with `.sample(generator=...)` / `.mean`, or a latent tensor `(B, C, h, w)`.
 
-DiT blocks (§1.4) use `dit_block_features`: clean latents, x_t = (1 - s) x + s eps at noise fraction s = 0.5 on the
-linear path, the model's own time convention (LightningDiT t = 1 data -> t = 1 - s; REG t = 1 noise -> t = s), the
-null label, and a token mean that excludes REG's class token.
+DiT blocks use `dit_block_features` (`vfmvae.metrics.se_probe`, re-exported here): clean latents,
+x_t = (1 - s) x + s eps at noise fraction s = 0.5 on the linear path, the network's own time convention
+(LightningDiT t = 1 data -> t = 1 - s; REG t = 1 noise -> t = s), the null condition, and the tokens the
+network names (REG: blocks without the class token, projectors over all tokens, as the official extractor).
+The chunked loop over images and conditions is `vfmvae.metrics.se_probe`, shared with the training probe.
 """
 
 from __future__ import annotations
@@ -29,18 +32,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vfmvae.codec import uint8_to_unit
+
 from .cknna import cknna
 from .numerics import full_fp32
+from .se_probe import conditioned_features, dit_block_features
 from .se_transforms import (
     NOISE_LEVELS,
     SE_RESOLUTION,
     SE_SEED,
     EquivarianceTransform,
-    add_pixel_noise,
     condition_names,
-    equivariance_params,
     load_image,
-    noise_condition,
     rotate_quarter_turns,
 )
 
@@ -52,10 +55,7 @@ __all__ = [
     "extract_condition_features",
     "se_cknna",
     "AGGREGATE_NAME",
-    "DiTProbe",
     "dit_block_features",
-    "lightningdit_probe",
-    "sit_reg_probe",
 ]
 
 AGGREGATE_NAME = "mean_over_conditions"  # the explicitly named aggregate: plain mean of the per-condition values
@@ -72,7 +72,7 @@ class SEExtractor(Protocol):
 def _to_01(images: np.ndarray, device) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.permute(2, 0, 1)
-    return x.float() / 255.0
+    return uint8_to_unit(x)
 
 
 def _pil_resize_shorter(images: np.ndarray, size: int) -> np.ndarray:
@@ -184,6 +184,7 @@ def extract_condition_features(
     """Pooled features `{condition: (N, D) float32 CPU}` for images in the given (stem-sorted) order.
 
     Image `i` of `image_paths` gets transform index `i`; sort the paths by stem first to match the official files.
+    Chunks of `batch_size` images, every condition per chunk (`vfmvae.metrics.se_probe.conditioned_features`).
     """
     names = condition_names(noise_levels)
     conditions = list(conditions) if conditions is not None else names
@@ -192,23 +193,15 @@ def extract_condition_features(
         raise ValueError(f"unknown SE conditions {unknown}; known: {names}")
     if not image_paths:
         raise ValueError("no images given")
-    sigma_of = {noise_condition(s): s for s in noise_levels}
-    out: dict[str, torch.Tensor] = {}
-    for cond in conditions:
-        feats = []
-        for start in range(0, len(image_paths), batch_size):
-            idx = range(start, min(start + batch_size, len(image_paths)))
-            images = [load_image(image_paths[i], resolution) for i in idx]
-            if cond == "equivariance":
-                feats += [
-                    extractor.equivariance(im, equivariance_params(i, seed))[None].cpu() for i, im in zip(idx, images)
-                ]
-                continue
-            if cond in sigma_of:
-                images = [add_pixel_noise(im, sigma_of[cond], i, seed) for i, im in zip(idx, images)]
-            feats.append(extractor.clean(np.stack(images)).cpu())
-        out[cond] = torch.cat(feats).float()
-    return out
+    return conditioned_features(
+        lambda chunk: extractor,
+        lambda idx: [load_image(image_paths[i], resolution) for i in idx],
+        len(image_paths),
+        conditions,
+        batch_size=batch_size,
+        noise_levels=noise_levels,
+        seed=seed,
+    )
 
 
 def se_cknna(
@@ -226,100 +219,3 @@ def se_cknna(
     scores = {c: cknna(model_features[c], reference_features[c], topk=topk) for c in model_features}
     scores[AGGREGATE_NAME] = float(np.mean(list(scores.values())))
     return scores
-
-
-# ----------------------------------------------------------------------------------------------- diffusion blocks
-
-
-@dataclass
-class DiTProbe:
-    """A DiT wrapped for SE-CKNNA block features.
-
-    `hidden_fn(x_t, t, y, cls_t)` returns `{feature name: (B, N, D)}` patch tokens only (class token already
-    removed); `time_convention` is `"data_at_1"` (LightningDiT, SiT) or `"noise_at_1"` (REG, REPA).
-    """
-
-    hidden_fn: Callable[..., dict[str, torch.Tensor]]
-    time_convention: str
-    null_class: int = 1000
-    needs_cls_token: bool = False
-
-    def __post_init__(self) -> None:
-        if self.time_convention not in ("data_at_1", "noise_at_1"):
-            raise ValueError(f"time_convention must be 'data_at_1' or 'noise_at_1', got {self.time_convention!r}")
-
-    def model_time(self, noise_fraction: float) -> float:
-        return 1.0 - noise_fraction if self.time_convention == "data_at_1" else noise_fraction
-
-
-@torch.no_grad()
-@full_fp32()
-def dit_block_features(
-    probe: DiTProbe,
-    latents: torch.Tensor,
-    *,
-    noise_fraction: float = 0.5,
-    cls_tokens: torch.Tensor | None = None,
-    batch_size: int = 32,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """Token-mean features `{name: (N, D)}` of normalised latents `(N, C, h, w)` noised to `noise_fraction`.
-
-    x_t = (1 - s) x + s eps (s = 0.5 in the paper), null label, time in the model's own convention; REG's DINOv2
-    class token (`cls_tokens (N, Dc)`) is noised the same way.
-    """
-    if latents.ndim != 4:
-        raise ValueError(f"latents must be (N, C, h, w), got {tuple(latents.shape)}")
-    if not 0.0 <= noise_fraction <= 1.0:
-        raise ValueError(f"noise_fraction must be in [0, 1], got {noise_fraction}")
-    if probe.needs_cls_token and (cls_tokens is None or len(cls_tokens) != len(latents)):
-        raise ValueError("this DiT (REG) needs one DINOv2 class token per latent (cls_tokens (N, Dc))")
-    s = noise_fraction
-    out: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(latents), batch_size):
-        x = latents[start : start + batch_size].float()
-        eps = torch.randn(x.shape, generator=generator, device=x.device)
-        x_t = (1 - s) * x + s * eps
-        cls_t = None
-        if probe.needs_cls_token:
-            c = cls_tokens[start : start + batch_size].float()
-            cls_t = (1 - s) * c + s * torch.randn(c.shape, generator=generator, device=c.device)
-        t = torch.full((len(x),), probe.model_time(s), device=x.device)
-        y = torch.full((len(x),), probe.null_class, dtype=torch.long, device=x.device)
-        for name, tokens in probe.hidden_fn(x_t, t, y, cls_t).items():
-            out.setdefault(name, []).append(tokens.float().mean(1).cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _velocity_tokens(v: torch.Tensor) -> torch.Tensor:
-    # final_layer tokens for patch size 1 (the paper's DiTs): (B, C, H, W) -> (B, H*W, C)
-    return v.flatten(2).transpose(1, 2)
-
-
-def lightningdit_probe(model) -> DiTProbe:
-    """`vfmvae.dit.LightningDiT` (t = 1 data): `embedder`, `block_i`, `final_layer`."""
-
-    def hidden_fn(x, t, y, cls_t=None):
-        depth = len(model.blocks)
-        v, hidden = model(x, t, y, return_hidden=list(range(depth)))
-        feats = {"embedder": model.embed_tokens(x)}
-        feats.update({f"block_{i}": hidden[i] for i in range(depth)})
-        feats["final_layer"] = _velocity_tokens(v)
-        return feats
-
-    return DiTProbe(hidden_fn, "data_at_1")
-
-
-def sit_reg_probe(model) -> DiTProbe:
-    """`vfmvae.dit.SiTREG` (t = 1 noise): class token excluded from every mean; adds `projector_0`."""
-
-    def hidden_fn(x, t, y, cls_t):
-        depth = len(model.blocks)
-        out, hidden = model(x, t, y, cls_t, return_hidden=list(range(depth)))
-        feats = {"embedder": model.embed_tokens(x, cls_t)[:, 1:]}
-        feats.update({f"block_{i}": hidden[i][:, 1:] for i in range(depth)})
-        feats["final_layer"] = _velocity_tokens(out.velocity)
-        feats["projector_0"] = out.projections[0][:, 1:]
-        return feats
-
-    return DiTProbe(hidden_fn, "noise_at_1", needs_cls_token=True)

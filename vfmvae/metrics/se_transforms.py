@@ -1,4 +1,4 @@
-"""SE-CKNNA "semantic-equivariant" conditions (spec diffusion.md §1.2; official `tools/evaluate_alignment/preprocess.py`).
+"""SE-CKNNA "semantic-equivariant" conditions (docs/design.md, "SE-CKNNA"; official `tools/evaluate_alignment/preprocess.py`).
 
 Deterministic per image, indexed by its position `idx` in stem-sorted order:
 - equivariance: NumPy legacy RNG seeded with `seed + idx` (seed 42), then `rotation = choice([0, 90, 180, 270])`

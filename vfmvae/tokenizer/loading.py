@@ -1,6 +1,9 @@
-"""Load the tokenizer's decoder (decoder-only) and the latent statistics for decoding diffusion samples.
+"""Load the tokenizer's decoder (decoder-only; docs/design.md, "Evaluation protocol") and the latent
+statistics for decoding, and expand ``${VAR}`` paths of run configs.
 
-Used by `callbacks/sample_grid.py` and `scripts/sample.py` (docs/design.md, "Latent normalisation").
+Plain PyTorch (no Lightning import); used by `callbacks/sample_grid.py`, `callbacks/joint_alignment.py`,
+`callbacks/se_cknna_probe.py` and `scripts/sample.py` (moved here from `lightning_modules/tokenizer_loading.py`
+so that callbacks never import `lightning_modules`).
 
 ``load_decoder(source, preset=..., generator_kwargs=...)``:
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,4 +100,24 @@ def load_latent_stats(path: str | os.PathLike | None, stats: dict[str, Any] | No
     )
 
 
-__all__ = ["load_decoder", "load_latent_stats"]
+def resolve_path(value: str | None, what: str, optional: bool = False) -> str | None:
+    """Expand ``$VAR`` / ``${VAR}`` in a config path; an unset variable is a clear error.
+
+    The paper configs name their weights as ``${TOKENIZER}``, ``${DINOV2}`` so that
+    ``make train-diffusion TOKENIZER=... DINOV2=...`` fills them in (callbacks in a list cannot be
+    overridden one by one on the LightningCLI command line). ``optional``: unset -> ``None``.
+    """
+    if value is None:
+        return None
+    names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(value))
+    unset = [n for n in names if not os.environ.get(n)]  # unset or empty: both mean "not given"
+    if unset:
+        if optional:
+            return None
+        raise ValueError(
+            f"{what}: {value!r} needs the environment variable {unset[0]}, which is not set; pass it to make "
+            f"(e.g. `make train-diffusion MODEL=reg {unset[0]}=/path/...`) or see configs/diffusion/demo.yaml "
+            "for a run without external files"
+        )
+    expanded = os.path.expandvars(str(value))
+    return os.path.expanduser(expanded)

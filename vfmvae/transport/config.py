@@ -1,4 +1,5 @@
-"""Typed transport and sampler configs with named presets (diffusion.md §3.2, §3.4).
+"""Typed transport and sampler configs with named presets (docs/design.md, "Diffusion training",
+"Sampling and guidance").
 
 ``TRANSPORT_PRESETS`` build the training loss; ``SAMPLER_PRESETS`` describe a sampling run
 and :func:`sample` executes one against a velocity function:
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .guidance import ClassifierFreeGuidance, GuidanceInterval
+from .guidance import ClassifierFreeGuidance, GuidanceInterval, NullConditionFn
 from .losses import LightningDiTLoss, REGLoss
 from .ode import ODE_METHODS, integrate_ode
 from .paths import TimeConvention, parse_convention
@@ -35,7 +36,11 @@ SAMPLER_METHODS = ODE_METHODS + ("sde",)
 
 @dataclass
 class TransportConfig:
-    """Training-side transport: which loss, which time convention and distribution."""
+    """Training-side transport: time convention, time distribution and loss weights.
+
+    ``loss`` names the official loss the preset reproduces (`build_loss`, the standalone loss objects); the
+    training objective (`DiffusionObjective`) reads the convention, the time distribution and ``cos_weight``.
+    """
 
     loss: str = "lightningdit"
     convention: str = "data_at_one"
@@ -58,9 +63,15 @@ class TransportConfig:
         )
 
     def build_loss(self) -> LightningDiTLoss | REGLoss:
-        if self.loss == "lightningdit":
-            return LightningDiTLoss(self.timestep_sampler(), self.cos_weight, self.convention)
-        return REGLoss(self.timestep_sampler(), self.proj_weight, self.cls_weight, self.convention)
+        """The standalone official loss of this preset (training goes through `DiffusionObjective`)."""
+        return _LOSS_BUILDERS[self.loss](self)
+
+
+# The official loss each `loss` kind reproduces (LightningDiT `train.py`, REG `loss.py`).
+_LOSS_BUILDERS = {
+    "lightningdit": lambda c: LightningDiTLoss(c.timestep_sampler(), c.cos_weight, c.convention),
+    "reg": lambda c: REGLoss(c.timestep_sampler(), c.proj_weight, c.cls_weight, c.convention),
+}
 
 
 TRANSPORT_PRESETS: dict[str, TransportConfig] = {
@@ -98,8 +109,11 @@ class SamplerConfig:
     def interval(self) -> GuidanceInterval:
         return GuidanceInterval(self.guidance_low, self.guidance_high, self.guidance_convention or self.convention)
 
-    def guided(self, velocity_fn: VelocityFn, num_components: int = 1) -> VelocityFn:
-        """``velocity_fn`` wrapped in CFG (or unchanged when ``cfg_scale <= 1``)."""
+    def guided(
+        self, velocity_fn: VelocityFn, num_components: int = 1, null_condition: NullConditionFn | None = None
+    ) -> VelocityFn:
+        """``velocity_fn`` wrapped in CFG (or unchanged when ``cfg_scale <= 1``); ``null_condition(y)``
+        gives the unconditional branch's condition (default: ``null_class`` ids)."""
         if self.cfg_scale <= 1.0:
             return velocity_fn
         scale = self.cfg_scale
@@ -113,6 +127,7 @@ class SamplerConfig:
             interval=self.interval(),
             cfg_channels=self.cfg_channels,
             null_class=self.null_class,
+            null_condition=null_condition,
         )
 
     def replace(self, **changes) -> SamplerConfig:
@@ -143,11 +158,12 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
+    null_condition: NullConditionFn | None = None,
 ) -> State | list[State]:
     """Run the sampler ``config`` (a preset name or a :class:`SamplerConfig`) from ``noise``.
 
     ``velocity_fn(state, t, y)`` is the unguided model velocity in ``config.convention``;
-    guidance is wrapped here. The ODE runs in the noise's dtype; the SDE integrates in float64
+    guidance is wrapped here (``null_condition(y)``: the CFG null condition; default ``null_class`` ids). The ODE runs in the noise's dtype; the SDE integrates in float64
     and calls ``velocity_fn`` in the noise's dtype. ODE samplers ignore ``generator``.
     """
     if isinstance(config, str):
@@ -159,7 +175,7 @@ def sample(
     if config.method == "sde":
         # The SDE integrates in float64; the network runs in the noise's dtype. The cast sits
         # inside the guidance wrapper so the interval is judged on the float64 time, as REG does.
-        fn = config.guided(cast_velocity_fn(velocity_fn, first.dtype), n_parts)
+        fn = config.guided(cast_velocity_fn(velocity_fn, first.dtype), n_parts, null_condition)
         return euler_maruyama_sde(
             fn,
             noise,
@@ -170,7 +186,7 @@ def sample(
             generator=generator,
             return_trajectory=return_trajectory,
         )
-    fn = config.guided(velocity_fn, n_parts)
+    fn = config.guided(velocity_fn, n_parts, null_condition)
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
     grid = ode_time_grid(
         config.num_steps, shift=config.timestep_shift, convention=config.convention, dtype=dtype, device=first.device

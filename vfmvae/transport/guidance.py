@@ -1,4 +1,4 @@
-"""Classifier-free guidance as a wrapper around a velocity function (diffusion.md §3.4, §6 item 3).
+"""Classifier-free guidance as a wrapper around a velocity function (docs/design.md, "Sampling and guidance").
 
 ``guided = uncond + scale·(cond − uncond)`` on a doubled batch ``[state; state]`` with labels
 ``[y; null]``, applied only while ``t`` lies inside a guidance interval:
@@ -19,7 +19,7 @@ and compared with the model's raw ``t``, so the switch is exact at the mapped bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,9 @@ from torch import Tensor
 
 from .paths import TimeConvention, parse_convention
 from .state import State, VelocityFn, as_components, batch_size, expand_time, like, tree_map
+
+# ``null_condition(y) -> y_null``: the unconditional condition in the shape of ``y`` (class ids: the null id).
+NullConditionFn = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class ClassifierFreeGuidance:
         interval: where guidance applies; ``None`` = always.
         cfg_channels: guide only the first ``k`` channels (dim 1) of the first component;
             ``None`` = all. The remaining channels carry the conditional velocity.
-        null_class: label of the unconditional branch (1000).
+        null_class: label of the unconditional branch (1000), used when ``null_condition`` is None.
+        null_condition: ``y -> y_null`` for other condition types (a network's ``condition.null_like``).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class ClassifierFreeGuidance:
         interval: GuidanceInterval | None = None,
         cfg_channels: int | None = None,
         null_class: int = 1000,
+        null_condition: NullConditionFn | None = None,
     ):
         self.velocity_fn = velocity_fn
         self.scales = tuple(float(s) for s in scale) if isinstance(scale, Sequence) else (float(scale),)
@@ -97,6 +102,7 @@ class ClassifierFreeGuidance:
             raise ValueError(f"cfg_channels must be a positive channel count or None (all), got {cfg_channels}")
         self.cfg_channels = cfg_channels
         self.null_class = null_class
+        self.null_condition = null_condition
         self.enabled = self.scales[0] > 1.0
 
     def _scale_for(self, index: int) -> float:
@@ -112,8 +118,8 @@ class ClassifierFreeGuidance:
 
     def __call__(self, state: State, t: Tensor, y: Tensor) -> State:
         n = batch_size(state)
-        if t.shape != (n,) or y.shape != (n,):
-            raise ValueError(f"t and y must have shape ({n},), got {tuple(t.shape)} and {tuple(y.shape)}")
+        if t.shape != (n,) or y.shape[:1] != (n,):
+            raise ValueError(f"t must have shape ({n},) and y ({n}, ...), got {tuple(t.shape)} and {tuple(y.shape)}")
         parts = as_components(state)
         if len(self.scales) > 1 and len(self.scales) != len(parts):
             raise ValueError(f"{len(self.scales)} guidance scales for a state of {len(parts)} components")
@@ -124,7 +130,7 @@ class ClassifierFreeGuidance:
             # No entry guided: the conditional branch alone (what both official samplers return).
             return self.velocity_fn(state, t, y)
         doubled = tree_map(lambda c: torch.cat([c, c]), state)
-        y_null = torch.full_like(y, self.null_class)
+        y_null = torch.full_like(y, self.null_class) if self.null_condition is None else self.null_condition(y)
         out = as_components(self.velocity_fn(doubled, torch.cat([t, t]), torch.cat([y, y_null])))
         guided = [self._combine(i, o[:n], o[n:], mask) for i, o in enumerate(out)]
         return like(state, guided)

@@ -1,4 +1,4 @@
-"""Flow-matching training losses (diffusion.md §3.2), returning dicts of named terms.
+"""Flow-matching training losses (docs/design.md, "Diffusion training"), returning dicts of named terms.
 
 * :class:`LightningDiTLoss`: ``x_t = t·x + (1−t)·ε`` (t = 1 is data), target ``u = x − ε``;
   ``mse`` = mean over C,H,W of ``(v − u)²``; ``cos`` = ``1 − cos(v, u)`` over the channel
@@ -15,7 +15,7 @@ the official SiT-REG output triple. ``t`` and the noise may be passed explicitly
 tests); otherwise they are drawn from the :class:`TimestepSampler` and ``torch.randn`` in the
 official order (LightningDiT: noise then t; REG: t, noise, class-token noise), so with the
 global RNG and the official seed the uniform draws coincide with the official ones.
-Loss reductions run in (at least) float32 whatever the network's dtype (style.md, principle 8).
+Loss reductions run in (at least) float32 whatever the network's dtype (docs/design.md, "Precision policy").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Fixed-grid probability-flow ODE samplers: Euler and Heun (diffusion.md §3.4).
+"""Fixed-grid probability-flow ODE samplers: Euler and Heun (docs/design.md, "Sampling and guidance").
 
 LightningDiT samples with torchdiffeq's fixed-grid ``euler`` over a shifted grid of 250
-points; a hand-written loop over the same grid is equivalent (diffusion.md §7, "Incidental"):
+points; a hand-written loop over the same grid is equivalent (docs/design.md, "Sampling and guidance"):
 ``x_{i+1} = x_i + (t_{i+1} − t_i)·v(x_i, t_i)``. Heun is the explicit trapezoid rule
 (torchdiffeq ``heun2``): an Euler predictor, then the average of the two slopes.
 
@@ -57,8 +57,8 @@ def integrate_ode(
         raise ValueError(f"unknown ODE method {method!r}; expected one of {ODE_METHODS}")
     _check_grid(grid)
     n = batch_size(state)
-    if y.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"labels / conditions must have shape ({n}, ...), got {tuple(y.shape)}")
     grid = grid.to(as_components(state)[0].device)
     trajectory = [state]
     x = state

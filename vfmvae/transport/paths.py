@@ -1,7 +1,7 @@
-"""The linear flow-matching path in both time conventions (diffusion.md §3.2).
+"""The linear flow-matching path in both time conventions (docs/design.md, "Diffusion training").
 
 Each diffusion model keeps the time convention its weights were trained with, because the
-network embeds the raw ``t`` (conventions.md, "Time in diffusion"):
+network embeds the raw ``t`` (docs/design.md, "Time conventions"):
 
 * ``DATA_AT_ONE`` (LightningDiT, SiT ``transport/``): ``x_t = t·x_data + (1−t)·ε``,
   velocity target ``u = x_data − ε``; integration runs from ``t = 0`` (noise) to ``t = 1``.
@@ -64,7 +64,7 @@ def noise_time(t, convention: TimeConvention | str):
 
 @dataclass(frozen=True)
 class LinearPath:
-    """Straight-line interpolant between data and Gaussian noise (diffusion.md §3.2).
+    """Straight-line interpolant between data and Gaussian noise (docs/design.md, "Diffusion training").
 
     Shapes: ``x_data``/``noise`` ``(B, ...)`` (latents ``(B, C, h, w)`` or class tokens
     ``(B, D)``), ``t`` ``(B,)``.

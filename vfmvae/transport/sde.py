@@ -1,4 +1,4 @@
-"""REG's Euler–Maruyama SDE sampler (diffusion.md §3.4; REG ``samplers.euler_maruyama_sampler``).
+"""REG's Euler–Maruyama SDE sampler (docs/design.md, "Sampling and guidance"; REG ``samplers.euler_maruyama_sampler``).
 
 In noise-at-one time ``t`` (REG's convention) on the linear path:
 
@@ -94,8 +94,8 @@ def euler_maruyama_sde(
     """
     convention = parse_convention(convention)
     n = batch_size(state)
-    if y.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"labels / conditions must have shape ({n}, ...), got {tuple(y.shape)}")
     device = as_components(state)[0].device
     grid = (
         sde_time_grid(num_steps, last_time=last_time, device=device) if grid is None else grid.to(device, state_dtype)

@@ -1,12 +1,12 @@
-"""Sampler states and velocity-function plumbing (diffusion.md §3.4).
+"""Sampler states and velocity-function plumbing (docs/design.md, "Sampling and guidance").
 
 A *state* is what a sampler integrates: a single latent tensor ``(B, C, h, w)`` for
 LightningDiT, or a tuple ``(latent (B, C, h, w), class_token (B, D))`` for REG, whose
-velocity function moves both together (conventions.md, "Time in diffusion").
+velocity function moves both together (docs/design.md, "Time conventions").
 
 A *velocity function* has the signature ``v(state, t, y) -> velocity_state`` where ``t`` is a
 ``(B,)`` tensor in the model's native time convention and ``y`` the ``(B,)`` class ids. The
-samplers and guidance only ever see such callables, never a network (style.md, principle 5).
+samplers and guidance only ever see such callables, never a network (docs/design.md, "Layers of the code").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training-time distributions and sampling grids (diffusion.md §3.2, §3.4).
+"""Training-time distributions and sampling grids (docs/design.md, "Diffusion training" and "Sampling and guidance").
 
 * Training ``t``: logit-normal ``sigmoid(N(m, s²))`` (LightningDiT stage 0, ``use_lognorm``)
   or uniform ``U(0, 1)`` (LightningDiT stage 1 from step 600k; REG always). LightningDiT's two
