@@ -70,7 +70,7 @@ sample: install ## Sample: CKPT=run.ckpt|official.pt TOKENIZER=path|none [STATS=
 	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) \
 	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(SAMPLE_ARGS)
 
-# ---------------------------------------------------------------- latent cache (diffusion.md §4)
+# ---------------------------------------------------------------- latent cache (scripts/cache_latents.py)
 .PHONY: cache-latents
 cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=dir [DEVICES=auto STORE_IMAGES=1 FILTER=keys.txt]
 	@[ -n "$(DATA_ROOT)" ] || { echo "cache-latents: DATA_ROOT is not set (an ImageFolder split, e.g. /data/imagenet/train); 'make demo' shows a run on embedded data" >&2; exit 2; }
@@ -98,7 +98,7 @@ evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.
 se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=N = N photos, tiny random models
 	$(PY) scripts/se_cknna.py $(SE_ARGS) $(if $(DEMO),--demo $(if $(filter 1,$(DEMO)),16,$(DEMO)) --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
 
-# ---------------------------------------------------------------- tokenizer (configs/tokenizer/*.yaml, issue 7)
+# ---------------------------------------------------------------- tokenizer (configs/tokenizer/*.yaml)
 .PHONY: train-tokenizer eval-reconstruction
 TOKENIZER_STAGE_CONFIG_0 := configs/tokenizer/stage0_strong_alignment.yaml
 TOKENIZER_STAGE_CONFIG_1 := configs/tokenizer/stage1_weak_alignment.yaml
@@ -148,7 +148,7 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 	  --resolution $(or $(IMAGE_SIZE),256) --batch-size $(or $(BATCH),50) $(if $(NUM),--num-images $(NUM)) \
 	  --device $(or $(DEVICE),auto) $(if $(OUT),--out "$(OUT)") $(if $(UINT8_MODE),--uint8-mode $(UINT8_MODE)) $(EVAL_ARGS)
 
-# ---------------------------------------------------------------- demo (issue 16, docs/demo.md)
+# ---------------------------------------------------------------- demo (docs/demo.md)
 .PHONY: demo
 demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
 	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)

@@ -1,4 +1,4 @@
-"""Atomic Lightning checkpoints (conventions.md, "Training state": temporary name + rename).
+"""Atomic Lightning checkpoints (docs/design.md, "Checkpoints, resume and provenance": temporary name + rename).
 
 Two ways to switch it on, both writing through :func:`vfmvae.utils.checkpoint_io.atomic_save`
 (temp file in the same directory, fsync, ``os.replace``):

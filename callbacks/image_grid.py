@@ -1,14 +1,14 @@
 """Reconstruction grids in TensorBoard: input | reconstruction | multi-scale outputs, every N steps.
 
-One row per image: the input, the EMA reconstruction (sampled latent, spec §6), then the decoder's
+One row per image: the input, the EMA reconstruction (sampled latent; docs/design.md, "Evaluation protocol"), then the decoder's
 progressive outputs (Progressive Resolution Reconstruction, largest first), each upsampled with
 nearest-neighbour to the input size so the coarse scales stay visibly coarse. Images come from a
 fixed held-out batch (the first validation batch, or the first training batch when there is no
 validation data) so that successive grids are comparable.
 
 Works with any LightningModule exposing `reconstruct(images01, generator=..., return_multiscale=True)`
-(-> `DecoderOutput` with `.image` and `.multiscale`) and an `ema` (`vfmvae.utils.ema.EMA`), i.e.
-`lightning_modules.tokenizer.TokenizerModule`.
+(-> `DecoderOutput` with `.image` and `.multiscale`), e.g. `lightning_modules.tokenizer.TokenizerModule`;
+the EMA weights are those of the run's `callbacks.ema.EMACallback`.
 """
 
 from __future__ import annotations
@@ -19,25 +19,34 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from callbacks.ema import find_ema
+from vfmvae.codec import to_uint8, uint8_to_unit
+from vfmvae.utils.image_grid import image_grid
+
 __all__ = ["ReconstructionGridCallback", "reconstruction_grid"]
 
 
 def reconstruction_grid(
-    images01: torch.Tensor, recon: torch.Tensor, multiscale: dict[int, torch.Tensor] | list
+    images: torch.Tensor, recon: torch.Tensor, multiscale: dict[int, torch.Tensor] | list
 ) -> torch.Tensor:
-    """`(3, rows*H, cols*W)` float grid in [0, 1]: per row input | reconstruction | scales (largest first)."""
-    if images01.dim() != 4 or images01.shape != recon.shape:
+    """uint8 ``(3, H', W')`` grid, one row per image: input | reconstruction | scales (largest first).
+
+    ``images``: the inputs, uint8 or float in [0, 1]; ``recon`` and the ``multiscale`` outputs in [-1, 1]
+    (scales are upsampled with nearest-neighbour to the input size). Float images become pixels the way
+    TensorBoard stores them (``to_uint8(.., "truncate")``); tiles by `vfmvae.utils.image_grid`.
+    """
+    if images.dim() != 4 or images.shape != recon.shape:
         raise ValueError(
-            f"reconstruction_grid: input {tuple(images01.shape)} and reconstruction "
+            f"reconstruction_grid: input {tuple(images.shape)} and reconstruction "
             f"{tuple(recon.shape)} must be equal (B, 3, H, W) batches"
         )
     scales = list(multiscale.values()) if isinstance(multiscale, dict) else list(multiscale)
-    size = tuple(images01.shape[-2:])
-    columns = [images01.float(), (recon.float().clamp(-1, 1) + 1) / 2]
-    columns += [(F.interpolate(s.float(), size=size, mode="nearest").clamp(-1, 1) + 1) / 2 for s in scales]
-    tiles = torch.stack(columns, dim=1)  # (B, cols, 3, H, W)
-    b, c, ch, h, w = tiles.shape
-    return tiles.permute(2, 0, 3, 1, 4).reshape(ch, b * h, c * w).cpu()
+    size = tuple(images.shape[-2:])
+    first = images.cpu() if images.dtype == torch.uint8 else to_uint8(images.cpu(), "truncate", value_range="unit")
+    columns = [first, to_uint8(recon.cpu(), "truncate")]
+    columns += [to_uint8(F.interpolate(s.float(), size=size, mode="nearest").cpu(), "truncate") for s in scales]
+    tiles = torch.stack(columns, dim=1)  # (B, cols, 3, H, W): row-major tiles
+    return image_grid(tiles.flatten(0, 1), nrow=len(columns))
 
 
 class ReconstructionGridCallback(Callback):
@@ -81,10 +90,10 @@ class ReconstructionGridCallback(Callback):
     @torch.no_grad()
     def log_grid(self, trainer: Trainer, pl_module: LightningModule, fallback: Any = None) -> torch.Tensor | None:
         images = self._fixed_batch(trainer, fallback).to(pl_module.device)
-        images01 = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        images01 = uint8_to_unit(images) if images.dtype == torch.uint8 else images.float()
         gen = torch.Generator(device=pl_module.device).manual_seed(0)
-        ema = getattr(pl_module, "ema", None)
-        swap = self.use_ema and ema is not None and not ema.swapped
+        ema = find_ema(trainer) if self.use_ema else None
+        swap = ema is not None and not ema.swapped
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -95,7 +104,7 @@ class ReconstructionGridCallback(Callback):
             if swap:
                 ema.swap_out()
             pl_module.train(was_training)
-        grid = reconstruction_grid(images01, out.image, out.multiscale)
+        grid = reconstruction_grid(images, out.image, out.multiscale)
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
         if experiment is not None and hasattr(experiment, "add_image") and trainer.is_global_zero:
             experiment.add_image(self.tag, grid, global_step=trainer.global_step)

@@ -1,4 +1,4 @@
-"""The three named image crops of the project (conventions.md, "Values and shapes").
+"""The three named image crops of the project (docs/design.md, "Crops and resizing").
 
 Every crop maps a decoded RGB ``PIL.Image`` of any size to a square ``uint8`` array of shape
 ``(size, size, 3)`` (HWC; the dataset turns it into CHW). They are written on PIL, not on tensors,
@@ -128,7 +128,7 @@ RANDOM_CROPS = frozenset({"tokenizer_train"})
 
 
 def get_crop(name: str) -> CropFn:
-    """Look up a crop by its conventions.md name; unknown names list the valid ones."""
+    """Look up a crop by its name; unknown names list the valid ones."""
     if name not in CROPS:
         raise ValueError(f"unknown crop {name!r}; choose one of {sorted(CROPS)}")
     return CROPS[name]

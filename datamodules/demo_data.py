@@ -1,7 +1,7 @@
 """Embedded demo dataset: random crops of the photographs that ship inside installed wheels.
 
 No download is needed: the photographs come with scikit-image, scikit-learn and matplotlib
-(ecosystem.md Sec. 4). Each photograph is one class (15 classes, ids in sorted name order); a sample is a
+(docs/demo_data.md). Each photograph is one class (15 classes, ids in sorted name order); a sample is a
 random square crop (side ``U(min_crop_fraction, 1)`` x the photo's short side, random position),
 Lanczos-resized to ``resolution`` px. Sample ``i`` of a split is a pure function of ``(seed, i)``:
 class ``i % 15`` and a crop drawn from ``np.random.default_rng([seed, i])``, so the dataset is
@@ -16,7 +16,7 @@ because their licences are not documented in the package.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -172,6 +172,19 @@ def write_demo_imagefolder(root: str | Path, config: DemoDataConfig | None = Non
         Image.fromarray(image).save(root / DEMO_CLASSES[label] / f"{key}.png")
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return len(dataset)
+
+
+def read_demo_split(root: str | Path, crop: str, resolution: int, indices: Iterable[int] | None = None) -> np.ndarray:
+    """uint8 ``(N, R, R, 3)`` images of an ImageFolder split written by :func:`write_demo_imagefolder` (all, or
+    those at ``indices`` in the folder's sorted order), each cropped with a named crop of `datamodules.crops`."""
+    from datamodules.crops import get_crop
+    from datamodules.decoding import decode_rgb
+    from datamodules.imagefolder import ImageFolderSource
+
+    source = ImageFolderSource(str(root))
+    fn = get_crop(crop)
+    indices = range(len(source)) if indices is None else indices
+    return np.stack([fn(decode_rgb(source[i].data), resolution) for i in indices])
 
 
 def main(argv: list[str] | None = None) -> None:

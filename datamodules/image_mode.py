@@ -33,7 +33,7 @@ from datamodules.webdataset_shards import WebDatasetSource
 
 
 class ImageTransform:
-    """Decode one record and apply a named crop (conventions.md) at ``size`` px."""
+    """Decode one record and apply a named crop (docs/design.md, "Crops and resizing") at ``size`` px."""
 
     def __init__(self, crop: str, size: int, seed: int = 0):
         self.crop_name, self.crop, self.size, self.seed = crop, get_crop(crop), int(size), int(seed)

@@ -5,15 +5,16 @@ Two independent choices (kept apart so a "latents" mode can be added without tou
   ``ResumableDistributedSampler``) or ``timm/imagenet-1k-wds`` tar shards (``webdataset_shards.py``;
   iterable, split by rank and worker);
 - ``mode``: what a record becomes - ``"images"`` (``image_mode.py``: decode + one of the crops of
-  conventions.md) or ``"latents"`` (``latent_dataset.py``: cached tokenizer latents written by
+  docs/design.md, "Crops and resizing") or ``"latents"`` (``latent_dataset.py``: cached tokenizer latents written by
   ``scripts/cache_latents.py``, random access, normalised, with the LightningDiT or REG sampling policy).
 
 Batch (images mode): ``{"image": uint8 (B, 3, R, R), "label": int64 (B,), "key": list[str]}``.
 Batch (latents mode): ``{"latent": float32 (B, C, h, w) normalised, "label": int64 (B,), "key": list[str],
 "index": int64 (B,), "flipped": bool (B,), ["image": uint8 (B, 3, R, R)]}``; ``latent_shape`` and
 ``num_classes`` are exposed for LightningCLI argument linking.
-Models divide by 255 themselves (conventions.md). Paper settings: tokenizer.md Sec. 5 (data) and Sec. 6
-(rFID crop); diffusion.md Sec. 4 (ADM crop for latent caching).
+Models convert to float themselves (docs/design.md, "Value ranges and pixel conversion"). Paper settings:
+docs/design.md, "Tokenizer stages and losses" (data), "Evaluation protocol" (rFID crop), "Crops and resizing"
+(ADM crop for latent caching).
 
 Distributed use: with the ImageFolder source the DataModule shards the data itself, so the Trainer
 must run with ``use_distributed_sampler=False`` (checked). With WebDataset shards every reader gets a
@@ -66,7 +67,7 @@ class ImageNetDataConfig:
     train_crop: str = "tokenizer_train"
     val_crop: str = "resize_center"
     # Key list of images to keep (short side >= 256 px in the paper); applied to train only unless
-    # filter_val (the paper's rFID uses all 50k validation images, tokenizer.md Sec. 6).
+    # filter_val (the paper's rFID uses all 50k validation images).
     filter_keys_path: str | None = None
     filter_val: bool = False
     batch_size: int = 32  # per device
@@ -107,22 +108,20 @@ class ImageNetDataConfig:
             self.demo = DemoDataConfig(**self.demo)
 
 
-def _preset(**kw: Any) -> ImageNetDataConfig:
-    return ImageNetDataConfig(**kw)
-
-
 DATA_PRESETS: dict[str, ImageNetDataConfig] = {
-    # Tokenizer training (tokenizer.md Sec. 5): >= 256 px filter, random-scale crop; rFID crop for val.
-    "imagenet-tokenizer": _preset(filter_keys_path="data/imagenet_train_hr_256.txt"),
-    "imagenet-tokenizer-wds": _preset(
+    # Tokenizer training: >= 256 px filter, random-scale crop; rFID crop for val.
+    "imagenet-tokenizer": ImageNetDataConfig(filter_keys_path="data/imagenet_train_hr_256.txt"),
+    "imagenet-tokenizer-wds": ImageNetDataConfig(
         source="webdataset",
         root="data/imagenet-1k-wds",
         val_split="validation",
         filter_keys_path="data/imagenet_train_hr_256.txt",
     ),
-    # Latent caching and generation reference images (diffusion.md Sec. 4): ADM crop, fixed order.
-    "imagenet-adm": _preset(train_crop="adm_center", val_crop="adm_center", shuffle_train=False, drop_last_train=False),
-    "imagenet-adm-wds": _preset(
+    # Latent caching and generation reference images: ADM crop, fixed order.
+    "imagenet-adm": ImageNetDataConfig(
+        train_crop="adm_center", val_crop="adm_center", shuffle_train=False, drop_last_train=False
+    ),
+    "imagenet-adm-wds": ImageNetDataConfig(
         source="webdataset",
         root="data/imagenet-1k-wds",
         val_split="validation",
@@ -133,7 +132,7 @@ DATA_PRESETS: dict[str, ImageNetDataConfig] = {
         infinite_train=False,
     ),
     # Embedded photographs, written once as an ImageFolder tree (docs/demo_data.md).
-    "demo": _preset(
+    "demo": ImageNetDataConfig(
         root="outputs/demo_data",
         resolution=64,
         batch_size=8,
@@ -142,7 +141,7 @@ DATA_PRESETS: dict[str, ImageNetDataConfig] = {
         min_seen_for_bad_check=50,
         demo=DemoDataConfig(resolution=128, num_per_class=16),
     ),
-    "debug": _preset(
+    "debug": ImageNetDataConfig(
         root="outputs/demo_data_debug",
         resolution=32,
         batch_size=4,
@@ -182,7 +181,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self._pending_state: dict[str, Any] = {}
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> ImageNetDataModule:
+    def fromImageNetDataConfig(cls, name: str, **overrides: Any) -> ImageNetDataModule:
         return cls(data_preset(name, **overrides))
 
     # ------------------------------------------------------------------ paths

@@ -1,7 +1,7 @@
 """Key lists that restrict a split to chosen images (the paper's short side >= 256 px filter).
 
 The paper trains the tokenizer only on ImageNet images whose shorter side is at least 256 px
-(tokenizer.md Sec. 5; official ``imagenet_info/imagenet_train_hr_256_indices.pkl``, which is not in the
+(docs/design.md, "Tokenizer stages and losses"; official ``imagenet_info/imagenet_train_hr_256_indices.pkl``, which is not in the
 public repository). The official file is a pickled collection of WebDataset ``__key__`` strings
 (``training/data_wds.py::filter_by_filename``). A key is the file stem (``n01440764_10026``,
 ``ILSVRC2012_val_00000001``), which is the same in the ImageFolder tree and in the

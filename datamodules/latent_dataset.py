@@ -1,6 +1,7 @@
 """Random-access dataset over a latent cache (the DataModule's `latents` mode), and latent statistics.
 
-Two sampling policies reproduce the two official diffusion pipelines (diffusion.md §3.3, §4):
+Two sampling policies reproduce the two official diffusion pipelines (docs/design.md, "Latent
+normalisation"):
 
 - `"lightningdit"`: each image has one *fixed* posterior sample for itself and one for its flip (as the
   official cache stores one sample per image), and every access picks the flipped version with p = 0.5.
@@ -150,7 +151,7 @@ class LatentDataset(_EpochMixin, Dataset):
 
 
 def compute_latent_stats(root: str | os.PathLike, num_samples: int = 10_000, seed: int = 0) -> LatentNormalizer:
-    """Per-channel statistics over `num_samples` random images' fixed posterior samples (diffusion.md §4).
+    """Per-channel statistics over `num_samples` random images' fixed posterior samples (docs/design.md, "Latent normalisation").
 
     As the official protocol: samples of the original (not flipped) images, chosen at random without
     replacement, mean and unbiased std pooled over N, h, w.
@@ -161,3 +162,19 @@ def compute_latent_stats(root: str | os.PathLike, num_samples: int = 10_000, see
     samples = torch.stack([fixed_posterior_sample(*data.moments(int(i)), seed, int(i), False) for i in chosen])
     mean, std = channel_stats(samples)
     return LatentNormalizer(mean, std)
+
+
+def find_latent_dataset(dm: Any) -> LatentDataset | None:
+    """The `LatentDataset` a DataModule serves (``dm.latent_dataset`` or ``dm.dataset``), or ``None``.
+
+    Callbacks and modules read the cache's manifest and latent statistics through it, whatever DataModule
+    holds it (the ImageNet DataModule in its latents mode, the demo latents).
+    """
+    for name in ("latent_dataset", "dataset"):
+        try:
+            ds = getattr(dm, name, None)
+        except AttributeError:  # ImageNetDataModule in the images mode
+            continue
+        if ds is not None and hasattr(ds, "manifest"):
+            return ds
+    return None

@@ -1,6 +1,6 @@
 """On-disk format of the latent cache: safetensors shards, per-shard sidecars and a manifest.
 
-Layout of a cache folder (diffusion.md §4, our format):
+Layout of a cache folder (our format; docs/design.md, "Latent normalisation"):
 
     manifest.json                 tokenizer provenance, latent shape, dtype, counts, per-shard checksums
     latents_stats.pt              per-channel mean/std (official format, see `vfmvae.codec.LatentNormalizer`)

@@ -1,4 +1,4 @@
-"""Resumable, distributed-aware sampler for map-style datasets (issue 2, "Training state").
+"""Resumable, distributed-aware sampler for map-style datasets (docs/design.md, "Checkpoints, resume and provenance").
 
 Order of one epoch: a permutation of ``range(len(dataset))`` drawn from a generator seeded
 with ``seed + epoch`` (identical on every rank), padded by wrapping around (or truncated when

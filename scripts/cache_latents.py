@@ -1,4 +1,4 @@
-"""Cache tokenizer latents of an ImageFolder split for diffusion training (diffusion.md §4).
+"""Cache tokenizer latents of an ImageFolder split for diffusion training (docs/design.md, "Latent normalisation").
 
     python scripts/cache_latents.py --data-root /data/imagenet/train --tokenizer exports/vfmvae \
         --out latents/imagenet256 [--devices 8 --num-nodes 1] [--store-images]
@@ -23,10 +23,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
 
 from datamodules.key_filter import load_key_list  # noqa: E402
-from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter  # noqa: E402
+from datamodules.latent_cache import LatentCacheDataModule  # noqa: E402
+from lightning_modules.latent_cache import LatentShardWriter, cache_latents  # noqa: E402
 from vfmvae.provenance import state_dict_sha256  # noqa: E402
 from vfmvae.tokenizer.export import load_tokenizer  # noqa: E402
 
@@ -82,16 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
         store_images=args.store_images, stats_samples=args.stats_samples, seed=args.seed, provenance=provenance
     )
     devices = args.devices if args.devices == "auto" else int(args.devices)
-    trainer = Trainer(
+    cache_latents(
+        tokenizer,
+        dm,
+        writer,
+        args.moments_dtype,
         accelerator=args.accelerator,
         devices=devices,
         num_nodes=args.num_nodes,
-        logger=False,
-        callbacks=[writer],
-        precision="32-true",
-        enable_model_summary=False,
     )
-    trainer.predict(LatentCacheModule(tokenizer, args.moments_dtype), datamodule=dm, return_predictions=False)
     return provenance
 
 

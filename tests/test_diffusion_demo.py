@@ -41,7 +41,7 @@ def test_demo_config_through_the_cli(config, tmp_path, monkeypatch, repo_root):
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
-    from lightning_modules.demo_latents import build_demo_latent_cache
+    from datamodules.demo_latents import build_demo_latent_cache
 
     return build_demo_latent_cache(tmp_path_factory.mktemp("cache"), num_per_class=1, resolution=64)
 

@@ -1,5 +1,6 @@
 """EMACallback inside Lightning: one update per optimiser step (gradient accumulation), EMA
-weights for validate(ckpt_path=...), raw weights in checkpoints written while swapped."""
+weights for validate(ckpt_path=...), raw weights in checkpoints written while swapped, modules named by the
+LightningModule, and the same EMA for a consumer that runs before the callback."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.ema import EMACallback
+from callbacks.ema import EMACallback, find_ema
+from vfmvae.utils.ema import EMA_PRESETS
 
 
 class Tiny(LightningModule):
@@ -111,3 +113,37 @@ def test_bad_configuration_errors():
     cb = EMACallback(["missing"])
     with pytest.raises(AttributeError, match="missing"):
         cb._build(Tiny())
+
+
+class TwoParts(Tiny):
+    """A module that names what to average itself (as the tokenizer does: its stage's trainable modules)."""
+
+    def ema_modules(self):
+        return {"net": self.net}
+
+
+class ReadsEmaFirst(Callback):
+    """A consumer listed *before* the EMA callback: what it sees at each step end (as the probes read it)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append(find_ema(trainer).num_updates)
+
+
+def test_module_named_modules_current_ema_and_the_beta_tag(tmp_path):
+    cb = EMACallback(preset="dit", decay=0.5)  # no attributes: TwoParts.ema_modules()
+    reader = ReadsEmaFirst()
+    trainer = _trainer(tmp_path, [reader, cb], max_steps=3, limit_val_batches=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TwoParts())
+    assert cb.ema.param_names == ["net.weight", "net.bias"] and find_ema(trainer) is cb.ema
+    assert reader.seen == [1, 2, 3]  # already updated for the step, although the reader runs first
+    assert cb.ema.num_updates == 3  # and the callback's own hook did not update twice
+    assert "train/ema_beta" in trainer.logged_metrics  # the TensorBoard naming rule (callbacks/tb_layout.py)
+    with pytest.raises(AttributeError, match="ema_modules"):
+        EMACallback()._build(Tiny())
+    with pytest.raises(ValueError, match="either config"):
+        EMACallback(config=EMA_PRESETS["dit"], decay=0.5)

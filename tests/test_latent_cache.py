@@ -12,9 +12,10 @@ from PIL import Image
 from torch import nn
 
 from datamodules.crops import adm_center_crop
+from datamodules.latent_cache import LatentCacheDataModule
 from datamodules.latent_dataset import LatentDataset, compute_latent_stats, fixed_posterior_sample
 from datamodules.latent_shards import MANIFEST, STATS, ShardReader, shard_name, sidecar_name
-from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter
+from lightning_modules.latent_cache import LatentCacheModule, LatentShardWriter
 from vfmvae.codec import LatentNormalizer, uint8_to_unit
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 

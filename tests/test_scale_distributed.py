@@ -170,7 +170,7 @@ def _diffusion_worker(rank: int, tmp: Path, cache: str) -> None:
 
 
 def test_diffusion_ddp_and_fsdp2_on_two_cpu_processes(tmp_path):
-    from lightning_modules.demo_latents import build_demo_latent_cache
+    from datamodules.demo_latents import build_demo_latent_cache
 
     # 15 classes x 2 latents with their 64 px crops (REG's alignment targets); global batch 6 = 2 x 3.
     cache = build_demo_latent_cache(tmp_path / "demo", num_per_class=2, resolution=64, seed=0)
@@ -238,7 +238,9 @@ def _tokenizer_worker(rank: int, tmp: Path) -> None:
     trained = {n: p.detach().sum().item() for m in module.g_modules.values() for n, p in m.named_parameters()}
     replicas = _gather(trained)
     assert replicas[0] == replicas[1]  # the module's own gradient all-reduce keeps replicas identical
-    ema = _gather({k: v.sum().item() for k, v in module.ema.state_dict()["params"].items()})
+    from callbacks.ema import find_ema
+
+    ema = _gather({k: v.sum().item() for k, v in find_ema(module.trainer).state_dict()["params"].items()})
     assert ema[0] == ema[1]
     try:
         _tokenizer_fit(tmp / "fsdp", FSDP2Strategy(process_group_backend="gloo"))

@@ -18,10 +18,10 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from callbacks.atomic_checkpoint import AtomicModelCheckpoint
-from callbacks.ema import EMACallback
+from callbacks.ema import EMACallback, find_ema
 from callbacks.sampler_state import SamplerStateCallback
+from datamodules.demo_latents import build_demo_latent_cache
 from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
-from lightning_modules.demo_latents import build_demo_latent_cache
 from lightning_modules.diffusion import DiffusionModule
 from vfmvae.utils.guard import NonFiniteLossError
 
@@ -214,7 +214,7 @@ def test_tokenizer_resume_mid_epoch_is_bitwise_identical(tmp_path):
     assert sa.keys() == sb.keys()
     for name in sa:
         assert torch.equal(sa[name], sb[name]), name
-    ea, eb = a.ema.state_dict(), b.ema.state_dict()
+    ea, eb = find_ema(full).state_dict(), find_ema(res).state_dict()
     assert ea["num_updates"] == eb["num_updates"] == total
     for name in ea["params"]:
         assert torch.equal(ea["params"][name], eb["params"][name]), f"EMA {name}"

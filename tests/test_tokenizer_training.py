@@ -15,8 +15,9 @@ import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 
+from callbacks.ema import find_ema
 from lightning_modules.cli import VFMVAECLI
-from lightning_modules.tokenizer_stages import STAGES, steps_for_images
+from vfmvae.tokenizer.stages import STAGES, steps_for_images
 
 STAGE_FILES = {
     0: "stage0_strong_alignment.yaml",
@@ -130,8 +131,8 @@ def test_stage_configs_carry_the_paper_numbers(repo_root):
 
 
 def test_paper_stage_trainable_counts_on_meta():
-    from lightning_modules.tokenizer_stages import trainable_generator_modules
     from vfmvae.tokenizer import VFMVAE, get_config
+    from vfmvae.tokenizer.stages import trainable_generator_modules
 
     with torch.device("meta"):
         model = VFMVAE(get_config("vfmvae-f16d32-siglip2", use_vf_projection=True))
@@ -171,7 +172,7 @@ def test_every_stage_runs_two_steps_and_hands_off(tmp_path, repo_root):
         assert trainer.global_step == 2, "global_step counts iterations (one D + one G update each)"
         assert model.stage_nimg == 2 * BATCH
         assert model.global_nimg == previous_nimg + 2 * BATCH, "global image counter carried over"
-        assert model.ema.num_updates == 2 * (stage + 1), "EMA state carried over"
+        assert find_ema(trainer).num_updates == 2 * (stage + 1), "EMA state carried over"
         if previous_ckpt:
             report = model.handoff_report
             assert report is not None and report.previous_stage == stage - 1 and not report.unexplained
@@ -260,7 +261,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
     assert (a.global_nimg, a.stage_nimg, res.trainer.global_step) == (b.global_nimg, b.stage_nimg, 4)
     for (k, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
         assert torch.equal(x, y), f"weights differ after resume: {k}"
-    ea, eb = a.ema.state_dict(), b.ema.state_dict()
+    ea, eb = find_ema(full.trainer).state_dict(), find_ema(res.trainer).state_dict()
     assert ea["num_updates"] == eb["num_updates"] == 4
     for k in ea["params"]:
         assert torch.equal(ea["params"][k], eb["params"][k]), f"EMA differs after resume: {k}"
@@ -275,14 +276,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, repo_root):
 def test_reconstruction_grid_layout():
     from callbacks.image_grid import reconstruction_grid
 
-    images = torch.rand(2, 3, 8, 8)
-    recon = images * 2 - 1  # a perfect reconstruction in [-1, 1]
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    recon = images.float() / 127.5 - 1  # a perfect reconstruction in [-1, 1]
     multiscale = {4: torch.full((2, 3, 4, 4), 1.0), 2: torch.full((2, 3, 2, 2), -1.0)}
     grid = reconstruction_grid(images, recon, multiscale)
-    assert grid.shape == (3, 2 * 8, 4 * 8)  # rows = images; columns = input | recon | 2 scales
-    torch.testing.assert_close(grid[:, 8:16, 0:8], images[1])
-    torch.testing.assert_close(grid[:, 0:8, 8:16], images[0])
-    assert torch.all(grid[:, :, 16:24] == 1.0) and torch.all(grid[:, :, 24:32] == 0.0)
+    pad, side = 2, 8 + 2  # image_grid: 2 px gaps, tiles row-major
+    assert grid.dtype == torch.uint8 and grid.shape == (3, pad + 2 * side, pad + 4 * side)
+
+    def tile(row: int, col: int) -> torch.Tensor:
+        return grid[:, pad + row * side : pad + row * side + 8, pad + col * side : pad + col * side + 8]
+
+    assert torch.equal(tile(1, 0), images[1]) and torch.equal(tile(0, 0), images[0])
+    assert (tile(0, 1).int() - images[0].int()).abs().max() <= 1  # [-1, 1] -> uint8 truncates
+    assert torch.all(tile(1, 2) == 255) and torch.all(tile(0, 3) == 0)  # scales: nearest-upsampled, clamped
     with pytest.raises(ValueError, match="must be equal"):
         reconstruction_grid(images, recon[:1], multiscale)
 

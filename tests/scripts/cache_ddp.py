@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning.pytorch import Trainer  # noqa: E402
 from test_latent_cache import IMAGE_SIZE, StandInTokenizer  # noqa: E402
 
-from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter  # noqa: E402
+from datamodules.latent_cache import LatentCacheDataModule  # noqa: E402
+from lightning_modules.latent_cache import LatentCacheModule, LatentShardWriter  # noqa: E402
 
 if __name__ == "__main__":
     data_root, out_dir = sys.argv[1], sys.argv[2]

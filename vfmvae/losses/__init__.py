@@ -1,4 +1,4 @@
-"""Tokenizer objectives (spec `tokenizer.md` §4). Every loss returns a dict of named terms.
+"""Tokenizer objectives (docs/design.md, "Tokenizer stages and losses"). Every loss returns a dict of named terms.
 
 Public entry points:
     kl_divergence                                   KL of the diagonal Gaussian (§4.3)
@@ -27,14 +27,6 @@ from .equivariance import (
 )
 from .kl import kl_divergence, split_moments
 from .lpips import LPIPS
-from .objective import (
-    TOKENIZER_LOSS_PRESETS,
-    ReconstructionLoss,
-    TokenizerLossConfig,
-    discriminator_total,
-    generator_total,
-    get_loss_config,
-)
 from .pixel import MultiScalePixelLoss, MultiScalePixelLossConfig, l1_loss, l2_loss, resize_like_vfm, ssim_loss
 from .safe_loss import (
     SafeLossConfig,
@@ -43,6 +35,14 @@ from .safe_loss import (
     check_discriminator_terms,
     check_generator_terms,
     safe_loss_rule,
+)
+from .stage_terms import (
+    TOKENIZER_LOSS_PRESETS,
+    ReconstructionLoss,
+    TokenizerLossConfig,
+    discriminator_total,
+    generator_total,
+    get_loss_config,
 )
 from .tokenizer_objective import PhaseResult, TokenizerObjective
 from .vf_alignment import (

@@ -1,4 +1,4 @@
-"""Adversarial objectives (tokenizer spec §4.5): hinge, LSGAN and pix2pixHD feature matching.
+"""Adversarial objectives (docs/design.md, "Tokenizer stages and losses"): hinge, LSGAN and pix2pixHD feature matching.
 
 - StyleGAN-T projected discriminator (all stages, weight 1): hinge loss on its `(B, L)` logits.
   D: mean ReLU(1 - D(real)) + mean ReLU(1 + D(fake)); G: -mean D(fake).

@@ -1,4 +1,4 @@
-"""Equivariance regularisation (tokenizer spec §4.1): sampler and the three tensor transforms.
+"""Equivariance regularisation (docs/design.md, "Tokenizer stages and losses"): sampler and the three tensor transforms.
 
 One draw per forward call (the whole micro-batch shares it; D and G phases draw independently):
 

@@ -1,4 +1,4 @@
-"""KL divergence of the diagonal-Gaussian posterior against N(0, I) (tokenizer spec §2, §4.3).
+"""KL divergence of the diagonal-Gaussian posterior against N(0, I) (docs/design.md, "Tokenizer stages and losses").
 
 The official encoder (LDM `DiagonalGaussianDistribution`) clamps the log-variance to [-30, 20]
 before anything else, sums the KL over (C, H, W) per sample and averages over the batch.

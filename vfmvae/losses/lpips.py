@@ -1,4 +1,4 @@
-"""LPIPS-VGG perceptual loss as the paper trains with it (tokenizer spec §4.2).
+"""LPIPS-VGG perceptual loss as the paper trains with it (docs/design.md, "Tokenizer stages and losses").
 
 The official loss is taming-transformers' LPIPS: a frozen VGG16 (`relu1_2 ... relu5_3`), unit-
 normalised channel features, squared differences weighted by the v0.1 linear heads, spatial mean,

@@ -1,4 +1,4 @@
-"""Pixel-space reconstruction losses: L1 / L2, SSIM and the multi-scale L1 (tokenizer spec §4.2).
+"""Pixel-space reconstruction losses: L1 / L2, SSIM and the multi-scale L1 (docs/design.md, "Tokenizer stages and losses").
 
 All images are in [-1, 1] (project convention). The ground truth handed to these functions is
 already transformed like the reconstruction (equivariance regularisation, §4.1).

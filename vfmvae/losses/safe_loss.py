@@ -1,4 +1,4 @@
-"""The tokenizer's safe-loss rule (tokenizer spec §4.7), as a pure function over named terms.
+"""The tokenizer's safe-loss rule (docs/design.md, "Tokenizer stages and losses"), as a pure function over named terms.
 
 The generic per-step guard (`vfmvae.utils.guard`) owns the mechanics (max-reduce of the flag over
 ranks, backpropagating `nan_to_num(loss) * 0` on an unsafe step, logging `Loss/{G,D}/skipped`);

@@ -1,4 +1,7 @@
-"""One G phase and one D phase of tokenizer training, as numbers (tokenizer spec §4.1-§4.6, §5).
+"""One G phase and one D phase of tokenizer training on the networks (docs/design.md, "Tokenizer
+stages and losses").
+
+The weights and sums per stage are `stage_terms.py`; this file runs the tokenizer and discriminators.
 
 `TokenizerObjective` runs the tokenizer and the discriminators on a batch and returns the named
 terms plus the weighted total; the LightningModule owns optimisers, `requires_grad` toggling,
@@ -25,7 +28,7 @@ from .adversarial import feature_matching_loss, hinge_d_loss, hinge_g_loss, lsga
 from .equivariance import EquivarianceSample, EquivarianceSampler, transform_input, transform_latent, transform_target
 from .kl import kl_divergence
 from .lpips import LPIPS
-from .objective import ReconstructionLoss, TokenizerLossConfig, discriminator_total, generator_total
+from .stage_terms import ReconstructionLoss, TokenizerLossConfig, discriminator_total, generator_total
 from .vf_alignment import adaptive_vf_weight, vf_loss_from_latent
 
 
@@ -36,6 +39,12 @@ class PhaseResult:
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     eq: EquivarianceSample
+
+    def scalars(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Detached float32 scalar terms and the total as ``{f"{prefix}/{name}": value}`` (for logging)."""
+        out = {f"{prefix}/{k}": v.detach().float() for k, v in self.terms.items() if v.numel() == 1}
+        out[f"{prefix}/total"] = self.total.detach().float()
+        return out
 
 
 class TokenizerObjective:

@@ -1,4 +1,4 @@
-"""VF (vision-foundation) alignment loss and its adaptive weight (tokenizer spec §4.4).
+"""VF (vision-foundation) alignment loss and its adaptive weight (docs/design.md, "Tokenizer stages and losses").
 
 VA-VAE-style loss between a 1x1 projection of the *sampled* latent z (`linear_proj`, 32 -> 1024,
 owned by the tokenizer) and the frozen VFM's final post-LayerNorm patch features average-pooled

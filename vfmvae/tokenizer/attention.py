@@ -1,4 +1,4 @@
-"""Self-attention block of the low-resolution synthesis blocks (GigaGAN-style), spec `tokenizer.md` §3.1.
+"""Self-attention block of the low-resolution synthesis blocks (GigaGAN-style), docs/design.md, "Tokenizer architecture".
 
 `x = x + Attn(x); x = x + FF(x)` on a feature map `(B, C, H, W)`. The attention attends over all
 H*W positions plus one learned **null key/value** per head (lets a query attend to nothing); the

@@ -1,6 +1,6 @@
 """Attention projection: the token-wise width changer of the latent head and the decoder lift.
 
-Spec `tokenizer.md` §1 ("AttnProjection block", adapted by VFM-VAE from UniTok). One block maps
+docs/design.md, "Tokenizer architecture" ("AttnProjection block", adapted by VFM-VAE from UniTok). One block maps
 tokens `(B, N, in_dim) -> (B, N, out_dim)`:
 
     y = shortcut(LN(x)) + attn(LN(x))          # linear shortcut + projecting attention
@@ -69,7 +69,7 @@ class GeGLU(nn.Module):
 
 
 class AttnProjectionBlock(nn.Module):
-    """One projection block `(B, N, in_dim) -> (B, N, out_dim)` (spec §1)."""
+    """One projection block `(B, N, in_dim) -> (B, N, out_dim)`."""
 
     def __init__(self, in_dim: int, out_dim: int, num_heads: int, mlp_ratio: int = 2):
         super().__init__()

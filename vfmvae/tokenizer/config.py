@@ -4,7 +4,7 @@ Shapes only: runtime knobs (precision, EQ regularisation, loss weights) live els
 Every field maps onto one official `networks.generator.Generator` kwarg (named in the comment);
 `vfmvae.tokenizer.convert.config_from_official` does that translation.
 
-Paper preset = `tianciB/VFM-VAE` stage configs (spec `tokenizer.md` §1-§3).
+Paper preset = `tianciB/VFM-VAE` stage configs (docs/design.md, "Tokenizer architecture").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 @dataclass
 class VFMVAEConfig:
-    # --- frozen VFM (spec §1) ---
+    # --- frozen VFM ---
     vfm_name: str = "siglip2-large-patch16-512"  # preset key of `vfmvae.vfm.build_vfm`
     vfm_hidden_size: int = 1024  # official patch_in_dimensions (same for every level)
     vfm_patch_size: int = 16
@@ -23,7 +23,7 @@ class VFMVAEConfig:
     vfm_layers: tuple[int, ...] = (0, 12, -1)  # official patch_from_layers
     level_dims: tuple[int, ...] = (64, 64, 64)  # official patch_out_dimensions
 
-    # --- latent (spec §2) ---
+    # --- latent ---
     img_resolution: int = 256  # native training resolution; other sizes work at run time
     compression: int = 16  # official resolution_compression_factor
     z_dim: int = 32  # official z_dimension
@@ -32,13 +32,13 @@ class VFMVAEConfig:
     lift_factor: int = 16  # official decompress_factor: lifted latent has z_dim*16 channels
     use_vf_projection: bool = False  # official use_vf_loss: adds the 1x1 `linear_proj` z -> VFM dim
 
-    # --- mapping network (spec §2) ---
+    # --- mapping network ---
     w_dim: int = 512  # official z_dim_for_mapping_mlp_output (unconditional: w_dim)
     mapping_layers: int = 2
     mapping_lr_multiplier: float = 0.01
     w_avg_beta: float = 0.995
 
-    # --- synthesis (spec §3) ---
+    # --- synthesis ---
     num_blocks: int = 6
     channel_base: int = 32768
     channel_max: int = 512
@@ -52,7 +52,9 @@ class VFMVAEConfig:
     attn_ff_mult: int = 4
     extra_convnext: bool = True  # official add_additional_convnext: 3 (not 2) layers per res block in blocks 0-3
     use_blur: bool = True  # official use_gaussian_blur
-    legacy: bool = True  # static noise maps; needed for the released weights (spec §8.10)
+    legacy: bool = (
+        True  # static noise maps; needed for the released weights (docs/design.md, "Deviations from the official code")
+    )
     img_channels: int = 3
 
     def __post_init__(self) -> None:

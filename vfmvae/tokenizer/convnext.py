@@ -1,4 +1,4 @@
-"""Convolutional building blocks of the synthesis network (spec `tokenizer.md` §3.1).
+"""Convolutional building blocks of the synthesis network (docs/design.md, "Tokenizer architecture").
 
 - `ModulatedConvNeXtLayer`: residual ConvNeXt layer whose first pointwise conv is modulated by
   the style of w and demodulated (StyleGAN2), optional legacy static noise.

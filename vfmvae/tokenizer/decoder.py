@@ -1,4 +1,4 @@
-"""VFM-VAE decoder: latent z -> image in [-1, 1] (spec `tokenizer.md` §2-§3).
+"""VFM-VAE decoder: latent z -> image in [-1, 1] (docs/design.md, "Tokenizer architecture").
 
     z (B, z_dim, h, w) --lift (AttnProjection z_dim -> 16 z_dim per token)--> z_lifted (B, D, h, w)
     z_lifted --global average pool--> (B, D) --mapping--> ws (B, num_ws, w_dim)

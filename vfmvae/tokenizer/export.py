@@ -4,7 +4,7 @@ An export folder holds what a user of the trained tokenizer needs, and nothing t
 
     <dir>/config.json          format tag, `VFMVAEConfig`, VFM record, weights hash, provenance
     <dir>/model.safetensors    head (if any) + decoder weights (the EMA weights when trained:
-                               the paper evaluates and releases `G_ema`, spec `tokenizer.md` §5-§6)
+                               the paper evaluates and releases `G_ema`)
     <dir>/vfm.safetensors      only when the frozen VFM is included (see below)
 
 The frozen VFM (1.2 GB for SigLIP2-L) is **not** duplicated by default: `config.json` records its
@@ -15,7 +15,7 @@ so it is included automatically; `include_vfm=True` forces inclusion.
 
 `weights_sha256` is `vfmvae.provenance.state_dict_sha256` of exactly the tensors in
 `model.safetensors`; it flows into latent-cache manifests and diffusion checkpoints
-(conventions.md, "Training state"). `decoder_only=True` loading never builds the VFM or the head.
+(docs/design.md, "Checkpoints, resume and provenance"). `decoder_only=True` loading never builds the VFM or the head.
 
 `load_tokenizer(path)` accepts an export folder or an official release file
 (`..._legacy.pth`, a dict with `G_ema`) together with its official `generator_kwargs`.

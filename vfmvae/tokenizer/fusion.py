@@ -1,4 +1,5 @@
-"""Multi-Scale Latent Fusion: spatial-latent adapters of the first synthesis blocks (spec `tokenizer.md` §3.1-§3.2).
+"""Multi-Scale Latent Fusion: spatial-latent adapters of the first synthesis blocks (docs/design.md,
+"Tokenizer architecture").
 
 Block `i` (output side `r_i`) receives its input at `r_i/2`; its adapter brings the lifted latent
 `(B, D, h, w)` (D = 512, h = w = 16 at 256 px) to that size and to `fusion_dims[i]` channels, and the

@@ -1,4 +1,4 @@
-"""Latent head: multi-level VFM tokens -> (mean, logvar) of the latent (spec `tokenizer.md` §1-§2).
+"""Latent head: multi-level VFM tokens -> (mean, logvar) of the latent (docs/design.md, "Tokenizer architecture").
 
 For each VFM level `i` (layers 0, 12, -1 in the paper):
     (B, N, D) --AttnProjection(D -> d_i, head averaging)--> (B, N, d_i)
@@ -57,7 +57,7 @@ class LatentHead(nn.Module):
         )
         concat_dim = sum(d * self.space_to_depth**2 for d in cfg.level_dims)
         self.final_projection = AttnProjection(concat_dim, 2 * cfg.z_dim, cfg.head_layers)
-        # Stage 0-1 VF-alignment head (spec §2/§4.4): 1x1 conv on the *sampled* z, Xavier gain 0.5.
+        # Stage 0-1 VF-alignment head (docs/design.md, "Tokenizer stages and losses"): 1x1 conv on the *sampled* z, Xavier gain 0.5.
         self.vf_projection = None
         if cfg.use_vf_projection:
             self.vf_projection = nn.Conv2d(cfg.z_dim, cfg.vfm_hidden_size, 1, bias=False)
@@ -65,7 +65,7 @@ class LatentHead(nn.Module):
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
-        """Weight the adaptive VF-loss weight differentiates against (last GeGLU `w2`, spec §4.4)."""
+        """Weight the adaptive VF-loss weight differentiates against (last GeGLU `w2`)."""
         return self.final_projection.blocks[-1].mlp.w2.weight
 
     def moments(self, features: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Small shared layers of the VFM-VAE decoder (StyleGAN-T lineage), spec `tokenizer.md` §2-§3."""
+"""Small shared layers of the VFM-VAE decoder (StyleGAN-T lineage), docs/design.md, "Tokenizer architecture"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mapping network: global latent -> style vector w for every modulated layer (spec `tokenizer.md` §2).
+"""Mapping network: global latent -> style vector w for every modulated layer (docs/design.md, "Tokenizer architecture").
 
 `z_pooled (B, lifted_dim) -> normalize_2nd_moment -> FC+lrelu -> ... -> FC (linear) -> w (B, w_dim)`,
 equalised-LR layers with lr multiplier 0.01; w is broadcast to all `num_ws` style slots

@@ -1,4 +1,5 @@
-"""`VFMVAE`: frozen VFM + latent head + decoder (paper Fig. 2; spec `tokenizer.md` §0-§3).
+"""`VFMVAE`: frozen VFM + latent head + decoder (paper Fig. 2; docs/design.md, "Tokenizer
+architecture").
 
     images_01 (B, 3, H, W) --x2 bilinear, frozen VFM, layers [0, 12, -1]--> 3 x (B, (2H/16)*(2W/16), D)
                --LatentHead--> DiagonalGaussian over (B, z_dim, H/16, W/16) --sample--> z
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from vfmvae.codec import uint8_to_unit
 
 from .config import VFMVAEConfig, get_config
 from .decoder import Decoder, DecoderOutput
@@ -116,7 +119,7 @@ class VFMVAE(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"VFMVAE.encode: images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
-            images = images.float() / 255.0  # loaders yield uint8; the model takes [0, 1]
+            images = uint8_to_unit(images)  # loaders yield uint8; the model takes [0, 1]
         elif not images.is_floating_point():
             raise TypeError(f"VFMVAE.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
         if images.device.type == "meta":
@@ -185,7 +188,7 @@ class VFMVAE(nn.Module):
         - "train_all" (stages 0-1): head (+ VF projection) and decoder.
         - "train_decoder" (stage 2): decoder (lift, mapping, synthesis); the latent space is fixed.
         - "train_second_half_decoder" (stage 3): synthesis blocks at 64/128/256 px, i.e. blocks
-          num_blocks-3.. (the intent of the official mode, whose name matching selects nothing; spec §8.1).
+          num_blocks-3.. (the intent of the official mode, whose name matching selects nothing; docs/design.md, "Tokenizer stages and losses").
         """
         if mode == "train_all":
             if not self.has_encoder:
@@ -206,7 +209,7 @@ class VFMVAE(nn.Module):
                 m.reset_buffers()
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part (spec §3.4 table)."""
+        """Parameters per part (docs/design.md, "Tokenizer architecture")."""
 
         def n(m):
             return 0 if m is None else sum(p.numel() for p in m.parameters())

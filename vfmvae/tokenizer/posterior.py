@@ -1,4 +1,4 @@
-"""Diagonal Gaussian posterior over the VFM-VAE latent (spec `tokenizer.md` §2).
+"""Diagonal Gaussian posterior over the VFM-VAE latent (docs/design.md, "Tokenizer architecture").
 
 Moments `(B, 2*z_dim, h, w)` split on channels into (mean, logvar); logvar is clamped to
 [-30, 20] as in LDM's `DiagonalGaussianDistribution`. The official tokenizer always *samples*

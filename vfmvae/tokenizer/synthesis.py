@@ -1,5 +1,5 @@
 """Synthesis network: Progressive Resolution Reconstruction with Multi-Scale Latent Fusion
-(spec `tokenizer.md` §3.1-§3.3).
+(docs/design.md, "Tokenizer architecture").
 
 Six blocks, each doubling the resolution (8 -> 256 px at 256 px input; channels
 [512, 512, 512, 512, 256, 128]). Block i:

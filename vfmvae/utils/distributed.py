@@ -1,13 +1,16 @@
-"""Gradient helpers for modules that reduce gradients themselves (plain PyTorch).
+"""Distributed helpers for modules that reduce gradients and save per-rank state themselves (plain PyTorch).
 
 The tokenizer's GAN step takes two backward passes per training step, so DDP's reducer stays idle and
 the module averages the gradients of exactly the stepped parameters with one flat all-reduce, as the
-official training loop does (docs/design.md, "Tokenizer stages").
+official training loop does (docs/design.md, "Tokenizer stages and losses"). Its per-rank random
+streams are gathered into the checkpoint with `gather_from_ranks` (docs/design.md, "Checkpoints,
+resume and provenance").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,7 +21,7 @@ def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """Average the gradients of `params` over ranks with one flat all-reduce (official `training_loop`).
 
     Parameters without a gradient on this rank contribute zeros, so every rank steps the same set.
-    Afterwards every gradient goes through `nan_to_num(nan=0, +-inf=+-1e5)` (spec §4.7).
+    Afterwards every gradient goes through `nan_to_num(nan=0, +-inf=+-1e5)`, as the official loop.
     """
     if not params:
         return
@@ -44,4 +47,14 @@ def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
-__all__ = ["all_reduce_gradients", "grad_norm"]
+def gather_from_ranks(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``: a collective when a process group of several ranks is up
+    (call it on every rank, as Lightning calls ``on_save_checkpoint``), else ``[obj]``."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+__all__ = ["all_reduce_gradients", "gather_from_ranks", "grad_norm"]

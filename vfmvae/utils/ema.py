@@ -1,24 +1,24 @@
-"""Exponential moving average of chosen sub-modules (conventions.md, "Training state").
+"""Exponential moving average of chosen sub-modules (docs/design.md, "EMA").
 
 Two update rules, one class:
 
-- ``"halflife"`` (tokenizer, StyleGAN / official VFM-VAE ``training_loop.py``; tokenizer.md §5):
+- ``"halflife"`` (tokenizer, StyleGAN / official VFM-VAE ``training_loop.py``):
   ``ema_nimg = halflife_nimg``; with ramp-up ``ema_nimg = min(ema_nimg, cur_nimg * rampup)``;
   ``beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))``; ``ema <- beta * ema + (1 - beta) * p``.
   ``cur_nimg`` is the number of images seen *before* this step (the official loop updates
   ``G_ema`` before ``cur_nimg += batch_size``), so the very first update has ``beta = 0`` and
   the EMA equals the weights. ``batch_size`` is the **global** batch (all ranks).
   Paper values: half-life 160k images, ramp-up 0.05 (beta = 0.99778 at batch 512).
-- ``"decay"`` (LightningDiT / REG, diffusion.md §"Training"): fixed ``beta = 0.9999`` every
+- ``"decay"`` (LightningDiT / REG): fixed ``beta = 0.9999`` every
   optimiser step, EMA initialised as a copy of the weights.
 
 Buffers (e.g. BatchNorm statistics) are copied, not averaged, as in the official code.
 Shadows keep the parameter dtype, except fp16/bf16 parameters, whose shadows are fp32.
 
-Only the sub-modules you pass are tracked, minus ``exclude`` name prefixes and, by default,
-parameters with ``requires_grad=False`` at construction (a frozen VFM is never averaged, and a
-discriminator is simply not passed). That is why this is not Lightning's ``EMAWeightAveraging``,
-which deep-copies the whole LightningModule.
+Only the sub-modules you pass are tracked, minus parameters with ``requires_grad=False`` at
+construction (a frozen VFM is never averaged, and a discriminator is simply not passed). That is why
+this is not Lightning's ``EMAWeightAveraging``, which deep-copies the whole LightningModule. In a
+Lightning run the EMA is owned by `callbacks.ema.EMACallback`.
 
 FSDP2 (``fully_shard``) parameters are DTensors. The shadow copies are DTensors with the same
 sharding, and every update / swap works on the **local shards** with ``torch._foreach_*`` ops:
@@ -29,8 +29,8 @@ no all-gather, no communication at all (each rank averages its own shard). Build
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -49,10 +49,9 @@ class EMAConfig:
     """EMA rule. ``halflife_nimg``/``rampup`` for ``mode="halflife"``, ``decay`` for ``mode="decay"``."""
 
     mode: Literal["halflife", "decay"] = "halflife"
-    halflife_nimg: float = 160_000.0  # official ema_kimg 160 (tokenizer.md §5)
+    halflife_nimg: float = 160_000.0  # official ema_kimg 160
     rampup: float | None = 0.05  # official ema_rampup; None = no ramp-up
     decay: float = 0.9999  # LightningDiT / REG
-    include_frozen: bool = False  # also average params with requires_grad=False
 
     def __post_init__(self) -> None:
         if self.mode not in ("halflife", "decay"):
@@ -91,17 +90,12 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _has_prefix(name: str, prefixes: Iterable[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 class EMA:
     """EMA over named sub-modules.
 
     Args:
         modules: ``{"decoder": model.decoder, ...}`` or one module (names then carry no prefix).
         config: an :class:`EMAConfig` or a preset name from :data:`EMA_PRESETS`.
-        exclude: dotted name prefixes to leave out, e.g. ``["tokenizer.vfm"]``.
 
     Call :meth:`update` after every optimiser step; use ``with ema.swap(): ...`` to run
     validation or export with the averaged weights. ``state_dict``/``load_state_dict`` hold
@@ -112,7 +106,6 @@ class EMA:
         self,
         modules: Mapping[str, nn.Module] | nn.Module,
         config: EMAConfig | str = "tokenizer",
-        exclude: Iterable[str] = (),
     ) -> None:
         if isinstance(config, str):
             if config not in EMA_PRESETS:
@@ -124,7 +117,6 @@ class EMA:
         if not modules:
             raise ValueError("EMA needs at least one module to track")
         self.modules = dict(modules)
-        self.exclude = tuple(exclude)
         self.param_names, self.buffer_names = self._select()
         with torch.no_grad():
             params, buffers = self._live()
@@ -152,9 +144,7 @@ class EMA:
         for key, module in self.modules.items():
             for name, p in module.named_parameters():
                 full = f"{key}.{name}" if key else name
-                if _has_prefix(full, self.exclude):
-                    continue
-                if not p.requires_grad and not self.config.include_frozen:
+                if not p.requires_grad:
                     continue  # frozen (e.g. a VFM): never averaged
                 counts[key] += 1
                 if id(p) not in seen:  # a shared parameter is averaged once
@@ -163,12 +153,11 @@ class EMA:
         empty = [k or "<module>" for k, n in counts.items() if n == 0]
         if empty:
             raise ValueError(
-                f"EMA: no trainable parameters to average in {empty} (all frozen or excluded); "
-                "do not pass frozen networks (VFM) or set include_frozen=True deliberately"
+                f"EMA: no trainable parameters to average in {empty} (all frozen); do not pass frozen networks (VFM)"
             )
         buffers, seen = [], set()
         for n, b in self._named("b"):
-            if not _has_prefix(n, self.exclude) and id(b) not in seen:
+            if id(b) not in seen:
                 seen.add(id(b))
                 buffers.append(n)
         return params, buffers
@@ -254,17 +243,6 @@ class EMA:
         finally:
             self.swap_out()
 
-    @torch.no_grad()
-    def copy_to_modules(self) -> None:
-        """Overwrite the tracked weights with the EMA (end of training / export); irreversible."""
-        if self.swapped:
-            raise RuntimeError("copy_to_modules() while swapped: call swap_out() first")
-        s_p, p, s_b, b = self._pairs()
-        if s_p:
-            torch._foreach_copy_(p, s_p)
-        if s_b:
-            torch._foreach_copy_(b, s_b)
-
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """EMA values by full name (DTensors stay sharded), counters and config.
@@ -312,39 +290,6 @@ class EMA:
                 raise ValueError(f"EMA checkpoint mode {saved_cfg.get('mode')!r} != configured {self.config.mode!r}")
         self.num_updates = int(state["num_updates"])
         self.nimg = int(state.get("nimg", 0))
-
-    @torch.no_grad()
-    def load_ema_weights(self, weights: Mapping[str, torch.Tensor], strict: bool = True) -> list[str]:
-        """Set the EMA values from a plain ``{full name: tensor}`` dict (e.g. the previous
-        stage's ``G_ema`` weights, prefixed like the tracked names); counters are kept.
-
-        Returns the tracked names that were not in ``weights`` (an error when ``strict``).
-        Names in ``weights`` that are not tracked are ignored (frozen VFM, excluded parts).
-        """
-        if self.swapped:
-            raise RuntimeError("EMA.load_ema_weights() while swapped: call swap_out() first")
-        missing = []
-        for names, shadows in ((self.param_names, self.shadow_params), (self.buffer_names, self.shadow_buffers)):
-            for i, n in enumerate(names):
-                if n not in weights:
-                    missing.append(n)
-                    continue
-                src = weights[n]
-                if tuple(src.shape) != tuple(shadows[i].shape):
-                    raise ValueError(f"EMA weight {n}: shape {tuple(src.shape)} != {tuple(shadows[i].shape)}")
-                if _is_dtensor(shadows[i]) and not _is_dtensor(src):
-                    from torch.distributed.tensor import distribute_tensor
-
-                    src = distribute_tensor(src.to(shadows[i].device), shadows[i].device_mesh, shadows[i].placements)
-                shadows[i].copy_(src if _is_dtensor(src) else src.to(shadows[i].device))
-        if strict and missing:
-            raise KeyError(f"EMA weights missing for {len(missing)} tracked tensors: {missing[:10]}")
-        return missing
-
-    def with_config(self, **changes: Any) -> EMA:
-        """Change the rule (e.g. a new half-life for the next stage) keeping the shadows."""
-        self.config = replace(self.config, **changes)
-        return self
 
 
 def _is_dtensor(t: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Tokenizer discriminators (tokenizer spec §4.5): StyleGAN-T projected D on DINO, PatchGAN, DiffAugment."""
+"""Tokenizer discriminators (docs/design.md, "Tokenizer stages and losses"): StyleGAN-T projected D on DINO, PatchGAN, DiffAugment."""
 
 from .diffaug import diff_augment
 from .norms import BatchNormLocal, BatchNormLocal2d

@@ -1,4 +1,4 @@
-"""DiffAugment (Zhao et al. 2020) as the projected discriminator uses it (tokenizer spec §4.5).
+"""DiffAugment (Zhao et al. 2020) as the projected discriminator uses it (docs/design.md, "Tokenizer stages and losses").
 
 Policy `color, translation, cutout`, applied to every batch that enters the discriminator (real
 and fake independently), on images in [-1, 1], each sample with its own random draw:

@@ -1,4 +1,4 @@
-"""Local ("virtual batch") batch norm used by both discriminators (tokenizer spec §4.5).
+"""Local ("virtual batch") batch norm used by both discriminators (docs/design.md, "Tokenizer stages and losses").
 
 The batch is cut into `G = ceil(B / virtual_batch)` consecutive groups of equal size; each group
 is normalised with its own statistics (biased variance, eps 1e-5), then a per-channel affine.

@@ -1,4 +1,4 @@
-"""pix2pixHD multi-scale PatchGAN with intermediate features (tokenizer spec §4.5, stage 3).
+"""pix2pixHD multi-scale PatchGAN with intermediate features (stage 3; docs/design.md, "Tokenizer stages and losses").
 
 Three scales: the input, then two 3 x 3 average-pool (stride 2, padding 1, `count_include_pad
 False`) downsamplings. Each scale is an N-layer PatchGAN (N = 3):

@@ -1,4 +1,4 @@
-"""StyleGAN-T projected discriminator on a frozen DINO ViT-S/16 (tokenizer spec §4.5).
+"""StyleGAN-T projected discriminator on a frozen DINO ViT-S/16 (docs/design.md, "Tokenizer stages and losses").
 
 Pipeline for a batch in [-1, 1] at any size (the EQ transform may have shrunk or rotated it):
 DiffAugment (color, translation, cutout) -> [0, 1] -> if larger than 224, with p = 0.5 one random
@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import spectral_norm
+
+from vfmvae.codec import signed_to_unit
 
 from .diffaug import diff_augment
 from .norms import BatchNormLocal
@@ -247,7 +249,7 @@ class ProjectedDiscriminator(nn.Module):
         if img.shape[-1] != img.shape[-2]:
             raise ValueError(f"discriminator input must be square, got {tuple(img.shape[-2:])}")
         x = diff_augment(img, cfg.diffaug_policy, cfg.diffaug_strength, generator) if cfg.diffaug_policy else img
-        x = (x + 1.0) / 2.0
+        x = signed_to_unit(x)
         size = cfg.image_size
         # One crop window for the whole batch (as torchvision's RandomCrop on a batch tensor).
         dev = generator.device if generator is not None else torch.device("cpu")

@@ -1,4 +1,10 @@
-"""Per-stage tokenizer objectives (tokenizer spec §4.6): weights, reconstruction terms and totals.
+"""Which loss terms each tokenizer stage uses, with what weight, and their sums (docs/design.md,
+"Tokenizer stages and losses").
+
+`TokenizerLossConfig` / `TOKENIZER_LOSS_PRESETS` (the weights), `ReconstructionLoss` (the pixel, LPIPS and
+multi-scale terms), `generator_total` / `discriminator_total` (the weighted sums). Running the networks for
+one D or G phase is `tokenizer_objective.TokenizerObjective` (docs/design.md, "Tokenizer stages and losses").
+
 
     G: main_rec + 1.0 * L_styleganT_G + w_patch * L_patch_G + w_fm * L_fm + lambda_vf * L_vf + w_kl * KL
     D: 1.0 * L_styleganT_D + w_patch * L_patch_D
@@ -14,8 +20,8 @@
 (*) listed in every official config but gated by the global image counter (< 5 M images), so only
 the first 5 M images of stage 0 see it.
 
-These callables only combine named terms; the LightningModule runs the networks, draws the
-equivariance sample and applies the safe-loss rule (`safe_loss.py`).
+These callables only combine named terms; `TokenizerObjective` runs the networks and draws the
+equivariance sample, the LightningModule applies the safe-loss rule (`safe_loss.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's four tokenizer stages as data (tokenizer spec §4.6, §5, §8.1) + the step guard rule.
+"""The paper's four tokenizer stages as data (docs/design.md, "Tokenizer stages and losses").
 
 | stage | name                | images | lr   | loss preset | trainable generator modules                       |
 |-------|---------------------|--------|------|-------------|---------------------------------------------------|
@@ -7,10 +7,16 @@
 | 2     | SSIM fine-tuning    | 1 M    | 5e-5 | stage2      | decoder (lift, mapping, synthesis); latent fixed   |
 | 3     | PatchGAN fine-tuning| 3 M    | 5e-5 | stage3      | decoder.synthesis.blocks at 64/128/256 px only     |
 
-Stage 3 deviates from the shipped code on purpose: the official `train_the_second_half_decoder`
-matches module names that do not exist (`synthesis.b64` ...) and so trains nothing (spec §8.1);
-we train the evident intent, the last three synthesis blocks (31,827,994 parameters in the paper
-preset). The frozen VFM is never trainable; discriminators are trained by their own optimiser.
+Stage 3 deviates from the shipped code on purpose (docs/design.md, "Deviations from the official code"):
+the official `train_the_second_half_decoder` matches module names that do not exist (`synthesis.b64` ...)
+and so trains nothing; we train the evident intent, the last three synthesis blocks (31,827,994
+parameters in the paper preset). The 64 px latent adapter (`decoder.synthesis.fusion.3`, which feeds
+the latent into block 3) stays **frozen**: the official rule means "the second half of the decoder",
+the synthesis blocks above 32 px, and its adapter clause (`z_convs.{i}` for `i > 32`) compares the
+fusion *block indices* (0-3) with a resolution, so even with existing names it selects no adapter.
+Keeping every adapter frozen also keeps the decoder's latent interface (how a latent enters the
+synthesis network) exactly as stage 2 left it; only the upsampling half adapts to the PatchGAN.
+The frozen VFM is never trainable; discriminators are trained by their own optimiser.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from vfmvae.losses.safe_loss import SafeLossConfig, TokenizerSafeLossRule
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Facts of one paper stage (spec §5)."""
+    """Facts of one paper stage."""
 
     name: str
     num_images: int
@@ -87,7 +93,7 @@ def set_trainable(tokenizer: nn.Module, stage: int) -> dict[str, nn.Module]:
 class TokenizerStepRule:
     """Guard rule of one phase: non-finite terms are always unsafe; the official rule applies on top.
 
-    The official rule (spec §4.7, `vfmvae.losses.TokenizerSafeLossRule`) checks only after the first
+    The official rule (`vfmvae.losses.TokenizerSafeLossRule`) checks only after the first
     50k images of a run and ignores non-finite KL/VF values; a NaN loss would then reach the weights
     through `nan_to_num`-ed gradients. We additionally refuse any non-finite term at any time, so an
     injected NaN is skipped (no parameter change) and counted from the first step.

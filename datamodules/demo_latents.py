@@ -1,10 +1,10 @@
 """Demo latents for the CPU diffusion demo (`configs/diffusion/demo.yaml`), built on first use.
 
 `DemoLatentDataModule.prepare_data` writes the embedded demo photographs (`datamodules/demo_data.py`)
-as an ImageFolder tree, encodes them with a tokenizer into a real latent cache (the same shards,
-manifest and `latents_stats.pt` as `lightning_modules/latent_cache.py` writes; images stored for the
-alignment callback) and serves it through `datamodules.latent_dataset.LatentDataset`, so the demo
-exercises the production latent path end to end. A second run reuses the cache.
+as an ImageFolder tree, encodes them with a tokenizer into a real latent cache (the production caching
+run, `lightning_modules.latent_cache.cache_latents`: the same shards, manifest and `latents_stats.pt`;
+images stored for the alignment callback) and serves it through `datamodules.latent_dataset.LatentDataset`,
+so the demo exercises the production latent path end to end. A second run reuses the cache.
 
 The tokenizer is a `VFMVAE.save_pretrained` folder when given, else the ``debug`` preset with random
 weights seeded by ``seed`` (a random encoder still maps photographs to structured latents, which is
@@ -20,13 +20,13 @@ import logging
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
+from datamodules.latent_cache import LatentCacheDataModule
 from datamodules.latent_dataset import LatentDataset
 from datamodules.latent_shards import MANIFEST
-from lightning_modules.latent_cache import LatentCacheDataModule, LatentCacheModule, LatentShardWriter
 from vfmvae.provenance import state_dict_sha256
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def build_demo_latent_cache(
     write_demo_imagefolder(
         root / "images", DemoDataConfig(resolution=resolution, num_per_class=num_per_class, seed=seed)
     )
+    # The encoding run lives one layer up (a LightningModule + prediction writer): imported on first use.
+    from lightning_modules.latent_cache import LatentShardWriter, cache_latents
     from vfmvae.tokenizer import VFMVAE
 
     if tokenizer is None:
@@ -70,16 +72,7 @@ def build_demo_latent_cache(
         "num_classes": 1000,
     }
     writer = LatentShardWriter(store_images=True, stats_samples=10_000, seed=seed, provenance=provenance)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[writer],
-        precision="32-true",
-    )
-    trainer.predict(LatentCacheModule(model), datamodule=cache, return_predictions=False)
+    cache_latents(model, cache, writer, accelerator="cpu", devices=1, enable_progress_bar=False)
     log.info("demo latent cache written to %s", out)
     return out
 
@@ -140,3 +133,6 @@ class DemoLatentDataModule(LightningDataModule):
             generator=g,
             num_workers=self.num_workers,
         )
+
+
+__all__ = ["DemoLatentDataModule", "build_demo_latent_cache"]

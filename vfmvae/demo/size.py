@@ -1,0 +1,92 @@
+"""The demo's sizes as data: ``configs/demo/runner.yaml`` and the run YAMLs, with a size's overlays stacked last.
+
+A size is ``demo`` (the files in ``configs/demo/`` as they are) or the name of a folder ``configs/demo/size_<name>/``
+whose files are stacked on them: ``runner.yaml`` on the runner's numbers (keys replaced), ``<run>.yaml`` on that
+training run's YAMLs (a further ``--config``). Nothing here rewrites a YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+NUM_CLASSES = 15  # the embedded demo photographs' classes (datamodules.demo_data.DEMO_CLASSES)
+# Each training run's YAMLs, relative to the repository's configs/ folder, in stacking order.
+RUNS: dict[str, tuple[str, ...]] = {
+    "tokenizer_stage0": ("tokenizer/demo.yaml", "demo/tokenizer_stage0.yaml"),
+    "tokenizer_stage2": ("demo/tokenizer_stage2.yaml",),
+    "reg": ("demo/reg.yaml",),
+}
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """The numbers of the phases that are not a training run (``configs/demo/runner.yaml`` documents them)."""
+
+    name: str
+    train_per_class: int
+    val_per_class: int
+    source_resolution: int
+    resolution: int
+    recon_images: int
+    sample_seeds: int
+    sample_steps: int
+    cfg_scale: float
+    budget_s: float
+    enforce_checks: bool
+
+    def __post_init__(self) -> None:
+        if min(self.train_per_class, self.val_per_class, self.sample_steps) < 1:
+            raise ValueError(f"demo size {self.name!r}: images per class and sampler steps must be >= 1")
+        if self.sample_seeds < 2:
+            raise ValueError("sample_seeds must be >= 2: the class check compares classes against their spread")
+        if not 1 <= self.recon_images <= self.val_per_class * NUM_CLASSES:
+            raise ValueError(f"recon_images {self.recon_images} must lie in [1, {self.val_per_class * NUM_CLASSES}]")
+
+
+def available_sizes(configs: Path) -> list[str]:
+    """``demo`` and every ``configs/demo/size_<name>/`` folder."""
+    return ["demo"] + sorted(p.name.removeprefix("size_") for p in (configs / "demo").glob("size_*") if p.is_dir())
+
+
+def _overlay(configs: Path, size: str, filename: str) -> Path | None:
+    path = configs / "demo" / f"size_{size}" / filename
+    return path if size != "demo" and path.is_file() else None
+
+
+def load_size(configs: Path, name: str) -> DemoSize:
+    """The runner's numbers of size ``name`` (``runner.yaml`` with the size's ``runner.yaml`` keys on top)."""
+    if name not in available_sizes(configs):
+        raise ValueError(f"unknown demo size {name!r}; choose one of {available_sizes(configs)}")
+    values = yaml.safe_load((configs / "demo" / "runner.yaml").read_text())
+    overlay = _overlay(configs, name, "runner.yaml")
+    if overlay is not None:
+        values.update(yaml.safe_load(overlay.read_text()) or {})
+    known = {f.name for f in fields(DemoSize)} - {"name"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"demo size {name!r}: unknown runner keys {unknown}; known: {sorted(known)}")
+    return DemoSize(name=name, **values)
+
+
+def run_configs(configs: Path, size: str, run: str) -> list[Path]:
+    """The YAMLs of training run ``run`` at size ``size``, in ``--config`` order."""
+    files = [configs / f for f in RUNS[run]]
+    overlay = _overlay(configs, size, f"{run}.yaml")
+    return files + ([overlay] if overlay is not None else [])
+
+
+def size_fingerprint(configs: Path, size: str) -> str:
+    """A hash of every file that sets the size's numbers: a demo folder is only reused by the same settings."""
+    files = [configs / "demo" / "runner.yaml"] + [p for run in RUNS for p in run_configs(configs, size, run)]
+    overlay = _overlay(configs, size, "runner.yaml")
+    digest = hashlib.sha256()
+    for path in files + ([overlay] if overlay is not None else []):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+__all__ = ["NUM_CLASSES", "RUNS", "DemoSize", "available_sizes", "load_size", "run_configs", "size_fingerprint"]
