@@ -27,8 +27,10 @@ import torch  # noqa: E402
 from datamodules.key_filter import load_key_list  # noqa: E402
 from datamodules.latent_cache import LatentCacheDataModule  # noqa: E402
 from lightning_modules.latent_cache import LatentShardWriter, cache_latents  # noqa: E402
+from scripts.errors import add_trust_pickle_argument, run_cli  # noqa: E402
 from vfmvae.provenance import state_dict_sha256  # noqa: E402
 from vfmvae.tokenizer.export import load_tokenizer  # noqa: E402
+from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--num-nodes", type=int, default=1)
+    add_trust_pickle_argument(p)
     return p.parse_args(argv)
 
 
@@ -65,8 +68,9 @@ def tokenizer_provenance(model: torch.nn.Module, path: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    tokenizer = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs)
-    keep = load_key_list(args.filter_keys) if args.filter_keys else None
+    with trusting_pickles(args.trust_pickle):
+        tokenizer = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs)
+        keep = load_key_list(args.filter_keys) if args.filter_keys else None
     dm = LatentCacheDataModule(
         args.data_root,
         args.out,
@@ -95,4 +99,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, None, "cache_latents.py")

@@ -80,7 +80,7 @@ def test_duplicate_yaml_key_is_refused_with_key_file_and_lines(demo, capsys, tmp
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
-    from lightning_modules.demo_latents import build_demo_latent_cache
+    from datamodules.demo_latents import build_demo_latent_cache
 
     return build_demo_latent_cache(tmp_path_factory.mktemp("cache"), num_per_class=1, resolution=64)
 

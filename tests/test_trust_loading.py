@@ -98,6 +98,12 @@ def _checkpoint_header(path):
     return read_checkpoint_header(path)
 
 
+def _stage_handoff(path):
+    from vfmvae.tokenizer.handoff import read_previous_stage
+
+    return read_previous_stage(str(path), None, {}, "tokenizer", "all")  # the file is refused before anything else
+
+
 def _import(dotted: str):
     module, name = dotted.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)
@@ -123,6 +129,7 @@ TORCH_FILE_LOADERS = {
     "projected discriminator DINO weights": _dino_vit,
     "baselines.weights_io.read_state_dict": lambda p: _import("vfmvae.baselines.weights_io.read_state_dict")(p),
     "CLI resume header (--ckpt_path)": _checkpoint_header,
+    "tokenizer stage hand-off (init_ckpt)": _stage_handoff,
 }
 
 

@@ -130,10 +130,12 @@ def read_previous_stage(
     ``module``: the LightningModule of the new stage (its state-dict keys are compared with the checkpoint's);
     ``module_key``: the checkpoint entry of its training state; ``train_mode``: the new stage's trainable set.
     """
+    from vfmvae.utils.safe_load import load_user_file
+
     from .stages import get_stage
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" not in ckpt:
+    ckpt = load_user_file(path, what="previous-stage checkpoint")  # weights_only: no code runs from the file
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint of TokenizerModule (no 'state_dict')")
     state = dict(ckpt["state_dict"])
     extra = ckpt.get(module_key, {})
