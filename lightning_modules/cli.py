@@ -14,11 +14,13 @@ Additions over `LightningCLI`:
   that do not exist, values a constructor or a ``setup`` refuses (the object and argument are found from the
   traceback, `config_errors.attribute_error`), and a latent cache that does not fit the model
   (:class:`ConfigError`, exit status 2 from :func:`main`; ``VFMVAE_TRACEBACK=1`` shows the traceback);
-* one folder per run and resume by checkpoint (`lightning_modules/run_folders.py`,
-  `lightning_modules/resume.py`): a fresh ``fit`` never writes into an existing run folder, a resumed one
-  writes into its checkpoint's; ``--ckpt_path last`` takes the newest complete checkpoint; leftovers of
-  killed checkpoint writes are removed; this run's arguments win over the checkpoint's, and each difference
-  is logged (the optimiser's restored hyper-parameters too: `callbacks/resume_arguments.py`).
+* one folder per run and resume by checkpoint (`lightning_modules/run_folders.py`): a fresh ``fit`` never
+  writes into an existing run folder, a resumed one writes into its checkpoint's; ``--ckpt_path last`` takes
+  the newest complete checkpoint; leftovers of killed checkpoint writes are removed; this run's arguments
+  win over the checkpoint's, and each difference is logged (the optimiser's restored hyper-parameters too:
+  `callbacks/resume_arguments.py`);
+* ``--trust-pickle``: weight files named by the config may be unpickled in full (default: never,
+  `vfmvae.utils.safe_load`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from lightning_modules.config_errors import (  # noqa: E402
     one_line,
     origin_error,
 )
-from lightning_modules.resume import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
+from lightning_modules.run_folders import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
 from vfmvae.utils.checkpoint_files import remove_stale_temporaries  # noqa: E402
 from vfmvae.utils.safe_load import TRUST_PICKLE_HELP, set_pickle_trust, trusting_pickles  # noqa: E402
 

@@ -50,6 +50,7 @@ __all__ = [
     "one_line",
     "origin_error",
     "raw_config",
+    "resolve_class",
 ]
 
 
@@ -149,7 +150,8 @@ def raw_config(args: Sequence[str] | dict | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the walk
-def _resolve(class_path: Any) -> type | None:
+def resolve_class(class_path: Any) -> type | None:
+    """The class a ``class_path`` names, or None when it cannot be imported."""
     if not isinstance(class_path, str) or "." not in class_path:
         return None
     module, name = class_path.rsplit(".", 1)
@@ -214,7 +216,7 @@ def _is_spec(value: Any) -> bool:
 
 
 def _check_spec(spec: dict, key: str) -> Iterator[Problem]:
-    cls = _resolve(spec["class_path"])
+    cls = resolve_class(spec["class_path"])
     if cls is not None and isinstance(spec.get("init_args") or {}, dict):
         yield from _check_arguments(cls, spec.get("init_args") or {}, f"{key}.init_args", spec["class_path"])
 
@@ -336,7 +338,7 @@ def _specs(config: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
 
 def _raising_spec(config: dict, err: BaseException) -> tuple[str, dict] | None:
     """The spec whose object raised ``err``: the innermost traceback frame whose ``self`` the config built."""
-    classes = [(key, spec, _resolve(spec["class_path"])) for key, spec in _specs(config)]
+    classes = [(key, spec, resolve_class(spec["class_path"])) for key, spec in _specs(config)]
     classes = [(key, spec, cls) for key, spec, cls in classes if cls is not None]
     for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
         owner = frame.f_locals.get("self")

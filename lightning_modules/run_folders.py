@@ -11,8 +11,18 @@ its ``config.yaml`` replaced, event files of two runs mixed, ``-v1`` checkpoints
 * ``--ckpt_path last`` resumes the newest complete checkpoint of the configured run folder and its ``-k``
   siblings (`vfmvae.utils.checkpoint_files.newest_complete_checkpoint`); with none it starts a fresh run.
 
+Resuming (:func:`resolve_resume`, :func:`argument_changes`): an explicit ``last*.ckpt`` that is truncated falls
+back to the newest complete checkpoint beside it (said in a log line); any other incomplete file is a one-line
+:class:`ConfigError` naming the newest complete one. LightningCLI replaced the model's arguments with the
+checkpoint's hyper-parameters on resume, so ``--model.init_args.lr 1e-4`` was silently ignored; the CLI no
+longer does that: this run's values win, and every key whose value differs from the checkpoint's is logged at
+start, one line per key (the optimiser's own restored copy is handled by
+`callbacks.resume_arguments.ResumeArgumentsCallback`). The checkpoint is read with ``weights_only=True`` and
+memory-mapped (`vfmvae.utils.safe_load`): its hyper-parameters without reading the tensors.
+
 These functions read the config as a plain ``dict`` (``config.as_dict()``) and return decisions; the CLI
-applies them. Only TensorBoard and CSV loggers have version folders; others (W&B, MLflow) keep their own.
+applies them. Only TensorBoard and CSV loggers (and their subclasses) have version folders; others (W&B,
+MLflow) keep their own.
 """
 
 from __future__ import annotations
@@ -23,16 +33,33 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lightning_modules.config_errors import ConfigError, resolve_class
+from vfmvae.utils.checkpoint_files import checkpoint_problem, newest_complete_checkpoint
+from vfmvae.utils.safe_load import UserFileError, load_user_file
+
 __all__ = [
     "LoggerFolder",
+    "ResumeDecision",
+    "argument_changes",
     "checkpoint_folders",
-    "explicit_checkpoint_dirs",
     "claim_fresh_version",
+    "explicit_checkpoint_dirs",
     "logger_folders",
+    "read_checkpoint_header",
+    "resolve_resume",
     "run_folder_of_checkpoint",
 ]
 
-_VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+_VERSIONED_LOGGERS = (TensorBoardLogger, CSVLogger)
+_LIGHTNING_SPECIAL = ("best", "hpc")  # ckpt_path values Lightning resolves itself
+
+
+def _is_subclass_spec(spec: dict[str, Any], classes: tuple[type, ...]) -> bool:
+    cls = resolve_class(spec.get("class_path"))
+    return isinstance(cls, type) and issubclass(cls, classes)
 
 
 @dataclasses.dataclass
@@ -82,7 +109,7 @@ def logger_folders(config: dict[str, Any]) -> list[LoggerFolder]:
     trainer = config.get("trainer") or {}
     folders = []
     for index, spec in _logger_specs(trainer):
-        if not str(spec.get("class_path", "")).endswith(_VERSIONED_LOGGERS):
+        if not _is_subclass_spec(spec, _VERSIONED_LOGGERS):
             continue
         args = spec.get("init_args") or {}
         save_dir = args.get("save_dir") or trainer.get("default_root_dir") or os.getcwd()
@@ -96,7 +123,7 @@ def explicit_checkpoint_dirs(config: dict[str, Any]) -> list[Path]:
     if policy.get("dirpath"):
         dirs.append(Path(policy["dirpath"]))
     for spec in (config.get("trainer") or {}).get("callbacks") or []:
-        if isinstance(spec, dict) and str(spec.get("class_path", "")).endswith("ModelCheckpoint"):
+        if isinstance(spec, dict) and _is_subclass_spec(spec, (ModelCheckpoint,)):
             dirpath = (spec.get("init_args") or {}).get("dirpath")
             if dirpath:
                 dirs.append(Path(dirpath))
@@ -140,3 +167,81 @@ def claim_fresh_version(folder: LoggerFolder) -> str | None:
 
 def _free(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+# ------------------------------------------------------------------------------------------- resume
+@dataclasses.dataclass
+class ResumeDecision:
+    """The checkpoint to resume (None = a fresh run) and the lines to log about the choice."""
+
+    checkpoint: str | None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def resolve_resume(ckpt_path: str | None, config: dict[str, Any]) -> ResumeDecision:
+    """The checkpoint ``--ckpt_path`` means for the fit ``config`` (a plain dict); see the module docstring."""
+    if not ckpt_path or ckpt_path in _LIGHTNING_SPECIAL or "://" in str(ckpt_path):
+        return ResumeDecision(ckpt_path or None)
+    if ckpt_path == "last":
+        folders = checkpoint_folders(config)
+        found, skipped = newest_complete_checkpoint(folders)
+        notes = [f"--ckpt_path last: skipped {path}: {problem}" for path, problem in skipped]
+        if found is None:
+            where = ", ".join(str(f) for f in folders) or "the run folder"
+            return ResumeDecision(None, [*notes, f"--ckpt_path last: no complete checkpoint in {where}: a new run"])
+        return ResumeDecision(str(found), [*notes, f"--ckpt_path last: resuming {found}"])
+    path = Path(ckpt_path)
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return ResumeDecision(str(path))
+    if problem == "missing":
+        raise ConfigError(f"config error at ckpt_path: checkpoint not found: {path}")
+    found, _ = newest_complete_checkpoint([path.parent])
+    if path.name.startswith("last") and found is not None:
+        return ResumeDecision(str(found), [f"{path} is {problem}: resuming the newest complete checkpoint {found}"])
+    hint = f"; the newest complete checkpoint there is {found}" if found else ""
+    raise ConfigError(f"config error at ckpt_path: {path} is {problem}{hint}")
+
+
+def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's entries other than tensors' data (memory-mapped, ``weights_only``); a folder's ``meta.pt``."""
+    path = Path(path)
+    file = path / "meta.pt" if path.is_dir() else path
+    try:
+        loaded = load_user_file(file, what="checkpoint", mmap=True)
+    except UserFileError as err:
+        raise ConfigError(f"config error at ckpt_path: {err}") from err
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: value}
+
+
+def argument_changes(saved: dict[str, Any], spec: dict[str, Any], prefix: str) -> list[tuple[str, Any, Any]]:
+    """``[(key, checkpoint value, this run's value)]`` for every argument that differs.
+
+    Args:
+        saved: the checkpoint's ``hyper_parameters`` (``_class_path`` + the constructor's arguments).
+        spec: this run's ``{"class_path": ..., "init_args": {...}}`` (plain dict).
+        prefix: the config key of ``spec`` (``"model"``, ``"data"``).
+    Keys present on one side only are reported with ``"(absent)"`` on the other.
+    """
+    changes: list[tuple[str, Any, Any]] = []
+    old_class, new_class = saved.get("_class_path"), spec.get("class_path")
+    if old_class and new_class and old_class != new_class:
+        changes.append((f"{prefix}.class_path", old_class, new_class))
+    old = _flat({k: v for k, v in saved.items() if not k.startswith("_")}, f"{prefix}.init_args")
+    new = _flat(spec.get("init_args") or {}, f"{prefix}.init_args")
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if a != b:
+            changes.append((key, a, b))
+    return changes

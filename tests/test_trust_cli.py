@@ -18,8 +18,7 @@ import torch
 import yaml
 
 from lightning_modules.cli import main
-from lightning_modules.resume import resolve_resume
-from lightning_modules.run_folders import checkpoint_folders, claim_fresh_version, logger_folders
+from lightning_modules.run_folders import checkpoint_folders, claim_fresh_version, logger_folders, resolve_resume
 from vfmvae.utils.checkpoint_io import atomic_save
 
 

@@ -93,7 +93,7 @@ def _dino_vit(path):
 
 
 def _checkpoint_header(path):
-    from lightning_modules.resume import read_checkpoint_header
+    from lightning_modules.run_folders import read_checkpoint_header
 
     return read_checkpoint_header(path)
 
