@@ -52,7 +52,12 @@ from lightning_modules.config_errors import (  # noqa: E402
 )
 from lightning_modules.run_folders import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
 from vfmvae.utils.checkpoint_files import remove_stale_temporaries  # noqa: E402
-from vfmvae.utils.safe_load import TRUST_PICKLE_HELP, set_pickle_trust, trusting_pickles  # noqa: E402
+from vfmvae.utils.safe_load import (  # noqa: E402
+    TRUST_PICKLE_HELP,
+    pickles_trusted,
+    set_pickle_trust,
+    trusting_pickles,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["CheckpointPolicy", "ConfigError", "VFMVAECLI", "apply_checkpoint_policy", "explain_parse_error", "main"]
@@ -173,11 +178,6 @@ class VFMVAECLI(LightningCLI):
         parser.add_class_arguments(CheckpointPolicy, "checkpoint", instantiate=True)
         parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
 
-    def before_instantiate_classes(self) -> None:
-        # Weight files named by the config are read without running code unless the user trusts them;
-        # main() resets this when the run ends.
-        set_pickle_trust(bool(self._subcommand_config().get("trust_pickle")))
-
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
 
@@ -200,6 +200,8 @@ class VFMVAECLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         self._resumed_from: Path | None = None
         self._notes: list[str] = []
+        section = self.config[subcommand] if subcommand else self.config
+        set_pickle_trust(bool(section.get("trust_pickle")))  # main() resets it when the run ends
         if subcommand != "fit":
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if ckpt_path and Path(ckpt_path).is_file():
@@ -245,6 +247,11 @@ class VFMVAECLI(LightningCLI):
     def _prepare_resume(self, config: Any, checkpoint: Path) -> None:
         """Log the arguments that differ from the checkpoint's; write into the checkpoint's run folder."""
         header = read_checkpoint_header(checkpoint)
+        if "pytorch-lightning_version" not in header:
+            raise ConfigError(
+                f"config error at ckpt_path: {checkpoint} is not a Lightning training checkpoint (a weights file? "
+                "--ckpt_path resumes a run; weights initialise one through the model's own arguments)"
+            )
         plain = config.as_dict()
         changes = argument_changes(header.get("hyper_parameters") or {}, plain.get("model") or {}, "model")
         if header.get("datamodule_hyper_parameters") and isinstance(plain.get("data"), dict):
@@ -300,6 +307,8 @@ class VFMVAECLI(LightningCLI):
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """``trainer.fit`` with configuration mistakes found during setup reported by config key."""
         self._check_global_batch(model)
+        if pickles_trusted() and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = False  # --trust-pickle: Lightning's resume may unpickle in full too
         try:
             self.trainer.fit(model, **kwargs)
         except (FileNotFoundError, ValueError, KeyError) as err:

@@ -101,13 +101,21 @@ def test_missing_or_truncated_checkpoint_is_one_line(demo, capsys, tmp_path):
     assert _error_line(capsys, *demo, f"--ckpt_path={missing}") == (
         f"config error at ckpt_path: checkpoint not found: {missing}"
     )
+    weights = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, weights)
+    assert _error_line(capsys, *demo, f"--ckpt_path={weights}", "--trust-pickle").startswith(
+        f"config error at ckpt_path: {weights} is not a Lightning training checkpoint"
+    )
+    from vfmvae.utils.safe_load import pickles_trusted
+
+    assert not pickles_trusted()  # --trust-pickle lasted for that run only
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     atomic_save({"global_step": 1}, folder / "step=000000001.ckpt")
     broken = folder / "step=000000002.ckpt"
     broken.write_bytes(b"PK\x03\x04 cut short")
     assert _error_line(capsys, *demo, f"--ckpt_path={broken}") == (
-        f"config error at ckpt_path: {broken} is truncated (no zip central directory); "
+        f"config error at ckpt_path: {broken} is truncated or not a checkpoint (no zip central directory); "
         f"the newest complete checkpoint there is {(folder / 'step=000000001.ckpt').resolve()}"
     )
 
@@ -146,7 +154,7 @@ def test_ckpt_path_last_takes_the_newest_complete_checkpoint_of_the_run_and_its_
     broken.write_bytes(broken.read_bytes()[:50])
     decision = resolve_resume(str(broken), config)
     assert decision.checkpoint == str(step10.resolve())
-    assert decision.notes == [f"{broken} is truncated (no zip central directory): resuming the newest complete "
+    assert decision.notes == [f"{broken} is truncated or not a checkpoint (no zip central directory): resuming the newest complete "
                               f"checkpoint {step10.resolve()}"]  # fmt: skip
 
 

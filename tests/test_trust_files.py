@@ -62,7 +62,7 @@ def test_newest_complete_checkpoint_skips_truncated_and_takes_a_newer_periodic_o
         f.truncate(size // 2)
     os.utime(last, (3000, 3000))
     found, skipped = newest_complete_checkpoint([tmp_path])
-    assert found == step10 and skipped == [(last.resolve(), "truncated (no zip central directory)")]
+    assert found == step10 and skipped == [(last.resolve(), "truncated or not a checkpoint (no zip central directory)")]
     assert checkpoint_problem(tmp_path / "missing.ckpt") == "missing"
     (tmp_path / "empty.ckpt").touch()
     assert checkpoint_problem(tmp_path / "empty.ckpt") == "empty"

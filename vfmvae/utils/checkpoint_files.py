@@ -54,7 +54,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        return "truncated (no zip central directory)"
+        return "truncated or not a checkpoint (no zip central directory)"
     if not any(name.endswith("data.pkl") for name in names):
         return "not written by torch.save (no data.pkl record)"
     return None
