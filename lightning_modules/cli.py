@@ -307,8 +307,10 @@ class VFMVAECLI(LightningCLI):
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """``trainer.fit`` with configuration mistakes found during setup reported by config key."""
         self._check_global_batch(model)
-        if pickles_trusted() and kwargs.get("weights_only") is None:
-            kwargs["weights_only"] = False  # --trust-pickle: Lightning's resume may unpickle in full too
+        if kwargs.get("weights_only") is None:
+            # Lightning's own resume: weights_only unless --trust-pickle (it would default to a full unpickle for
+            # URLs, and FSDP2Strategy for its metadata file)
+            kwargs["weights_only"] = not pickles_trusted()
         try:
             self.trainer.fit(model, **kwargs)
         except (FileNotFoundError, ValueError, KeyError) as err:

@@ -99,10 +99,10 @@ def consolidate_checkpoint(
     flat = output.with_name(output.name + ".dcp.tmp")
     try:
         dcp_to_torch_save(folder, flat)
-        sharded = load_user_file(flat, what="consolidated checkpoint", trust_pickle=True)
+        sharded = load_user_file(flat, what="consolidated checkpoint", trust_pickle=False)
     finally:
         flat.unlink(missing_ok=True)
-    checkpoint = load_user_file(meta_path, what="checkpoint metadata", trust_pickle=True)
+    checkpoint = load_user_file(meta_path, what="checkpoint metadata", trust_pickle=False)
     checkpoint["state_dict"] = sharded["state_dict"]
     atomic_save(checkpoint, output)
     return output
