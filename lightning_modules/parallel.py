@@ -115,8 +115,8 @@ class FSDP2Strategy(_strategy_base()):
         self.barrier("fsdp2_checkpoint_renamed")
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        # The metadata holds hyper-parameters and callback states (plain Python objects): the
-        # checkpoint is the run's own, so it is read with weights_only=False (torch.load defaults to True).
+        # The CLI passes weights_only=True (the metadata holds only tensors and plain data) unless --trust-pickle;
+        # a direct Trainer.fit(ckpt_path=...) without weights_only reads the run's own folder in full, as before.
         checkpoint = super().load_checkpoint(
             checkpoint_path, weights_only=False if weights_only is None else weights_only
         )
