@@ -150,5 +150,5 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 
 # ---------------------------------------------------------------- demo (docs/demo.md)
 .PHONY: demo
-demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
-	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
+demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci VFM=siglip2|dinov2|eva|mae|qwen2_5_vl (outputs/demo_<VFM>) REDO=phase DEMO_ARGS=...]
+	$(PY) scripts/demo.py --size $(or $(SIZE),demo)$(if $(VFM),+$(VFM)) --out $(or $(OUT),outputs/demo$(if $(VFM),_$(VFM))) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vfmvae.metrics.adm_suite import evaluate_adm, load_batch  # noqa: E402
+from scripts.errors import InputError, run_cli  # noqa: E402
+from vfmvae.metrics.adm_suite import check_resolutions, evaluate_adm, load_batch  # noqa: E402
 from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path  # noqa: E402
 from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES  # noqa: E402
 from vfmvae.metrics.record import evaluation_record, write_record  # noqa: E402
@@ -73,8 +74,12 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     samples, reference = load_batch(args.samples), load_batch(args.ref)
+    try:  # before the Inception network loads: a 256 px reference for 512 px samples is one line, not a number
+        check_resolutions(samples, reference)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     start = time.time()
     results = evaluate_adm(
         samples,
@@ -108,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, None, "evaluate.py")
