@@ -116,6 +116,13 @@ def build_stage_networks(stage: int, args: Mapping[str, Any]) -> StageNetworks:
     model = seeded(seed, lambda: VFMVAE(cfg, vfm=seeded(seed, vfm)))
     # A VFM without dynamic resolution (MAE) cannot take the input branch's resized images (official README).
     check_equivariance_supported(model.vfm, loss.equivariance)
+    # The losses resize ground truth with the VFM's interpolation (official loss.py: VFM2INTERPOLATION by name).
+    interp = model.vfm.config.interpolation
+    loss = replace(
+        loss,
+        equivariance=replace(loss.equivariance, interpolation=interp),
+        multiscale=replace(loss.multiscale, interpolation=interp),
+    )
     projected_d = seeded(seed + 1, lambda: _projected_d(loss, args["discriminator"], dino))
     uses_patchgan = loss.patchgan > 0 or loss.feature_matching > 0
     pgan = seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[args["patchgan"]])) if uses_patchgan else None
