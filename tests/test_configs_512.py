@@ -105,7 +105,10 @@ def test_diffusion_512_parses_and_builds_on_meta(capsys, repo_root, monkeypatch,
     monkeypatch.setenv("DINOV2", "/nonexistent/dinov2.pth")
     path = repo_root / f"configs/diffusion/{name}_512.yaml"
     cfg = _print_config(capsys, path, repo_root / "configs/trainer/ddp_bf16.yaml")
-    assert (cfg["trainer"]["precision"], cfg["model"]["init_args"]["network_overrides"]) == ("bf16-mixed", {"input_size": 32})
+    assert (cfg["trainer"]["precision"], cfg["model"]["init_args"]["network_overrides"]) == (
+        "bf16-mixed",
+        {"input_size": 32},
+    )
     base = yaml.safe_load((repo_root / f"configs/diffusion/{name}.yaml").read_text())
     diffs = _differences(base, yaml.safe_load(path.read_text()))
     allowed = {
@@ -140,9 +143,22 @@ def test_latent_cache_512_args_reach_the_cache_script(repo_root):
     args = parse_args(["--data-root", "d", "--tokenizer", "t", "--out", "o", *argv])
     assert args.image_size == 512 and args.image_size // 16 == 32  # 32x32x32 latents
     proc = subprocess.run(
-        ["make", "-s", "-C", str(repo_root), "PY=echo", f"STEP_ARGS_PY={repo_root}/.venv/bin/python",
-         "cache-latents-512", "DATA_ROOT=d", "TOKENIZER=t", "OUT=o", "BATCH=99"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "make",
+            "-s",
+            "-C",
+            str(repo_root),
+            "PY=echo",
+            f"STEP_ARGS_PY={repo_root}/.venv/bin/python",
+            "cache-latents-512",
+            "DATA_ROOT=d",
+            "TOKENIZER=t",
+            "OUT=o",
+            "BATCH=99",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     line = [x for x in proc.stdout.splitlines() if "cache_latents.py" in x][-1]
     # The YAML's options come last, so they win over the target's defaults.
@@ -153,7 +169,9 @@ def test_train_tokenizer_512_picks_the_512_config(repo_root):
     run = lambda *a: subprocess.run(  # noqa: E731
         ["make", "-s", "-C", str(repo_root), "PY=echo", *a], capture_output=True, text=True, timeout=120
     )
-    paths = [f"{v}=/etc/hostname" for v in ("DATA_ROOT", "VFM_PATH", "DINO_PATH", "VGG_PATH", "FILTER_LIST", "INIT_CKPT")]
+    paths = [
+        f"{v}=/etc/hostname" for v in ("DATA_ROOT", "VFM_PATH", "DINO_PATH", "VGG_PATH", "FILTER_LIST", "INIT_CKPT")
+    ]
     proc = run("train-tokenizer-512", "STAGE=2", *paths)
     assert "--config configs/tokenizer/stage2_ssim_fine_tuning_512.yaml" in proc.stdout, proc.stdout + proc.stderr
     assert "configs/trainer/ddp_bf16.yaml" in proc.stdout

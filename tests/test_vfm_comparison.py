@@ -15,7 +15,11 @@ from lightning_modules.cli import main
 from vfmvae.tokenizer import VFMVAE
 from vfmvae.tokenizer.config import get_config
 
-FAMILIES = {"siglip2": "vfmvae-f16d32-siglip2-large", "dinov2": "vfmvae-f16d32-dinov2-large", "eva": "vfmvae-f16d32-eva02-large"}
+FAMILIES = {
+    "siglip2": "vfmvae-f16d32-siglip2-large",
+    "dinov2": "vfmvae-f16d32-dinov2-large",
+    "eva": "vfmvae-f16d32-eva02-large",
+}
 STAGES = ("stage0_strong_alignment", "stage1_weak_alignment", "stage2_ssim_fine_tuning", "stage3_patchgan_fine_tuning")
 
 
@@ -58,7 +62,10 @@ def test_tokenizer_stages_are_the_main_recipe_with_the_family_preset(repo_root, 
                 f"outputs/tokenizer/export/{stage}",
                 f"outputs/vfm_comparison/{family}/tokenizer/export/{stage}",
             ),
-            "trainer.logger.init_args.save_dir": ("outputs/tokenizer/tb", f"outputs/vfm_comparison/{family}/tokenizer/tb"),
+            "trainer.logger.init_args.save_dir": (
+                "outputs/tokenizer/tb",
+                f"outputs/vfm_comparison/{family}/tokenizer/tb",
+            ),
         }
 
 
@@ -78,7 +85,16 @@ def test_lightningdit_l1_100k_parses_and_builds(capsys, repo_root, monkeypatch):
     monkeypatch.setenv("TOKENIZER", "/nonexistent/tokenizer")
     path = repo_root / "configs/vfm_comparison/dinov2/lightningdit_l1_100k.yaml"
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(path), "--config", str(repo_root / "configs/trainer/ddp_bf16.yaml"), "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(path),
+                "--config",
+                str(repo_root / "configs/trainer/ddp_bf16.yaml"),
+                "--print_config",
+            ]
+        )
     out, err = capsys.readouterr()
     assert exit_info.value.code in (0, None), err
     cfg = yaml.safe_load(out)
@@ -140,9 +156,15 @@ def test_step_yamls_name_options_their_scripts_accept(repo_root):
 
     for family in FAMILIES:
         folder = repo_root / f"configs/vfm_comparison/{family}"
-        steps = {name: yaml.safe_load((folder / f"{name}.yaml").read_text())["args"] for name in ("cache_latents", "sample", "evaluate")}
+        steps = {
+            name: yaml.safe_load((folder / f"{name}.yaml").read_text())["args"]
+            for name in ("cache_latents", "sample", "evaluate")
+        }
         flags = {name: [a for k, v in args.items() for a in (f"--{k}", str(v))] for name, args in steps.items()}
-        assert cache_args(["--data-root", "d", "--tokenizer", "t", "--out", "o", *flags["cache_latents"]]).image_size == 256
+        assert (
+            cache_args(["--data-root", "d", "--tokenizer", "t", "--out", "o", *flags["cache_latents"]]).image_size
+            == 256
+        )
         assert sample_args(["--ckpt", "c", "--tokenizer", "t", "--out", "o", *flags["sample"]]).cfg_scale == 1.0
         parsed = evaluate_parser().parse_args(["s", "r", *flags["evaluate"]])
         assert (parsed.num_samples, parsed.pr_distance_dtype) == (50_000, "float16")

@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz (ADM reference-batch layout)")
     p.add_argument("--image-size", type=int, default=256, help="crop side in pixels (256, 512)")
     p.add_argument(
-        "--crop", default="adm_center", choices=("adm_center", "resize_center"), help="datamodules/crops.py; ADM: adm_center"
+        "--crop",
+        default="adm_center",
+        choices=("adm_center", "resize_center"),
+        help="datamodules/crops.py; ADM: adm_center",
     )
     p.add_argument("--inception-weights", default=None, help="torch-fidelity weights-inception-2015-12-05-6726825d.pth")
     p.add_argument("--pr-images", type=int, default=10_000, help="images whose features precision/recall uses")
