@@ -145,3 +145,17 @@ def test_evaluate_script_refuses_a_reference_of_another_resolution_in_one_line(t
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "512x512 but the reference batch" in err[0] and "is 256x256" in err[0]
+
+
+def test_an_adm_512_reference_batch_is_accepted_and_a_256_one_refused(tmp_path):
+    """ADM's reference layout at 512 px (images + statistics) evaluates 512 px samples; the 256 px one is refused."""
+    rng = np.random.default_rng(0)
+    net = TinyInception()
+    samples = ImageBatch("samples", rng.integers(0, 256, size=(5, 512, 512, 3), dtype=np.uint8))
+    for side in (512, 256):
+        ref = rng.integers(0, 256, size=(6, side, side, 3), dtype=np.uint8)
+        np.savez(tmp_path / f"VIRTUAL_imagenet{side}.npz", arr_0=ref, mu=np.zeros(8), sigma=np.eye(8))
+    result = evaluate_adm(samples, load_batch(tmp_path / "VIRTUAL_imagenet512.npz"), net)
+    assert result["num_reference"] == 6 and np.isfinite(result["fid"])
+    with pytest.raises(ValueError, match="512x512 but the reference batch .* is 256x256"):
+        evaluate_adm(samples, load_batch(tmp_path / "VIRTUAL_imagenet256.npz"), net)
