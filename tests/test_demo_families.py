@@ -69,6 +69,8 @@ def test_both_tokenizer_stages_build_the_family_and_encode_to_the_demo_latent(fa
         assert run_configs(CONFIGS, f"ci+{family}", run) == run_configs(CONFIGS, "ci", run)
     module = TokenizerModule(**{**args0, "export_dir": None})
     vfm = module.tokenizer.vfm
+    # Stage 0's VF loss aligns with the final output (-1); a family whose layers leave it out trains without it.
+    assert -1 in module.tokenizer.cfg.vfm_layers or module.loss_config.vf_base == 0.0
     assert type(vfm) is WRAPPERS[family]
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
