@@ -159,3 +159,17 @@ def test_an_adm_512_reference_batch_is_accepted_and_a_256_one_refused(tmp_path):
     assert result["num_reference"] == 6 and np.isfinite(result["fid"])
     with pytest.raises(ValueError, match="512x512 but the reference batch .* is 256x256"):
         evaluate_adm(samples, load_batch(tmp_path / "VIRTUAL_imagenet256.npz"), net)
+
+
+def test_make_reference_stats_names_missing_variables_and_passes_the_size(repo_root):
+    import subprocess
+
+    def make(*args):
+        cmd = ["make", "-s", "-C", str(repo_root), "PY=echo", "reference-stats", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    assert "DATA_ROOT is not set" in make().stderr
+    assert "OUT is not set" in make("DATA_ROOT=d").stderr
+    out = make("DATA_ROOT=d", "OUT=r.npz", "IMAGE_SIZE=512", "STORE_IMAGES=1").stdout
+    assert "-m lightning_modules reference-stats --data-root d --out r.npz --image-size 512" in out
+    assert "--store-images" in out
