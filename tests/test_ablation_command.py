@@ -123,3 +123,27 @@ def test_a_file_that_is_not_a_record_is_refused(tmp_path, capsys):
     path.write_text(json.dumps({"rows": []}))
     assert command.main(["--record", f"full={path}"]) == 2
     assert "is not an evaluation record" in capsys.readouterr().err
+
+
+def _make(repo_root, *args):
+    import subprocess
+
+    return subprocess.run(["make", "-s", "-C", str(repo_root), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(("ablation",), "RECORDS"), (("train-ablation",), "ROW"), (("train-ablation", "ROW=fusion"), "DATA_ROOT")],
+)
+def test_make_names_what_is_missing(repo_root, args, message):
+    proc = _make(repo_root, *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_make_ablation_prints_the_table(repo_root, tmp_path):
+    recon = _record(tmp_path / "r.json", "reconstruction", {"rfid": 2.5, "psnr": 19.5, "ssim": 0.4, "lpips": 0.3})
+    proc = _make(repo_root, "ablation", f"RECORDS=baseline={recon}", f"OUT={tmp_path / 't.json'}")
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("| baseline decoder |"))
+    assert "| 2.500 | n/a | 19.500 | n/a | 0.400 | n/a | 0.300 | n/a | n/a | n/a |" in line
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["ours"]["lpips"] == 0.3
