@@ -148,3 +148,20 @@ def test_make_dynamics_names_what_is_missing(repo_root, args, message):
         ["make", "-s", "-C", str(repo_root), "dynamics", *args], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_reg_checkpoint_takes_class_tokens_from_the_cls_vfm(run_dir, tmp_path):
+    """REG carries a class token: the command computes it with --cls-vfm (a tiny random DINOv2 here)."""
+    module = tiny_module("reg")
+    trainer = _trainer(1)
+    trainer.fit(module, datamodule=TinyLatentDataModule(n=4, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "reg.ckpt")
+    argv = [
+        *("--checkpoints", str(tmp_path / "reg.ckpt"), "--images", str(run_dir / "images"), "--num-images", "12"),
+        *("--tokenizer", str(run_dir / "tokenizer"), "--cls-vfm", "debug-dinov2", "--resolution", "64"),
+        *("--topk", "3", "--device", "cpu", "--out-dir", str(tmp_path / "out")),
+    ]
+    rows = command.run(command.parse_args(argv), reference_extractor=TinyReference())
+    features = [r["feature"] for r in rows]
+    assert features[0] == "embedder" and "projector_0" in features
+    assert all(np.isfinite(r["cknna"]) for r in rows)
