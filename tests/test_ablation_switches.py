@@ -142,3 +142,22 @@ def test_ablation_configs_match_the_rows(repo_root, row):
     assert args["tokenizer_overrides"] == expected
     assert cfg["trainer"]["max_steps"] == math.ceil(5_000_000 / args["global_batch_size"])
     assert args["export_dir"].endswith(f"/{row}") and cfg["trainer"]["logger"]["init_args"]["name"] == row
+
+
+def test_baseline_row_trains_through_the_cli(tmp_path, repo_root):
+    """The baseline YAML (plain layers, one VFM layer, fusion at block 0) runs the stage-1 objective (VF loss
+    with its adaptive weight, GAN, equivariance) for two steps at debug size."""
+    from test_tokenizer_training import _cli, _tiny_override
+
+    override = _tiny_override(tmp_path, tmp_path / "data")
+    tiny = yaml.safe_load(override.read_text())
+    tiny["model"]["init_args"]["tokenizer_overrides"] = ablation_overrides("baseline", BASE)
+    override.write_text(yaml.safe_dump(tiny))
+    cli = _cli(repo_root / "configs/ablation/baseline.yaml", override, "--model.init_args.equivariance=debug")
+    model, trainer = cli.model, cli.trainer
+    assert not any(isinstance(m, ModulatedConvNeXtLayer) for m in model.tokenizer.modules())
+    before = {k: v.detach().clone() for k, v in model.tokenizer.decoder.named_parameters()}
+    trainer.fit(model, datamodule=cli.datamodule)
+    assert trainer.global_step == 2
+    moved = [k for k, v in model.tokenizer.decoder.named_parameters() if not torch.equal(v, before[k])]
+    assert moved and any(".layers." in k for k in moved)
