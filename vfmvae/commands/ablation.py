@@ -64,34 +64,39 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     return out
 
 
-def _image_batches(folder: str, num: int | None, resolution: int, batch_size: int):
-    """uint8 (B, 3, R, R) `resize_center` crops of the images below ``folder`` (sorted paths)."""
-    import numpy as np
-    import torch
-    from PIL import Image
+class ImageBatches:
+    """uint8 (B, 3, R, R) `resize_center` crops of the images below ``folder`` (sorted paths), read lazily on
+    every iteration (each row re-reads them: 50,000 crops at 256 px would not fit in memory)."""
 
-    from datamodules.crops import get_crop
+    SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--images {root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images below --images {root}")
-    if num is not None:
-        if num > len(files):
-            raise ValueError(f"--num-images {num} but only {len(files)} images below {root}")
-        files = files[:num]
-    crop, rng = get_crop("resize_center"), np.random.default_rng(0)
-    batches = []
-    for start in range(0, len(files), batch_size):
-        arrays = []
-        for path in files[start : start + batch_size]:
-            with Image.open(path) as im:
-                arrays.append(crop(im.convert("RGB"), resolution, rng))
-        batches.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
-    return batches
+    def __init__(self, folder: str, num: int | None, resolution: int, batch_size: int):
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--images {root} is not a folder")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in self.SUFFIXES and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no images below --images {root}")
+        if num is not None:
+            if num > len(files):
+                raise ValueError(f"--num-images {num} but only {len(files)} images below {root}")
+            files = files[:num]
+        self.files, self.resolution, self.batch_size = files, resolution, batch_size
+
+    def __iter__(self):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from datamodules.crops import get_crop
+
+        crop, rng = get_crop("resize_center"), np.random.default_rng(0)  # the crop is deterministic
+        for start in range(0, len(self.files), self.batch_size):
+            arrays = []
+            for path in self.files[start : start + self.batch_size]:
+                with Image.open(path) as im:
+                    arrays.append(crop(im.convert("RGB"), self.resolution, rng))
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def run(args: argparse.Namespace, inception=None, lpips=None) -> list[dict]:
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace, inception=None, lpips=None) -> list[dict]:
         if args.images is None:
             raise ValueError("--tokenizer rows are evaluated on --images DIR (a folder of validation images)")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        batches = _image_batches(args.images, args.num_images, args.resolution, args.batch_size)
+        batches = ImageBatches(args.images, args.num_images, args.resolution, args.batch_size)
         if inception is None and args.inception_weights:
             from vfmvae.metrics.inception import AdmInceptionFeatures
 
