@@ -116,8 +116,13 @@ def test_dynamics_of_two_checkpoints(run_dir, repo_root, capsys):
         assert len(list(csv.DictReader(f))) == len(rows) == 2 * len(features)
     saved = json.loads((out / "dynamics.json").read_text())
     assert saved["rows"] == rows and saved["protocol"]["n_images"] == 12
+    blocks = {k: v for k, v in by_hand.items() if k.startswith("block_")}
+    summary = saved["summary"][1]
+    assert summary["label"] == "step 6" and summary["argmax_block"] == max(blocks, key=blocks.get)
+    assert summary["mean_over_blocks"] == pytest.approx(np.mean(list(blocks.values())), abs=1e-6)
+    assert summary["max_over_blocks"] == pytest.approx(max(blocks.values()), abs=1e-6)
     assert (out / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| feature | step 2 | step 6 |" in printed
+    assert "| feature | step 2 | step 6 |" in printed and "| **mean_over_blocks** |" in printed
 
 
 @pytest.mark.parametrize(

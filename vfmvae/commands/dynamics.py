@@ -176,13 +176,17 @@ def _class_tokens(args, paths, device):
 
 
 def _print_table(rows: list[dict]) -> None:
-    from vfmvae.metrics.dynamics import dynamics_matrix
+    from vfmvae.metrics.dynamics import dynamics_matrix, dynamics_summary
 
     values, names, labels = dynamics_matrix(rows)
     print("| feature | " + " | ".join(labels) + " |")
     print("|---|" + "---:|" * len(labels))
     for name, line in zip(names, values):
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in line) + " |")
+    summary = dynamics_summary(rows)
+    for key in ("mean_over_blocks", "max_over_blocks"):
+        print(f"| **{key}** | " + " | ".join(f"{s[key]:.4f}" if s[key] is not None else "n/a" for s in summary) + " |")
+    print("| **argmax_block** | " + " | ".join(str(s["argmax_block"]) for s in summary) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:

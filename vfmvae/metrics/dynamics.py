@@ -30,7 +30,14 @@ import torch
 from .cknna import cknna
 from .se_probe import dit_block_features
 
-__all__ = ["block_cknna", "checkpoint_label", "dynamics_matrix", "dynamics_rows", "write_dynamics"]
+__all__ = [
+    "block_cknna",
+    "checkpoint_label",
+    "dynamics_matrix",
+    "dynamics_rows",
+    "dynamics_summary",
+    "write_dynamics",
+]
 
 
 def block_cknna(
@@ -92,6 +99,30 @@ def dynamics_matrix(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list
     return values, names, labels
 
 
+def dynamics_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per checkpoint, over the transformer blocks only (``block_*``): ``mean_over_blocks``,
+    ``max_over_blocks`` and the ``argmax_block`` (named aggregates; the paper compares tokenizers by the
+    average and the peak of these curves)."""
+    values, names, labels = dynamics_matrix(rows)
+    blocks = [i for i, n in enumerate(names) if n.startswith("block_")]
+    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    out = []
+    for c, (ckpt, label) in enumerate(zip(checkpoints, labels)):
+        col = values[blocks, c]
+        ok = np.isfinite(col)
+        best = int(np.argmax(np.where(ok, col, -np.inf))) if ok.any() else None
+        out.append(
+            {
+                "checkpoint": ckpt,
+                "label": label,
+                "mean_over_blocks": float(col[ok].mean()) if ok.any() else None,
+                "max_over_blocks": float(col[ok].max()) if ok.any() else None,
+                "argmax_block": None if best is None else names[blocks[best]],
+            }
+        )
+    return out
+
+
 def write_dynamics(
     rows: Sequence[Mapping[str, Any]], out_dir: str | Path, meta: Mapping[str, Any] | None = None
 ) -> dict[str, Path]:
@@ -106,7 +137,10 @@ def write_dynamics(
         writer = csv.DictWriter(f, fieldnames=["checkpoint", "step", "feature", "cknna"])
         writer.writeheader()
         writer.writerows(rows)
-    paths["json"].write_text(json.dumps({"rows": list(rows), "protocol": dict(meta or {})}, indent=2))
+    summary = dynamics_summary(rows)
+    paths["json"].write_text(
+        json.dumps({"rows": list(rows), "summary": summary, "protocol": dict(meta or {})}, indent=2)
+    )
     values, names, labels = dynamics_matrix(rows)
     reference = (meta or {}).get("reference", "reference VFM")
     title = f"CKNNA of diffusion blocks with {reference} (t = {(meta or {}).get('noise_fraction', 0.5)})"
