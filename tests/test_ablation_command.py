@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vfmvae.commands import ablation as command
+from lightning_modules.commands import ablation as command
 from vfmvae.tokenizer import VFMVAE
 from vfmvae.tokenizer.ablation import ABLATION_ROWS, ablation_config
 from vfmvae.tokenizer.config import get_config

@@ -88,6 +88,8 @@ class ImageBatches:
         import torch
         from PIL import Image
 
+        # The evaluation crop comes from the data layer, which is why this command lives in
+        # lightning_modules/commands/ (docs/design.md, "Layers of the code"); no Trainer runs.
         from datamodules.crops import get_crop
 
         crop, rng = get_crop("resize_center"), np.random.default_rng(0)  # the crop is deterministic
