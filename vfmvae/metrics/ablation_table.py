@@ -14,7 +14,6 @@ the values with ``--paper FILE``.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,8 +27,6 @@ from vfmvae.tokenizer.ablation import ABLATION_ROWS, ROW_TITLES, ablation_config
 from vfmvae.tokenizer.config import VFMVAEConfig, get_config
 
 from .reconstruction import ReconstructionMetrics
-
-log = logging.getLogger(__name__)
 
 # (key, column title, lower is better)
 METRICS: tuple[tuple[str, str, bool], ...] = (
