@@ -78,7 +78,7 @@ def test_dynamics_of_two_checkpoints(run_dir, repo_root, capsys):
     out = run_dir / "out"
     argv = [
         *("--config", str(repo_root / "configs/analyses/dynamics.yaml")),
-        *("--checkpoints", str(run_dir / "a.ckpt"), str(run_dir / "b.ckpt")),
+        *("--checkpoints", str(run_dir / "b.ckpt"), str(run_dir / "a.ckpt")),  # sorted by step in the output
         *("--images", str(run_dir / "images"), "--num-images", "12", "--tokenizer", str(run_dir / "tokenizer")),
         *("--resolution", "64", "--topk", "3", "--batch-size", "5", "--device", "cpu", "--out-dir", str(out)),
     ]

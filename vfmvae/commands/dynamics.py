@@ -11,7 +11,8 @@ final layer and REG's projector) repeated for each checkpoint, with the same noi
 `DiffusionModule` training checkpoints (EMA weights by default; `--weights raw`) or released official files
 (`--family lightningdit|reg`). Latent statistics: `--latent-stats`, else those recorded in each checkpoint,
 else per-channel statistics of the probe latents. REG's class token comes from `--cls-vfm` (DINOv2-B).
-Writes dynamics.csv, dynamics.json and the heat map dynamics.png to `--out-dir` and prints the table.
+Columns are sorted by training step when every checkpoint records one (`--keep-order`: as given). Writes
+dynamics.csv, dynamics.json and the heat map dynamics.png to `--out-dir` and prints the table.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda[:i]")
     p.add_argument("--out-dir")
+    p.add_argument(
+        "--keep-order", action="store_true", help="columns in the order given (default: by training step when known)"
+    )
     p.add_argument("--trust-pickle", action="store_true", help="unpickle checkpoint files in full (trusted only)")
     p.set_defaults(**DEFAULTS)
     return p
@@ -151,6 +155,8 @@ def run(args: argparse.Namespace, reference_extractor=None) -> list[dict]:
         )
         results.append((ckpt, record.get("global_step"), values))
         del net
+    if not args.keep_order and all(step is not None for _, step, _ in results):
+        results.sort(key=lambda r: r[1])  # a shell glob sorts step=10000 before step=2000
     rows = dynamics_rows(results)
     meta = {
         "reference": args.reference.partition("@")[0] if isinstance(args.reference, str) else "injected",
