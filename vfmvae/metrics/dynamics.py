@@ -101,8 +101,8 @@ def dynamics_matrix(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list
 
 def dynamics_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per checkpoint, over the transformer blocks only (``block_*``): ``mean_over_blocks``,
-    ``max_over_blocks`` and the ``argmax_block`` (named aggregates; the paper compares tokenizers by the
-    average and the peak of these curves)."""
+    ``max_over_blocks`` and the ``argmax_block``: the average and the peak of each curve, as named
+    aggregates (the protocol itself defines none)."""
     values, names, labels = dynamics_matrix(rows)
     blocks = [i for i, n in enumerate(names) if n.startswith("block_")]
     checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
