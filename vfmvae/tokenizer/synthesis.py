@@ -42,13 +42,13 @@ class SynthesisBlock(nn.Module):
         blur = 3 if index <= 2 else 5
         self.index = index
         self.upsample = SeparableBlurUpsample(in_channels, out_ch, blur, pre_norm=index > 0, use_blur=cfg.use_blur)
-        if cfg.use_convnext:
-            self.layers = nn.ModuleList(
-                ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, legacy=cfg.legacy, noise_resolution=8 * 2**index)
-                for _ in range(cfg.convnext_layers(index))
-            )
-        else:  # ablation baseline (docs/analyses.md, "Component ablation"): official use_convnext=False layers
-            self.layers = plain_layers(out_ch, cfg.w_dim, cfg.convnext_layers(index))
+        self.layers = nn.ModuleList(
+            ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, legacy=cfg.legacy, noise_resolution=8 * 2**index)
+            for _ in range(cfg.convnext_layers(index))
+        )
+        if not cfg.use_convnext:  # the ablation's baseline layers instead (docs/analyses.md, "Component ablation")
+            # style width: `style_dim` where a conditional decoder widens w, else w_dim
+            self.layers = plain_layers(out_ch, getattr(cfg, "style_dim", cfg.w_dim), cfg.convnext_layers(index))
         self.attention = nn.ModuleList(
             SelfAttentionBlock(out_ch, cfg.attn_heads, cfg.attn_ff_mult) for _ in range(cfg.attn_depth(index))
         )
