@@ -142,7 +142,8 @@ def test_make_names_what_is_missing(repo_root, args, message):
 
 def test_make_ablation_prints_the_table(repo_root, tmp_path):
     recon = _record(tmp_path / "r.json", "reconstruction", {"rfid": 2.5, "psnr": 19.5, "ssim": 0.4, "lpips": 0.3})
-    proc = _make(repo_root, "ablation", f"RECORDS=baseline={recon}", f"OUT={tmp_path / 't.json'}")
+    out = f"OUT={tmp_path / 't.json'}"
+    proc = _make(repo_root, "ablation", f"RECORDS=baseline={recon}", out, "ABLATION_ARGS=--base debug")
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("| baseline decoder |"))
     assert "| 2.500 | n/a | 19.500 | n/a | 0.400 | n/a | 0.300 | n/a | n/a | n/a |" in line
