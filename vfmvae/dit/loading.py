@@ -1,6 +1,6 @@
 """The network to sample from: a `DiffusionModule` training checkpoint (EMA or live weights) or a released
 official file (docs/design.md, "Checkpoints, resume and provenance"). Plain PyTorch; used by
-`scripts/sample.py` and `scripts/se_cknna.py`.
+`vfmvae sample` and `vfmvae se-cknna`.
 
 * Training checkpoint (a Lightning ``.ckpt``): the network is rebuilt from the saved hyper-parameters
   (`vfmvae.dit.registry.build_from_hparams`) and loaded with the EMA callback's averaged weights

@@ -1,4 +1,4 @@
-"""The models `scripts/se_cknna.py` measures, built from ``KIND:PRESET[@WEIGHTS]`` specs (docs/design.md, "SE-CKNNA";
+"""The models `vfmvae se-cknna` measures, built from ``KIND:PRESET[@WEIGHTS]`` specs (docs/design.md, "SE-CKNNA";
 docs/design.md, "SE-CKNNA").
 
 * ``vfm:<vfmvae.vfm preset>``: a frozen VFM with the DINOv2 or SigLIP extractor rules by family;

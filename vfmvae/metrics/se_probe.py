@@ -1,7 +1,7 @@
 """The one SE-CKNNA feature loop: run a probe set through a model and the reference VFM, condition by
 condition, in chunks (docs/design.md, "SE-CKNNA").
 
-Shared by `scripts/se_cknna.py` (files on disk, one process) and `callbacks/se_cknna_probe.py` (an
+Shared by `vfmvae se-cknna` (files on disk, one process) and `callbacks/se_cknna_probe.py` (an
 in-memory probe set during training, every rank): the callback only adds when / where / logging.
 
 * :func:`run_chunks`: equal-size chunks of the probe set (the last wraps around; the padding is dropped),
