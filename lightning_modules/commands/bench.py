@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
+from vfmvae.utils.console import quiet_console
+
 PROG = "vfmvae bench"
 
 
@@ -35,5 +37,6 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_console()
     run(argv)
     return 0

@@ -59,6 +59,7 @@ from vfmvae.demo import (
     size_fingerprint,
 )
 from vfmvae.demo.tb_events import last_image, last_scalars
+from vfmvae.utils.console import quiet_console
 from vfmvae.utils.image_grid import image_grid
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: the demo's YAMLs live in configs/
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    quiet_console()
     if args.threads < 1:
         p.error("--threads must be >= 1")
     demo = run_demo(args.size, args.out, args.redo, args.threads)

@@ -32,6 +32,7 @@ from datamodules.imagefolder import ImageFolderSource
 from datamodules.key_filter import save_key_list
 from datamodules.webdataset_shards import WebDatasetSource, list_shards
 from vfmvae.commands._errors import add_progress_argument
+from vfmvae.utils.console import quiet_console
 
 
 def _measure(item: tuple[str, str | bytes | None]) -> tuple[str, tuple[int, int] | None]:
@@ -114,5 +115,6 @@ def run(argv: list[str] | None = None) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_console()
     run(argv)
     return 0

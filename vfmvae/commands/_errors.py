@@ -35,9 +35,12 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(run: Callable[[list[str] | None], Any], argv: list[str] | None, prog: str) -> int:
-    """``run(argv)`` with input errors printed as one line (exit status 2); its status when an int, else 0."""
+    """``run(argv)`` on a quiet console (`vfmvae.utils.console`) with input errors printed as one line (exit
+    status 2); its status when an int, else 0."""
+    from vfmvae.utils.console import quiet_console
     from vfmvae.utils.safe_load import UserFileError
 
+    quiet_console()  # third-party noise filtered at one place (vfmvae/utils/console.py)
     try:
         result = run(argv)
     except (FileNotFoundError, UserFileError, InputError) as err:

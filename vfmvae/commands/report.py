@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from vfmvae.utils.console import quiet_console
+
 PROG = "vfmvae report"
 
 
@@ -31,6 +33,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
+    quiet_console()
     os.environ.setdefault("MPLBACKEND", "Agg")  # pictures are rendered to PNG, never shown
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
 
