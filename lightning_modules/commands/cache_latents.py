@@ -93,6 +93,7 @@ def run(argv: list[str] | None = None) -> dict:
         accelerator=args.accelerator,
         devices=devices,
         num_nodes=args.num_nodes,
+        enable_progress_bar=not args.no_progress,  # Lightning's predict bar: batches, rate and time left (rank 0)
     )
     return provenance
 

@@ -31,6 +31,7 @@ from vfmvae.codec import uint8_to_unit
 from vfmvae.commands._errors import add_progress_argument, add_trust_pickle_argument, run_cli
 from vfmvae.metrics.reconstruction import RECONSTRUCTION_UINT8_MODE, ReconstructionMetrics
 from vfmvae.metrics.record import evaluation_record, write_record
+from vfmvae.utils.progress import progress, progress_enabled
 from vfmvae.utils.safe_load import trusting_pickles
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -136,7 +137,8 @@ def evaluate(
     save_dir: Path | None = None,
 ) -> dict:
     gen = torch.Generator(device=device).manual_seed(seed)
-    for start in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, total=len(starts), desc="reconstruction", unit="batch"):
         chunk = paths[start : start + batch_size]
         real = load_batch(chunk, resolution).to(device)
         posterior = model.encode(uint8_to_unit(real))
@@ -152,7 +154,7 @@ def evaluate(
 def run(argv: list[str] | None = None) -> dict:
     """The evaluation record (raises on bad input; `main` turns that into one line)."""
     args = build_parser().parse_args(argv)
-    with trusting_pickles(args.trust_pickle):
+    with trusting_pickles(args.trust_pickle), progress_enabled(not args.no_progress):
         return _run(args)
 
 

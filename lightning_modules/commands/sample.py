@@ -189,6 +189,7 @@ def _sample(args, net, decoder, normalizer, config, precision, out, provenance) 
         callbacks=[writer],
         use_distributed_sampler=False,
         enable_model_summary=False,
+        enable_progress_bar=not args.no_progress,  # Lightning's predict bar: batches, rate and time left (rank 0)
         inference_mode=True,
     )
     module = SampleModule(net, decoder, normalizer, config, args.label_mode, args.seed, uint8_mode=args.uint8_mode)

@@ -25,6 +25,7 @@ from vfmvae.metrics.adm_suite import evaluate_adm, load_batch
 from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path
 from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES
 from vfmvae.metrics.record import evaluation_record, write_record
+from vfmvae.utils.progress import progress_enabled
 
 ROWS = (
     ("fid", "FID"),
@@ -76,16 +77,17 @@ def run(argv: list[str] | None = None) -> dict:
     extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     samples, reference = load_batch(args.samples), load_batch(args.ref)
     start = time.time()
-    results = evaluate_adm(
-        samples,
-        reference,
-        extractor,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        device=device,
-        cache_dir=args.cache_dir or None,
-        pr_distance_dtype=args.pr_distance_dtype,
-    )
+    with progress_enabled(not args.no_progress):  # a bar with ETA over the Inception batches
+        results = evaluate_adm(
+            samples,
+            reference,
+            extractor,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            device=device,
+            cache_dir=args.cache_dir or None,
+            pr_distance_dtype=args.pr_distance_dtype,
+        )
     print(format_table(results))
     pr = "float16 blocks, float32 fallback on overflow (as ADM)" if args.pr_distance_dtype == "float16" else None
     record = evaluation_record(

@@ -51,6 +51,7 @@ from vfmvae.metrics.se_models import (
     parse_spec,
 )
 from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images
+from vfmvae.utils.progress import progress_enabled
 from vfmvae.utils.safe_load import load_user_file, trusting_pickles
 
 
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> list[dict]:
     """The result rows (raises on bad input; `main` turns that into one line)."""
     args = build_parser().parse_args(argv)
-    with trusting_pickles(args.trust_pickle):
+    with trusting_pickles(args.trust_pickle), progress_enabled(not args.no_progress):
         return _run(args)
 
 
@@ -190,7 +191,10 @@ def _run(args: argparse.Namespace) -> list[dict]:
         noise_levels=args.noise_levels, resolution=args.resolution, seed=args.seed, batch_size=args.batch_size
     )
     needs_se = any(k in ("vfm", "tokenizer") for k, _, _ in specs)
-    ref_feats = extract_condition_features(ref_extractor, paths, conditions if needs_se else ["clean"], **common)
+    ref_conditions = conditions if needs_se else ["clean"]
+    ref_feats = extract_condition_features(
+        ref_extractor, paths, ref_conditions, desc=f"reference {ref_preset}", **common
+    )
     rows: list[dict] = []
     latents = cls_tokens = None
     for kind, preset, weights in specs:
@@ -202,7 +206,7 @@ def _run(args: argparse.Namespace) -> list[dict]:
                 extractor = TokenizerSEExtractor(
                     build_tokenizer(preset, weights, device, official).encode, device=device, seed=args.seed
                 )
-            feats = extract_condition_features(extractor, paths, conditions, **common)
+            feats = extract_condition_features(extractor, paths, conditions, desc=name, **common)
             for cond, value in se_cknna(feats, ref_feats, topk=args.topk).items():
                 rows.append({"model": name, "feature": "pooled", "condition": cond, "cknna": value})
             continue
