@@ -154,7 +154,7 @@ demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [
 	$(PY) -m lightning_modules demo --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
 
 # ---------------------------------------------------------------- commands (docs/commands.md)
-.PHONY: report filter-list commands
+.PHONY: report filter-list export-dit push-to-hub commands
 report: install ## Run report: RUN=run folder or a root of runs (e.g. outputs/demo) [OUT=dir] -> RUN/report.html
 	@[ -n "$(RUN)" ] || { echo "report: RUN is not set (a run's log folder or a folder holding runs, e.g. RUN=outputs/demo after make demo)" >&2; exit 2; }
 	$(PY) -m lightning_modules report "$(RUN)" $(if $(OUT),--out "$(OUT)")
@@ -163,6 +163,16 @@ filter-list: install ## Key list of images with short side >= 256: ROOT=split OU
 	@[ -n "$(ROOT)" ] || { echo "filter-list: ROOT is not set (an ImageFolder split, or the WebDataset shard folder with SOURCE=webdataset)" >&2; exit 2; }
 	@[ -n "$(OUT)" ] || { echo "filter-list: OUT is not set (the key list to write: .txt, or .pkl for the official format)" >&2; exit 2; }
 	$(PY) -m lightning_modules make-filter-list --source $(or $(SOURCE),imagefolder) --root "$(ROOT)" --out "$(OUT)" --workers $(or $(WORKERS),0)
+
+export-dit: install ## Hub folder of a diffusion checkpoint's network: CKPT=run.ckpt OUT=dir [METRICS="adm.json ..."] [WEIGHTS=ema|raw]
+	@[ -n "$(CKPT)" ] || { echo "export-dit: CKPT is not set (a DiffusionModule training checkpoint, e.g. .../checkpoints/last.ckpt)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "export-dit: OUT is not set (the export folder to write)" >&2; exit 2; }
+	$(PY) -m lightning_modules export-dit --ckpt "$(CKPT)" --out "$(OUT)" --weights $(or $(WEIGHTS),ema) $(if $(METRICS),--metrics $(METRICS))
+
+push-to-hub: install ## Upload an export folder: FOLDER=dir REPO=owner/name [METRICS="rec.json ..."] (needs HF_HUB_OFFLINE=0 and a token)
+	@[ -n "$(FOLDER)" ] || { echo "push-to-hub: FOLDER is not set (a tokenizer export or a vfmvae export-dit folder)" >&2; exit 2; }
+	@[ -n "$(REPO)" ] || { echo "push-to-hub: REPO is not set (the Hub repository, owner/name)" >&2; exit 2; }
+	$(PY) -m lightning_modules push-to-hub "$(FOLDER)" "$(REPO)" $(if $(METRICS),--metrics $(METRICS))
 
 commands: install ## List the vfmvae commands (vfmvae --help)
 	@$(PY) -m lightning_modules --help
