@@ -20,7 +20,8 @@ finished phases and redoes an unfinished one from its start):
                         split (paper protocol: sampled latents, 8-bit outputs truncated as the official tools
                         write them), and a demo FID of the samples vs the held-out split (`vfmvae.demo`);
 9. ``summary``          ``metrics.json``, ``summary.txt`` and the self-checks (PASS/FAIL; exit 1 on FAIL when the
-                        size enforces them: ``demo`` does, the CI sizes train too briefly and only report them).
+                        size enforces them: ``demo`` does, the CI sizes train too briefly and only report them),
+                        and the run report ``report.html`` over the three runs (``vfmvae report``).
 
 The sizes are YAML (`vfmvae.demo.size`): ``configs/demo/runner.yaml`` for the phases that are not training
 runs, the run YAMLs for the three training runs, and ``configs/demo/size_<name>/`` overlays stacked last for
@@ -299,7 +300,10 @@ def phase_summary(demo: Demo) -> dict:
     demo.path("metrics.json").write_text(json.dumps(metrics, indent=2))
     text = render_summary(demo.size, demo.out, metrics)
     demo.path("summary.txt").write_text(text + "\n")
-    return {"passed": metrics["passed"], "text": text}
+    from vfmvae.report import write_report  # one page over the demo's runs (docs/report.md)
+
+    page = write_report(demo.out)
+    return {"passed": metrics["passed"], "text": text + f"\nrun report: {page} (open it in a browser)"}
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[Demo], dict]] = {p: globals()[f"phase_{p}"] for p in PHASES}
