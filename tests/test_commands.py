@@ -99,3 +99,12 @@ def test_makefile_runs_commands_not_script_files(repo_root):
     assert "$(PY) -m benchmarks" not in makefile
     for name in EXPECTED:
         assert f"$(PY) -m lightning_modules {name}" in makefile, name
+
+
+@pytest.mark.parametrize(
+    ("target", "variable"),
+    [("report", "RUN"), ("filter-list", "ROOT"), ("export-dit", "CKPT"), ("push-to-hub", "FOLDER")],
+)
+def test_new_make_targets_name_a_missing_variable(repo_root, target, variable):
+    proc = subprocess.run(["make", "-s", "-C", str(repo_root), target], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and f"{target}: {variable} is not set" in proc.stderr, proc.stderr
