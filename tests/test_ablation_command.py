@@ -64,7 +64,7 @@ def test_table_from_exports_and_records(exports, capsys):
         *("--images", str(images), "--resolution", "64", "--batch-size", "4", "--device", "cpu"),
         *("--paper", str(paper), "--base", "debug", "--out", str(root / "table.json")),
     ]
-    rows = command.run(command.build_parser().parse_args(argv), inception=tiny_features)
+    rows = command.run(argv, inception=tiny_features)
     out = capsys.readouterr().out
     assert [r["row"] for r in rows] == list(ABLATION_ROWS)
     by_row = {r["row"]: r for r in rows}
@@ -113,7 +113,9 @@ def test_table_from_exports_and_records(exports, capsys):
     ],
 )
 def test_bad_input_is_one_line_error(argv, message, capsys):
-    assert command.main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
@@ -121,7 +123,9 @@ def test_bad_input_is_one_line_error(argv, message, capsys):
 def test_a_file_that_is_not_a_record_is_refused(tmp_path, capsys):
     path = tmp_path / "x.json"
     path.write_text(json.dumps({"rows": []}))
-    assert command.main(["--record", f"full={path}"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--record", f"full={path}"])
+    assert exit_info.value.code == 2
     assert "is not an evaluation record" in capsys.readouterr().err
 
 

@@ -84,7 +84,7 @@ def test_dynamics_of_two_checkpoints(run_dir, repo_root, capsys):
     ]
     args = command.parse_args(argv)
     assert args.noise_fraction == 0.5 and args.weights == "ema" and args.seed == 42  # from the config file
-    rows = command.run(args, reference_extractor=TinyReference())
+    rows = command.run(argv, reference_extractor=TinyReference())
     printed = capsys.readouterr().out
     values, features, labels = dynamics_matrix(rows)
     assert labels == ["step 2", "step 6"]
@@ -130,10 +130,15 @@ def test_dynamics_of_two_checkpoints(run_dir, repo_root, capsys):
     [
         (["--images", "x", "--tokenizer", "t"], "--checkpoints is required"),
         (["--checkpoints", "missing.ckpt", "--images", "x", "--tokenizer", "t"], "checkpoint not found"),
+        (["--checkpoints", "A", "--images", "IMG", "--tokenizer", "t", "--reference", "nope:x"], "unknown model kind"),
+        (["--checkpoints", "A", "--images", "IMG", "--tokenizer", "t", "--topk", "20"], "needs more than 20 images"),
     ],
 )
-def test_bad_input_is_one_line_error(argv, message, capsys):
-    assert command.main(argv) == 2
+def test_bad_input_is_one_line_error(argv, message, run_dir, capsys):
+    argv = [str(run_dir / "a.ckpt") if a == "A" else str(run_dir / "images") if a == "IMG" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
@@ -141,7 +146,9 @@ def test_bad_input_is_one_line_error(argv, message, capsys):
 def test_unknown_config_key_is_refused(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("noise_fractoin: 0.4\n")
-    assert command.main(["--config", str(config)]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--config", str(config)])
+    assert exit_info.value.code == 2
     assert "unknown keys ['noise_fractoin']" in capsys.readouterr().err
 
 
@@ -166,7 +173,7 @@ def test_reg_checkpoint_takes_class_tokens_from_the_cls_vfm(run_dir, tmp_path):
         *("--tokenizer", str(run_dir / "tokenizer"), "--cls-vfm", "debug-dinov2", "--resolution", "64"),
         *("--topk", "3", "--device", "cpu", "--out-dir", str(tmp_path / "out")),
     ]
-    rows = command.run(command.parse_args(argv), reference_extractor=TinyReference())
+    rows = command.run(argv, reference_extractor=TinyReference())
     features = [r["feature"] for r in rows]
     assert features[0] == "embedder" and "projector_0" in features
     assert all(np.isfinite(r["cknna"]) for r in rows)

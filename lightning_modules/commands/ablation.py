@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from vfmvae.commands._errors import InputError, run_cli
 from vfmvae.metrics.ablation_table import (
     PAPER_ABLATION,
     evaluate_reconstruction,
@@ -57,9 +57,9 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     for item in items:
         row, sep, value = item.partition("=")
         if not sep or not value:
-            raise ValueError(f"{flag} {item!r}: write ROW=PATH with ROW in {list(ABLATION_ROWS)}")
+            raise InputError(f"{flag} {item!r}: write ROW=PATH with ROW in {list(ABLATION_ROWS)}")
         if row not in ABLATION_ROWS:
-            raise ValueError(f"{flag} {item!r}: unknown row {row!r}; rows: {list(ABLATION_ROWS)}")
+            raise InputError(f"{flag} {item!r}: unknown row {row!r}; rows: {list(ABLATION_ROWS)}")
         out.append((row, value))
     return out
 
@@ -79,7 +79,7 @@ class ImageBatches:
             raise FileNotFoundError(f"no images below --images {root}")
         if num is not None:
             if num > len(files):
-                raise ValueError(f"--num-images {num} but only {len(files)} images below {root}")
+                raise InputError(f"--num-images {num} but only {len(files)} images below {root}")
             files = files[:num]
         self.files, self.resolution, self.batch_size = files, resolution, batch_size
 
@@ -101,17 +101,24 @@ class ImageBatches:
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def run(args: argparse.Namespace, inception=None, lpips=None) -> list[dict]:
-    """The table as records; ``inception`` / ``lpips`` stand in for the networks built from weight files."""
+def run(argv: list[str] | None = None, *, inception=None, lpips=None) -> list[dict]:
+    """The table as records (raises on bad input; `main` turns that into one line). ``inception`` / ``lpips``
+    stand in for the networks built from ``--inception-weights`` / ``--vgg-weights``."""
     import torch
 
+    args = build_parser().parse_args(argv)
     records, exports = _pairs(args.record, "--record"), _pairs(args.tokenizer, "--tokenizer")
+    if exports and args.images is None:
+        raise InputError("--tokenizer rows are evaluated on --images DIR (a folder of validation images)")
+    try:
+        paper = read_paper_numbers(args.paper) if args.paper else PAPER_ABLATION
+        results = [(row, read_record(path)) for row, path in records]
+    except ValueError as err:  # a file that is not what the flag takes
+        raise InputError(str(err)) from err
     ours: dict[str, dict] = {row: {} for row in ABLATION_ROWS}
-    for row, path in records:
-        ours[row].update({k: v for k, v in read_record(path).items() if v is not None})
+    for row, values in results:
+        ours[row].update({k: v for k, v in values.items() if v is not None})
     if exports:
-        if args.images is None:
-            raise ValueError("--tokenizer rows are evaluated on --images DIR (a folder of validation images)")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         batches = ImageBatches(args.images, args.num_images, args.resolution, args.batch_size)
         if inception is None and args.inception_weights:
@@ -130,7 +137,6 @@ def run(args: argparse.Namespace, inception=None, lpips=None) -> list[dict]:
                 model, batches, inception=inception, lpips=lpips, seed=args.seed, device=device
             )
             ours[row].update({k: v for k, v in results.items() if k in ("rfid", "psnr", "ssim", "lpips")})
-    paper = read_paper_numbers(args.paper) if args.paper else PAPER_ABLATION
     sizes = row_sizes(args.base)
     print(format_table(ours, paper, sizes))
     if not any(v is not None for values in paper.values() for v in values.values()):
@@ -144,10 +150,4 @@ def run(args: argparse.Namespace, inception=None, lpips=None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"vfmvae ablation: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, argv, "vfmvae ablation")

@@ -9,7 +9,7 @@ diffusion-block protocol (docs/design.md, "SE-CKNNA": clean images, posterior-sa
 the run's statistics, noise at t = 0.5, null label, token-mean features of the embedder, every block, the
 final layer and REG's projector) repeated for each checkpoint, with the same noise draw. Checkpoints are
 `DiffusionModule` training checkpoints (EMA weights by default; `--weights raw`) or released official files
-(`--family lightningdit|reg`). Latent statistics: `--latent-stats`, else those recorded in each checkpoint,
+(`--model lightningdit|reg`). Latent statistics: `--latent-stats`, else those recorded in each checkpoint,
 else per-channel statistics of the probe latents. REG's class token comes from `--cls-vfm` (DINOv2-B).
 Columns are sorted by training step when every checkpoint records one (`--keep-order`: as given). Writes
 dynamics.csv, dynamics.json and the heat map dynamics.png to `--out-dir` and prints the table.
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from vfmvae.commands._errors import InputError, add_progress_argument, add_trust_pickle_argument, run_cli
 
 DEFAULTS = {
     "reference": "dinov2-large",
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML of option defaults (configs/analyses/dynamics.yaml)")
     p.add_argument("--checkpoints", nargs="+", default=None, help="diffusion checkpoints, in training order")
-    p.add_argument("--family", default=None, help="network family for official release files (lightningdit, reg)")
+    p.add_argument("--model", default=None, help="network family of official release files (lightningdit, reg)")
     p.add_argument("--official-kwargs", default=None, help="JSON/YAML constructor kwargs for official files")
     p.add_argument("--weights", choices=("ema", "raw"), help="training checkpoints: EMA (default) or live weights")
     p.add_argument("--images", default=None, help="folder of PNG probe images (10k ImageNet val in the paper)")
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-order", action="store_true", help="columns in the order given (default: by training step when known)"
     )
-    p.add_argument("--trust-pickle", action="store_true", help="unpickle checkpoint files in full (trusted only)")
+    add_trust_pickle_argument(p)
+    add_progress_argument(p)
     p.set_defaults(**DEFAULTS)
     return p
 
@@ -84,18 +86,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+            raise InputError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     for name in ("checkpoints", "images", "tokenizer"):
         if not getattr(args, name):
-            raise ValueError(f"--{name.replace('_', '-')} is required (see vfmvae dynamics --help)")
+            raise InputError(f"--{name.replace('_', '-')} is required (see vfmvae dynamics --help)")
     return args
 
 
-def run(args: argparse.Namespace, reference_extractor=None) -> list[dict]:
-    """The rows; ``reference_extractor`` (an SE extractor: ``.clean(uint8 (B, H, W, 3)) -> (B, D)``) stands in
-    for the network built from ``--reference``."""
+def run(argv: list[str] | None = None, *, reference_extractor=None) -> list[dict]:
+    """The rows (raises on bad input; `main` turns that into one line). ``reference_extractor`` (an SE
+    extractor: ``.clean(uint8 (B, H, W, 3)) -> (B, D)``) stands in for the network built from ``--reference``."""
+    from vfmvae.utils.progress import progress_enabled
+    from vfmvae.utils.safe_load import trusting_pickles
+
+    args = parse_args(argv)
+    with trusting_pickles(args.trust_pickle), progress_enabled(not args.no_progress):
+        return _run(args, reference_extractor)
+
+
+def _run(args: argparse.Namespace, reference_extractor) -> list[dict]:
     import torch
 
     from vfmvae.dit.loading import load_sampling_network
@@ -113,8 +124,15 @@ def run(args: argparse.Namespace, reference_extractor=None) -> list[dict]:
     paths = list_images(args.images)
     if args.num_images is not None:
         if len(paths) < args.num_images:
-            raise ValueError(f"{args.images} holds {len(paths)} PNG images, fewer than the {args.num_images} requested")
+            raise InputError(f"{args.images} holds {len(paths)} PNG images, fewer than the {args.num_images} requested")
         paths = paths[: args.num_images]
+    if len(paths) <= args.topk:
+        raise InputError(f"CKNNA with --topk {args.topk} needs more than {args.topk} images, got {len(paths)}")
+    try:  # the spec strings are checked before any network is built
+        for spec in [args.reference] + ([args.cls_vfm] if args.cls_vfm else []):
+            parse_spec(spec, default_kind="vfm")
+    except (KeyError, ValueError) as err:
+        raise InputError(str(err)) from err
     if reference_extractor is None:
         _, ref_preset, ref_weights = parse_spec(args.reference, default_kind="vfm")
         config = json.loads(args.reference_config or "{}")
@@ -130,14 +148,17 @@ def run(args: argparse.Namespace, reference_extractor=None) -> list[dict]:
     del tokenizer
     results, class_tokens = [], None
     for ckpt in args.checkpoints:
-        net, family, record, provenance = load_sampling_network(ckpt, args.family, args.weights, args.official_kwargs)
+        try:
+            net, _, record, provenance = load_sampling_network(ckpt, args.model, args.weights, args.official_kwargs)
+        except (KeyError, ValueError) as err:  # not a diffusion checkpoint, no EMA state, another family
+            raise InputError(f"{ckpt}: {err}") from err
         net = net.to(device).float()
         stats = provenance.get("latent_stats")
         if args.latent_stats is None and stats is None:  # per-channel statistics of the probe latents
             stats = {"mean": latents.mean((0, 2, 3)), "std": latents.std((0, 2, 3))}
         normalizer = load_latent_stats(args.latent_stats, stats)
         if normalizer.mean.shape[1] != latents.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"{ckpt}: latent statistics have {normalizer.mean.shape[1]} channels, latents {latents.shape[1]}"
             )
         x = normalizer.normalize(latents)
@@ -196,13 +217,4 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vfmvae.utils.safe_load import UserFileError, trusting_pickles
-
-    try:
-        args = parse_args(argv)
-        with trusting_pickles(args.trust_pickle):
-            run(args)
-    except (ValueError, FileNotFoundError, KeyError, UserFileError) as e:
-        print(f"vfmvae dynamics: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, argv, "vfmvae dynamics")
