@@ -136,11 +136,11 @@ def test_diffusion_512_parses_and_builds_on_meta(capsys, repo_root, monkeypatch,
 
 
 def test_latent_cache_512_args_reach_the_cache_script(repo_root):
-    from scripts.cache_latents import parse_args
+    from lightning_modules.commands.cache_latents import build_parser
 
     step = yaml.safe_load((repo_root / "configs/latent_cache/imagenet512.yaml").read_text())
     argv = [a for k, v in step["args"].items() for a in (f"--{k}", str(v))]
-    args = parse_args(["--data-root", "d", "--tokenizer", "t", "--out", "o", *argv])
+    args = build_parser().parse_args(["--data-root", "d", "--tokenizer", "t", "--out", "o", *argv])
     assert args.image_size == 512 and args.image_size // 16 == 32  # 32x32x32 latents
     proc = subprocess.run(
         [
@@ -160,7 +160,7 @@ def test_latent_cache_512_args_reach_the_cache_script(repo_root):
         text=True,
         timeout=120,
     )
-    line = [x for x in proc.stdout.splitlines() if "cache_latents.py" in x][-1]
+    line = [x for x in proc.stdout.splitlines() if "lightning_modules cache-latents" in x][-1]
     # The YAML's options come last, so they win over the target's defaults.
     assert line.rstrip().endswith("--image-size 512 --batch-size 32 --stats-samples 10000"), proc.stdout + proc.stderr
 

@@ -121,30 +121,36 @@ def test_command_writes_an_adm_reference_the_evaluation_reads(tmp_path, monkeypa
 
 def test_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reference_stats, "build_extractor", lambda weights: TinyInception())
+
+    def error(*argv):
+        with pytest.raises(SystemExit) as exit_info:
+            reference_stats.main(list(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vfmvae reference-stats: error: ")
+        return err[0]
+
     (tmp_path / "empty").mkdir()
-    assert reference_stats.main(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "r.npz")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds 0 image(s)" in err[0]
+    assert "holds 0 image(s)" in error("--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "r.npz"))
     _write_folder(tmp_path / "imgs", n=3)
-    assert reference_stats.main(["--data-root", str(tmp_path / "imgs"), "--out", str(tmp_path / "r.pt")]) == 2
-    assert "must end in .npz" in capsys.readouterr().err
+    assert "must end in .npz" in error("--data-root", str(tmp_path / "imgs"), "--out", str(tmp_path / "r.pt"))
     with pytest.raises(SystemExit):
         reference_stats.main(["--help"])
     assert "--image-size" in capsys.readouterr().out
 
 
-def test_evaluate_script_refuses_a_reference_of_another_resolution_in_one_line(tmp_path, capsys):
-    import scripts.evaluate as evaluate_script
-    from scripts.errors import run_cli
+def test_evaluate_command_refuses_a_reference_of_another_resolution_in_one_line(tmp_path, capsys):
+    from vfmvae.commands import evaluate
 
     np.savez(tmp_path / "samples512.npz", arr_0=np.zeros((3, 512, 512, 3), np.uint8))
     np.savez(tmp_path / "ref256.npz", mu=np.zeros(4), sigma=np.eye(4), resolution=np.array(256))
     argv = [str(tmp_path / "samples512.npz"), str(tmp_path / "ref256.npz"), "--inception-weights", "missing.pth"]
     with pytest.raises(SystemExit) as exit_info:  # refused before the (missing) Inception weights are read
-        run_cli(evaluate_script.main, argv, "evaluate.py")
+        evaluate.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "512x512 but the reference batch" in err[0] and "is 256x256" in err[0]
+    assert len(err) == 1 and err[0].startswith("vfmvae evaluate: error: the samples")
+    assert "512x512 but the reference batch" in err[0] and "is 256x256" in err[0]
 
 
 def test_an_adm_512_reference_batch_is_accepted_and_a_256_one_refused(tmp_path):

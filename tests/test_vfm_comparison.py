@@ -137,22 +137,24 @@ def test_make_vfm_comparison_runs_each_step_with_the_family_configs(repo_root):
     assert "fit --config configs/vfm_comparison/eva/tokenizer_stage0_strong_alignment.yaml" in out
     assert "--config configs/trainer/ddp_bf16.yaml" in out and "--model.init_args.vfm_pretrained=/etc/hostname" in out
     out = _make(repo_root, "vfm-comparison", "VFM=dinov2", "STEP=cache", "DATA_ROOT=d", "TOKENIZER=t", "OUT=o").stdout
-    assert "scripts/cache_latents.py --data-root d --tokenizer t --out o" in out and "--image-size 256" in out
+    assert "lightning_modules cache-latents --data-root d --tokenizer t --out o" in out and "--image-size 256" in out
     out = _make(repo_root, "vfm-comparison", "VFM=dinov2", "STEP=diffusion", "LATENTS=/tmp", "TOKENIZER=t").stdout
     assert "fit --config configs/vfm_comparison/dinov2/lightningdit_l1_100k.yaml" in out
     out = _make(repo_root, "vfm-comparison", "VFM=siglip2", "STEP=sample", "CKPT=c", "TOKENIZER=t").stdout
-    assert "scripts/sample.py --ckpt c" in out and "--cfg-scale 1.0" in out
+    assert "lightning_modules sample --ckpt c" in out and "--cfg-scale 1.0" in out
     out = _make(repo_root, "vfm-comparison", "VFM=siglip2", "STEP=evaluate", "SAMPLES=s.npz", "REF=r.npz").stdout
-    assert "scripts/evaluate.py s.npz r.npz" in out and "--num-samples 50000 --pr-distance-dtype float16" in out
+    assert "lightning_modules evaluate s.npz r.npz" in out and "--num-samples 50000 --pr-distance-dtype float16" in out
     for bad, message in ((("VFM=mae", "STEP=cache"), "set VFM to one of: dinov2 eva siglip2"), (("VFM=eva",), "STEP=")):
         proc = _make(repo_root, "vfm-comparison", *bad)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
 def test_step_yamls_name_options_their_scripts_accept(repo_root):
-    from scripts.cache_latents import parse_args as cache_args
-    from scripts.evaluate import build_parser as evaluate_parser
-    from scripts.sample import parse_args as sample_args
+    from lightning_modules.commands.cache_latents import build_parser as cache_parser
+    from lightning_modules.commands.sample import parse_args as sample_args
+    from vfmvae.commands.evaluate import build_parser as evaluate_parser
+
+    cache_args = cache_parser().parse_args
 
     for family in FAMILIES:
         folder = repo_root / f"configs/vfm_comparison/{family}"

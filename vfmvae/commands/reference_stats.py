@@ -34,14 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from vfmvae.commands._errors import InputError, add_progress_argument, run_cli
+from vfmvae.utils.progress import progress, progress_enabled
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STAT_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 
 
-class ReferenceStatsError(ValueError):
-    """Bad input, reported on one line by the command."""
+class ReferenceStatsError(InputError):
+    """Bad input, reported on one line by the command (`vfmvae.commands._errors.run_cli`)."""
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
@@ -118,15 +121,13 @@ def compute_reference_stats(
     batch_size: int = 50,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The ``.npz`` arrays (module docstring) of ``files``; ``extractor`` maps uint8 ``(B, 3, H, W)`` to
     ``{"pool": (B, D), "spatial": (B, D_s), ...}`` like `AdmInceptionFeatures`.
 
     The precision/recall subset is ``numpy.random.default_rng(seed).choice(N, min(pr_images, N))``, sorted.
     """
-    from tqdm.auto import tqdm
-
     from datamodules.crops import get_crop
 
     if image_size < 1 or batch_size < 1 or pr_images < 0:
@@ -143,8 +144,8 @@ def compute_reference_stats(
         _Crops(files, image_size, crop_fn), batch_size=batch_size, num_workers=num_workers, shuffle=False
     )
     start = 0
-    with torch.no_grad(), tqdm(total=n, unit="img", desc="reference-stats", disable=not progress) as bar:
-        for batch in loader:  # (B, H, W, 3) uint8
+    with torch.no_grad(), progress_enabled(show_progress):  # a bar with ETA over the batches (rank 0)
+        for batch in progress(loader, total=len(loader), desc="reference-stats"):  # (B, H, W, 3) uint8
             x = batch.to(device).permute(0, 3, 1, 2).contiguous()
             feats = {k: v.float().cpu().numpy() for k, v in extractor(x).items() if k in STAT_KEYS}
             for key, m in moments.items():
@@ -154,7 +155,6 @@ def compute_reference_stats(
             if store_images:
                 image_rows.append(batch.numpy()[chosen])
             start += len(batch)
-            bar.update(len(batch))
     out: dict[str, np.ndarray] = {}
     for key, (mu_key, sigma_key) in STAT_KEYS.items():
         out[mu_key], out[sigma_key] = moments[key].finalize()
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     return p
 
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> Path:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=device,
-        progress=not args.no_progress,
+        show_progress=not args.no_progress,
     )
     meta = {
         "data_root": str(args.data_root),
@@ -239,18 +239,15 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run_and_report, argv, "vfmvae reference-stats")
+
+
+def _run_and_report(argv: list[str] | None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        out = run(args)
-    except (ReferenceStatsError, FileNotFoundError, KeyError) as err:
-        if os.environ.get("VFMVAE_TRACEBACK"):
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vfmvae reference-stats: error: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
+    out = run(args)
     print(f"wrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
