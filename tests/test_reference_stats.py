@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from datamodules.crops import adm_center_crop
-from vfmvae.commands import reference_stats
+from lightning_modules.commands import reference_stats
 from vfmvae.metrics.adm_suite import ImageBatch, check_resolutions, evaluate_adm, load_batch
 
 
