@@ -27,17 +27,18 @@ __all__ = ["PAD", "DEBUG_WORDS", "debug_tokenizer", "load_text_tokenizer", "toke
 
 PAD = -1  # the padding id of the condition tensor (no vocabulary uses negative ids)
 
-# The debug vocabulary: the words of the demo captions (datamodules/demo_captions.py) and a few common ones.
+# The debug vocabulary: the words of the demo captions (datamodules/captions_demo.py) and a few common ones.
 DEBUG_WORDS = (
     "a an the of on in with and at by to from is are its two three some this that near under over "
     "photo photograph picture image close up view black white red green blue yellow orange brown grey gray "
     "pink purple dark light bright small large old young man woman person people face portrait astronaut "
     "cat dog coffee cup mug rocket rocks rock moon sky space suit flag hubble telescope galaxy text page "
-    "book letters chelsea camera man tripod grass field hand chess board horse sea coins coin money "
+    "book letters chelsea camera tripod grass field hand chess board horse sea coins coin money "
     "brick wall building city skyline street window lena girl hat feather flowers flower bird tree trees "
     "grace hopper uniform navy officer raccoon animal fur forest leaves immunohistochemistry cells tissue "
     "stained microscope slide retina eye blood vessels monochrome colour color logo scikit mountain lake "
-    "water beach sand snow night day sunset clouds cloud round square pattern texture stars nebula"
+    "water beach sand snow night day sunset clouds cloud round square pattern texture stars nebula "
+    "temple launch pad table stones gravel galaxies"
 ).split()
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
