@@ -63,10 +63,17 @@ def load_text_tokenizer(path: str | os.PathLike | None):
     """The tokenizer of a local model folder (``save_pretrained``), or the debug tokenizer for ``None``."""
     if path is None:
         return debug_tokenizer()
-    from transformers import AutoTokenizer
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"text encoder folder {path} does not exist (text_encoder_path: a local folder)")
+    config = os.path.join(path, "tokenizer_config.json")
+    declared = json.load(open(config)).get("tokenizer_class") if os.path.isfile(config) else None
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        # A generic tokenizer.json: AutoTokenizer would pick the model type's class and re-tokenise it.
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
