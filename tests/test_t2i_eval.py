@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from vfmvae.commands import evaluate_t2i
+from vfmvae.commands._errors import InputError
 from vfmvae.metrics.inception import random_inception_weights
 
 
@@ -68,7 +69,7 @@ def test_clip_score_matches_the_clip_embeddings(tmp_path):
     expected = 100 * mean_cos(images)
     assert expected > 1
     _samples(tmp_path / "s", images, prompts)
-    assert evaluate_t2i.main(["--samples", str(tmp_path / "s"), "--clip", str(clip)]) == 0
+    assert evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--clip", str(clip)]) == 0
     got = json.loads((tmp_path / "s" / "metrics_t2i.json").read_text())["clip_score"]
     assert got == pytest.approx(expected, abs=1e-3)
 
@@ -86,9 +87,9 @@ def test_fid_against_a_reference_folder(tmp_path):
         Image.fromarray(rng.integers(0, 60, (40, 64, 3), dtype=np.uint8)).save(other / f"{i}.jpg")
     fids = []
     for ref in (same, other.parent):
-        evaluate_t2i.main(["--samples", str(tmp_path / "s"), "--reference", str(ref), "--inception-weights",
+        evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--reference", str(ref), "--inception-weights",
                            str(weights), "--batch-size", "3"])
         fids.append(json.loads((tmp_path / "s" / "metrics_t2i.json").read_text())["fid"])
     assert abs(fids[0]) < 1e-3 and fids[1] > 1.0
-    with pytest.raises(SystemExit, match="both --reference and --inception-weights"):
-        evaluate_t2i.main(["--samples", str(tmp_path / "s"), "--reference", str(same)])
+    with pytest.raises(InputError, match="both --reference and --inception-weights"):
+        evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--reference", str(same)])

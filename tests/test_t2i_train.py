@@ -96,7 +96,7 @@ def test_sample_t2i_end_to_end(data_root, tmp_path):
 
 def test_commands_help():
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
-    for name in ("sample-t2i",):
+    for name, flag in (("sample-t2i", "--prompts"), ("cache-captions", "--text-features"), ("evaluate-t2i", "--clip")):
         done = subprocess.run([sys.executable, "-m", "lightning_modules", name, "--help"], env=env,
                               capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0 and "--prompts" in done.stdout
+        assert done.returncode == 0 and flag in done.stdout, done.stderr

@@ -19,9 +19,10 @@ from pathlib import Path
 from datamodules.captions import EMPTY_CAPTION_POLICIES, CaptionFolderSource, iter_caption_shards, read_captions_jsonl
 from datamodules.captions_cache import write_caption_sidecar
 from datamodules.captions_datamodule import _shards
+from vfmvae.commands._errors import run_cli
 from vfmvae.text import TextCondition, build_text_encoder
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.source == "folder":
         # Raw captions: the sidecar applies cleaning and the policy per latent row.
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = write_caption_sidecar(args.cache, captions, empty_caption=args.empty_caption, **kwargs)
     print(f"cache-captions: {manifest['num_kept']} of {manifest['num_latents']} latents captioned -> {args.cache}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae cache-captions")
 
 
 if __name__ == "__main__":

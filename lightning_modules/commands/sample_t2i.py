@@ -24,6 +24,7 @@ from lightning.pytorch import Trainer
 
 from callbacks.sample_writer import SampleWriter
 from lightning_modules.sampling import SampleDataModule, SampleModule
+from vfmvae.commands._errors import InputError, run_cli
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
@@ -33,7 +34,7 @@ from vfmvae.utils.sample_store import SEED_RULE, check_resume, write_json_atomic
 
 log = logging.getLogger("sample_t2i")
 
-__all__ = ["build_parser", "main", "read_prompts"]
+__all__ = ["build_parser", "main", "run", "read_prompts"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -80,16 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if min(args.per_prompt, args.chunk_size, args.batch_size) < 1:
-        raise SystemExit("sample-t2i: --per-prompt, --chunk-size and --batch-size must be >= 1")
+        raise InputError("--per-prompt, --chunk-size and --batch-size must be >= 1")
     prompts = read_prompts(args.prompts)
     with trusting_pickles(args.trust_pickle):
         net, family, net_record, train_prov = load_sampling_network(args.ckpt, None, args.weights)
     if not hasattr(net.condition, "prompts"):
-        raise SystemExit(f"sample-t2i: {args.ckpt} holds a {family} network, not a text-conditioned one")
+        raise InputError(f"{args.ckpt} holds a {family} network, not a text-conditioned one")
     net.condition.prompts = tuple(prompts)  # "balanced" draws: image i gets prompt i mod P
     tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
     decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     check_resume(out, to_jsonable(provenance))
     if json.loads((out / "sampling.json").read_text()).get("prompts") != prompts:
-        raise SystemExit(f"sample-t2i: {out} holds samples of other prompts; use a new --out")
+        raise InputError(f"{out} holds samples of other prompts; use a new --out")
     listing = out / "prompts.jsonl"
     if not listing.is_file():
         rows = [{"index": i, "prompt_index": i % len(prompts), "prompt": prompts[i % len(prompts)]}
@@ -129,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if writer.npz_path is not None:
         print(f"sample-t2i: {num_images} images for {len(prompts)} prompts -> {writer.npz_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae sample-t2i")
 
 
 if __name__ == "__main__":

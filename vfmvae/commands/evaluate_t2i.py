@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vfmvae.commands._errors import InputError, run_cli
 from vfmvae.metrics.adm_suite import IMAGE_SUFFIXES
 from vfmvae.metrics.frechet import compute_statistics
 from vfmvae.metrics.inception import AdmInceptionFeatures, extract_features
 
-__all__ = ["build_parser", "main", "load_reference", "load_samples"]
+__all__ = ["build_parser", "main", "run", "load_reference", "load_samples"]
 
 
 def load_samples(folder: Path) -> tuple[np.ndarray, list[str]]:
@@ -66,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     samples_dir = Path(args.samples)
     images, prompts = load_samples(samples_dir)
     result: dict[str, float | int | str] = {"num_samples": len(images), "samples": str(samples_dir)}
     if (args.reference is None) != (args.inception_weights is None):
-        raise SystemExit("evaluate-t2i: FID needs both --reference and --inception-weights")
+        raise InputError("FID needs both --reference and --inception-weights")
     if args.reference is not None:
         reference = load_reference(Path(args.reference), images.shape[1])
         extractor = AdmInceptionFeatures(args.inception_weights).eval()
@@ -86,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         result["clip_score"] = clip_score(args.clip, torch.from_numpy(images).permute(0, 3, 1, 2), prompts,
                                           args.batch_size)
     if len(result) == 2:
-        raise SystemExit("evaluate-t2i: nothing to compute: give --reference + --inception-weights and/or --clip")
+        raise InputError("nothing to compute: give --reference + --inception-weights and/or --clip")
     out = Path(args.out) if args.out else samples_dir / "metrics_t2i.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae evaluate-t2i")
 
 
 if __name__ == "__main__":
