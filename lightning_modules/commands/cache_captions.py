@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-features", action="store_true", help="also store SigLIP2 text-tower features")
     ap.add_argument("--text-encoder-path", help="SigLIP2 folder (model + tokenizer); none = the random debug tower")
     ap.add_argument("--text-encoder-preset", default="debug")
-    ap.add_argument("--max-length", type=int, default=64, help="prompt tokens (SigLIP2: 64)")
+    ap.add_argument("--max-length", type=int, help="prompt tokens (default: the tower's positions, 64 for SigLIP2)")
     return ap
 
 
@@ -50,9 +50,9 @@ def run(argv: list[str] | None = None) -> int:
     if args.text_features:
         encoder, tokenizer = build_text_encoder("siglip_text", args.text_encoder_path, args.text_encoder_preset)
         kwargs = dict(
-            text_encoder=encoder, encode_prompts=TextCondition(tokenizer, args.max_length).encode,
+            text_encoder=encoder, encode_prompts=TextCondition(tokenizer, args.max_length or encoder.length).encode,
             encoder_record={"kind": "siglip_text", "path": args.text_encoder_path, "preset": args.text_encoder_preset,
-                            "max_length": args.max_length},
+                            "max_length": args.max_length or encoder.length},
         )
     manifest = write_caption_sidecar(args.cache, captions, empty_caption=args.empty_caption, **kwargs)
     print(f"cache-captions: {manifest['num_kept']} of {manifest['num_latents']} latents captioned -> {args.cache}")
