@@ -8,9 +8,9 @@ per line, or a ``.jsonl`` with ``prompt``/``caption``/``text``), written as ``im
 listed in ``prompts.jsonl`` (``{"index", "prompt_index", "prompt"}``), so evaluation tools pair images
 and prompts. Sampling is the network's paper sampler (``lightningdit-cfg-allchannels``: Euler ODE, CFG on
 every channel where t >= 0.125; ``--cfg-scale 1`` without CFG) through the same Lightning ``predict``
-run as `scripts/sample.py` (`lightning_modules.sampling`): chunks, seeds from (seed, first image index),
+run as `vfmvae sample` (`lightning_modules.sampling`): chunks, seeds from (seed, first image index),
 a second run with the same settings resumes and redoes nothing finished (docs/design.md, "Sampling and
-guidance"; docs/text_to_image.md, "Sampling").
+guidance"; docs/text_to_image.md, "Training and sampling").
 """
 
 from __future__ import annotations
