@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
 LABEL_TYPES = (None, "text", "cls2text", "cls2id")
 TEXT_LABEL_TYPES = ("text", "cls2text")
 
