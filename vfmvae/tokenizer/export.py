@@ -44,6 +44,8 @@ WEIGHTS_NAME = "model.safetensors"
 VFM_WEIGHTS_NAME = "vfm.safetensors"
 ENCODER_PREFIXES = ("head.",)  # encoder-side keys, skipped by decoder-only loading
 VFM_PREFIX = "vfm."
+TEXT_PREFIX = "text_encoder."  # the frozen text tower of a text-conditional decoder (docs/conditional.md)
+FROZEN_PREFIXES = (VFM_PREFIX, TEXT_PREFIX)
 
 
 def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
@@ -64,9 +66,11 @@ def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
 
 
 def _weights_state(model: VFMVAE) -> dict[str, torch.Tensor]:
-    """Everything but the VFM, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
+    """Everything but the frozen towers, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
     return {
-        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(VFM_PREFIX)
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith(FROZEN_PREFIXES)
     }
 
 
@@ -127,6 +131,10 @@ def save_pretrained(
             atomic_write(out / VFM_WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(vfm_state)))
         elif (out / VFM_WEIGHTS_NAME).exists():
             (out / VFM_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
+    if model.text_encoder is not None:
+        from .export_text import save_text_record
+
+        record["text_encoder"] = save_text_record(model, out, _safetensors_bytes)
     atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(state, {"weights_sha256": digest})))
     atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(record, indent=2).encode()))
     return record
@@ -191,12 +199,14 @@ def from_pretrained(
     vfm_pretrained: str | os.PathLike | None = None,
     verify_vfm: bool = True,
     map_location: str | torch.device = "cpu",
+    text_pretrained: str | os.PathLike | None = None,
 ) -> VFMVAE:
     """Load an export folder as a `VFMVAE` in eval mode.
 
     `decoder_only=True` builds only the decoder (no VFM, no head; diffusion decoding).
     `vfm_pretrained` overrides the recorded VFM location; the VFM weights hash is checked unless
-    `verify_vfm=False`. The exported weights are checked against `weights_sha256`.
+    `verify_vfm=False`. The exported weights are checked against `weights_sha256`. A text-conditional
+    export rebuilds its text tower the same way (`text_pretrained` overrides the recorded folder).
     """
     from safetensors.torch import load_file
 
@@ -217,9 +227,13 @@ def from_pretrained(
         state = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)}
         source = None
     else:
+        from .export_text import load_text_record
+
         vfm, source = _build_vfm(record, directory, vfm_pretrained, verify_vfm)
-        model = VFMVAE(cfg, vfm=vfm)
-    own = {k for k in model.state_dict() if not k.startswith(VFM_PREFIX)}
+        text, text_source = load_text_record(record, directory, text_pretrained, verify_vfm)
+        model = VFMVAE(cfg, vfm=vfm, text_encoder=text)
+        model.text_pretrained = text_source
+    own = {k for k in model.state_dict() if not k.startswith(FROZEN_PREFIXES)}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
         raise KeyError(

@@ -91,6 +91,7 @@ class VFMVAE(nn.Module):
             self.vfm.requires_grad_(False)
             self.vfm.eval()
         self.text_encoder: nn.Module | None = None
+        self.text_pretrained = None if text_pretrained is None else str(text_pretrained)  # recorded by exports
         if cfg.uses_text and (text_encoder is not None or not decoder_only):
             self.text_encoder = text_encoder if text_encoder is not None else _build_text_encoder(cfg, text_pretrained)
             if getattr(self.text_encoder, "hidden_size", cfg.text_dim) != cfg.text_dim:

@@ -117,9 +117,10 @@ def from_official(
         if vfm is None:
             vfm = _build_vfm_for(cfg, family, vfm_config, vfm_pretrained, vfm_dtype)
         _check_vfm_fits(vfm, cfg)
+        text_source = vfm_pretrained if cfg.uses_text and text_encoder is None else None
         if cfg.uses_text and text_encoder is None:
             text_encoder = _build_text_tower_for(cfg, vfm_config, vfm_pretrained, vfm_dtype)
-        model = VFMVAE(cfg, vfm=vfm, text_encoder=text_encoder)
+        model = VFMVAE(cfg, vfm=vfm, text_encoder=text_encoder, text_pretrained=text_source)
     mapped = convert_state_dict(sd, model, decoder_only=decoder_only)
     model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict
     if not decoder_only and has_vfm_weights:
