@@ -20,13 +20,15 @@ frozen tower; class ids come from `"label"`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vfmvae.vfm.siglip2_text import TextCondition, tokenize
+from vfmvae.codec import uint8_to_unit
+from vfmvae.vfm.siglip2_text import TextCondition, load_text_tokenizer, tokenize
 
 from .config import VFMVAEConfig
 from .layers import EqualizedLinear
@@ -99,11 +101,22 @@ def check_condition(cfg: VFMVAEConfig, batch: int, text: Any, class_labels: Any)
     return None
 
 
+def batch_images01(batch: Mapping[str, Any] | torch.Tensor) -> torch.Tensor:
+    """Training images in [0, 1]: uint8 batches (the data modules) or float ones (tests)."""
+    images = batch["image"] if isinstance(batch, Mapping) else batch
+    if images.dtype == torch.uint8:
+        return uint8_to_unit(images)
+    if not images.is_floating_point():
+        raise TypeError(f"tokenizer batches must be uint8 or float images in [0, 1], got {images.dtype}")
+    return images
+
+
 class BatchConditioner:
     """Batch -> decoder condition kwargs (`text=` or `class_labels=`) for a conditional tokenizer.
 
-    `tokenizer`: the text tower's Hugging Face tokenizer (text modes), e.g. from
-    `vfmvae.vfm.siglip2_text.load_text_tokenizer(<SigLIP2 folder>)`.
+    `tokenizer`: the text tower's Hugging Face tokenizer (text modes), or the local folder it loads from
+    (`vfmvae.vfm.siglip2_text.load_text_tokenizer`) at the first batch, so that a data module's
+    `prepare_data` may write it (the CPU demo).
     """
 
     def __init__(self, cfg: VFMVAEConfig, tokenizer=None):
@@ -127,13 +140,24 @@ class BatchConditioner:
             raise KeyError(f"a {self.cfg.label_type!r} tokenizer trains on {source}; the batch has no {key!r}")
         return list(batch[key])
 
-    def __call__(self, model, batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    def __call__(self, model, batch: Mapping[str, Any] | torch.Tensor, device: torch.device) -> dict[str, Any]:
+        if not isinstance(batch, Mapping):
+            raise TypeError("a conditional tokenizer trains on dict batches with its condition (caption / label)")
         if not self.cfg.uses_text:
             if "label" not in batch:
                 raise KeyError("a 'cls2id' tokenizer trains on class ids: the batch has no 'label'")
             return {"class_labels": batch["label"].to(device)}
+        if isinstance(self.tokenizer, (str, os.PathLike)):
+            self.tokenizer = load_text_tokenizer(self.tokenizer)
         ids, mask = tokenize(self.tokenizer, self.texts(batch), self.cfg.text_max_length, device)
         return {"text": model.encode_text(ids, mask)}
 
 
-__all__ = ["BATCH_TEXT_KEYS", "BatchConditioner", "ClassEmbedding", "as_text_condition", "check_condition"]
+__all__ = [
+    "BATCH_TEXT_KEYS",
+    "BatchConditioner",
+    "batch_images01",
+    "ClassEmbedding",
+    "as_text_condition",
+    "check_condition",
+]

@@ -171,6 +171,9 @@ class SiglipTextTower(nn.Module):
             )
         if input_ids.shape[1] > self.max_length:
             raise ValueError(f"encode_text: {input_ids.shape[1]} tokens > the tower's {self.max_length} positions")
+        vocab = int(self.backbone.config.vocab_size)
+        if input_ids.device.type == "cpu" and input_ids.numel() and int(input_ids.max()) >= vocab:
+            raise ValueError(f"encode_text: token id {int(input_ids.max())} >= the tower's vocabulary of {vocab}")
         dtype = _DTYPES[self.compute_dtype]
         device_type = input_ids.device.type
         # Own precision, independent of the ambient autocast (docs/design.md, "Precision policy").
@@ -241,6 +244,25 @@ def tokenize(
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+def write_word_level_tokenizer(folder: str | os.PathLike, texts: Sequence[str]) -> Path:
+    """A tiny offline Hugging Face tokenizer for debug text towers: lower-cased words of `texts` split on
+    whitespace, `</s>` appended, `<pad>` = 0, `<unk>` = 1, `</s>` = 2 (the `vfmvae_cond_text_tiny` layout);
+    saved with `save_pretrained` into `folder` (loadable by `load_text_tokenizer`)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in normalizers.Lowercase().normalize_str(t).split()})
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "</s>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    folder = Path(folder)
+    fast.save_pretrained(str(folder))
+    return folder
+
+
 def load_official_text_state_dict(
     tower: SiglipTextTower, state_dict: Mapping[str, torch.Tensor], prefix: str = "vfm_encoder.encoder.text_model."
 ) -> None:
@@ -277,4 +299,5 @@ __all__ = [
     "load_text_tokenizer",
     "text_preset_for",
     "tokenize",
+    "write_word_level_tokenizer",
 ]
