@@ -73,13 +73,16 @@ def as_text_condition(text: Any) -> TextCondition:
     return TextCondition(tokens, pooled, mask.bool())
 
 
-def check_condition(cfg: VFMVAEConfig, batch: int, text: Any, class_labels: Any) -> TextCondition | None:
-    """The decoder's condition for `cfg.label_type`, checked (one-line errors naming what to pass)."""
+def check_condition(
+    cfg: VFMVAEConfig, batch: int, text: Any, class_labels: Any, device: torch.device | None = None
+) -> tuple[TextCondition | None, torch.Tensor | None]:
+    """`(text, class_labels)` for `cfg.label_type`, checked (one-line errors naming what to pass); class ids
+    may be given as a list."""
     kind = cfg.label_type
     if kind is None:
         if text is not None or class_labels is not None:
             raise ValueError("this tokenizer is unconditional (label_type None): pass neither text nor class_labels")
-        return None
+        return None, None
     if cfg.uses_text:
         if class_labels is not None:
             raise ValueError(f"a {kind!r} decoder takes text=model.encode_text(...), not class_labels")
@@ -91,14 +94,15 @@ def check_condition(cfg: VFMVAEConfig, batch: int, text: Any, class_labels: Any)
             raise ValueError(
                 f"text condition {tuple(cond.tokens.shape)} does not fit a batch of {batch} and text_dim {cfg.text_dim}"
             )
-        return cond
+        return cond, None
     if text is not None:
         raise ValueError("a 'cls2id' decoder takes class_labels (int64 ids), not text")
     if class_labels is None:
         raise ValueError("a 'cls2id' decoder needs class_labels: int64 class ids (B,)")
-    if class_labels.shape[0] != batch:
-        raise ValueError(f"class_labels has {class_labels.shape[0]} rows for a batch of {batch}")
-    return None
+    class_labels = torch.as_tensor(class_labels, device=device)
+    if class_labels.ndim == 0 or class_labels.shape[0] != batch:
+        raise ValueError(f"class_labels {tuple(class_labels.shape)} does not fit a batch of {batch}")
+    return None, class_labels
 
 
 def batch_images01(batch: Mapping[str, Any] | torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, text=None, class_labels=None) -> DecoderOutput:
         """`text`: `VFMVAE.encode_text` output (text, cls2text); `class_labels`: int64 (B,) (cls2id)."""
         self._check(z)
-        text = check_condition(self.cfg, z.shape[0], text, class_labels)
+        text, class_labels = check_condition(self.cfg, z.shape[0], text, class_labels, z.device)
         z_lifted = self.lift_latent(z)
         z_pooled = F.adaptive_avg_pool2d(z_lifted, 1).flatten(1)
         pooled = None if text is None else text.pooled
