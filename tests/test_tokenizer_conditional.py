@@ -160,3 +160,33 @@ def test_paper_size_conditional_presets_on_meta():
     assert sum(p.numel() for p in syn.blocks[0].cross_attention.parameters()) == 2 * cross
     mapping = cls2id.decoder.mapping
     assert mapping.fc0.weight.shape == (512 + 1024, 512 + 1024) and mapping.embed.weight.shape == (1024, 1000)
+
+
+def test_text_tower_loads_from_a_local_siglip_folder_and_exports_by_reference(tmp_path):
+    from transformers import SiglipConfig, SiglipModel
+
+    from vfmvae.vfm.siglip2_text import build_text_tower
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    full = SiglipModel(SiglipConfig(text_config=TEXT_PRESETS["debug-siglip-text"]["hf"], vision_config=vision))
+    full.save_pretrained(tmp_path / "siglip")  # a full text + vision folder, as the released SigLIP2 ones
+    tower = build_text_tower("debug-siglip-text", pretrained=tmp_path / "siglip")
+    ids = torch.randint(3, 35, (2, 64), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(64) < torch.tensor([[5], [9]])).long()
+    ref = full.text_model(input_ids=ids, attention_mask=mask)
+    got = tower(ids, mask)
+    torch.testing.assert_close(got.tokens, ref.last_hidden_state, atol=0, rtol=0)
+    torch.testing.assert_close(got.pooled, ref.pooler_output, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="vocabulary of 35"):
+        tower(torch.full((1, 4), 40), torch.ones(1, 4))
+
+    model = VFMVAE("debug-text", text_encoder=tower, text_pretrained=tmp_path / "siglip").eval()
+    record = model.save_pretrained(tmp_path / "export")
+    assert not record["text_encoder"]["included"] and not (tmp_path / "export" / "text_encoder.safetensors").exists()
+    loaded = VFMVAE.from_pretrained(tmp_path / "export")
+    assert torch.equal(loaded.encode_text(ids, mask).pooled, got.pooled)
+    torch.manual_seed(5)
+    SiglipModel(full.config).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="differ from the ones the tokenizer was trained with"):
+        VFMVAE.from_pretrained(tmp_path / "export", text_pretrained=tmp_path / "other")

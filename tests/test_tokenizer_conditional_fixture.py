@@ -68,6 +68,9 @@ def test_family_and_config_translation(fixture):
     assert (cfg.num_ws, cfg.block_channels) == (d["num_ws"], d["block_channels"])
     assert [len(b.cross_attention) for b in model.decoder.synthesis.blocks] == [1, 1, 1, 0, 0, 0]
     assert config_from_official(g, meta["vfm_config"]).text_encoder == "debug-siglip-text"
+    assert config_from_official(g, meta["vfm_config"], vfm_family="siglip2_text") == cfg
+    with pytest.raises(ValueError, match="needs the SigLIP2 text tower"):
+        config_from_official(g, vfm_family="dinov2")
 
 
 def test_tokenizer_gives_the_official_ids(fixture, tmp_path):

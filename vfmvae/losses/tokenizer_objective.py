@@ -87,7 +87,11 @@ class TokenizerObjective:
         self.patchgan = patchgan
 
     def _forward_tokenizer(
-        self, model: nn.Module, images01: torch.Tensor, eq: EquivarianceSample, condition: Mapping[str, Any] | None
+        self,
+        model: nn.Module,
+        images01: torch.Tensor,
+        eq: EquivarianceSample,
+        condition: Mapping[str, Any] | None = None,
     ):
         posterior, feats = model.encode(transform_input(images01, eq), return_features=True)
         z = posterior.sample()

@@ -12,8 +12,8 @@ as the vision tower and encodes a batch of strings as
 
 under its bf16 autocast, the outputs cast to float32. Here the tokenisation (`load_text_tokenizer`,
 `tokenize`) is separate from the tower (`SiglipTextTower.forward(input_ids, attention_mask)`), so the
-model works on ids and data pipelines own the strings. Frozen as every VFM (docs/design.md, "Frozen
-networks"): no gradients, always in eval mode, local files only.
+model works on ids and data pipelines own the strings. Frozen as every VFM, no gradients, always in eval
+mode, local files only (docs/design.md, "Frozen networks").
 """
 
 from __future__ import annotations
