@@ -160,6 +160,7 @@ class BatchConditioner:
 __all__ = [
     "BATCH_TEXT_KEYS",
     "BatchConditioner",
+    "TextCondition",
     "batch_images01",
     "ClassEmbedding",
     "as_text_condition",
