@@ -116,6 +116,13 @@ def test_text_conditional_stage_runs_and_learns_from_captions(repo_root, tmp_pat
     assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)  # the text tower is frozen
     tok = json.loads((tmp_path / "data" / "tok" / "tokenizer.json").read_text())
     assert "astronaut" in tok["model"]["vocab"]  # built offline from the demo captions
+    # Checkpoints leave the frozen text tower out (with its hash) and fill it back in on load.
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("tokenizer.text_encoder.") for k in checkpoint["state_dict"])
+    assert checkpoint["tokenizer_training"]["frozen"]["text"]["num_tensors"] == len(frozen)
+    module.on_load_checkpoint(checkpoint)
+    assert all(torch.equal(checkpoint["state_dict"][f"tokenizer.{k}"], after[k]) for k in frozen)
 
 
 @pytest.mark.parametrize(("tokenizer", "condition"), [("debug-cls2id", "class_ids"), ("debug-cls2text", "class_names")])
