@@ -21,26 +21,32 @@ from vfmvae.provenance import state_dict_sha256
 TEXT_WEIGHTS_NAME = "text_encoder.safetensors"
 
 
-def save_text_record(model: nn.Module, out: Path, to_bytes: Callable) -> dict[str, Any]:
-    """Write (if needed) the text tower of `model` into `out`; returns its `config.json` record."""
-    from vfmvae.utils.checkpoint_io import atomic_write
-
+def text_record(model: nn.Module) -> dict[str, Any]:
+    """The `config.json` record of `model`'s text tower (nothing written)."""
     tower = model.text_encoder
     path = getattr(model, "text_pretrained", None)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in tower.state_dict().items()}
-    record = {
+    return {
         "preset": getattr(tower, "preset", None) or model.cfg.text_encoder,
         "hf_config": tower.hf_config_dict(),
         "compute_dtype": tower.compute_dtype,
         "pretrained": None if path is None else str(Path(path).expanduser().resolve()),
         "included": path is None,
-        "weights_sha256": state_dict_sha256(state),
+        "weights_sha256": state_dict_sha256(_state(tower)),
     }
-    if record["included"]:
-        atomic_write(out / TEXT_WEIGHTS_NAME, lambda f: f.write(to_bytes(state)))
+
+
+def write_text_weights(model: nn.Module, record: Mapping[str, Any] | None, out: Path, to_bytes: Callable) -> None:
+    """`text_encoder.safetensors` when the record says the tower is included; a stale copy is removed."""
+    from vfmvae.utils.checkpoint_io import atomic_write
+
+    if record is not None and record["included"]:
+        atomic_write(out / TEXT_WEIGHTS_NAME, lambda f: f.write(to_bytes(_state(model.text_encoder))))
     elif (out / TEXT_WEIGHTS_NAME).exists():
         (out / TEXT_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
-    return record
+
+
+def _state(tower: nn.Module) -> dict:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tower.state_dict().items()}
 
 
 def load_text_record(
@@ -76,4 +82,4 @@ def load_text_record(
     return tower, str(source)
 
 
-__all__ = ["TEXT_WEIGHTS_NAME", "load_text_record", "save_text_record"]
+__all__ = ["TEXT_WEIGHTS_NAME", "load_text_record", "text_record", "write_text_weights"]
