@@ -125,13 +125,12 @@ def test_text_conditional_stage_runs_and_learns_from_captions(repo_root, tmp_pat
     assert all(torch.equal(checkpoint["state_dict"][f"tokenizer.{k}"], after[k]) for k in frozen)
 
 
-@pytest.mark.parametrize(("tokenizer", "condition"), [("debug-cls2id", "class_ids"), ("debug-cls2text", "class_names")])
-def test_class_conditional_stages_run(repo_root, tmp_path, tokenizer, condition):
-    module, before, losses = _fit(repo_root, tmp_path, tokenizer, condition)
+def test_class_id_conditional_stage_runs_and_trains_the_class_embedding(repo_root, tmp_path):
+    # cls2text shares the text path above; its class names are checked in the data-module test below.
+    module, before, losses = _fit(repo_root, tmp_path, "debug-cls2id", "class_ids")
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     after = module.tokenizer.state_dict()
-    key = "decoder.mapping.embed.weight" if condition == "class_ids" else "decoder.mapping.fc0.weight"
-    assert not torch.equal(after[key], before[key])
+    assert not torch.equal(after["decoder.mapping.embed.weight"], before["decoder.mapping.embed.weight"])
 
 
 def test_data_module_yields_names_and_captions(tmp_path):
