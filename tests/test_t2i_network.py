@@ -106,3 +106,21 @@ def test_paper_config_builds_on_meta():
     frozen = sum(p.numel() for p in net.text_encoder.frozen.parameters())
     assert net.latent_shape == (32, 16, 16) and net.num_blocks == 28
     assert 7e8 < trainable < 1.2e9 and frozen > 3e9  # XL/1 + cross-attention; a 3B-class frozen LM
+
+
+def test_repa_projector_for_the_alignment_callback():
+    from vfmvae.transport import DiffusionObjective, TransportConfig
+
+    torch.manual_seed(0)
+    net = build_diffusion_network("text_dit", "debug", {"input_size": 4, "num_queries": 3}, repa_encoder_depth=1,
+                                  repa_projector_dim=32, repa_z_dim=24).train()
+    assert net.alignment_dim == 24
+    targets = torch.randn(2, 16, 24)  # what the joint-alignment callback writes: one target per patch token
+    alignment = {"proj_targets": [targets], "cls_target": None, "proj_weight": 0.5, "cls_weight": 0.0}
+    terms = DiffusionObjective.from_transport(TransportConfig())(
+        net, torch.randn(2, 8, 4, 4), net.condition.encode(["a cat", "a dog"]), alignment
+    )
+    assert "proj" in terms and -1.0 <= float(terms["proj"]) <= 1.0
+    terms["total"].backward()
+    assert net.projectors[0][0].weight.grad.abs().sum() > 0
+    assert "projector_0" in net.block_features(torch.randn(1, 8, 4, 4), torch.rand(1), net.condition.null(1, "cpu"))
