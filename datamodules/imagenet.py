@@ -92,6 +92,7 @@ class ImageNetDataConfig:
     return_images: bool = False  # also yield the cached uint8 crops (REG's DINOv2 targets)
     expected_latent_shape: tuple[int, int, int] | None = None
     expected_tokenizer_hash: str | None = None
+    latent_verify: bool = False  # check every shard's sha256 and values against the manifest (reads the whole cache)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -245,6 +246,8 @@ class ImageNetDataModule(L.LightningDataModule):
             seed=cfg.seed,
             expected_latent_shape=cfg.expected_latent_shape,
             expected_tokenizer_hash=cfg.expected_tokenizer_hash,
+            stats_cache=cfg.latent_root,  # held-out latents are normalised with the training cache's statistics
+            verify=cfg.latent_verify,
         )
         rank, world = self._rank_world()
         sampler = ResumableDistributedSampler(

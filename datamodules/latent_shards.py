@@ -13,6 +13,10 @@ horizontal flip), `label` `(n,)` int64 and optionally `image` `(n, 3, H, W)` uin
 computes its DINOv2 targets from pixels). Each shard is written under a temporary name and renamed, then its
 sidecar likewise; a shard counts as finished only when its sidecar exists and the checksum matches, so a
 crashed run redoes exactly the partial shards.
+
+Reading checks every shard's size and tensors against its header and the manifest (`check_shard`, cheap: the
+header only) and, on request, its checksum and values; a damaged shard is a one-line `CorruptCacheError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ MANIFEST = "manifest.json"
 STATS = "latents_stats.pt"
 FORMAT_VERSION = 1
 MOMENT_KEYS = ("mean", "logvar", "mean_flip", "logvar_flip")
+REDO_SHARD = (
+    "delete it and its .json sidecar, then run cache-latents again on the same folder (finished shards are kept)"
+)
+
+
+class CorruptCacheError(ValueError):
+    """A shard of the latent cache is missing, truncated, altered or holds non-finite values (one line, names the file)."""
 
 
 def shard_name(index: int) -> str:
@@ -157,6 +168,60 @@ class ShardReader:
 
     def __getstate__(self):
         return {"path": self.path, "_handle": None}
+
+
+def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """``(data offset, tensor table)`` of a safetensors file from its header alone (no tensor is read)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > 100_000_000:
+            raise ValueError("not a safetensors file (header length is implausible)")
+        text = f.read(n)
+    if len(text) < n:
+        raise ValueError("the header is cut short")
+    table = json.loads(text)
+    table.pop("__metadata__", None)
+    return 8 + n, table
+
+
+def check_shard(
+    path: str | os.PathLike, count: int, latent_shape: Sequence[int], store_images: bool, sha256: str | None = None
+) -> None:
+    """Refuse a shard whose file does not hold ``count`` rows of the expected tensors (and, given ``sha256``,
+    whose bytes differ from that checksum) with a one-line `CorruptCacheError` naming the file."""
+    path = Path(path)
+    where = f"latent cache shard {path}"
+    if not path.is_file():
+        raise CorruptCacheError(f"{where}: missing; {REDO_SHARD}")
+    size = path.stat().st_size
+    try:
+        start, table = read_header(path)
+        end = start + max((int(t["data_offsets"][1]) for t in table.values()), default=0)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise CorruptCacheError(f"{where}: truncated or not a safetensors file ({err}); {REDO_SHARD}") from err
+    if size != end:
+        what = f"truncated ({size} of {end} bytes)" if size < end else f"{size - end} bytes longer than its data"
+        raise CorruptCacheError(f"{where}: {what}; {REDO_SHARD}")
+    expected = {name: [count, *latent_shape] for name in MOMENT_KEYS} | {"label": [count]}
+    for name, shape in expected.items():
+        got = table.get(name, {}).get("shape")
+        if got != shape:
+            raise CorruptCacheError(
+                f"{where}: tensor '{name}' has shape {got}, the manifest says {shape}; {REDO_SHARD}"
+            )
+    if store_images and (table.get("image", {}).get("shape") or [None])[0] != count:
+        raise CorruptCacheError(f"{where}: no 'image' rows for its {count} keys; {REDO_SHARD}")
+    if sha256 is not None and (got := sha256_file(path)) != sha256:
+        raise CorruptCacheError(f"{where}: sha256 {got[:12]} differs from the manifest's {sha256[:12]}; {REDO_SHARD}")
+
+
+def nonfinite_rows(reader: ShardReader, name: str) -> list[int]:
+    """Rows of tensor ``name`` holding NaN or infinity (reads the whole tensor)."""
+    t = reader.tensor(name)
+    return torch.nonzero(~torch.isfinite(t.flatten(1)).all(dim=1)).flatten().tolist()
 
 
 def load_manifest(root: str | os.PathLike) -> dict[str, Any]:

@@ -49,7 +49,8 @@ from scripts.errors import InputError, add_trust_pickle_argument, run_cli  # noq
 from vfmvae.dit.loading import load_sampling_network  # noqa: E402
 from vfmvae.dit.registry import network_families  # noqa: E402
 from vfmvae.provenance import state_dict_sha256, to_jsonable  # noqa: E402
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats  # noqa: E402
+from vfmvae.provenance_checks import sampling_inputs  # noqa: E402
+from vfmvae.tokenizer.loading import load_decoder  # noqa: E402
 from vfmvae.transport.sampling import sampler_config  # noqa: E402
 from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
 from vfmvae.utils.sample_store import SEED_RULE, check_resume  # noqa: E402
@@ -126,14 +127,9 @@ def _load_inputs(args: argparse.Namespace):
     )
     tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
     decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
-    export_hash = (getattr(decoder, "export_record", None) or {}).get("weights_sha256")
-    cache_hash = (train_prov.get("tokenizer") or {}).get("weights_sha256")
-    if export_hash and cache_hash and export_hash != cache_hash and not args.allow_tokenizer_mismatch:
-        raise ValueError(
-            f"the network was trained on latents of tokenizer {cache_hash[:12]}, but --tokenizer is {export_hash[:12]}; "
-            "decode with the same tokenizer (or pass --allow-tokenizer-mismatch)"
-        )
-    normalizer = load_latent_stats(args.latent_stats, train_prov.get("latent_stats"))
+    normalizer, export_hash, cache_hash = sampling_inputs(
+        decoder, train_prov, args.latent_stats, args.allow_tokenizer_mismatch
+    )
     if normalizer.num_channels != net.latent_shape[0]:
         raise ValueError(
             f"latent statistics have {normalizer.num_channels} channels, the network {net.latent_shape[0]}"
