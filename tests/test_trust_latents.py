@@ -181,3 +181,38 @@ def test_training_refuses_a_cache_with_more_classes_than_the_network(cache):
     with pytest.raises(ValueError, match="records 10 classes, but the network has num_classes=2"):
         trainer.fit(module, datamodule=ImageNetDataModule(config))
     assert trainer.global_step == 0
+
+
+class BlackIsNaN(torch.nn.Module):
+    """A stand-in f8 encoder whose moments are infinite for an all-black image (log of its zero brightness)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 8, stride=8)
+
+    def encode(self, images_01):
+        from vfmvae.tokenizer.posterior import DiagonalGaussian
+
+        brightness = images_01.mean(dim=(1, 2, 3)).log().view(-1, 1, 1, 1)
+        return DiagonalGaussian(self.conv(images_01) + brightness)
+
+
+def test_cache_writer_records_an_image_with_non_finite_moments_as_bad(tmp_path):
+    """Otherwise the shard is written with NaNs, and caching again (the fix for a bad shard) writes them again."""
+    from lightning_modules.latent_cache import LatentShardWriter, cache_latents
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        folder = tmp_path / "images" / f"n{i % 2:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(1, 256, (8, 8, 3), dtype=np.uint8) if i != 2 else np.zeros((8, 8, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"k{i:03d}.png")
+    data = LatentCacheDataModule(str(tmp_path / "images"), str(tmp_path / "cache"), image_size=8, shard_size=2)
+    writer = LatentShardWriter(provenance={"tokenizer": {"weights_sha256": "t"}, "num_classes": 2})
+    cache_latents(BlackIsNaN(), data, writer, accelerator="cpu", devices=1, enable_progress_bar=False)
+    manifest = _manifest(tmp_path / "cache")
+    assert manifest["num_written"] == 3 and [b["key"] for b in manifest["bad"]] == ["k002"]
+    assert "non-finite" in manifest["bad"][0]["reason"]
+    ds = LatentDataset(tmp_path / "cache", verify=True)
+    assert sorted(ds[i]["key"] for i in range(len(ds))) == ["k000", "k001", "k003"]
