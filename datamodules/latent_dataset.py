@@ -127,7 +127,9 @@ class LatentDataset(_EpochMixin, Dataset):
         path = Path(stats_path) if stats_path is not None else stats_cache / STATS
         normalizer = LatentNormalizer.load(path)
         if normalizer.num_channels != self.latent_shape[0]:
-            raise ValueError(f"statistics have {normalizer.num_channels} channels, the cache {self.latent_shape[0]}")
+            raise ValueError(
+                f"{path}: statistics have {normalizer.num_channels} channels, the cache {self.latent_shape[0]}"
+            )
         owner = self.manifest if stats_cache == self.root else load_manifest(stats_cache)
         check_latent_stats(
             normalizer,
@@ -149,6 +151,8 @@ class LatentDataset(_EpochMixin, Dataset):
                 self.latent_shape,
                 bool(self.manifest.get("store_images")),
                 s.get("sha256") if verify else None,
+                index=s["index"],
+                tokenizer_sha256=(self.manifest.get("tokenizer") or {}).get("weights_sha256"),
             )
             if verify:
                 for name in MOMENT_KEYS:

@@ -120,7 +120,10 @@ def write_shard(
             raise ValueError(f"shard {index}: tensor '{name}' has {tensors[name].shape[0]} rows for {n} keys")
     path = root / shard_name(index)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write_bytes(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata or {}))
+    # The header says which shard this is (and, from the writer, of which tokenizer): a swapped or foreign shard
+    # is then caught by `check_shard` from the header alone.
+    metadata = {"index": str(index), **(metadata or {})}
+    _atomic_write_bytes(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
     record = ShardRecord(index=index, count=n, sha256=sha256_file(path), keys=list(keys), bad=list(bad))
     write_json_atomic(root / sidecar_name(index), record.to_json())
     return record
@@ -170,8 +173,8 @@ class ShardReader:
         return {"path": self.path, "_handle": None}
 
 
-def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """``(data offset, tensor table)`` of a safetensors file from its header alone (no tensor is read)."""
+def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``(data offset, tensor table, metadata)`` of a safetensors file from its header alone (no tensor is read)."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -183,28 +186,43 @@ def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
     if len(text) < n:
         raise ValueError("the header is cut short")
     table = json.loads(text)
-    table.pop("__metadata__", None)
-    return 8 + n, table
+    metadata = table.pop("__metadata__", None) or {}
+    return 8 + n, table, metadata
 
 
 def check_shard(
-    path: str | os.PathLike, count: int, latent_shape: Sequence[int], store_images: bool, sha256: str | None = None
+    path: str | os.PathLike,
+    count: int,
+    latent_shape: Sequence[int],
+    store_images: bool,
+    sha256: str | None = None,
+    index: int | None = None,
+    tokenizer_sha256: str | None = None,
 ) -> None:
-    """Refuse a shard whose file does not hold ``count`` rows of the expected tensors (and, given ``sha256``,
-    whose bytes differ from that checksum) with a one-line `CorruptCacheError` naming the file."""
+    """Refuse a shard whose file does not hold ``count`` rows of the expected tensors, whose header names another
+    shard ``index`` or tokenizer, or (given ``sha256``) whose bytes differ from that checksum: a one-line
+    `CorruptCacheError` naming the file. Shards written before the header recorded index and tokenizer pass."""
     path = Path(path)
     where = f"latent cache shard {path}"
     if not path.is_file():
         raise CorruptCacheError(f"{where}: missing; {REDO_SHARD}")
     size = path.stat().st_size
     try:
-        start, table = read_header(path)
+        start, table, metadata = read_header(path)
         end = start + max((int(t["data_offsets"][1]) for t in table.values()), default=0)
     except (ValueError, KeyError, TypeError, OSError) as err:
         raise CorruptCacheError(f"{where}: truncated or not a safetensors file ({err}); {REDO_SHARD}") from err
     if size != end:
         what = f"truncated ({size} of {end} bytes)" if size < end else f"{size - end} bytes longer than its data"
         raise CorruptCacheError(f"{where}: {what}; {REDO_SHARD}")
+    if index is not None and metadata.get("index", str(index)) != str(index):
+        raise CorruptCacheError(f"{where}: holds the rows of shard {metadata['index']}, not {index}; {REDO_SHARD}")
+    written_by = metadata.get("tokenizer_sha256")
+    if tokenizer_sha256 and written_by and written_by != tokenizer_sha256:
+        raise CorruptCacheError(
+            f"{where}: written by tokenizer {written_by[:12]}, the manifest's is {tokenizer_sha256[:12]} "
+            f"(a shard of another cache); {REDO_SHARD}"
+        )
     expected = {name: [count, *latent_shape] for name in MOMENT_KEYS} | {"label": [count]}
     for name, shape in expected.items():
         got = table.get(name, {}).get("shape")
@@ -228,7 +246,16 @@ def load_manifest(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"latent cache manifest not found: {path} (run `make cache-latents` first)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported latent cache format {manifest.get('format_version')}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptCacheError(
+            f"{path}: not a readable manifest ({err}); run cache-latents again to rewrite it"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ValueError(f"{path}: unsupported latent cache format {version}")
+    for key in ("latent_shape", "shards"):
+        if key not in manifest:
+            raise CorruptCacheError(f"{path}: no '{key}' entry; run cache-latents again to rewrite the manifest")
     return manifest

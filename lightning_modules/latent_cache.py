@@ -112,7 +112,9 @@ class LatentShardWriter(BasePredictionWriter):
         names = [*MOMENT_KEYS] + (["image"] if self.store_images else [])
         tensors = {name: _stack([r[name] for r in good], rows[0][name]) for name in names}
         tensors["label"] = torch.tensor([int(r["label"]) for r in good], dtype=torch.int64)
-        write_shard(dm.out_dir, k, tensors, [r["key"] for r in good], bad)
+        tokenizer = (self.provenance.get("tokenizer") or {}).get("weights_sha256")
+        metadata = {"tokenizer_sha256": str(tokenizer)} if tokenizer else None
+        write_shard(dm.out_dir, k, tensors, [r["key"] for r in good], bad, metadata)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._buffers:

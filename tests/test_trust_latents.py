@@ -37,7 +37,10 @@ def make_cache(root: Path, n: int = 10, shard_size: int = 4, seed: int = 0, num_
         tensors = {name: torch.randn(m, *LATENT, generator=g) + seed for name in ("mean", "mean_flip")}
         tensors |= {name: torch.full((m, *LATENT), -2.0) for name in ("logvar", "logvar_flip")}
         tensors["label"] = torch.tensor([r.label for r in records])
-        write_shard(dm.out_dir, k, tensors, [r.key for r in records])
+        # The tokenizer hash in each shard's header, as `LatentShardWriter` records it.
+        write_shard(
+            dm.out_dir, k, tensors, [r.key for r in records], metadata={"tokenizer_sha256": f"tokenizer-{seed}"}
+        )
     provenance = {"tokenizer": {"weights_sha256": f"tokenizer-{seed}"}, "num_classes": num_classes}
     finalize_cache(dm, store_images=False, stats_samples=100, seed=0, provenance=provenance)
     return dm.out_dir
@@ -214,5 +217,42 @@ def test_cache_writer_records_an_image_with_non_finite_moments_as_bad(tmp_path):
     manifest = _manifest(tmp_path / "cache")
     assert manifest["num_written"] == 3 and [b["key"] for b in manifest["bad"]] == ["k002"]
     assert "non-finite" in manifest["bad"][0]["reason"]
+    from datamodules.latent_shards import read_header
+
+    assert read_header(tmp_path / "cache" / shard_name(1))[2] == {"index": "1", "tokenizer_sha256": "t"}
     ds = LatentDataset(tmp_path / "cache", verify=True)
     assert sorted(ds[i]["key"] for i in range(len(ds))) == ["k000", "k001", "k003"]
+
+
+def test_a_swapped_shard_or_one_from_another_cache_is_refused_by_its_header(cache, two_caches):
+    a, b = cache / shard_name(0), cache / shard_name(1)  # both hold 4 rows: same sizes, same shapes
+    a.rename(cache / "x")
+    b.rename(a)
+    (cache / "x").rename(b)
+    with pytest.raises(ValueError, match=f"latent cache shard {a}: holds the rows of shard 1, not 0"):
+        LatentDataset(cache)
+    b.rename(cache / "x")
+    a.rename(b)
+    shutil.copy(two_caches[1] / shard_name(0), a)  # the same images encoded by another tokenizer
+    with pytest.raises(ValueError, match=f"{a}: written by tokenizer tokenizer-1, the manifest's is tokenizer-0"):
+        LatentDataset(cache)
+
+
+def test_a_damaged_manifest_or_statistics_file_is_named(cache, two_caches):
+    manifest = _manifest(cache)
+    (cache / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{cache / MANIFEST}: not a readable manifest"):
+        LatentDataset(cache)
+    del manifest["latent_shape"]
+    (cache / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"{cache / MANIFEST}: no 'latent_shape' entry"):
+        LatentDataset(cache)
+    other = cache / "other.pt"
+    for mean, std, message in [
+        (torch.zeros(8), torch.tensor([1.0] * 7 + [0.0]), "latent std must be positive"),
+        (torch.tensor([float("nan")] * 8), torch.ones(8), "latent statistics must be finite"),
+        (torch.zeros(4), torch.ones(4), "statistics have 4 channels, the cache 8"),
+    ]:
+        torch.save({"mean": mean.view(1, -1, 1, 1), "std": std.view(1, -1, 1, 1)}, other)
+        with pytest.raises(ValueError, match=f"{other}: {message}"):
+            LatentDataset(two_caches[0], stats_path=other)
