@@ -38,6 +38,7 @@ from vfmvae.utils.checkpoint_io import atomic_path
 MANIFEST = "manifest.json"
 STATS = "latents_stats.pt"
 FORMAT_VERSION = 1
+SHARD_METADATA = "vfmvae_shard"  # safetensors metadata entry: JSON {"index", ["tokenizer_sha256"]}
 MOMENT_KEYS = ("mean", "logvar", "mean_flip", "logvar_flip")
 REDO_SHARD = (
     "delete it and its .json sidecar, then run cache-latents again on the same folder (finished shards are kept)"
@@ -121,9 +122,10 @@ def write_shard(
     path = root / shard_name(index)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     # The header says which shard this is (and, from the writer, of which tokenizer): a swapped or foreign shard
-    # is then caught by `check_shard` from the header alone.
-    metadata = {"index": str(index), **(metadata or {})}
-    _atomic_write_bytes(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    # is then caught by `check_shard` from the header alone. One JSON entry with sorted keys: safetensors writes
+    # several metadata entries in no fixed order, and the shard's bytes (its checksum) must not depend on it.
+    header = {SHARD_METADATA: json.dumps({"index": index, **(metadata or {})}, sort_keys=True)}
+    _atomic_write_bytes(path, lambda tmp: save_file(contiguous, tmp, metadata=header))
     record = ShardRecord(index=index, count=n, sha256=sha256_file(path), keys=list(keys), bad=list(bad))
     write_json_atomic(root / sidecar_name(index), record.to_json())
     return record
@@ -173,8 +175,9 @@ class ShardReader:
         return {"path": self.path, "_handle": None}
 
 
-def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """``(data offset, tensor table, metadata)`` of a safetensors file from its header alone (no tensor is read)."""
+def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """``(data offset, tensor table, shard record)`` of a safetensors file from its header alone (no tensor is
+    read); the record is what `write_shard` stored (``{}`` for shards written before it stored one)."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -187,7 +190,7 @@ def read_header(path: str | os.PathLike) -> tuple[int, dict[str, Any], dict[str,
         raise ValueError("the header is cut short")
     table = json.loads(text)
     metadata = table.pop("__metadata__", None) or {}
-    return 8 + n, table, metadata
+    return 8 + n, table, json.loads(metadata.get(SHARD_METADATA, "{}"))
 
 
 def check_shard(
@@ -215,7 +218,7 @@ def check_shard(
     if size != end:
         what = f"truncated ({size} of {end} bytes)" if size < end else f"{size - end} bytes longer than its data"
         raise CorruptCacheError(f"{where}: {what}; {REDO_SHARD}")
-    if index is not None and metadata.get("index", str(index)) != str(index):
+    if index is not None and metadata.get("index", index) != index:
         raise CorruptCacheError(f"{where}: holds the rows of shard {metadata['index']}, not {index}; {REDO_SHARD}")
     written_by = metadata.get("tokenizer_sha256")
     if tokenizer_sha256 and written_by and written_by != tokenizer_sha256:

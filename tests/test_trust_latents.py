@@ -219,7 +219,7 @@ def test_cache_writer_records_an_image_with_non_finite_moments_as_bad(tmp_path):
     assert "non-finite" in manifest["bad"][0]["reason"]
     from datamodules.latent_shards import read_header
 
-    assert read_header(tmp_path / "cache" / shard_name(1))[2] == {"index": "1", "tokenizer_sha256": "t"}
+    assert read_header(tmp_path / "cache" / shard_name(1))[2] == {"index": 1, "tokenizer_sha256": "t"}
     ds = LatentDataset(tmp_path / "cache", verify=True)
     assert sorted(ds[i]["key"] for i in range(len(ds))) == ["k000", "k001", "k003"]
 
