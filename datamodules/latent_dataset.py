@@ -11,7 +11,7 @@ Randomness comes from a generator seeded by (seed, epoch, index), not from the w
 data a step sees does not depend on the number of workers and a mid-epoch resume sees exactly the same
 latents. When the cache stores pixels, the `image` is flipped together with its latent.
 
-What is checked (README, "What it trusts and what it checks"): at construction every shard's size and
+What is checked (docs/trust.md, "What it trusts and what it checks"): at construction every shard's size and
 tensor shapes against its header and the manifest, the statistics against the hash the manifest records
 (`vfmvae.provenance_checks`), and with ``verify`` every shard's checksum and values; at every access, that the
 latent is finite. A damaged cache is a one-line error naming the shard, never a silently skipped step.
