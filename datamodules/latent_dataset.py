@@ -41,7 +41,7 @@ from datamodules.latent_shards import (
     shard_name,
 )
 from vfmvae.codec import LatentNormalizer, channel_stats
-from vfmvae.provenance_checks import check_latent_stats
+from vfmvae.provenance_checks import check_latent_stats, warn_once
 
 POLICIES = ("lightningdit", "reg")
 
@@ -154,6 +154,12 @@ class LatentDataset(_EpochMixin, Dataset):
                 index=s["index"],
                 tokenizer_sha256=(self.manifest.get("tokenizer") or {}).get("weights_sha256"),
             )
+            if verify and not s.get("sha256"):
+                warn_once(
+                    f"checksum:{self.root}",
+                    f"{self.root / MANIFEST} records no checksum for shard {s['index']} (and maybe others): their "
+                    "bytes cannot be verified, only their values; run cache-latents again to record them",
+                )
             if verify:
                 for name in MOMENT_KEYS:
                     if rows := nonfinite_rows(reader, name):

@@ -256,3 +256,16 @@ def test_a_damaged_manifest_or_statistics_file_is_named(cache, two_caches):
         torch.save({"mean": mean.view(1, -1, 1, 1), "std": std.view(1, -1, 1, 1)}, other)
         with pytest.raises(ValueError, match=f"{other}: {message}"):
             LatentDataset(two_caches[0], stats_path=other)
+
+
+def test_verify_on_a_manifest_without_checksums_says_so(cache, caplog):
+    manifest = _manifest(cache)
+    for shard in manifest["shards"]:
+        del shard["sha256"]
+    (cache / MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        LatentDataset(cache, verify=True)
+    assert [r.getMessage() for r in caplog.records if "records no checksum" in r.getMessage()] == [
+        f"{cache / MANIFEST} records no checksum for shard 0 (and maybe others): their bytes cannot be verified, "
+        "only their values; run cache-latents again to record them"
+    ]
