@@ -268,6 +268,33 @@ def compute_latent_stats(
     return LatentNormalizer(mean, std)
 
 
+def latent_split(cfg: Any, train: bool) -> LatentDataset | None:
+    """The latents-mode dataset of the ImageNet DataModule's config (`ImageNetDataConfig`) for one split, or None.
+
+    The held-out cache (``latent_val_root``) is normalised with the training cache's statistics and must come
+    from the training cache's tokenizer and have its latent shape (unless the config names them).
+    """
+    root = cfg.latent_root if train else cfg.latent_val_root
+    if root is None:
+        return None
+    shape, tokenizer = cfg.expected_latent_shape, cfg.expected_tokenizer_hash
+    if not train:
+        reference = load_manifest(cfg.latent_root)
+        shape = shape or tuple(reference["latent_shape"])
+        tokenizer = tokenizer or (reference.get("tokenizer") or {}).get("weights_sha256")
+    return LatentDataset(
+        root,
+        policy=cfg.latent_policy,
+        stats_path=cfg.latent_stats_path,
+        return_images=cfg.return_images,
+        seed=cfg.seed,
+        expected_latent_shape=shape,
+        expected_tokenizer_hash=tokenizer,
+        stats_cache=cfg.latent_root,
+        verify=cfg.latent_verify,
+    )
+
+
 def find_latent_dataset(dm: Any) -> LatentDataset | None:
     """The `LatentDataset` a DataModule serves (``dm.latent_dataset`` or ``dm.dataset``), or ``None``.
 

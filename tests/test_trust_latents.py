@@ -269,3 +269,15 @@ def test_verify_on_a_manifest_without_checksums_says_so(cache, caplog):
         f"{cache / MANIFEST} records no checksum for shard 0 (and maybe others): their bytes cannot be verified, "
         "only their values; run cache-latents again to record them"
     ]
+
+
+def test_a_held_out_cache_is_normalised_and_checked_against_the_training_cache(two_caches):
+    a, b = two_caches
+    train_stats = torch.load(a / STATS, weights_only=True)
+    config = ImageNetDataConfig(mode="latents", latent_root=str(a), latent_val_root=str(a), val_split="val")
+    dm = ImageNetDataModule(config)
+    dm.setup("fit")
+    assert torch.equal(dm._splits["val"].dataset.normalizer.mean, train_stats["mean"])
+    config = ImageNetDataConfig(mode="latents", latent_root=str(a), latent_val_root=str(b), val_split="val")
+    with pytest.raises(ValueError, match=f"latent cache {b} was made by tokenizer tokenizer-1, but .* tokenizer-0"):
+        ImageNetDataModule(config).setup("fit")
