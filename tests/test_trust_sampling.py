@@ -1,4 +1,4 @@
-"""Sampling and sample grids decode only with the tokenizer and statistics the latents were made with."""
+"""Sampling (`vfmvae sample`) and sample grids decode only with the tokenizer and statistics the latents were made with."""
 
 from __future__ import annotations
 
@@ -83,8 +83,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_sample_command_refuses_statistics_the_network_was_not_trained_with(checkpoint, tmp_path, capsys):
-    from scripts.errors import run_cli
-    from scripts.sample import main
+    from lightning_modules.commands.sample import main
 
     trained = TinyLatentDataModule(n=4).dataset.normalizer  # what the checkpoint recorded
     other = tmp_path / "other_stats.pt"
@@ -92,11 +91,11 @@ def test_sample_command_refuses_statistics_the_network_was_not_trained_with(chec
     argv = ["--ckpt", str(checkpoint), "--weights", "raw", "--tokenizer", "none", "--tokenizer-preset", "debug"]
     argv += ["--out", str(tmp_path / "o"), "--num-images", "1", "--num-steps", "2"]
     with pytest.raises(SystemExit) as info:
-        run_cli(main, [*argv, "--latent-stats", str(other), "--accelerator", "cpu"], "sample.py")
+        main([*argv, "--latent-stats", str(other), "--accelerator", "cpu"])
     assert info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (
-        f"sample.py: error: latent statistics --latent-stats {other} (sha256 {_stats_hash(LatentNormalizer.load(other))[:12]}) "
+        f"vfmvae sample: error: latent statistics --latent-stats {other} (sha256 {_stats_hash(LatentNormalizer.load(other))[:12]}) "
         f"are not the ones recorded by the checkpoint (trained on memory) (sha256 {_stats_hash(trained)[:12]}): they "
         "come from another latent cache; omit --latent-stats to use the recorded statistics, or give "
         "memory/latents_stats.pt"
