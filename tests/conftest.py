@@ -1,7 +1,7 @@
 """Shared pytest setup.
 
 The hub variables must be set before transformers/timm/huggingface_hub are imported, otherwise
-the hub client retries HEAD requests for about a minute before failing (see ecosystem.md §1.2).
+the hub client retries HEAD requests for about a minute before failing (docs/design.md, "Frozen networks").
 """
 
 import os

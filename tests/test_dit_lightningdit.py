@@ -58,7 +58,8 @@ def test_fixed_tables_equal_the_stored_official_ones(official, model):
 
 
 def _official_forward_with_cfg(model, x, t, y, scale, cfg_interval=None, cfg_interval_start=None):
-    """Test-side restatement of the official quirk: guidance on channels 0-2 only (diffusion spec §6.3)."""
+    """Test-side restatement of the official quirk: guidance on channels 0-2 only
+    (docs/design.md, "Sampling and guidance")."""
     half = x[: len(x) // 2]
     out = model(torch.cat([half, half]), t, y)
     eps, rest = out[:, :3], out[:, 3:]
@@ -115,7 +116,7 @@ def test_xl1_parameter_count_on_meta():
         model = build_lightningdit("LightningDiT-XL/1")
     assert (model.config.in_channels, model.config.input_size) == (32, 16)
     assert _trainable(model) == 674_965_856
-    # 675.26 M including the frozen position table (diffusion spec §3.1).
+    # 675.26 M including the frozen position table (docs/design.md, "Diffusion networks and the network interface").
     assert _trainable(model) + model.pos_embed.numel() == 675_260_768
 
 
@@ -178,7 +179,7 @@ def test_zero_init_outputs_zero():
     model = build_lightningdit("debug").eval()
     x, t, y = _debug_batch(model)
     with torch.no_grad():
-        assert model(x, t, y).abs().max() == 0  # adaLN-Zero + zeroed head (DiT §3.2)
+        assert model(x, t, y).abs().max() == 0  # adaLN-Zero + zeroed head: the output is zero at initialisation
 
 
 def test_scalar_time_is_broadcast(model):

@@ -78,7 +78,8 @@ def test_xl1_parameter_counts_on_meta():
         model = build_sit_reg("SiT-XL/1-REG")
     assert _trainable(model) == 684_766_240
     projector = _trainable(model.projectors)
-    # 1152*2048 + 2048 + 2048*2048 + 2048 + 2048*768 + 768, i.e. 8.13 M (diffusion spec §3.1).
+    # 1152*2048 + 2048 + 2048*2048 + 2048 + 2048*768 + 768, i.e. 8.13 M
+    # (docs/design.md, "Diffusion networks and the network interface").
     assert projector == 1152 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768 == 8_131_328
 
 

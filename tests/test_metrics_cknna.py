@@ -19,7 +19,8 @@ def cases(fixtures_dir):
 
 
 def _dense_cknna_numpy(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """Spec diffusion.md §1.3 steps 3-7 written densely in float64 (independent of the sparse implementation)."""
+    """The CKNNA of (docs/design.md, "SE-CKNNA") written densely in float64 (independent of the sparse
+    implementation)."""
     n = a.shape[0]
     K, L = a @ a.T, b @ b.T
 

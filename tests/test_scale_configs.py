@@ -1,5 +1,5 @@
-"""Trainer/strategy YAMLs (issue 14): parsed by the real CLI, pieces instantiated (never run on GPU);
-the checkpoint policy (keep the last K, "best" only with a metric); one test per config error message."""
+"""Trainer/strategy YAMLs (docs/scale.md, "1. Strategies (`configs/trainer/`)"): parsed by the real CLI,
+pieces instantiated (never run on GPU); the checkpoint policy (keep the last K, "best" only with a metric); one test per config error message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Exact resume and the non-finite guard (issue 14), single process, CPU fp32.
+"""Exact resume and the non-finite guard (docs/scale.md, "3. Exact resume" and "6. Non-finite guard"),
+single process, CPU fp32.
 
 Resume: a run stopped after step k (mid-epoch) and resumed from its checkpoint must end with the
 same weights, EMA, optimiser state, guard / RNG state and data order as the uninterrupted run,

@@ -1,5 +1,5 @@
-"""SE-CKNNA probe callback (issue 13): per-block CKNNA of REG / LightningDiT on a fixed probe set, tokenizer
-SE-CKNNA per condition, TensorBoard scalars + heat-map read back from the event file, checkpoint restore.
+"""SE-CKNNA probe callback (docs/design.md, "SE-CKNNA"): per-block CKNNA of REG / LightningDiT on a fixed
+probe set, tokenizer SE-CKNNA per condition, TensorBoard scalars + heat-map read back from the event file, checkpoint restore.
 
 Expected values are recomputed independently: the networks are run by hand (hooks-free `return_hidden`) at the
 probe's noise level 0 (x_t = x, so no noise draw is involved; REG time 0, LightningDiT time 1), the reference

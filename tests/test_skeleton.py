@@ -20,7 +20,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_vfmvae_never_imports_lightning():
-    """Numerics stay plain PyTorch (style.md principle 1): no file under vfmvae/ imports Lightning."""
+    """Numerics stay plain PyTorch (docs/design.md, "Layers of the code"): no file under vfmvae/ imports Lightning."""
     offenders = []
     files = sorted((REPO / "vfmvae").rglob("*.py"))
     assert files, "vfmvae/ has no Python files"

@@ -87,7 +87,8 @@ def test_decoded_image_and_every_multiscale_output(fx, full_out):
 
 
 def test_vf_projection_reproduces_official_vf_loss(fx, full_model, full_out):
-    """VF loss recomputed here from its definition (spec §4.4, margins 0) on our linear_proj(z)."""
+    """VF loss recomputed here from its definition (docs/design.md, "Tokenizer stages and losses": margins 0) on our
+    linear_proj(z)."""
     T, _, _ = fx
     feats = full_out.vfm_features[-1]
     B, N, D = feats.shape

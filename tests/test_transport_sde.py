@@ -1,7 +1,7 @@
 """REG Euler-Maruyama sampler against an independent transcription of the published algorithm.
 
-The reference below follows diffusion.md §3.4 literally: float64 state (latent, class token),
-grid linspace(1, 0.04, N) ++ [0], per step first the latent noise then the class-token noise
+The reference below follows REG's published sampler literally (docs/design.md, "Sampling and guidance"):
+float64 state (latent, class token), grid linspace(1, 0.04, N) ++ [0], per step first the latent noise then the class-token noise
 from the global RNG, score s = -((1-t) v + x) / t, drift d = v - (1/2)(2t) s, guidance on the
 *drift* of a doubled [cond; null] batch while guidance_low <= t <= guidance_high (class token
 with its own scale, conditional if that scale is <= 0), update x + d dt + sqrt(2t) sqrt(|dt|) xi,
