@@ -133,7 +133,7 @@ def test_the_forbidden_patterns_fire(text):
 
 def test_the_section_check_fires(tmp_path):
     (tmp_path / "a.md").write_text("# A\n\n## Right title\n\n### Sub, with comma\n")
-    ok = '(docs/a.md, "Right title") and (docs/a.md, "Sub, with comma"); (docs/a.md, "Right title" and "Sub, with comma")'
+    ok = '(docs/a.md, "Right title"), (docs/a.md, "Sub, with comma"); (docs/a.md, "Right title" and "Sub, with comma")'
     assert bad_doc_citations(ok, tmp_path) == []
     assert bad_doc_citations('# (docs/a.md, "Right\n    # title")\n(docs/a.md,\n "Sub, with\n comma")', tmp_path) == []
     problems = bad_doc_citations(
