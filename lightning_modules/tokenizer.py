@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from callbacks.ema import EMACallback, find_ema, find_ema_callback
 from datamodules.batch_size import set_per_device_batch_size
 from lightning_modules.parallel import refuse_sharded_strategy
-from vfmvae.codec import uint8_to_unit
+from vfmvae.codec import as_unit, uint8_to_unit
 from vfmvae.metrics.reconstruction import ReconstructionMetrics
 from vfmvae.tokenizer.handoff import merge_ema_state, read_previous_stage
 from vfmvae.tokenizer.stage_networks import build_stage_networks
@@ -283,7 +283,7 @@ class TokenizerModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._disable_ddp_reducer()
-        images = _images01(batch)
+        images = as_unit(batch["image"] if isinstance(batch, dict) else batch, "tokenizer batches")
         opt_g, opt_d = self.optimizers()
         with self.rng.activate(images.device):
             self._toggle_d(True)
@@ -394,16 +394,6 @@ class TokenizerModule(LightningModule):
             move_legacy_ema(checkpoint, STATE_KEY, ema_cb.state_key)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         restore_training_record(self, extra, world, rank, self.hparams.seed)
-
-
-def _images01(batch: dict[str, Any] | torch.Tensor) -> torch.Tensor:
-    """Training images in [0, 1]: uint8 batches (the data modules) or float ones (tests)."""
-    images = batch["image"] if isinstance(batch, dict) else batch
-    if images.dtype == torch.uint8:
-        return uint8_to_unit(images)
-    if not images.is_floating_point():
-        raise TypeError(f"tokenizer batches must be uint8 or float images in [0, 1], got {images.dtype}")
-    return images
 
 
 __all__ = ["TokenizerModule"]

@@ -5,6 +5,7 @@ the hub client retries HEAD requests for about a minute before failing (docs/des
 """
 
 import os
+import subprocess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -78,3 +79,14 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def repo_files(root: Path = REPO_ROOT) -> list[Path]:
+    """The repository's files: tracked ones and new ones git does not ignore (what a commit would hold)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [root / n for n in out.decode().split("\0") if n and (root / n).is_file() and not (root / n).is_symlink()]

@@ -29,6 +29,7 @@ __all__ = [
     "uint8_to_signed",
     "signed_to_unit",
     "unit_to_signed",
+    "as_unit",
     "signed_to_uint8",
     "channel_stats",
 ]
@@ -55,6 +56,19 @@ def uint8_to_signed(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     return images.float() / 127.5 - 1.0
+
+
+def as_unit(images: torch.Tensor, who: str = "images") -> torch.Tensor:
+    """`(B, 3, H, W)` uint8 -> float32 in [0, 1]; float images are taken as already in [0, 1] and returned as is.
+
+    The tokenizer-facing entry points accept both (loaders yield uint8, tests and tools pass floats); ``who`` names
+    the caller in the error for any other dtype.
+    """
+    if images.dtype == torch.uint8:
+        return uint8_to_unit(images)
+    if not images.is_floating_point():
+        raise TypeError(f"{who} must be float in [0, 1] or uint8, got {images.dtype}")
+    return images
 
 
 def signed_to_unit(images: torch.Tensor) -> torch.Tensor:
