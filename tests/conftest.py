@@ -4,6 +4,7 @@ The hub variables must be set before transformers/timm/huggingface_hub are impor
 the hub client retries HEAD requests for about a minute before failing (docs/design.md, "Frozen networks").
 """
 
+import json
 import os
 import subprocess
 
@@ -25,6 +26,19 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures" / "official"
 torch.set_num_threads(1)
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Every test starts on one intra-op thread, and a thread count a test sets (e.g. `cpu_threads`) is undone.
+
+    Tiny models are dominated by per-op overhead: OpenMP threads only add spin contention on the shared 2-core
+    CI machine (runs were up to 20x slower with them).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +104,39 @@ def repo_files(root: Path = REPO_ROOT) -> list[Path]:
         check=True,
     ).stdout
     return [root / n for n in out.decode().split("\0") if n and (root / n).is_file() and not (root / n).is_symlink()]
+
+
+def official_fixture(name: str) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:
+    """``(tensors, meta, state_dict)`` of ``tests/fixtures/official/<name>.{safetensors,json}``.
+
+    ``state_dict`` holds the ``state_dict.*`` tensors with that prefix removed (the official module's weights).
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(FIXTURES / f"{name}.safetensors")
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    return tensors, meta, {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+
+
+def close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 0.0) -> None:
+    """``torch.testing.assert_close`` whose message starts with ``name`` (official-fixture comparisons: 1e-5)."""
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def cpu_trainer(**overrides):
+    """A quiet single-process CPU Lightning `Trainer` for tiny test runs; ``overrides`` replace any default.
+
+    Defaults: no logger, no checkpointing, no progress bar or model summary, no sanity validation.
+    """
+    from lightning.pytorch import Trainer
+
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(**{**kw, **overrides})

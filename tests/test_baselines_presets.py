@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.baselines import KLAutoencoder, from_diffusers_config, from_ldm_ddconfig, get_baseline_config
 from vfmvae.tokenizer import from_official_vavae
@@ -106,8 +104,7 @@ def test_config_errors_name_the_problem():
 
 @pytest.fixture(scope="module")
 def vavae_fx(fixtures_dir):
-    tensors = load_file(fixtures_dir / "vavae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vavae_tiny.json").read_text())
+    tensors, meta, _ = official_fixture("vavae_tiny")
     return tensors, meta, {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from test_data_helpers import SYNSETS, make_samples, write_imagefolder, write_shards
 
 from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
@@ -30,18 +31,7 @@ class Recorder(L.LightningModule):
 
 
 def trainer(**kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
-    args.update(kw)
-    return L.Trainer(**args)
+    return cpu_trainer(use_distributed_sampler=False, **kw)
 
 
 def test_imagefolder_epochs_in_trainer(tmp_path):

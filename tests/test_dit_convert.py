@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.dit import from_official_lightningdit, from_official_reg, unwrap_checkpoint
 
@@ -15,9 +14,7 @@ ATOL = dict(atol=1e-5, rtol=0)
 
 
 def _load(fixtures_dir, name):
-    tensors = load_file(str(fixtures_dir / f"{name}.safetensors"))
-    meta = json.loads((fixtures_dir / f"{name}.json").read_text())
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, state = official_fixture(name)
     return tensors, meta["constructor_kwargs"], state
 
 

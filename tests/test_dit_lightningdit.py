@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.dit import LIGHTNINGDIT_PRESETS, LightningDiT, build_lightningdit, from_official_lightningdit
 
@@ -15,10 +13,7 @@ ATOL = dict(atol=1e-5, rtol=0)
 
 @pytest.fixture(scope="module")
 def official(fixtures_dir):
-    tensors = load_file(str(fixtures_dir / "lightningdit_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "lightningdit_tiny.json").read_text())
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
-    return tensors, meta, state
+    return official_fixture("lightningdit_tiny")
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.dit import SIT_REG_PRESETS, REGOutput, SiTREG, build_sit_reg, from_official_reg
 
@@ -15,10 +13,7 @@ ATOL = dict(atol=1e-5, rtol=0)
 
 @pytest.fixture(scope="module")
 def official(fixtures_dir):
-    tensors = load_file(str(fixtures_dir / "sit_reg_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "sit_reg_tiny.json").read_text())
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
-    return tensors, meta, state
+    return official_fixture("sit_reg_tiny")
 
 
 @pytest.fixture(scope="module")

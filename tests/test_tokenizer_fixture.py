@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from conftest import close, official_fixture
 
 from vfmvae.tokenizer import VFMVAE, config_from_official, from_official, load_official_state_dict
 from vfmvae.tokenizer.convert import convert_state_dict
@@ -15,24 +13,9 @@ from vfmvae.tokenizer.convert import convert_state_dict
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CI machine (20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(actual, expected, name):
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
-
-
 @pytest.fixture(scope="module")
 def fx(fixtures_dir):
-    tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, sd = official_fixture("vfmvae_tiny")
     return tensors, meta, sd
 
 

@@ -12,15 +12,6 @@ from vfmvae.tokenizer import PRESETS, VFMVAE, Decoder, VFMVAEConfig, get_config
 PAPER_COUNTS = {"head": 11_592_960, "lift": 1_907_328, "mapping": 525_312, "synthesis": 125_712_312}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CI machine (20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def paper_meta():
     with torch.device("meta"):

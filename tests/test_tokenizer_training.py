@@ -28,14 +28,6 @@ STAGE_FILES = {
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_override(tmp: Path, data_root: Path, max_steps: int = 2, callbacks: list | None = None) -> Path:
     override = {
         "trainer": {

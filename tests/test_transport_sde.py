@@ -9,24 +9,13 @@ then one deterministic step. Our sampler guides the *velocity* through the wrapp
 linear path the two agree, which this test checks together with the noise order and grid.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.transport import SAMPLER_PRESETS, cast_velocity_fn, euler_maruyama_sde, reg_velocity_fn, sample
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def reference_reg_sde(model_fn, z, cls, y, num_steps, cfg, cls_cfg, low, high, null=1000):
@@ -103,9 +92,7 @@ def test_reg_sde_with_official_tiny_sit(fixtures_dir):
     """The tiny official REG SiT (loaded through our converter) as velocity, guided, 12 grid points."""
     from vfmvae.dit import from_official_reg
 
-    tensors = load_file(str(fixtures_dir / "sit_reg_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "sit_reg_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, sd = official_fixture("sit_reg_tiny")
     model = from_official_reg(sd, meta["constructor_kwargs"]).eval()
     fn = lambda x, t, y, c: tuple(model(x, t, y, c))
     g = torch.Generator().manual_seed(0)
