@@ -5,7 +5,9 @@ Every tracked text file (code, tests, configs, Makefile, docs, benchmarks) is re
 - no citation of a document that is not in the repository: the section sign, `spec`-folder documents
   (`tokenizer.md`, `conventions.md`, `anchors.md`, `diffusion.md`, `ecosystem.md`, `style.md`) or issue numbers;
 - every `docs/<file>.md` named exists, and every `(docs/<file>.md, "<title>")` citation names a `## ` or `### `
-  heading of that file, exactly (a title wrapped over two comment or docstring lines is read joined).
+  heading of that file, exactly (a title wrapped over two comment or docstring lines is read joined);
+- every repository path the layout documents (`docs/design.md`, `docs/interfaces.md`) name in backticks exists
+  (`{a,b}` alternatives and `*` globs expanded; `<placeholder>` paths skipped), so they describe the current tree.
 """
 
 from __future__ import annotations
@@ -57,6 +59,31 @@ def _text_files() -> list[Path]:
             continue
         files.append(path)
     return files
+
+
+LAYOUT_DOCS = ("docs/design.md", "docs/interfaces.md")
+TREE_PATH = re.compile(
+    r"`((?:vfmvae|lightning_modules|datamodules|callbacks|configs|scripts|benchmarks|tests|docs)/[^`\s:]*)"
+)
+
+
+def _alternatives(path: str) -> list[str]:
+    m = re.search(r"\{([^}]*)\}", path)
+    if not m:
+        return [path]
+    return [x for alt in m.group(1).split(",") for x in _alternatives(path[: m.start()] + alt + path[m.end() :])]
+
+
+def missing_tree_paths(text: str, root: Path) -> list[tuple[int, str]]:
+    """``(line, path)`` of every backticked repository path in ``text`` that matches nothing under ``root``."""
+    bad = []
+    for m in TREE_PATH.finditer(text):
+        if "<" in m.group(1) or "%" in m.group(1):
+            continue
+        for path in _alternatives(m.group(1)):
+            if not list(root.glob(path.rstrip("/").rstrip(".,;"))):
+                bad.append((text.count("\n", 0, m.start()) + 1, path))
+    return bad
 
 
 def _headings(doc: Path) -> set[str]:
@@ -115,6 +142,19 @@ def test_every_docs_citation_names_an_existing_section():
         for line, what in bad_doc_citations(p.read_text(), ROOT / "docs")
     ]
     assert not offences, "\n".join(offences)
+
+
+@pytest.mark.parametrize("doc", LAYOUT_DOCS)
+def test_the_layout_docs_name_existing_paths(doc):
+    missing = missing_tree_paths((ROOT / doc).read_text(), ROOT)
+    assert not missing, f"{doc} names paths that do not exist: " + ", ".join(f"{p} (line {n})" for n, p in missing)
+
+
+def test_the_path_check_fires(tmp_path):
+    (tmp_path / "vfmvae").mkdir()
+    (tmp_path / "vfmvae" / "a.py").write_text("")
+    text = "`vfmvae/a.py` `vfmvae/{a,b}.py` `vfmvae/*.py` `vfmvae/<name>.py`\n`docs/x.md`"
+    assert missing_tree_paths(text, tmp_path) == [(1, "vfmvae/b.py"), (2, "docs/x.md")]
 
 
 @pytest.mark.parametrize(
