@@ -118,6 +118,25 @@ def official_fixture(name: str) -> tuple[dict[str, torch.Tensor], dict, dict[str
     return tensors, meta, {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
 
 
+def official_fixtures(name: str, build, fixture: str = "fx", model: str = "model"):
+    """Two module-scoped fixtures for tests against an official fixture: ``fixture`` -> `official_fixture(name)`
+    and ``model`` -> ``build(meta, state_dict)`` (our network loaded from the official weights).
+
+    Use as ``fx, model = official_fixtures("sdvae_tiny", lambda meta, sd: ...)`` at module level.
+    """
+
+    @pytest.fixture(scope="module", name=fixture)
+    def _fixture(fixtures_dir):
+        return official_fixture(name)
+
+    @pytest.fixture(scope="module", name=model)
+    def _model(request):
+        _, meta, state = request.getfixturevalue(fixture)
+        return build(meta, state)
+
+    return _fixture, _model
+
+
 def close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 0.0) -> None:
     """``torch.testing.assert_close`` whose message starts with ``name`` (official-fixture comparisons: 1e-5)."""
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import close, official_fixture
+from conftest import close, official_fixtures
 from safetensors.torch import save_file
 
 from vfmvae.codec import to_uint8, uint8_to_unit
@@ -16,16 +16,7 @@ from vfmvae.tokenizer import DiagonalGaussian, from_diffusers_autoencoder
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    tensors, meta, sd = official_fixture("sdvae_tiny")
-    return tensors, meta, sd
-
-
-@pytest.fixture(scope="module")
-def model(fx):
-    _, meta, sd = fx
-    return from_diffusers_autoencoder(sd, meta["diffusers_config"])
+fx, model = official_fixtures("sdvae_tiny", lambda meta, sd: from_diffusers_autoencoder(sd, meta["diffusers_config"]))
 
 
 @pytest.fixture(scope="module")

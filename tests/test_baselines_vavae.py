@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close, official_fixture
+from conftest import close, official_fixtures
 from PIL import Image
 
 from datamodules.crops import adm_center_crop
@@ -19,16 +19,7 @@ from vfmvae.tokenizer import DiagonalGaussian, from_official_vavae
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    tensors, meta, sd = official_fixture("vavae_tiny")
-    return tensors, meta, sd
-
-
-@pytest.fixture(scope="module")
-def model(fx):
-    _, meta, sd = fx
-    return from_official_vavae(sd, meta["ddconfig"])
+fx, model = official_fixtures("vavae_tiny", lambda meta, sd: from_official_vavae(sd, meta["ddconfig"]))
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import official_fixture
+from conftest import official_fixtures
 
 from vfmvae.dit import LIGHTNINGDIT_PRESETS, LightningDiT, build_lightningdit, from_official_lightningdit
 
 ATOL = dict(atol=1e-5, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def official(fixtures_dir):
-    return official_fixture("lightningdit_tiny")
-
-
-@pytest.fixture(scope="module")
-def model(official):
-    _, meta, state = official
-    return from_official_lightningdit(state, meta["constructor_kwargs"])
+official, model = official_fixtures(
+    "lightningdit_tiny", lambda meta, sd: from_official_lightningdit(sd, meta["constructor_kwargs"]), "official"
+)
 
 
 def test_forward_and_every_intermediate_match_official(official, model):

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import official_fixture
+from conftest import official_fixtures
 
 from vfmvae.dit import SIT_REG_PRESETS, REGOutput, SiTREG, build_sit_reg, from_official_reg
 
 ATOL = dict(atol=1e-5, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def official(fixtures_dir):
-    return official_fixture("sit_reg_tiny")
-
-
-@pytest.fixture(scope="module")
-def model(official):
-    _, meta, state = official
-    return from_official_reg(state, meta["constructor_kwargs"])
+official, model = official_fixtures(
+    "sit_reg_tiny", lambda meta, sd: from_official_reg(sd, meta["constructor_kwargs"]), "official"
+)
 
 
 def _inputs(T):

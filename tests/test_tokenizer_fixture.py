@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import close, official_fixture
+from conftest import close, official_fixtures
 
 from vfmvae.tokenizer import VFMVAE, config_from_official, from_official, load_official_state_dict
 from vfmvae.tokenizer.convert import convert_state_dict
@@ -13,16 +13,11 @@ from vfmvae.tokenizer.convert import convert_state_dict
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    tensors, meta, sd = official_fixture("vfmvae_tiny")
-    return tensors, meta, sd
-
-
-@pytest.fixture(scope="module")
-def full_model(fx):
-    _, meta, sd = fx
-    return from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
+fx, full_model = official_fixtures(
+    "vfmvae_tiny",
+    lambda meta, sd: from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32"),
+    model="full_model",
+)
 
 
 @pytest.fixture(scope="module")
