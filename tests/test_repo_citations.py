@@ -29,7 +29,9 @@ FORBIDDEN = [
     re.compile(r"\bissue\s*#?\d+", re.IGNORECASE),
 ]
 DOC_NAME = re.compile(r"docs/([\w-]+\.md)")
-CITATION = re.compile(r'docs/([\w-]+\.md),\s+"([^"]{1,200})"')
+# A title starts with a letter or digit (so `"docs/x.md, " "..."` split over two Python string literals is not read
+# as a citation of the text between them).
+CITATION = re.compile(r'docs/([\w-]+\.md),\s+"([A-Za-z0-9][^"]{0,199})"')
 MORE_TITLES = re.compile(r'\s*(?:,\s*|;\s*|and\s+)"([^"]{1,200})"')
 WRAP = re.compile(r"\s*\n\s*(?:#\s*)?")  # a line break, with the next line's indentation and comment sign
 

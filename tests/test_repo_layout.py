@@ -2,9 +2,11 @@
 
 - `vfmvae/` is plain PyTorch: it imports neither Lightning nor an upper layer (`datamodules`, `lightning_modules`,
   `callbacks`, `scripts`). `datamodules/` holds LightningDataModules, so it may import Lightning.
-- Every module of `lightning_modules/` (its `commands/` included) is Lightning-facing: it imports Lightning or,
-  for the command line, LightningCLI's parser jsonargparse. Package markers and the `python -m` dispatcher are
-  exempt. A plain-PyTorch helper there belongs in `vfmvae/`.
+- Every module of `lightning_modules/` is Lightning-facing: it imports Lightning or, for the command line,
+  LightningCLI's parser jsonargparse. Package markers and the `python -m` dispatcher are exempt. A plain-PyTorch
+  helper there belongs in `vfmvae/`. A command in `lightning_modules/commands/` either runs Lightning (imports it
+  or a `lightning_modules` module) or needs a layer that `vfmvae/commands/` may not import (`datamodules`,
+  `callbacks`, `benchmarks`); a command that needs neither belongs in `vfmvae/commands/`.
 - `callbacks/` never imports `lightning_modules`.
 - No comparison with a diffusion family-name string (`"lightningdit"`, `"reg"`, ...) anywhere outside
   `vfmvae/dit/` and `tests/`, and no isinstance on a concrete network class outside `vfmvae/dit/`, except in
@@ -58,13 +60,18 @@ def _offenders(root: Path, folder: str, forbidden: tuple[str, ...]) -> list[str]
     ]
 
 
+COMMAND_NEEDS = LIGHTNING_CLI + ("lightning_modules", "datamodules", "callbacks", "benchmarks")
+
+
 def _not_lightning_facing(root: Path) -> list[str]:
-    return [
-        str(path.relative_to(root))
-        for path in sorted((root / "lightning_modules").rglob("*.py"))
-        if path.name not in ("__init__.py", "__main__.py")
-        and not any(name.split(".")[0] in LIGHTNING_CLI for _, name in _imports(path))
-    ]
+    out = []
+    for path in sorted((root / "lightning_modules").rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        needs = COMMAND_NEEDS if path.parent.name == "commands" else LIGHTNING_CLI
+        if not any(name.split(".")[0] in needs for _, name in _imports(path)):
+            out.append(str(path.relative_to(root)))
+    return out
 
 
 def _strings(node: ast.AST) -> list[str]:
@@ -129,12 +136,14 @@ def test_the_import_checks_see_a_violation(tmp_path):
     (tmp_path / "vfmvae" / "bad.py").write_text("import torch\nimport lightning.pytorch as pl\nfrom . import x\n")
     (tmp_path / "lightning_modules" / "ok.py").write_text("import lightning.pytorch as pl\n")
     (tmp_path / "lightning_modules" / "commands" / "plain.py").write_text("import torch\n")
+    (tmp_path / "lightning_modules" / "commands" / "data.py").write_text("def f():\n    import datamodules.crops\n")
+    (tmp_path / "lightning_modules" / "plain.py").write_text("import datamodules.crops\n")
     (tmp_path / "lightning_modules" / "commands" / "__init__.py").write_text("")
     assert _offenders(tmp_path, "callbacks", ("lightning_modules",)) == [
         "callbacks/bad.py:2 imports lightning_modules.tokenizer"
     ]
     assert _offenders(tmp_path, "vfmvae", LIGHTNING + UPPER_LAYERS) == ["vfmvae/bad.py:2 imports lightning.pytorch"]
-    assert _not_lightning_facing(tmp_path) == ["lightning_modules/commands/plain.py"]
+    assert _not_lightning_facing(tmp_path) == ["lightning_modules/commands/plain.py", "lightning_modules/plain.py"]
 
 
 # --------------------------------------------------------------------------------- one network interface
