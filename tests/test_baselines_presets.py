@@ -128,13 +128,8 @@ def test_vavae_release_file_nested_state_dict_and_ignored_keys(vavae_fx, tmp_pat
         torch.testing.assert_close(model.decode(T["outputs.z"]), T["outputs.img"], atol=1e-5, rtol=0)
 
 
-def test_vavae_strict_keys_name_the_extra_and_the_missing(vavae_fx):
+def test_vavae_keys_and_shapes_must_fit_the_config(vavae_fx):
     _, meta, sd = vavae_fx
-    with pytest.raises(KeyError, match=r"unknown keys model_ema\.decay"):
-        from_official_vavae({**sd, "model_ema.decay": torch.tensor(0.999)}, meta["ddconfig"])
-    short = {k: v for k, v in sd.items() if k != "decoder.up.1.attn.0.q.weight"}
-    with pytest.raises(KeyError, match=r"missing keys decoder\.levels\.1\.attns\.0\.q\.weight"):
-        from_official_vavae(short, meta["ddconfig"])
     with pytest.raises(KeyError, match=r"unknown keys .*decoder\.up\.1\.attn"):  # attention the config does not have
         from_official_vavae(sd, {**meta["ddconfig"], "attn_resolutions": []})
     with pytest.raises(ValueError, match="shape mismatch"):
