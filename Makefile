@@ -176,3 +176,36 @@ push-to-hub: install ## Upload an export folder: FOLDER=dir REPO=owner/name [MET
 
 commands: install ## List the vfmvae commands (vfmvae --help)
 	@$(PY) -m lightning_modules --help
+
+# ---------------------------------------------------------------- analyses: component ablation, representation dynamics (docs/analyses.md)
+.PHONY: train-ablation ablation dynamics
+ABLATION_ROWS := baseline fusion blocks full
+train-ablation: install ## Component-ablation row (5M images, weak alignment): ROW=baseline|fusion|blocks|full DATA_ROOT VFM_PATH DINO_PATH VGG_PATH FILTER_LIST [TRAINER_CONFIG] [INCEPTION_PATH]
+	@case " $(ABLATION_ROWS) " in *" $(ROW) "*) [ -n "$(ROW)" ] ;; *) false ;; esac || { echo "train-ablation: set ROW to one of: $(ABLATION_ROWS) (configs/ablation/ROW.yaml)" >&2; exit 2; }
+	@for var in DATA_ROOT:"$(DATA_ROOT)" VFM_PATH:"$(VFM_PATH)" DINO_PATH:"$(DINO_PATH)" VGG_PATH:"$(VGG_PATH)" FILTER_LIST:"$(FILTER_LIST)"; do \
+	  name=$${var%%:*}; value=$${var#*:}; \
+	  [ -n "$$value" ] || { echo "train-ablation: $$name is not set (the same inputs as make train-tokenizer STAGE=1)" >&2; exit 2; }; \
+	  [ -e "$$value" ] || { echo "train-ablation: $$name=$$value does not exist" >&2; exit 2; }; \
+	done
+	$(PY) -m lightning_modules fit --config configs/ablation/$(ROW).yaml \
+	  --data.init_args.config.root=$(DATA_ROOT) --data.init_args.config.filter_keys_path=$(FILTER_LIST) \
+	  --model.init_args.vfm_pretrained=$(VFM_PATH) --model.init_args.dino_pretrained=$(DINO_PATH) \
+	  --model.init_args.vgg_path=$(VGG_PATH) $(if $(INCEPTION_PATH),--model.init_args.val_inception_path=$(INCEPTION_PATH)) \
+	  --config $(or $(TRAINER_CONFIG),configs/trainer/ddp_bf16.yaml) $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
+
+ablation: install ## Ablation table vs the paper: RECORDS="ROW=eval.json ..." and/or TOKENIZERS="ROW=export ..." IMAGES=dir [INCEPTION_PATH VGG_PATH PAPER=numbers.yaml OUT=table.json]
+	@[ -n "$(RECORDS)$(TOKENIZERS)" ] || { echo "ablation: set RECORDS=\"ROW=eval.json ...\" (from make eval-reconstruction / make evaluate) and/or TOKENIZERS=\"ROW=export ...\" with IMAGES=dir; ROW in: $(ABLATION_ROWS)" >&2; exit 2; }
+	@[ -z "$(TOKENIZERS)" ] || [ -n "$(IMAGES)" ] || { echo "ablation: IMAGES is not set (folder of validation images to evaluate TOKENIZERS on)" >&2; exit 2; }
+	$(PY) -m lightning_modules ablation $(foreach r,$(RECORDS),--record $(r)) $(foreach t,$(TOKENIZERS),--tokenizer $(t)) \
+	  $(if $(IMAGES),--images "$(IMAGES)") $(if $(INCEPTION_PATH),--inception-weights "$(INCEPTION_PATH)") \
+	  $(if $(VGG_PATH),--vgg-weights "$(VGG_PATH)") $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(NUM),--num-images $(NUM)) \
+	  $(if $(IMAGE_SIZE),--resolution $(IMAGE_SIZE)) $(if $(PAPER),--paper "$(PAPER)") $(if $(OUT),--out "$(OUT)") $(ABLATION_ARGS)
+
+dynamics: install ## SE-CKNNA per diffusion block over training: CKPTS="a.ckpt b.ckpt ..." IMAGES=png dir TOKENIZER=export REF=dinov2-large@weights [CLS_VFM STATS NUM OUT]
+	@[ -n "$(CKPTS)" ] || { echo "dynamics: CKPTS is not set (diffusion checkpoints in training order, e.g. CKPTS=\"run/checkpoints/*.ckpt\")" >&2; exit 2; }
+	@[ -n "$(IMAGES)" ] || { echo "dynamics: IMAGES is not set (folder of PNG probe images; the paper uses 10k ImageNet val images)" >&2; exit 2; }
+	@[ -n "$(TOKENIZER)" ] || { echo "dynamics: TOKENIZER is not set (the export folder that encoded the diffusion run's latents)" >&2; exit 2; }
+	@[ -n "$(REF)" ] || { echo "dynamics: REF is not set (reference VFM as PRESET@WEIGHTS, e.g. dinov2-large@weights/dinov2-large)" >&2; exit 2; }
+	$(PY) -m lightning_modules dynamics --config configs/analyses/dynamics.yaml --checkpoints $(CKPTS) \
+	  --images "$(IMAGES)" --tokenizer "$(TOKENIZER)" --reference "$(REF)" $(if $(CLS_VFM),--cls-vfm "$(CLS_VFM)") \
+	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(NUM),--num-images $(NUM)) $(if $(OUT),--out-dir "$(OUT)") $(DYNAMICS_ARGS)

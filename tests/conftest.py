@@ -159,3 +159,20 @@ def cpu_trainer(**overrides):
         num_sanity_val_steps=0,
     )
     return Trainer(**{**kw, **overrides})
+
+
+def print_config(capsys, *configs, extra: tuple[str, ...] = ()) -> dict:
+    """The config ``vfmvae fit --config ... --print_config`` resolves from ``configs`` (stacked in order) and
+    ``extra`` arguments, parsed back from its output (the run itself never starts)."""
+    import yaml
+
+    from lightning_modules.cli import main
+
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", str(config)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *extra, "--print_config"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code in (0, None), err
+    return yaml.safe_load(out)

@@ -82,6 +82,7 @@ def test_listed_warnings_are_dropped_and_real_ones_kept(fresh_console):
         "You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
         "Found 12 module(s) in eval mode at the start of training. This may lead to unexpected behavior.",
         "The number of training batches (7) is smaller than the logging interval Trainer(log_every_n_steps=10).",
+        "Couldn't infer the batch indices fetched from your dataloader: `DataLoader`",
     ]
     real = [
         "GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import print_config
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from callbacks.ema import find_ema
@@ -289,25 +290,8 @@ def test_reconstruction_grid_layout():
 @pytest.mark.parametrize("stage", sorted(STAGE_FILES))
 def test_paper_stage_configs_parse_with_the_gpu_trainer(stage, repo_root, capsys):
     # Paper-scale runs are checked by parsing (conventions: never run them in tests).
-    args = [
-        "fit",
-        "--config",
-        str(repo_root / "configs" / "tokenizer" / STAGE_FILES[stage]),
-        "--config",
-        str(repo_root / "configs" / "trainer" / "ddp_bf16.yaml"),
-        "--print_config",
-    ]
-    with pytest.raises(SystemExit) as exit_info:
-        VFMVAECLI(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            args=args,
-        )
-    assert exit_info.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
+    configs = repo_root / "configs"
+    printed = print_config(capsys, configs / "tokenizer" / STAGE_FILES[stage], configs / "trainer" / "ddp_bf16.yaml")
     assert printed["trainer"]["precision"] == "bf16-mixed"
     assert printed["trainer"]["strategy"]["init_args"]["find_unused_parameters"] is False
     assert printed["model"]["init_args"]["stage"] == stage

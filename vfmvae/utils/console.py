@@ -42,6 +42,12 @@ WARNING_FILTERS: tuple[tuple[str, str], ...] = (
         '"Frozen networks"); their parameters are not trained',
     ),
     (
+        r"Couldn't infer the batch indices fetched from your dataloader",
+        "the prediction writers of `vfmvae sample` and `vfmvae cache-latents` (callbacks/sample_writer.py, "
+        "lightning_modules/latent_cache.py) take the chunk and image indices from each prediction, never from "
+        "Lightning's batch_indices",
+    ),
+    (
         r"The number of training batches \(\d+\) is smaller than the logging interval",
         "step-based runs log every `log_every_n_steps` optimiser steps across epochs, so a short epoch still "
         "logs; the warning assumes epoch-based logging",
