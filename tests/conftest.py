@@ -176,3 +176,23 @@ def print_config(capsys, *configs, extra: tuple[str, ...] = ()) -> dict:
     out, err = capsys.readouterr()
     assert exit_info.value.code in (0, None), err
     return yaml.safe_load(out)
+
+
+def build_cli(*configs, extra: tuple[str, ...] = ()):
+    """A `VFMVAECLI` over the stacked ``configs`` (+ ``extra`` arguments) that builds the model, data module and
+    trainer without running them (``cli.model``, ``cli.datamodule``, ``cli.trainer``)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from lightning_modules.cli import VFMVAECLI
+
+    args = [a for config in configs for a in ("--config", str(config))]
+    return VFMVAECLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=[*args, *extra],
+    )

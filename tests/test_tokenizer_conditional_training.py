@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import print_config
-from lightning.pytorch import LightningDataModule, LightningModule
+from conftest import build_cli, print_config
 
 from datamodules.text_conditions import ConditionalImageDataModule, load_captions, load_class_names
-from lightning_modules.cli import VFMVAECLI
 
 BATCH = 2
 DEMO = "configs/tokenizer/demo_text_conditional.yaml"
@@ -72,16 +70,7 @@ def _override(tmp: Path, tokenizer: str, condition: str, stage: int, steps: int)
 
 
 def _fit(repo_root: Path, tmp: Path, tokenizer: str, condition: str, stage: int = 0, steps: int = 2):
-    cli = VFMVAECLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=["--config", str(repo_root / DEMO), "--config", str(_override(tmp, tokenizer, condition, stage, steps))],
-    )
+    cli = build_cli(repo_root / DEMO, _override(tmp, tokenizer, condition, stage, steps))
     module = cli.model
     before = {k: v.detach().clone() for k, v in module.tokenizer.state_dict().items()}
     losses = []

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import print_config
-from lightning.pytorch import LightningDataModule, LightningModule
+from conftest import build_cli, print_config
 
 from callbacks.ema import find_ema
 from lightning_modules.cli import VFMVAECLI
@@ -80,16 +79,7 @@ def _tiny_override(tmp: Path, data_root: Path, max_steps: int = 2, callbacks: li
 
 
 def _cli(config: Path, override: Path, *extra: str) -> VFMVAECLI:
-    return VFMVAECLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=["--config", str(config), "--config", str(override), *extra],
-    )
+    return build_cli(config, override, extra=extra)
 
 
 def _snapshot(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
