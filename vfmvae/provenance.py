@@ -54,6 +54,18 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def check_sha256(state: nn.Module | Mapping[str, torch.Tensor], expected: str, mismatch: str) -> None:
+    """Raise ``ValueError(mismatch)`` when `state_dict_sha256(state)` is not ``expected``.
+
+    ``{got}`` and ``{expected}`` in ``mismatch`` become the first 12 hex digits of each (plain replacement, so
+    braces in a path are safe); every caller names its own file and fix (a replaced export file, a VFM or text
+    tower other than the one trained with).
+    """
+    got = state_dict_sha256(state)
+    if got != expected:
+        raise ValueError(mismatch.replace("{got}", got[:12]).replace("{expected}", expected[:12]))
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 hex digest of a file's bytes, read in chunks (cache shards, network weights)."""
     h = hashlib.sha256()
