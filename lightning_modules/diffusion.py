@@ -185,7 +185,7 @@ class DiffusionModule(LightningModule):
                     "(network_overrides: in_channels / input_size)"
                 )
             # Class ids the network has no row for (or its null class) would train silently wrong (a cache method).
-            cache, condition = _find_latent_dataset(dm), self.net.condition
+            cache, condition = find_latent_dataset(dm), self.net.condition
             if hasattr(cache, "check_labels") and hasattr(condition, "num_classes"):
                 cache.check_labels(condition.num_classes, getattr(condition, "null_id", None))
 
