@@ -81,7 +81,7 @@ cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=di
 	  --batch-size $(or $(BATCH),64) $(if $(STORE_IMAGES),--store-images) $(if $(FILTER),--filter-keys "$(FILTER)") \
 	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(CACHE_ARGS)
 
-# ---------------------------------------------------------------- benchmarks (issue 15, docs/benchmarks.md)
+# ---------------------------------------------------------------- benchmarks (docs/benchmarks.md)
 .PHONY: bench
 # One CPU thread: on a shared 2-core machine OpenMP threads under contention ran ~8x slower.
 BENCH_ARGS ?= --suite cpu --threads 1 --max-seconds 200

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_trainer
 from lightning.pytorch import Trainer
 from PIL import Image
 from test_diffusion_helpers import TinyLatentDataModule, tiny_module
@@ -36,15 +37,9 @@ class TinyReference:
 
 
 def _trainer(max_steps: int) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EMACallback(["net"], preset="dit", decay=0.5)],
+    # Lightning's default sanity steps, as before (cpu_trainer turns them off)
+    return cpu_trainer(
+        max_steps=max_steps, num_sanity_val_steps=2, callbacks=[EMACallback(["net"], preset="dit", decay=0.5)]
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vfmvae.codec import LatentNormalizer, unit_to_signed
+from vfmvae.codec import LatentNormalizer, as_unit, unit_to_signed
 from vfmvae.tokenizer.interface import TokenizerRecordMixin
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 
@@ -158,10 +158,7 @@ class KLAutoencoder(TokenizerRecordMixin, nn.Module):
             raise ValueError(
                 f"{name}.encode: images must be (B, {self.cfg.in_channels}, H, W), got {tuple(images.shape)}"
             )
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        elif not images.is_floating_point():
-            raise TypeError(f"{name}.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
+        images = as_unit(images, f"{name}.encode: images")
         self.latent_shape(*images.shape[-2:])  # raises on a size that is not a multiple of f
         if images.device.type == "cpu":
             lo, hi = (t.item() for t in torch.aminmax(images))
