@@ -87,8 +87,8 @@ class LatentProbeDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_root: str,
-        val_root: str,
+        train_root: str | None = None,
+        val_root: str | None = None,
         augmentation: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -105,6 +105,11 @@ class LatentProbeDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if not self.train_root or not self.val_root:
+            raise ValueError(
+                "the linear probe needs two latent caches: data.init_args.train_root and data.init_args.val_root "
+                "(`vfmvae linear-probe --train-latents ... --val-latents ...`)"
+            )
         self.train_set = ProbeLatents(self.train_root, self.augmentation or "none", self.seed)
         self.val_set = ProbeLatents(self.val_root, "none", self.seed)
         a, b = self.train_set.manifest, self.val_set.manifest

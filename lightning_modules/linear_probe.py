@@ -71,6 +71,11 @@ class LinearProbeModule(LightningModule):
             dm.augmentation = self.protocol.augmentation
         if stage == "fit":
             self.trainer.fit_loop.max_epochs = self.protocol.epochs  # the protocol owns the schedule
+            every = self.trainer.check_val_every_n_epoch
+            if every and self.protocol.epochs % every:
+                log.info("linear probe: validating after the last epoch only (%d does not divide %d epochs)",
+                         every, self.protocol.epochs)  # fmt: skip
+                self.trainer.check_val_every_n_epoch = self.protocol.epochs
         if self.probe is None:
             c, h, w = dm.latent_shape
             self.probe = LinearProbe(c * h * w, dm.num_classes, self.protocol.normalization)
