@@ -42,7 +42,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "image_size": 64,
     "feature_extractor": "demo",
     "probe_args": ["--protocol", "demo", "--global-batch-size", "20", "--epochs", "20"],
-    "diffusion_config": "configs/analyses/table1_diffusion_demo.yaml",
+    "diffusion_config": str(Path(__file__).resolve().parents[1] / "configs" / "analyses" / "table1_diffusion_demo.yaml"),
     "diffusion_steps": 60,
     "num_samples": 30,
     "sample_steps": 20,

@@ -17,7 +17,8 @@ import json
 import logging
 from pathlib import Path
 
-DEFAULT_CONFIG = "configs/analyses/linear_probe.yaml"
+# The repository's config, found from any working directory.
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "analyses" / "linear_probe.yaml")
 PROTOCOL_FIELDS = ("optimizer", "base_lr", "epochs", "warmup_epochs", "weight_decay", "augmentation", "normalization")
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vfm-path", help="local SigLIP2 folder when a VFM-VAE export does not include its VFM")
     p.add_argument("--data-root", help="with --tokenizer: ImageFolder root holding train/ and val/")
     p.add_argument("--image-size", type=int, default=256, help="with --tokenizer: crop size of the cached images")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="run config (LightningCLI YAML)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="run config (default configs/analyses/linear_probe.yaml)")
     p.add_argument("--out", default="outputs/linear_probe", help="output folder (record, TensorBoard, caches)")
     p.add_argument("--protocol", help="vfmvae.probe.PROBE_PROTOCOLS name (default: the config's, 'mae')")
     p.add_argument("--global-batch-size", type=int, help="images per step over all processes")
