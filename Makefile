@@ -152,3 +152,20 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 .PHONY: demo
 demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
 	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
+
+# ---------------------------------------------------------------- analyses: linear probe, Table 1 (docs/analyses.md)
+.PHONY: linear-probe table1 demo-analyses
+linear-probe: install ## Linear probe of tokenizer latents (paper Table 1): TOKENIZER=export folder|file|none DATA_ROOT=dir with train/ val/ [TOKENIZER_PRESET] [TOKENIZER_KWARGS] [IMAGE_SIZE=256] [DEVICES] [OUT] [PROBE_ARGS]
+	@[ -n "$(TOKENIZER)" ] || { echo "linear-probe: TOKENIZER is not set (an export folder of any tokenizer, a released file with TOKENIZER_PRESET/TOKENIZER_KWARGS, or none with TOKENIZER_PRESET=debug for a random one); demo: make demo-analyses" >&2; exit 2; }
+	@[ -n "$(DATA_ROOT)" ] || { echo "linear-probe: DATA_ROOT is not set (an ImageFolder root with train/ and val/ class folders, e.g. ImageNet)" >&2; exit 2; }
+	@[ -d "$(DATA_ROOT)/train" ] && [ -d "$(DATA_ROOT)/val" ] || { echo "linear-probe: DATA_ROOT=$(DATA_ROOT) must hold train/ and val/" >&2; exit 2; }
+	$(PY) -m lightning_modules linear-probe --tokenizer "$(TOKENIZER)" --data-root "$(DATA_ROOT)" \
+	  $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") \
+	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") --image-size $(or $(IMAGE_SIZE),256) $(if $(DEVICES),--devices $(DEVICES)) \
+	  --out $(or $(OUT),outputs/linear_probe) $(PROBE_ARGS)
+
+table1: install ## Paper Table 1 from your metric records beside the paper's numbers [CONFIG=configs/analyses/table1.yaml] [OUT=table1.md]
+	$(PY) -m lightning_modules table1 --config $(or $(CONFIG),configs/analyses/table1.yaml) $(if $(OUT),--out $(OUT))
+
+demo-analyses: install ## Table 1 at demo size for a tiny random VFM-VAE and VA-VAE, every column (CPU, minutes): outputs/demo_analyses
+	$(PY) -m lightning_modules table1 --config configs/analyses/table1_demo.yaml --out outputs/demo_analyses/table1.md
