@@ -96,11 +96,12 @@ def load_any_tokenizer(
     decoder_only: bool = False,
     vfm_pretrained: str | os.PathLike | None = None,
     vfm_config: dict | None = None,
+    vfm_dtype: str | None = None,
 ) -> torch.nn.Module:
     """A tokenizer in eval mode, frozen, fp32 (see the module docstring for ``source`` / ``preset`` / ``kwargs``).
 
     ``decoder_only`` lets VFM-VAE skip its frozen VFM and latent head (decoding only); baselines are small and
-    always load whole.
+    always load whole. ``vfm_dtype`` sets the VFM precision of an official VFM-VAE release file.
     """
     if source is None or str(source).lower() == "none":
         if preset is None:
@@ -124,7 +125,8 @@ def load_any_tokenizer(
                     f"{path.name} is a tokenizer file: give the official VFM-VAE generator kwargs (--tokenizer-kwargs) "
                     f"or, for a released VA-VAE, a baseline preset (--tokenizer-preset vavae-f16d32)"
                 )
-            model = load_tokenizer(path, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, generator_kwargs=kwargs)
+            model = load_tokenizer(path, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained,
+                                   generator_kwargs=kwargs, vfm_dtype=vfm_dtype)  # fmt: skip
             model.source = str(path)
     return check_tokenizer(model.float().eval().requires_grad_(False))
 
