@@ -154,7 +154,13 @@ demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [
 	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
 
 # ---------------------------------------------------------------- analyses: linear probe, Table 1 (docs/analyses.md)
-.PHONY: linear-probe table1 demo-analyses
+.PHONY: linear-probe table1 demo-analyses export-tokenizer
+export-tokenizer: install ## Released VA-VAE / SD-VAE / VFM-VAE -> export folder every command takes: TOKENIZER=file|folder OUT=dir [TOKENIZER_PRESET=vavae-f16d32] [TOKENIZER_KWARGS]
+	@[ -n "$(TOKENIZER)" ] || { echo "export-tokenizer: TOKENIZER is not set (a released VA-VAE .pt with TOKENIZER_PRESET=vavae-f16d32, a diffusers SD-VAE folder, or a VFM-VAE .pth with TOKENIZER_KWARGS)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "export-tokenizer: OUT is not set (the export folder to write)" >&2; exit 2; }
+	$(PY) -m lightning_modules export-tokenizer --tokenizer "$(TOKENIZER)" --out "$(OUT)" \
+	  $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)")
+
 linear-probe: install ## Linear probe of tokenizer latents (paper Table 1): TOKENIZER=export folder|file|none DATA_ROOT=dir with train/ val/ [TOKENIZER_PRESET] [TOKENIZER_KWARGS] [IMAGE_SIZE=256] [DEVICES] [OUT] [PROBE_ARGS]
 	@[ -n "$(TOKENIZER)" ] || { echo "linear-probe: TOKENIZER is not set (an export folder of any tokenizer, a released file with TOKENIZER_PRESET/TOKENIZER_KWARGS, or none with TOKENIZER_PRESET=debug for a random one); demo: make demo-analyses" >&2; exit 2; }
 	@[ -n "$(DATA_ROOT)" ] || { echo "linear-probe: DATA_ROOT is not set (an ImageFolder root with train/ and val/ class folders, e.g. ImageNet)" >&2; exit 2; }
