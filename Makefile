@@ -64,19 +64,19 @@ train-diffusion: install ## Train: MODEL=lightningdit|reg LATENTS=dir TOKENIZER=
 sample: install ## Sample: CKPT=run.ckpt|official.pt TOKENIZER=path|none [STATS=latents_stats.pt] [NUM=50000] [OUT=dir] [DEVICES=auto]
 	@[ -n "$(CKPT)" ] || { echo "sample: CKPT is not set (a DiffusionModule .ckpt, or an official .pt with MODEL=lightningdit|reg); e.g. after the demo: CKPT=outputs/demo/diffusion/tb/demo_diffusion/demo_lightningdit/checkpoints/last.ckpt TOKENIZER=none TOKENIZER_PRESET=debug" >&2; exit 2; }
 	@[ -n "$(TOKENIZER)" ] || { echo "sample: TOKENIZER is not set (save_pretrained folder, official .pth + TOKENIZER_KWARGS, or 'none' for a random debug decoder)" >&2; exit 2; }
-	$(PY) scripts/sample.py --ckpt "$(CKPT)" --tokenizer "$(TOKENIZER)" --out "$(or $(OUT),outputs/samples/$(basename $(notdir $(CKPT))))" \
+	$(PY) -m lightning_modules sample --ckpt "$(CKPT)" --tokenizer "$(TOKENIZER)" --out "$(or $(OUT),outputs/samples/$(basename $(notdir $(CKPT))))" \
 	  --num-images $(or $(NUM),50000) --chunk-size $(or $(CHUNK),1000) --label-mode $(or $(LABELS),random) \
 	  --seed $(or $(SEED),0) --devices $(or $(DEVICES),auto) $(if $(MODEL),--model $(MODEL)) \
 	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) \
 	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(SAMPLE_ARGS)
 
-# ---------------------------------------------------------------- latent cache (scripts/cache_latents.py)
+# ---------------------------------------------------------------- latent cache (vfmvae cache-latents)
 .PHONY: cache-latents
 cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=dir [DEVICES=auto STORE_IMAGES=1 FILTER=keys.txt]
 	@[ -n "$(DATA_ROOT)" ] || { echo "cache-latents: DATA_ROOT is not set (an ImageFolder split, e.g. /data/imagenet/train); 'make demo' shows a run on embedded data" >&2; exit 2; }
 	@[ -n "$(TOKENIZER)" ] || { echo "cache-latents: TOKENIZER is not set (a save_pretrained export folder, or an official .pth with TOKENIZER_KWARGS=G_kwargs.yaml)" >&2; exit 2; }
 	@[ -n "$(OUT)" ] || { echo "cache-latents: OUT is not set (the cache folder; an existing one is resumed)" >&2; exit 2; }
-	$(PY) scripts/cache_latents.py --data-root "$(DATA_ROOT)" --tokenizer "$(TOKENIZER)" --out "$(OUT)" \
+	$(PY) -m lightning_modules cache-latents --data-root "$(DATA_ROOT)" --tokenizer "$(TOKENIZER)" --out "$(OUT)" \
 	  --devices $(or $(DEVICES),auto) --num-nodes $(or $(NUM_NODES),1) --image-size $(or $(IMAGE_SIZE),256) \
 	  --batch-size $(or $(BATCH),64) $(if $(STORE_IMAGES),--store-images) $(if $(FILTER),--filter-keys "$(FILTER)") \
 	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(CACHE_ARGS)
@@ -86,17 +86,17 @@ cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=di
 # One CPU thread: on a shared 2-core machine OpenMP threads under contention ran ~8x slower.
 BENCH_ARGS ?= --suite cpu --threads 1 --max-seconds 200
 bench: install ## Benchmark throughput/memory/MFU (CPU tiny+small; BENCH_ARGS="--suite gpu" on a GPU); JSON in outputs/bench/
-	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m lightning_modules bench $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- metrics (vfmvae/metrics)
 .PHONY: evaluate se-cknna
 evaluate: install ## ADM suite: SAMPLES=npz|dir REF=VIRTUAL_imagenet256_labeled.npz [INCEPTION=weights.pth] [NUM=50000] [OUT=json] [PR_DTYPE=float32 (default float16 = ADM)]
 	@[ -n "$(SAMPLES)" ] || { echo "evaluate: SAMPLES is not set (an .npz from 'make sample' or a folder of PNGs)" >&2; exit 2; }
 	@[ -n "$(REF)" ] || { echo "evaluate: REF is not set (ADM's VIRTUAL_imagenet256_labeled.npz, or a folder/npz of reference images)" >&2; exit 2; }
-	$(PY) scripts/evaluate.py $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT)) $(if $(PR_DTYPE),--pr-distance-dtype $(PR_DTYPE)) $(EVAL_ARGS)
+	$(PY) -m lightning_modules evaluate $(SAMPLES) $(REF) $(if $(INCEPTION),--inception-weights $(INCEPTION)) $(if $(NUM),--num-samples $(NUM)) $(if $(OUT),--out $(OUT)) $(if $(PR_DTYPE),--pr-distance-dtype $(PR_DTYPE)) $(EVAL_ARGS)
 
 se-cknna: install ## SE-CKNNA CSV+PNG: IMAGES=dir MODELS="tokenizer:P@ckpt vfm:P@w lightningdit:P@ckpt" [REF=dinov2-large@w] [OUT=dir]; DEMO=N = N photos, tiny random models
-	$(PY) scripts/se_cknna.py $(SE_ARGS) $(if $(DEMO),--demo $(if $(filter 1,$(DEMO)),16,$(DEMO)) --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
+	$(PY) -m lightning_modules se-cknna $(SE_ARGS) $(if $(DEMO),--demo $(if $(filter 1,$(DEMO)),16,$(DEMO)) --reference debug-dinov2 --model vfm:debug-siglip --model tokenizer:debug,--images $(IMAGES) --reference $(or $(REF),dinov2-large) $(foreach m,$(MODELS),--model $(m)) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(STATS),--latent-stats $(STATS)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs $(TOKENIZER_KWARGS))) --out-dir $(or $(OUT),outputs/se_cknna)
 
 # ---------------------------------------------------------------- tokenizer (configs/tokenizer/*.yaml)
 .PHONY: train-tokenizer eval-reconstruction
@@ -117,7 +117,7 @@ train-tokenizer: install ## Tokenizer stage: STAGE=0|1|2|3 DATA_ROOT VFM_PATH DI
 	             VFM_PATH:"$(VFM_PATH)":"local google/siglip2-large-patch16-512 folder (transformers save_pretrained)" \
 	             DINO_PATH:"$(DINO_PATH)":"local DINO ViT-S/16 weights file for the projected discriminator" \
 	             VGG_PATH:"$(VGG_PATH)":"torchvision vgg16-397923af.pth for LPIPS" \
-	             FILTER_LIST:"$(FILTER_LIST)":"short side >= 256 key list, from scripts/make_filter_list.py"; do \
+	             FILTER_LIST:"$(FILTER_LIST)":"short side >= 256 key list, from vfmvae make-filter-list (make filter-list)"; do \
 	    name=$${var%%:*}; rest=$${var#*:}; value=$${rest%%:*}; what=$${rest#*:}; \
 	    [ -n "$$value" ] || { echo "train-tokenizer: $$name is not set ($$what); $(TOKENIZER_DEMO_HINT)" >&2; exit 2; }; \
 	    [ -e "$$value" ] || { echo "train-tokenizer: $$name=$$value does not exist ($$what)" >&2; exit 2; }; \
@@ -142,7 +142,7 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 	@[ -n "$(DATA_ROOT)" ] || { echo "eval-reconstruction: DATA_ROOT is not set (folder of validation images, e.g. ImageNet val; all files below it are used); demo: DATA_ROOT=outputs/demo_data/val" >&2; exit 2; }
 	@[ -n "$(INCEPTION_PATH)$(NO_FID)" ] || { echo "eval-reconstruction: INCEPTION_PATH is not set (torch-fidelity weights-inception-2015-12-05-6726825d.pth for rFID/rIS; NO_FID=1 skips them)" >&2; exit 2; }
 	@[ -n "$(VGG_PATH)$(NO_LPIPS)" ] || { echo "eval-reconstruction: VGG_PATH is not set (torchvision vgg16-397923af.pth for LPIPS; NO_LPIPS=1 skips it)" >&2; exit 2; }
-	$(PY) scripts/eval_reconstruction.py --tokenizer "$(TOKENIZER)" --data-root "$(DATA_ROOT)" \
+	$(PY) -m lightning_modules eval-reconstruction --tokenizer "$(TOKENIZER)" --data-root "$(DATA_ROOT)" \
 	  $(if $(NO_FID),,--inception-weights "$(INCEPTION_PATH)") $(if $(NO_LPIPS),,--vgg-weights "$(VGG_PATH)") \
 	  $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") \
 	  --resolution $(or $(IMAGE_SIZE),256) --batch-size $(or $(BATCH),50) $(if $(NUM),--num-images $(NUM)) \
@@ -151,7 +151,64 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 # ---------------------------------------------------------------- demo (docs/demo.md)
 .PHONY: demo
 demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
-	$(PY) scripts/demo.py --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
+	$(PY) -m lightning_modules demo --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
+
+# ---------------------------------------------------------------- commands (docs/commands.md)
+.PHONY: report filter-list export-dit push-to-hub commands
+report: install ## Run report: RUN=run folder or a root of runs (e.g. outputs/demo) [OUT=dir] -> RUN/report.html
+	@[ -n "$(RUN)" ] || { echo "report: RUN is not set (a run's log folder or a folder holding runs, e.g. RUN=outputs/demo after make demo)" >&2; exit 2; }
+	$(PY) -m lightning_modules report "$(RUN)" $(if $(OUT),--out "$(OUT)")
+
+filter-list: install ## Key list of images with short side >= 256: ROOT=split OUT=keys.txt [SOURCE=imagefolder|webdataset] [WORKERS=0]
+	@[ -n "$(ROOT)" ] || { echo "filter-list: ROOT is not set (an ImageFolder split, or the WebDataset shard folder with SOURCE=webdataset)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "filter-list: OUT is not set (the key list to write: .txt, or .pkl for the official format)" >&2; exit 2; }
+	$(PY) -m lightning_modules make-filter-list --source $(or $(SOURCE),imagefolder) --root "$(ROOT)" --out "$(OUT)" --workers $(or $(WORKERS),0)
+
+export-dit: install ## Hub folder of a diffusion checkpoint's network: CKPT=run.ckpt OUT=dir [METRICS="adm.json ..."] [WEIGHTS=ema|raw]
+	@[ -n "$(CKPT)" ] || { echo "export-dit: CKPT is not set (a DiffusionModule training checkpoint, e.g. .../checkpoints/last.ckpt)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "export-dit: OUT is not set (the export folder to write)" >&2; exit 2; }
+	$(PY) -m lightning_modules export-dit --ckpt "$(CKPT)" --out "$(OUT)" --weights $(or $(WEIGHTS),ema) $(if $(METRICS),--metrics $(METRICS))
+
+push-to-hub: install ## Upload an export folder: FOLDER=dir REPO=owner/name [METRICS="rec.json ..."] (needs HF_HUB_OFFLINE=0 and a token)
+	@[ -n "$(FOLDER)" ] || { echo "push-to-hub: FOLDER is not set (a tokenizer export or a vfmvae export-dit folder)" >&2; exit 2; }
+	@[ -n "$(REPO)" ] || { echo "push-to-hub: REPO is not set (the Hub repository, owner/name)" >&2; exit 2; }
+	$(PY) -m lightning_modules push-to-hub "$(FOLDER)" "$(REPO)" $(if $(METRICS),--metrics $(METRICS))
+
+commands: install ## List the vfmvae commands (vfmvae --help)
+	@$(PY) -m lightning_modules --help
+
+# ---------------------------------------------------------------- analyses: component ablation, representation dynamics (docs/analyses.md)
+.PHONY: train-ablation ablation dynamics
+ABLATION_ROWS := baseline fusion blocks full
+train-ablation: install ## Component-ablation row (5M images, weak alignment): ROW=baseline|fusion|blocks|full DATA_ROOT VFM_PATH DINO_PATH VGG_PATH FILTER_LIST [TRAINER_CONFIG] [INCEPTION_PATH]
+	@case " $(ABLATION_ROWS) " in *" $(ROW) "*) [ -n "$(ROW)" ] ;; *) false ;; esac || { echo "train-ablation: set ROW to one of: $(ABLATION_ROWS) (configs/ablation/ROW.yaml)" >&2; exit 2; }
+	@for var in DATA_ROOT:"$(DATA_ROOT)" VFM_PATH:"$(VFM_PATH)" DINO_PATH:"$(DINO_PATH)" VGG_PATH:"$(VGG_PATH)" FILTER_LIST:"$(FILTER_LIST)"; do \
+	  name=$${var%%:*}; value=$${var#*:}; \
+	  [ -n "$$value" ] || { echo "train-ablation: $$name is not set (the same inputs as make train-tokenizer STAGE=1)" >&2; exit 2; }; \
+	  [ -e "$$value" ] || { echo "train-ablation: $$name=$$value does not exist" >&2; exit 2; }; \
+	done
+	$(PY) -m lightning_modules fit --config configs/ablation/$(ROW).yaml \
+	  --data.init_args.config.root=$(DATA_ROOT) --data.init_args.config.filter_keys_path=$(FILTER_LIST) \
+	  --model.init_args.vfm_pretrained=$(VFM_PATH) --model.init_args.dino_pretrained=$(DINO_PATH) \
+	  --model.init_args.vgg_path=$(VGG_PATH) $(if $(INCEPTION_PATH),--model.init_args.val_inception_path=$(INCEPTION_PATH)) \
+	  --config $(or $(TRAINER_CONFIG),configs/trainer/ddp_bf16.yaml) $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
+
+ablation: install ## Ablation table vs the paper: RECORDS="ROW=eval.json ..." and/or TOKENIZERS="ROW=export ..." IMAGES=dir [INCEPTION_PATH VGG_PATH PAPER=numbers.yaml OUT=table.json]
+	@[ -n "$(RECORDS)$(TOKENIZERS)" ] || { echo "ablation: set RECORDS=\"ROW=eval.json ...\" (from make eval-reconstruction / make evaluate) and/or TOKENIZERS=\"ROW=export ...\" with IMAGES=dir; ROW in: $(ABLATION_ROWS)" >&2; exit 2; }
+	@[ -z "$(TOKENIZERS)" ] || [ -n "$(IMAGES)" ] || { echo "ablation: IMAGES is not set (folder of validation images to evaluate TOKENIZERS on)" >&2; exit 2; }
+	$(PY) -m lightning_modules ablation $(foreach r,$(RECORDS),--record $(r)) $(foreach t,$(TOKENIZERS),--tokenizer $(t)) \
+	  $(if $(IMAGES),--images "$(IMAGES)") $(if $(INCEPTION_PATH),--inception-weights "$(INCEPTION_PATH)") \
+	  $(if $(VGG_PATH),--vgg-weights "$(VGG_PATH)") $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(NUM),--num-images $(NUM)) \
+	  $(if $(IMAGE_SIZE),--resolution $(IMAGE_SIZE)) $(if $(PAPER),--paper "$(PAPER)") $(if $(OUT),--out "$(OUT)") $(ABLATION_ARGS)
+
+dynamics: install ## SE-CKNNA per diffusion block over training: CKPTS="a.ckpt b.ckpt ..." IMAGES=png dir TOKENIZER=export REF=dinov2-large@weights [CLS_VFM STATS NUM OUT]
+	@[ -n "$(CKPTS)" ] || { echo "dynamics: CKPTS is not set (diffusion checkpoints in training order, e.g. CKPTS=\"run/checkpoints/*.ckpt\")" >&2; exit 2; }
+	@[ -n "$(IMAGES)" ] || { echo "dynamics: IMAGES is not set (folder of PNG probe images; the paper uses 10k ImageNet val images)" >&2; exit 2; }
+	@[ -n "$(TOKENIZER)" ] || { echo "dynamics: TOKENIZER is not set (the export folder that encoded the diffusion run's latents)" >&2; exit 2; }
+	@[ -n "$(REF)" ] || { echo "dynamics: REF is not set (reference VFM as PRESET@WEIGHTS, e.g. dinov2-large@weights/dinov2-large)" >&2; exit 2; }
+	$(PY) -m lightning_modules dynamics --config configs/analyses/dynamics.yaml --checkpoints $(CKPTS) \
+	  --images "$(IMAGES)" --tokenizer "$(TOKENIZER)" --reference "$(REF)" $(if $(CLS_VFM),--cls-vfm "$(CLS_VFM)") \
+	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(NUM),--num-images $(NUM)) $(if $(OUT),--out-dir "$(OUT)") $(DYNAMICS_ARGS)
 
 # ---------------------------------------------------------------- analyses: linear probe, Table 1 (docs/analyses.md)
 .PHONY: linear-probe table1 demo-analyses export-tokenizer

@@ -8,7 +8,7 @@ fp32, activation checkpointing, fused AdamW. Suites:
 |---|---|---|
 | `cpu` | `make bench` (< 5 min on 2 cores) | tiny (`debug`) and small DiTs, tiny tokenizer, sampling, caching, CKNNA |
 | `gpu` | `benchmarks/gpu_check.sh` | LightningDiT-XL/1, REG SiT-XL/1 bf16 +/- compile, tokenizer at 256 px |
-| `gpu-sampling` | `benchmarks/gpu_check.sh` | sampling XL nets at the paper protocol's fp32 (+TF32) vs opt-in bf16 (`scripts/sample.py --precision`) |
+| `gpu-sampling` | `benchmarks/gpu_check.sh` | sampling XL nets at the paper protocol's fp32 (+TF32) vs opt-in bf16 (`vfmvae sample --precision`) |
 | `gpu-extra` | GPU, when minutes are left | sampling at 250 steps, latent caching, CKNNA n = 10,000, fp32 / checkpointing rows |
 | `smoke` | `tests/test_bench.py` | the smallest size of each DiT workload, seconds |
 """
@@ -221,7 +221,7 @@ def _gpu_extra_suite() -> list[BenchCase]:
 
 
 def _gpu_sampling_suite() -> list[BenchCase]:
-    """`scripts/sample.py --precision fp32` (the paper protocol: fp32 with TF32, as the official samplers) against
+    """`vfmvae sample --precision fp32` (the paper protocol: fp32 with TF32, as the official samplers) against
     ``--precision bf16``: one batch of 64 at 50 grid points per network (the per-evaluation cost is what differs)."""
     ldit = BenchCase(
         "Sampling LightningDiT-XL/1 CFG fp32+TF32",

@@ -136,9 +136,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -162,7 +162,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="CUDA: list host syncs of one extra step per case (torch.cuda.set_sync_debug_mode)",
     )
-    return p.parse_args(argv)
+    return p
 
 
 def select_cases(args: argparse.Namespace) -> list[BenchCase]:
@@ -190,8 +190,8 @@ def select_cases(args: argparse.Namespace) -> list[BenchCase]:
     return [c.replace(**overrides) for c in cases]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = _parse(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> list[dict]:
+    args = build_parser(prog).parse_args(argv)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()

@@ -32,7 +32,7 @@ class Workload:
 
 def autocast(device: torch.device, dtype: str):
     """bf16 autocast around forward + loss (weights, optimiser and EMA stay fp32); fp32: no-op;
-    tf32: fp32 with TF32 matmuls/convolutions allowed (the official samplers' setting, `scripts/sample.py`'s
+    tf32: fp32 with TF32 matmuls/convolutions allowed (the official samplers' setting, `vfmvae sample`'s
     default ``--precision fp32`` on GPU)."""
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -13,7 +13,7 @@ shards). This callback wires one such EMA into a run:
 
 Why one callback and not an EMA inside each LightningModule: the EMA is cross-cutting (both run types,
 the same swap/save/restore rules), and the diffusion runs already depended on this callback for their
-FSDP2-sharded EMA, `scripts/sample.py` and the probes. Diffusion runs list it in their YAMLs; the
+FSDP2-sharded EMA, `vfmvae sample` and the probes. Diffusion runs list it in their YAMLs; the
 tokenizer, which used to keep its own copy of the same logic, adds it itself (`TokenizerModule.
 configure_callbacks`, from its ``ema_halflife_nimg`` / ``ema_rampup`` hyper-parameters), because its
 export *is* the EMA and a run without one must not be possible.

@@ -5,7 +5,7 @@ and fixed conditions (so successive grids are comparable), with the EMA weights 
 `callbacks.ema.EMACallback` is present, de-normalises the latents with the run's statistics and
 decodes them with a decoder-only tokenizer (`vfmvae.tokenizer.loading.load_decoder`). The network is
 driven only through `vfmvae.dit.interface.DiffusionNetwork` (its paper sampler, its condition type), by
-the same `vfmvae.transport.sample_latents` as `scripts/sample.py`. Decoded images become uint8 by the
+the same `vfmvae.transport.sample_latents` as `vfmvae sample`. Decoded images become uint8 by the
 paper protocol's truncation (`vfmvae.codec.to_uint8(x, "truncate")`, the official `tools/decode`). The grid
 is logged as ``grid/samples`` (image) on rank 0.
 

@@ -1,4 +1,4 @@
-"""Writes the images of a sampling ``predict`` run (`scripts/sample.py`): PNGs per batch, the chunk record
+"""Writes the images of a sampling ``predict`` run (`vfmvae sample`): PNGs per batch, the chunk record
 once a chunk is complete, and (rank 0, when every chunk exists) the ADM ``.npz``
 (`vfmvae.utils.sample_store`). The DataModule is read duck-typed (``chunk_size``, ``num_images``,
 ``num_chunks``, ``chunk_length``: `lightning_modules.sampling.SampleDataModule`).

@@ -12,7 +12,7 @@ Every ``every_n_steps`` optimiser steps (and optionally at fit start) on a fixed
   condition (clean, equivariance, pixel noise; official transforms indexed by the probe-set position) against
   the reference VFM on the same transformed images. Logs ``probe/se_cknna/{condition, mean_over_conditions}``.
 
-The features come from the one feature loop of `vfmvae.metrics.se_probe` (also used by `scripts/se_cknna.py`);
+The features come from the one feature loop of `vfmvae.metrics.se_probe` (also used by `vfmvae se-cknna`);
 this callback adds only when (the step schedule), where (probe set, EMA weights, ranks) and the logging: both
 kinds log ``probe/seconds`` and a rows x step heat-map image (``probe/cknna_heatmap`` /
 ``probe/se_cknna_heatmap``) to every TensorBoard logger (`callbacks.tb_layout`). Cost is bounded by

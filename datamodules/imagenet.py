@@ -6,7 +6,7 @@ Two independent choices (kept apart so a "latents" mode can be added without tou
   iterable, split by rank and worker);
 - ``mode``: what a record becomes - ``"images"`` (``image_mode.py``: decode + one of the crops of
   docs/design.md, "Crops and resizing") or ``"latents"`` (``latent_dataset.py``: cached tokenizer latents written by
-  ``scripts/cache_latents.py``, random access, normalised, with the LightningDiT or REG sampling policy).
+  ``vfmvae cache-latents``, random access, normalised, with the LightningDiT or REG sampling policy).
 
 Batch (images mode): ``{"image": uint8 (B, 3, R, R), "label": int64 (B,), "key": list[str]}``.
 Batch (latents mode): ``{"latent": float32 (B, C, h, w) normalised, "label": int64 (B,), "key": list[str],
@@ -84,7 +84,7 @@ class ImageNetDataConfig:
     min_seen_for_bad_check: int = 1000
     # When set, prepare_data() writes the embedded demo dataset as ImageFolder splits under root.
     demo: DemoDataConfig | None = None
-    # Latents mode (diffusion training): cache folders written by scripts/cache_latents.py.
+    # Latents mode (diffusion training): cache folders written by vfmvae cache-latents.
     latent_root: str | None = None
     latent_val_root: str | None = None
     latent_policy: str = "lightningdit"  # "lightningdit": fixed sample, flip p=0.5; "reg": fresh sample, no flip
@@ -97,7 +97,7 @@ class ImageNetDataConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown data mode {self.mode!r}; available: {MODES}")
         if self.mode == "latents" and not self.latent_root:
-            raise ValueError("data mode 'latents' needs latent_root (a cache folder from scripts/cache_latents.py)")
+            raise ValueError("data mode 'latents' needs latent_root (a cache folder from vfmvae cache-latents)")
         if self.source not in SOURCES:
             raise ValueError(f"unknown data source {self.source!r}; choose one of {SOURCES}")
         if self.resolution < 1 or self.batch_size < 1 or self.num_workers < 0:

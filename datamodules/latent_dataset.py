@@ -46,7 +46,7 @@ class LatentDataset(_EpochMixin, Dataset):
     """Items `{"latent": (C, h, w) float32 [normalised], "label": int, "key": str, "index": int, ["image"]}`.
 
     Args:
-        root: cache folder written by `scripts/cache_latents.py`.
+        root: cache folder written by `vfmvae cache-latents`.
         policy: `"lightningdit"` or `"reg"` (see module docstring).
         normalize: apply `LatentNormalizer` from `root/latents_stats.pt` (or `stats_path`).
         return_images: also return the stored `uint8 (3, H, W)` crop (error if the cache has none).

@@ -50,8 +50,10 @@ from lightning_modules.config_errors import (  # noqa: E402
     one_line,
     origin_error,
 )
+from lightning_modules.progress import use_step_progress_bar  # noqa: E402
 from lightning_modules.run_folders import argument_changes, read_checkpoint_header, resolve_resume  # noqa: E402
 from vfmvae.utils.checkpoint_files import remove_stale_temporaries  # noqa: E402
+from vfmvae.utils.console import quiet_console  # noqa: E402
 from vfmvae.utils.safe_load import (  # noqa: E402
     TRUST_PICKLE_HELP,
     pickles_trusted,
@@ -292,6 +294,7 @@ class VFMVAECLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        use_step_progress_bar(trainer)  # steps of max_steps, not `Epoch 3/-2` (lightning_modules/progress.py)
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         policy = config.get("checkpoint")
         if isinstance(policy, CheckpointPolicy):
@@ -337,6 +340,7 @@ def main(args: list[str] | None = None) -> VFMVAECLI:
     A :class:`ConfigError` (or a duplicate YAML key) is printed as one line (``config error: ...``) and exits
     with status 2; with ``VFMVAE_TRACEBACK=1`` it is raised with its traceback instead.
     """
+    quiet_console()  # third-party noise filtered at one place (vfmvae/utils/console.py)
     try:
         with trusting_pickles(False):  # --trust-pickle turns it on for this run only
             return VFMVAECLI(

@@ -121,7 +121,7 @@ class DiffusionModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.network = network  # the family name (checkpoint metadata); nothing branches on it
-        # The same rule rebuilds the network from a checkpoint's hyper-parameters (scripts/sample.py).
+        # The same rule rebuilds the network from a checkpoint's hyper-parameters (vfmvae sample).
         self.net = build_from_hparams(self.hparams, activation_checkpointing=activation_checkpointing)
         self.transport = transport_config(transport, transport_overrides)
         native = parse_convention(self.net.time_convention)

@@ -4,7 +4,7 @@ The images and shards come from `datamodules.latent_cache.LatentCacheDataModule`
 encodes each image and its horizontal flip (`LatentCacheModule`) and `LatentShardWriter` writes each shard
 the moment its last image arrives, then rank 0 finalises the cache. The posterior moments of both are
 stored (not a sample: the sampling policy is the DataModule's choice). `cache_latents` runs the whole
-thing (`scripts/cache_latents.py`, the demo latents).
+thing (`vfmvae cache-latents`, the demo latents).
 """
 
 from __future__ import annotations

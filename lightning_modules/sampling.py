@@ -1,4 +1,4 @@
-"""The Lightning ``predict`` run behind `scripts/sample.py`: chunks of images sampled, decoded and written
+"""The Lightning ``predict`` run behind `vfmvae sample`: chunks of images sampled, decoded and written
 (docs/design.md, "Evaluation protocol").
 
 * :class:`SampleDataModule` hands rank r the unfinished chunks k with k % world == r, as batch

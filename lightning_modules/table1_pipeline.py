@@ -53,14 +53,13 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 
 
 def run_command(name: str, argv: list[str]) -> Any:
-    """Run ``vfmvae <name> argv`` in this process (the dispatcher's command modules; the scripts/ module of the
-    same name where it is not a command module yet)."""
+    """Run ``vfmvae <name> argv`` in this process and return its result (the command's ``run``, which raises on
+    bad input, where it has one; else its ``main``)."""
     from lightning_modules.__main__ import _command_modules
 
-    commands = _command_modules()
-    module = commands.get(name) or f"scripts.{name.replace('-', '_')}"
+    module = importlib.import_module(_command_modules()[name])
     log.info("table1: vfmvae %s %s", name, " ".join(argv))
-    return importlib.import_module(module).main(argv)
+    return getattr(module, "run", module.main)(argv)
 
 
 def _read_split(root: Path, crop: str, size: int) -> np.ndarray:

@@ -315,7 +315,7 @@ class TokenizerModule(LightningModule):
 
             self._inception = AdmInceptionFeatures(self.hparams.val_inception_path).to(self.device)
         # Validation rounds decoder outputs to the nearest level, as it always has (the evaluation protocol
-        # truncates: scripts/eval_reconstruction.py); kept so that logged metric/* stay comparable.
+        # truncates: vfmvae eval-reconstruction); kept so that logged metric/* stay comparable.
         self._val_metrics = ReconstructionMetrics(self.lpips, self._inception, uint8_mode="round")
 
     @torch.no_grad()

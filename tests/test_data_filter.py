@@ -1,8 +1,8 @@
-"""``scripts/make_filter_list.py`` keeps exactly the images whose shorter side is >= 256 px."""
+"""``vfmvae make-filter-list`` keeps exactly the images whose shorter side is >= 256 px."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import pickle
 import subprocess
 import sys
@@ -17,10 +17,8 @@ SIZES = [(256, 256), (255, 400), (400, 255), (300, 256), (256, 1000), (257, 257)
 
 
 def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("make_filter_list", repo_root / "scripts" / "make_filter_list.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command module; its ``run(argv)`` returns the counts and raises on bad input."""
+    return importlib.import_module("lightning_modules.commands.make_filter_list")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +34,7 @@ def test_imagefolder_list_keeps_exactly_the_large_images(tmp_path, samples, repo
     write_imagefolder(tmp_path / "train", samples)
     (tmp_path / "train" / samples[0]["synset"] / "corrupt.JPEG").write_bytes(b"not an image")
     script = load_script(repo_root)
-    stats = script.main(
-        ["--source", "imagefolder", "--root", str(tmp_path / "train"), "--out", str(tmp_path / "k.txt")]
-    )
+    stats = script.run(["--source", "imagefolder", "--root", str(tmp_path / "train"), "--out", str(tmp_path / "k.txt")])
     keys = load_key_list(tmp_path / "k.txt")
     assert keys == expected_keys(samples) and 0 < len(keys) < len(samples)
     assert stats == {"seen": len(samples) + 1, "kept": len(keys), "unreadable": 1}
@@ -50,7 +46,7 @@ def test_imagefolder_list_keeps_exactly_the_large_images(tmp_path, samples, repo
 def test_webdataset_list_in_official_pickle_format(tmp_path, samples, repo_root):
     write_shards(tmp_path / "wds", samples, num_shards=3)
     script = load_script(repo_root)
-    script.main(
+    script.run(
         [
             "--source",
             "webdataset",
@@ -74,7 +70,9 @@ def test_cli_runs_with_worker_processes_and_a_progress_bar(tmp_path, samples, re
     proc = subprocess.run(
         [
             sys.executable,
-            str(repo_root / "scripts" / "make_filter_list.py"),
+            "-m",
+            "lightning_modules",
+            "make-filter-list",
             "--source",
             "imagefolder",
             "--root",
@@ -97,4 +95,4 @@ def test_cli_runs_with_worker_processes_and_a_progress_bar(tmp_path, samples, re
 def test_missing_root_is_an_error(tmp_path, repo_root):
     script = load_script(repo_root)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        script.main(["--source", "imagefolder", "--root", str(tmp_path / "absent"), "--out", str(tmp_path / "k.txt")])
+        script.run(["--source", "imagefolder", "--root", str(tmp_path / "absent"), "--out", str(tmp_path / "k.txt")])

@@ -1,4 +1,4 @@
-"""`make demo` (scripts/demo.py): helpers checked against independent formulas, and (slow) every phase end to end
+"""`make demo` (`vfmvae demo`): helpers checked against independent formulas, and (slow) every phase end to end
 at the CI size, then a second run that reuses every finished phase."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from scripts import demo as demo_mod
+from lightning_modules.commands import demo as demo_mod
 from vfmvae.demo import NUM_CLASSES, class_difference_test, load_size
 
 
@@ -165,7 +165,7 @@ def test_stacked_demo_configs_parse_through_the_cli(run, capsys, monkeypatch):
 @pytest.mark.slow
 def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, str(demo_mod.REPO / "scripts" / "demo.py"), "--size", "ci", "--out", str(out)]
+    cmd = [sys.executable, "-m", "lightning_modules", "demo", "--size", "ci", "--out", str(out)]
     first = subprocess.run(cmd, cwd=demo_mod.REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     for phase in demo_mod.PHASES[:-1]:
@@ -193,6 +193,9 @@ def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     with np.load(out / "samples" / "all.npz") as data:
         assert sorted(set(data["labels"].tolist())) == list(range(NUM_CLASSES))
         assert data["arr_0"].shape == (2 * NUM_CLASSES, 64, 64, 3)
+    page = out / "report.html"  # the run report over the demo's three runs (vfmvae report)
+    assert page.is_file() and f"run report: {page}" in first.stdout
+    assert "<img" in page.read_text()
     summary = (out / "summary.txt").read_text()
     assert summary.count("PASS") + summary.count("FAIL") == 2 and len(summary.splitlines()) <= 25
 
@@ -207,4 +210,4 @@ def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     for phase in demo_mod.PHASES[:-1]:
         assert f"{phase}: done before" in second.stdout, phase
-    assert "lightning_modules fit" not in second.stdout  # no training ran again
+    assert "vfmvae fit" in first.stdout and "vfmvae fit" not in second.stdout  # no training ran again

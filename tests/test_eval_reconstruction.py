@@ -152,7 +152,7 @@ def test_bad_inputs_are_clear_errors():
 @pytest.mark.slow
 def test_script_end_to_end_with_random_inception(tmp_path):
     from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
-    from scripts.eval_reconstruction import main
+    from lightning_modules.commands.eval_reconstruction import run
     from vfmvae.metrics.inception import random_inception_weights
     from vfmvae.tokenizer import VFMVAE, get_config
 
@@ -163,7 +163,7 @@ def test_script_end_to_end_with_random_inception(tmp_path):
     weights = random_inception_weights(tmp_path / "inception.pth")
     out = tmp_path / "result.json"
     pairs = tmp_path / "pairs"
-    record = main(
+    record = run(
         [
             "--tokenizer",
             str(tmp_path / "tok"),

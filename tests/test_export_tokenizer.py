@@ -16,7 +16,7 @@ from vfmvae.tokenizer.sources import load_any_tokenizer
 
 
 def test_release_file_to_export_folder(fixtures_dir, tmp_path, capsys):
-    from vfmvae.commands.export_tokenizer import main
+    from vfmvae.commands.export_tokenizer import run
 
     tensors = load_file(fixtures_dir / "vavae_tiny.safetensors")
     meta = json.loads((fixtures_dir / "vavae_tiny.json").read_text())
@@ -25,7 +25,7 @@ def test_release_file_to_export_folder(fixtures_dir, tmp_path, capsys):
     (tmp_path / "vavae.yaml").write_text(yaml.safe_dump({"model": {"params": {"ddconfig": meta["ddconfig"]}}}))
     argv = ["--tokenizer", str(tmp_path / "release.safetensors"), "--tokenizer-preset", "vavae-f16d32",
             "--tokenizer-kwargs", str(tmp_path / "vavae.yaml"), "--out", str(tmp_path / "export")]  # fmt: skip
-    assert main(argv) == 0
+    assert run(argv)["kind"] == "vavae"
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     direct = from_official_vavae(sd, meta["ddconfig"])
     loaded = load_any_tokenizer(str(tmp_path / "export"))

@@ -213,7 +213,8 @@ def test_two_rank_cache_has_every_key_once(tmp_path, repo_root):
     import sys
 
     data = make_folder(tmp_path / "data", n_per_class=(4, 4, 3), corrupt=False)
-    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    # The helper imports this test module (its stand-in tokenizer): tests/ joins the path through the environment.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), str(repo_root / "tests")])}
     proc = subprocess.run(
         [sys.executable, str(repo_root / "tests/scripts/cache_ddp.py"), str(data), str(tmp_path / "cache")],
         capture_output=True,
@@ -230,8 +231,8 @@ def test_two_rank_cache_has_every_key_once(tmp_path, repo_root):
 
 
 def test_cache_script_with_debug_tokenizer(tmp_path):
-    """`scripts/cache_latents.py` on an exported debug VFMVAE: manifest provenance and moments = direct encode."""
-    from scripts.cache_latents import main as cache_main
+    """`vfmvae cache-latents` on an exported debug VFMVAE: manifest provenance and moments = direct encode."""
+    from lightning_modules.commands.cache_latents import run as cache_main
     from vfmvae.tokenizer import VFMVAE
     from vfmvae.tokenizer.export import save_pretrained
 

@@ -3,7 +3,7 @@ interface"), checked on the source: callbacks never import `lightning_modules`; 
 branches on a network family (no comparison with a family name, no isinstance on a concrete network class);
 `DiffusionModule` assembles no loss terms itself; the diffusion files stay small.
 
-The scan covers the code that drives diffusion networks: `lightning_modules/`, `callbacks/`, `scripts/`,
+The scan covers the code that drives diffusion networks: `lightning_modules/` (its commands included), `callbacks/`,
 `benchmarks/` and `vfmvae/` outside `vfmvae/dit/`. Not scanned: `datamodules/` (it names *latent sampling
 policies* "lightningdit"/"reg", which are not network families) and `vfmvae/integrations/` (adapters that
 wrap one named family for an outside library, e.g. diffusers' `LightningDiTTransformer2DModel`, which checks
@@ -20,7 +20,7 @@ import pytest
 from vfmvae.dit import network_families
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("lightning_modules", "callbacks", "scripts", "benchmarks", "vfmvae")
+SCANNED = ("lightning_modules", "callbacks", "benchmarks", "vfmvae")
 CONCRETE_NETWORKS = {"LightningDiT", "LightningDiTREPA", "SiTREG"}
 
 
@@ -133,8 +133,8 @@ DIFFUSION_FILES = [
     "callbacks/sampler_state.py",
     "callbacks/se_cknna_probe.py",
     "callbacks/se_cknna_probe_config.py",
-    "scripts/sample.py",
-    "scripts/se_cknna.py",
+    "lightning_modules/commands/sample.py",
+    "vfmvae/commands/se_cknna.py",
     "vfmvae/metrics/se_cknna.py",
     "vfmvae/metrics/se_probe.py",
     "vfmvae/metrics/se_models.py",

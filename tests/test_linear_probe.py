@@ -68,7 +68,7 @@ def probe_run(tmp_path_factory):
     """Demo photographs (15 classes: 4 train + 2 held-out crops each, 64 px) probed through the command with a
     tiny random VFM-VAE (caches both splits first)."""
     from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
-    from lightning_modules.commands.linear_probe import main
+    from lightning_modules.commands.linear_probe import run
 
     root = tmp_path_factory.mktemp("probe")
     write_demo_imagefolder(root / "data" / "train", DemoDataConfig(resolution=64, num_per_class=4, seed=0))
@@ -76,7 +76,7 @@ def probe_run(tmp_path_factory):
     argv = ["--tokenizer", "none", "--tokenizer-preset", "debug", "--data-root", str(root / "data"),
             "--image-size", "64", "--protocol", "demo", "--global-batch-size", "20", "--epochs", "20",
             "--accelerator", "cpu", "--devices", "1", "--num-workers", "0", "--out", str(root / "out")]  # fmt: skip
-    assert main(argv) == 0
+    assert run(argv)["num_images"] == 30
     return root
 
 
@@ -92,9 +92,16 @@ def test_linear_probe_beats_chance_on_demo_data(probe_run):
 
 def test_linear_probe_command_errors(probe_run, capsys):
     from lightning_modules.commands.linear_probe import build_parser, main
+    from vfmvae.commands._errors import InputError
 
     assert "--train-latents" in build_parser().format_help()
-    with pytest.raises(SystemExit, match="give --train-latents and --val-latents"):
+    with pytest.raises(SystemExit) as info:
         main(["--train-latents", str(probe_run / "out" / "latents" / "train")])
-    with pytest.raises(SystemExit, match="needs --data-root"):
-        main(["--tokenizer", "none", "--tokenizer-preset", "debug"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "vfmvae linear-probe: error: give --train-latents and --val-latents (or --tokenizer and --data-root)"
+    )
+    from lightning_modules.commands.linear_probe import run
+
+    with pytest.raises(InputError, match="needs --data-root"):
+        run(["--tokenizer", "none", "--tokenizer-preset", "debug"])

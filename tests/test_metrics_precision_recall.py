@@ -179,9 +179,8 @@ def test_tf32_guard_on_cuda():
 def test_float16_is_the_default_everywhere(grid_sets, repo_root):
     assert inspect.signature(precision_recall).parameters["dtype"].default == "float16"
     assert inspect.signature(evaluate_adm).parameters["pr_distance_dtype"].default == "float16"
-    spec = importlib.util.spec_from_file_location("evaluate_script", repo_root / "scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from vfmvae.commands import evaluate as script
+
     args = script.build_parser().parse_args(["s.npz", "r.npz"])
     assert args.pr_distance_dtype == "float16"
     ref, smp = grid_sets

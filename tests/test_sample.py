@@ -1,8 +1,8 @@
-"""scripts/sample.py and `make sample`: PNGs + ADM `.npz`, provenance, EMA weights, resume (issue 11)."""
+"""`vfmvae sample` and `make sample`: PNGs + ADM `.npz`, provenance, EMA weights, resume (issue 11)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -21,10 +21,8 @@ from vfmvae.transport.sampling import sampler_config
 
 
 def _load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("sample_script", repo_root / "scripts" / "sample.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The command module; its ``run(argv)`` returns the ``.npz`` and raises on bad input."""
+    return importlib.import_module("lightning_modules.commands.sample")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +83,7 @@ def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, 
     root, ckpt, stats, module, ema = trained
     script = _load_script(repo_root)
     out = tmp_path / "samples"
-    npz = script.main(_argv(ckpt, stats, out))
+    npz = script.run(_argv(ckpt, stats, out))
     data = np.load(npz)
     assert data["arr_0"].shape == (6, 64, 64, 3) and data["arr_0"].dtype == np.uint8
     assert sorted(p.name for p in (out / "images").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
@@ -109,12 +107,12 @@ def test_sample_writes_pngs_npz_with_provenance_and_resumes(trained, repo_root, 
     os.remove(out / "images" / "000005.png")
     os.remove(npz)
     kept = {i: os.stat(out / "images" / f"{i:06d}.png").st_mtime_ns for i in range(4)}
-    npz2 = script.main(_argv(ckpt, stats, out))
+    npz2 = script.run(_argv(ckpt, stats, out))
     assert {i: os.stat(out / "images" / f"{i:06d}.png").st_mtime_ns for i in range(4)} == kept
     np.testing.assert_array_equal(np.load(npz2)["arr_0"], first)  # same seeds -> same images
 
     with pytest.raises(ValueError, match="other settings"):
-        script.main(_argv(ckpt, stats, out, "--seed", "1"))
+        script.run(_argv(ckpt, stats, out, "--seed", "1"))
 
 
 def test_sampler_settings_and_labels():
@@ -181,7 +179,7 @@ def test_sample_reg_checkpoint_with_sde(tmp_path, repo_root):
         "--devices",
         "1",
     ]
-    data = np.load(script.main(argv))
+    data = np.load(script.run(argv))
     assert data["arr_0"].shape == (2, 64, 64, 3)
     prov = json.loads(str(data["provenance"]))
     assert prov["sampler"]["method"] == "sde" and prov["family"] == "reg"
@@ -214,7 +212,7 @@ def test_make_sample_ddp_two_processes_matches_one(trained, repo_root, tmp_path)
     assert res.returncode == 0, log[-3000:]
     assert "rank 1: 1 chunks to sample" in log and "rank 0: 2 chunks to sample" in log
     ddp = np.load(out / "samples_3x64x64x3.npz")["arr_0"]
-    single = _load_script(repo_root).main(
+    single = _load_script(repo_root).run(
         [
             "--ckpt",
             str(ckpt),
@@ -290,7 +288,7 @@ def test_official_release_files_sample_directly(fixtures_dir, repo_root, tmp_pat
         "--devices",
         "1",
     ]
-    data = np.load(script.main(argv))
+    data = np.load(script.run(argv))
     assert data["arr_0"].shape == (2, 128, 128, 3)  # 8x8 latents through the f16 decoder
     prov = json.loads(str(data["provenance"]))
     assert prov["network"]["kind"] == "official"
@@ -317,7 +315,7 @@ def test_decoder_from_an_export_folder_and_tokenizer_mismatch_is_refused(trained
     argv = _argv(ckpt, stats, tmp_path / "o")
     argv[argv.index("--tokenizer") + 1] = str(tmp_path / "tok")
     with pytest.raises(ValueError, match="trained on latents of tokenizer"):
-        script.main(argv)
+        script.run(argv)
 
 
 def test_npz_is_the_official_truncating_conversion_of_the_decoded_batch(trained, repo_root, tmp_path):
@@ -335,7 +333,7 @@ def test_npz_is_the_official_truncating_conversion_of_the_decoded_batch(trained,
     script = _load_script(repo_root)
     common = ["--num-images", "2", "--chunk-size", "2", "--batch-size", "2"]
     argv = _argv(ckpt, stats, tmp_path / "t") + common
-    npz = np.load(script.main(argv))
+    npz = np.load(script.run(argv))
     prov = json.loads(str(npz["provenance"]))
     assert (prov["uint8_mode"], prov["precision"]) == ("truncate", "fp32")
     # The same decoded batch, recomputed: EMA network, the batch's seed, balanced labels 0 and 1.
@@ -349,6 +347,6 @@ def test_npz_is_the_official_truncating_conversion_of_the_decoded_batch(trained,
         decoded = load_decoder(None, "debug").decode(load_latent_stats(stats).denormalize(latents))
     official = np.stack([np.asarray(to_pil_image(((x + 1) / 2).clamp(0, 1))) for x in decoded])
     np.testing.assert_array_equal(npz["arr_0"], official)
-    rounded = np.load(script.main(_argv(ckpt, stats, tmp_path / "r", "--uint8-mode", "round") + common))["arr_0"]
+    rounded = np.load(script.run(_argv(ckpt, stats, tmp_path / "r", "--uint8-mode", "round") + common))["arr_0"]
     np.testing.assert_array_equal(rounded, to_uint8(decoded, "round").permute(0, 2, 3, 1).numpy())
     assert (rounded != official).any()

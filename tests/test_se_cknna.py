@@ -271,7 +271,7 @@ def image_dir(tmp_path_factory):
 
 
 def _run(repo_root, args):
-    cmd = [sys.executable, str(repo_root / "scripts" / "se_cknna.py"), "--device", "cpu", "--topk", "5", *args]
+    cmd = [sys.executable, "-m", "lightning_modules", "se-cknna", "--device", "cpu", "--topk", "5", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -343,14 +343,12 @@ def test_script_dit_blocks_and_errors(repo_root, image_dir, tmp_path):
 
 def test_script_loads_released_tokenizer_through_converter(fixtures_dir, repo_root, tmp_path):
     """`tokenizer:official@file.pth` + `--tokenizer-kwargs` builds the official model (checked on the fixture)."""
-    import importlib.util
     import json
 
     from safetensors.torch import load_file
 
-    spec = importlib.util.spec_from_file_location("se_cknna_script", repo_root / "scripts" / "se_cknna.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from vfmvae.commands import se_cknna as script
+
     tensors = load_file(str(fixtures_dir / "vfmvae_tiny.safetensors"))
     meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
     torch.save({"G_ema": {k[11:]: v for k, v in tensors.items() if k.startswith("state_dict.")}}, tmp_path / "g.pth")

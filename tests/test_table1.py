@@ -63,21 +63,26 @@ def test_frechet_distance_of_uses_the_injected_features():
     assert frechet_distance_of(mean_colour, a, b) == pytest.approx(((fa.mean(0) - fb.mean(0)) ** 2).sum(), rel=0.05)
 
 
-def test_table1_command_config_errors(tmp_path):
-    from lightning_modules.commands.table1 import build_parser, main
+def test_table1_command_config_errors(tmp_path, capsys):
+    from lightning_modules.commands.table1 import build_parser, main, run
+    from vfmvae.commands._errors import InputError
 
     assert "--config" in build_parser().format_help()
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"tokenizers": [{"name": "X", "recods": {}}]}))
-    with pytest.raises(SystemExit, match=r"config error: .*tokenizers\[0\]: unknown keys \['recods'\]"):
+    with pytest.raises(SystemExit) as info:
         main(["--config", str(bad)])
+    assert info.value.code == 2
+    assert "vfmvae table1: error: " in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"tokenizers\[0\]: unknown keys \['recods'\]"):
+        run(["--config", str(bad)])
 
 
 @pytest.mark.slow
 def test_table1_pipeline_end_to_end_on_a_tiny_vavae(tmp_path, monkeypatch, capsys):
     """Every column for a tiny random VA-VAE: its latents are cached, probed, trained on by LightningDiT (the sample
     grids decoded by the VA-VAE export) and sampled by `vfmvae sample`, exactly the VFM-VAE path."""
-    from lightning_modules.commands.table1 import main
+    from lightning_modules.commands.table1 import run
 
     monkeypatch.chdir(tmp_path)
     config = {
@@ -91,7 +96,7 @@ def test_table1_pipeline_end_to_end_on_a_tiny_vavae(tmp_path, monkeypatch, capsy
         "tokenizers": [{"name": "VA-VAE", "tokenizer": "none", "tokenizer_preset": "debug-vavae"}],
     }  # fmt: skip
     (tmp_path / "t1.yaml").write_text(yaml.safe_dump(config))
-    assert main(["--config", "t1.yaml", "--out", "table.md"]) == 0
+    assert len(run(["--config", "t1.yaml", "--out", "table.md"])) == 1
     rows = json.loads((tmp_path / "table.json").read_text())["rows"]
     measured = rows[0]["measured"]
     assert all(measured[c] is not None for c in ("rfid", "gfid", "linear_probe", "cknna", "se_cknna")), measured

@@ -2,7 +2,7 @@
 
 The trap is a pickle whose ``__reduce__`` creates a marker file when unpickled. Every loader must refuse it
 with a one-line error naming the file and ``--trust-pickle``, and the marker must not exist afterwards.
-Before this round `scripts/sample.py --ckpt`, the official tokenizer reader (`load_official_state_dict`), the
+Before this round `vfmvae sample --ckpt`, the official tokenizer reader (`load_official_state_dict`), the
 filter key list (`.pkl`), the stage hand-off and the FSDP consolidation unpickled in full: the marker appeared.
 A grep test keeps new `torch.load` / `pickle.load` calls out of the code (they go through
 `vfmvae.utils.safe_load`).
@@ -70,7 +70,7 @@ def test_the_trap_does_run_code_when_trusted(trap):
 
 
 def _se_cknna_state_dict(path):
-    return importlib.import_module("scripts.se_cknna")._state_dict(str(path))
+    return importlib.import_module("vfmvae.commands.se_cknna")._state_dict(str(path))
 
 
 def _sampling_network(family):
@@ -166,13 +166,12 @@ def test_sharded_checkpoint_consolidation_needs_trust(tmp_path):
 
 
 def test_sample_script_reports_bad_inputs_on_one_line(trap, tmp_path, capsys, fixtures_dir):
-    """`scripts/sample.py` front end: a trap, a missing checkpoint, a missing tokenizer, garbage statistics."""
+    """`vfmvae sample` front end: a trap, a missing checkpoint, a missing tokenizer, garbage statistics."""
     import json
 
     from safetensors.torch import load_file
 
-    from scripts.errors import run_cli
-    from scripts.sample import main
+    from lightning_modules.commands.sample import main
 
     pt, _, marker = trap
     tensors = load_file(str(fixtures_dir / "lightningdit_tiny.safetensors"))
@@ -197,18 +196,20 @@ def test_sample_script_reports_bad_inputs_on_one_line(trap, tmp_path, capsys, fi
     lines = {}
     for name, argv in cases.items():
         with pytest.raises(SystemExit) as info:
-            run_cli(main, argv, "sample.py")
+            main(argv)
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err
         lines[name] = err.strip().splitlines()[-1]
-        assert lines[name].startswith("sample.py: error: "), lines[name]
+        assert lines[name].startswith("vfmvae sample: error: "), lines[name]
     assert not marker.exists()
     assert "posix.system" in lines["trap"]
-    assert lines["missing checkpoint"] == f"sample.py: error: diffusion checkpoint not found: {tmp_path / 'nope.ckpt'}"
+    assert (
+        lines["missing checkpoint"] == f"vfmvae sample: error: diffusion checkpoint not found: {tmp_path / 'nope.ckpt'}"
+    )
     assert str(tmp_path / "no_tok") in lines["missing tokenizer"]
     assert lines["garbage stats"] == (
-        f"sample.py: error: latent statistics file {garbage}: not a PyTorch, safetensors or pickle file "
+        f"vfmvae sample: error: latent statistics file {garbage}: not a PyTorch, safetensors or pickle file "
         "(or its start is damaged)"
     )
     assert "weights_only" not in lines["garbage stats"]  # never torch's advice to unpickle in full
@@ -245,7 +246,7 @@ def test_no_other_unpickling_call_in_the_code(repo_root):
         "lightning_modules/parallel.py",
     }
     found = []
-    for folder in ("vfmvae", "lightning_modules", "callbacks", "datamodules", "scripts", "benchmarks"):
+    for folder in ("vfmvae", "lightning_modules", "callbacks", "datamodules", "benchmarks"):
         for path in sorted((repo_root / folder).rglob("*.py")):
             rel = path.relative_to(repo_root).as_posix()
             code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())

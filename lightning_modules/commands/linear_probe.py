@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 
 # The repository's config, found from any working directory.
+from vfmvae.commands._errors import InputError, run_cli
+
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "analyses" / "linear_probe.yaml")
 PROTOCOL_FIELDS = ("optimizer", "base_lr", "epochs", "warmup_epochs", "weight_decay", "augmentation", "normalization")
 
@@ -56,14 +58,14 @@ def _cache_splits(args: argparse.Namespace, out: Path) -> tuple[str, str]:
     from vfmvae.tokenizer.sources import load_any_tokenizer
 
     if not args.data_root:
-        raise SystemExit("vfmvae linear-probe: --tokenizer needs --data-root (an ImageFolder root with train/ and val/)")
+        raise InputError("--tokenizer needs --data-root (an ImageFolder root with train/ and val/)")
     tokenizer = load_any_tokenizer(args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs,
                                    vfm_pretrained=args.vfm_path, vfm_config={"compute_dtype": "float32"})  # fmt: skip
     roots = []
     for split in ("train", "val"):
         folder = Path(args.data_root) / split
         if not folder.is_dir():
-            raise SystemExit(f"vfmvae linear-probe: {folder} is not a folder (DATA_ROOT must hold train/ and val/)")
+            raise InputError(f"{folder} is not a folder (DATA_ROOT must hold train/ and val/)")
         target = out / "latents" / split
         cache_image_folder(tokenizer, str(folder), str(target), image_size=args.image_size,
                            provenance={"path": args.tokenizer}, accelerator=args.accelerator or "auto", devices=1)  # fmt: skip
@@ -90,25 +92,31 @@ def cli_arguments(args: argparse.Namespace, train: str, val: str, out: Path) -> 
     return argv
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> dict | None:
+    """The validation result (rank 0; ``None`` on other ranks); raises `InputError` on inputs that do not fit."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     if args.tokenizer is not None:
         if args.train_latents or args.val_latents:
-            raise SystemExit("vfmvae linear-probe: give either --tokenizer/--data-root or --train-latents/--val-latents")
+            raise InputError("give either --tokenizer/--data-root or --train-latents/--val-latents")
         train, val = _cache_splits(args, out)
     elif args.train_latents and args.val_latents:
         train, val = args.train_latents, args.val_latents
     else:
-        raise SystemExit("vfmvae linear-probe: give --train-latents and --val-latents (or --tokenizer and --data-root)")
+        raise InputError("give --train-latents and --val-latents (or --tokenizer and --data-root)")
     from lightning_modules.cli import main as cli_main
 
     cli = cli_main(cli_arguments(args, train, val, out))
-    if cli.trainer.is_global_zero:
-        result = cli.model.result
-        if result is None:
-            raise SystemExit("vfmvae linear-probe: the run ended without a validation result")
-        print(f"linear probe top-1: {result['top1']:.2f} % ({result['correct']}/{result['num_images']} validation "
-              f"latents, {result['epoch']} epochs) -> {out / 'linear_probe.json'}")  # fmt: skip
-    return 0
+    if not cli.trainer.is_global_zero:
+        return None
+    result = cli.model.result
+    if result is None:
+        raise RuntimeError("vfmvae linear-probe: the run ended without a validation result")
+    print(f"linear probe top-1: {result['top1']:.2f} % ({result['correct']}/{result['num_images']} validation "
+          f"latents, {result['epoch']} epochs) -> {out / 'linear_probe.json'}")  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae linear-probe")

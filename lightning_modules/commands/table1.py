@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from vfmvae.commands._errors import InputError, run_cli
+
 TOP_KEYS = {"gfid_epoch", "pipeline", "tokenizers"}
 PIPELINE_KEYS = {"data_root", "demo_data", "out", "options"}
 ENTRY_KEYS = {"name", "paper", "tokenizer", "tokenizer_preset", "records", "gfid_epoch"}
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> None:
-    raise SystemExit(f"config error: {message}")
+    raise InputError(message)
 
 
 def _check_keys(what: str, given: dict, known: set[str]) -> None:
@@ -114,7 +116,8 @@ def collect_rows(config: dict[str, Any], feature_extractor: str | None = None) -
     return rows, timings
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> list[dict]:
+    """The table's rows (raises `InputError` on a config or record problem)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from vfmvae.analyses import format_table1
@@ -130,4 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table + "\n")
         out.with_suffix(".json").write_text(json.dumps({"rows": rows, "seconds": timings}, indent=2) + "\n")
-    return 0
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae table1")

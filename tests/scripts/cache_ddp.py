@@ -1,16 +1,15 @@
-"""Run by tests/test_latent_cache.py: cache a folder with 2 CPU processes (gloo DDP)."""
+"""Run by tests/test_latent_cache.py: cache a folder with 2 CPU processes (gloo DDP).
+
+The test puts the repository and tests/ on PYTHONPATH (this file imports the test module's stand-in tokenizer).
+"""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning.pytorch import Trainer
+from test_latent_cache import IMAGE_SIZE, StandInTokenizer
 
-from lightning.pytorch import Trainer  # noqa: E402
-from test_latent_cache import IMAGE_SIZE, StandInTokenizer  # noqa: E402
-
-from datamodules.latent_cache import LatentCacheDataModule  # noqa: E402
-from lightning_modules.latent_cache import LatentCacheModule, LatentShardWriter  # noqa: E402
+from datamodules.latent_cache import LatentCacheDataModule
+from lightning_modules.latent_cache import LatentCacheModule, LatentShardWriter
 
 if __name__ == "__main__":
     data_root, out_dir = sys.argv[1], sys.argv[2]

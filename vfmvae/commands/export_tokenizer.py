@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vfmvae.commands._errors import run_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfmvae export-tokenizer", description=__doc__,
@@ -25,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> dict:
+    """The exported tokenizer's record."""
     args = build_parser().parse_args(argv)
     from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
 
@@ -36,4 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         model.save_pretrained(args.out, vfm_pretrained=args.vfm_path)  # VFM-VAE: record the VFM by path
     record = {**tokenizer_record(model), "path": args.out}
     print(json.dumps({k: record[k] for k in ("kind", "weights_sha256", "latent_channels", "downsample_factor", "path")}))
-    return 0
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae export-tokenizer")

@@ -1,4 +1,4 @@
-"""Plain-PyTorch helpers of `make demo` (`scripts/demo.py`): the demo's sizes, its evaluation (reconstruction
+"""Plain-PyTorch helpers of `make demo` (`vfmvae demo`): the demo's sizes, its evaluation (reconstruction
 PSNR/SSIM, a demo FID, the class-difference test) and its summary with the self-checks."""
 
 from .evaluation import class_difference_test, demo_feature_net, demo_fid, evaluate_demo, reconstruction_metrics

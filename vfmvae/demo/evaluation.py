@@ -1,4 +1,4 @@
-"""The demo's evaluation (phase ``evaluate`` of `scripts/demo.py`): reconstruction PSNR/SSIM, a demo FID, and
+"""The demo's evaluation (phase ``evaluate`` of `vfmvae demo`): reconstruction PSNR/SSIM, a demo FID, and
 whether samples differ between classes. Plain PyTorch / NumPy on uint8 NHWC image arrays."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The demo's summary (phase ``summary`` of `scripts/demo.py`): ``metrics.json``, the self-checks, the summary text."""
+"""The demo's summary (phase ``summary`` of `vfmvae demo`): ``metrics.json``, the self-checks, the summary text."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """The network to sample from: a `DiffusionModule` training checkpoint (EMA or live weights) or a released
 official file (docs/design.md, "Checkpoints, resume and provenance"). Plain PyTorch; used by
-`scripts/sample.py` and `scripts/se_cknna.py`.
+`vfmvae sample` and `vfmvae se-cknna`.
 
 * Training checkpoint (a Lightning ``.ckpt``): the network is rebuilt from the saved hyper-parameters
   (`vfmvae.dit.registry.build_from_hparams`) and loaded with the EMA callback's averaged weights
   (``weights="ema"``) or the live ones (``"raw"``).
+* Export folder (`vfmvae.dit.export`, ``vfmvae export-dit``): the network rebuilt from its build spec, its
+  weights hash checked; its provenance (latent statistics, tokenizer hash) is the checkpoint's.
 * Official release file (``family`` given): converted by the family's ``from_official`` with the paper run's
   constructor kwargs unless ``official_kwargs`` (a JSON/YAML file) gives others; its EMA entry is used.
 
@@ -55,6 +57,20 @@ def load_sampling_network(
 ) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
     """``(net in eval(), family name, record, training provenance)`` (see the module docstring)."""
     p = Path(path)
+    if p.is_dir():
+        from vfmvae.dit.export import DiffusionNetworkExport
+
+        export = DiffusionNetworkExport.from_pretrained(p)
+        name = export.build["network"]
+        if family is not None and family != name:
+            raise ValueError(f"--model {family} but the export holds a {name} network")
+        record = {
+            "source": str(p),
+            "kind": "export",
+            "weights": export.weights,
+            "sha256": export.record()["weights_sha256"],
+        }
+        return export.network, name, record, dict(export.provenance)
     if not p.is_file():
         raise FileNotFoundError(f"diffusion checkpoint not found: {p}")
     if weights not in ("ema", "raw"):

@@ -4,7 +4,7 @@ network interface").
 A family is a name (the ``network:`` of a run config and of its checkpoint's hyper-parameters), its
 presets, a builder, and optionally the converter of the official release files. LightningDiT and REG SiT
 register themselves in their own files; a new network registers in its own file too, so that
-``DiffusionModule(network="my-net")``, ``scripts/sample.py`` and ``scripts/se_cknna.py`` find it without
+``DiffusionModule(network="my-net")``, ``vfmvae sample`` and ``vfmvae se-cknna`` find it without
 edits. Every built network implements `vfmvae.dit.interface.DiffusionNetwork`.
 
 Builders are called as ``build(preset, overrides, activation_checkpointing=..., **options)`` where

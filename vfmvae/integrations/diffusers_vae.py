@@ -50,7 +50,7 @@ except ImportError as e:  # an optional extra
 
 from vfmvae.codec import LatentNormalizer, signed_to_unit
 from vfmvae.tokenizer.config import VFMVAEConfig, get_config
-from vfmvae.tokenizer.export import CONFIG_NAME, EXPORT_FORMAT, load_tokenizer
+from vfmvae.tokenizer.export import CONFIG_NAME, EXPORT_FORMAT, SUPPORTED_FORMATS, load_tokenizer
 from vfmvae.tokenizer.export import save_pretrained as save_tokenizer_export
 from vfmvae.tokenizer.model import VFMVAE
 
@@ -301,6 +301,7 @@ class AutoencoderKLVFMVAE(ModelMixin, ConfigMixin):
             out / TOKENIZER_SUBFOLDER,
             weights=record.get("weights", "raw"),
             provenance=record.get("provenance"),
+            metrics=record.get("metrics"),
         )
         self.save_config(out)  # last: a folder without config.json is visibly incomplete
 
@@ -360,7 +361,7 @@ class AutoencoderKLVFMVAE(ModelMixin, ConfigMixin):
             elif scaling_factor is None:
                 scaling_factor = recorded_scale
             model = cls.from_tokenizer(tokenizer, latents_stats, scaling_factor, **config)
-        elif record.get("format") == EXPORT_FORMAT:
+        elif record.get("format") in SUPPORTED_FORMATS:  # a bare tokenizer export folder, any version
             model = cls.from_tokenizer(load_tokenizer(root, **load), latents_stats, scaling_factor)
         else:
             found = record.get("_class_name") or record.get("format") or "neither"

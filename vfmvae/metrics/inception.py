@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vfmvae.utils.progress import progress
+
 from .numerics import full_fp32
 
 __all__ = [
@@ -174,7 +176,8 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for batch in _iter_batches(images, batch_size):
+    batches = progress(_iter_batches(images, batch_size), total=-(-len(images) // batch_size), desc="Inception")
+    for batch in batches:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).contiguous()
         feats = extractor(x)
         for k in keys:

@@ -1,4 +1,4 @@
-"""The one JSON record of an evaluation run (`scripts/evaluate.py`, `scripts/eval_reconstruction.py`).
+"""The one JSON record of an evaluation run (`vfmvae evaluate`, `vfmvae eval-reconstruction`).
 
 Every record has the same top-level keys, so results of different runs can be compared and traced
 (docs/design.md, "Checkpoints, resume and provenance"):

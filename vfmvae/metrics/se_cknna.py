@@ -180,6 +180,7 @@ def extract_condition_features(
     resolution: int = SE_RESOLUTION,
     seed: int = SE_SEED,
     batch_size: int = 32,
+    desc: str = "SE features",
 ) -> dict[str, torch.Tensor]:
     """Pooled features `{condition: (N, D) float32 CPU}` for images in the given (stem-sorted) order.
 
@@ -201,6 +202,7 @@ def extract_condition_features(
         batch_size=batch_size,
         noise_levels=noise_levels,
         seed=seed,
+        desc=desc,
     )
 
 

@@ -1,4 +1,4 @@
-"""The models `scripts/se_cknna.py` measures, built from ``KIND:PRESET[@WEIGHTS]`` specs (docs/design.md, "SE-CKNNA";
+"""The models `vfmvae se-cknna` measures, built from ``KIND:PRESET[@WEIGHTS]`` specs (docs/design.md, "SE-CKNNA";
 docs/design.md, "SE-CKNNA").
 
 * ``vfm:<vfmvae.vfm preset>``: a frozen VFM with the DINOv2 or SigLIP extractor rules by family;
@@ -21,6 +21,7 @@ import torch
 
 from vfmvae.codec import uint8_to_unit
 from vfmvae.dit.registry import network_families
+from vfmvae.utils.progress import progress
 
 from .se_cknna import DINOv2SEExtractor, SigLIPSEExtractor
 from .se_probe import probe_class_tokens
@@ -101,7 +102,8 @@ def encode_latents(tokenizer, paths, resolution: int, device, batch_size: int, s
     """Posterior samples z (official: the diffusion prefetch samples, it never takes the mode)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     zs = []
-    for start in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, total=len(starts), desc="tokenizer latents"):
         x = uint8_to_unit(_load_batch(paths[start : start + batch_size], resolution, device))
         with torch.no_grad():
             zs.append(tokenizer.encode(x).sample(generator=gen).cpu())
@@ -126,7 +128,8 @@ def image_class_tokens(preset, weights, config, paths, resolution, device, batch
 
     vfm = build_vfm(preset, pretrained=weights, config={"compute_dtype": "float32", **(config or {})}).to(device)
     out = []
-    for start in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, total=len(starts), desc="class tokens"):
         images = _load_batch(paths[start : start + batch_size], resolution, device)
         out.append(probe_class_tokens(vfm, images, size=224).cpu())
     return torch.cat(out)

@@ -1,7 +1,7 @@
 """The one SE-CKNNA feature loop: run a probe set through a model and the reference VFM, condition by
 condition, in chunks (docs/design.md, "SE-CKNNA").
 
-Shared by `scripts/se_cknna.py` (files on disk, one process) and `callbacks/se_cknna_probe.py` (an
+Shared by `vfmvae se-cknna` (files on disk, one process) and `callbacks/se_cknna_probe.py` (an
 in-memory probe set during training, every rank): the callback only adds when / where / logging.
 
 * :func:`run_chunks`: equal-size chunks of the probe set (the last wraps around; the padding is dropped),
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from vfmvae.codec import uint8_to_unit
 from vfmvae.transport.paths import TimeConvention, parse_convention
+from vfmvae.utils.progress import progress
 
 from .numerics import full_fp32
 from .se_transforms import NOISE_LEVELS, SE_SEED, add_pixel_noise, equivariance_params, noise_condition
@@ -85,12 +86,16 @@ def all_gather_chunks(local: dict[int, Any], world: int) -> dict[int, Any]:
     return merged
 
 
-def run_chunks(fn: ChunkFn, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+def run_chunks(
+    fn: ChunkFn, n: int, batch_size: int, *, rank: int = 0, world: int = 1, desc: str = "features"
+) -> dict[str, torch.Tensor]:
     """Run ``fn(chunk, indices) -> {name: (b, D)}`` over this rank's chunks, gather all ranks, concatenate
-    -> ``{name: (n, D)}`` float32 on CPU, rows in probe-set order."""
+    -> ``{name: (n, D)}`` float32 on CPU, rows in probe-set order. ``desc`` names the progress bar (drawn only
+    when a command turned bars on, `vfmvae.utils.progress`)."""
     chunks = probe_chunks(n, batch_size)
     local = {}
-    for k in range(math.ceil(len(chunks) / world)):
+    steps = math.ceil(len(chunks) / world)
+    for k in progress(range(steps), total=steps, desc=desc, unit="chunk"):
         c = k * world + rank
         real = c < len(chunks)
         idx, valid = chunks[c if real else 0]
@@ -154,6 +159,7 @@ def conditioned_features(
     seed: int = SE_SEED,
     rank: int = 0,
     world: int = 1,
+    desc: str = "features",
 ) -> dict[str, torch.Tensor]:
     """``{condition: (n, D)}`` of a probe set of ``n`` images: chunk ``c`` loads its images with
     ``load_images(indices)`` and runs the extractor ``extractor_for(c)`` on every condition."""
@@ -162,7 +168,7 @@ def conditioned_features(
         images = load_images(idx)
         return condition_features(extractor_for(c), images, idx, conditions, noise_levels=noise_levels, seed=seed)
 
-    return run_chunks(chunk, n, batch_size, rank=rank, world=world)
+    return run_chunks(chunk, n, batch_size, rank=rank, world=world, desc=desc)
 
 
 @torch.no_grad()
@@ -192,7 +198,8 @@ def dit_block_features(
     s = noise_fraction
     t_model = 1.0 - s if parse_convention(net.time_convention) == TimeConvention.DATA_AT_ONE else s
     out: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(latents), batch_size):
+    starts = range(0, len(latents), batch_size)
+    for start in progress(starts, total=len(starts), desc="DiT block features"):
         parts = [latents[start : start + batch_size].float()]
         if with_cls:
             parts.append(class_tokens[start : start + batch_size].float())

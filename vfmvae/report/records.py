@@ -1,8 +1,8 @@
 """Metric records written as JSON next to a run: evaluation results, summaries, the demo's ``metrics.json``.
 
 Which files count (by name, case-insensitive): ``metrics*.json``, ``results*.json``, ``*summary*.json``,
-``*eval*.json``, ``*_adm.json`` (``scripts/evaluate.py``), ``*reconstruction*.json``
-(``scripts/eval_reconstruction.py``). A record is flattened to ``dotted.key -> value`` rows (numbers, booleans,
+``*eval*.json``, ``*_adm.json`` (``vfmvae evaluate``), ``*reconstruction*.json``
+(``vfmvae eval-reconstruction``). A record is flattened to ``dotted.key -> value`` rows (numbers, booleans,
 short strings and short lists of numbers); anything else is left out, so a record never breaks the page.
 """
 

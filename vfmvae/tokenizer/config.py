@@ -51,6 +51,9 @@ class VFMVAEConfig:
     attn_heads: int = 8
     attn_ff_mult: int = 4
     extra_convnext: bool = True  # official add_additional_convnext: 3 (not 2) layers per res block in blocks 0-3
+    # official use_convnext; False = the ablation's baseline layers, StyleGAN2 modulated 3x3 convs
+    # (docs/analyses.md, "Component ablation")
+    use_convnext: bool = True
     use_blur: bool = True  # official use_gaussian_blur
     legacy: bool = (
         True  # static noise maps; needed for the released weights (docs/design.md, "Deviations from the official code")
@@ -156,8 +159,9 @@ class VFMVAEConfig:
         return [min(self.channel_base // int(res / scale), self.channel_max) for res in self.block_resolutions]
 
     def convnext_layers(self, block: int) -> int:
-        """ConvNeXt layers in one block: conv0 + num_res_blocks x (3 if block <= 3 and extra else 2)."""
-        per = 3 if (block <= 3 and self.extra_convnext) else 2
+        """Style-modulated layers in one block: conv0 + num_res_blocks x (3 if block <= 3 and extra else 2);
+        the extra layers exist only with ConvNeXt layers (official `add_additional_convnext`)."""
+        per = 3 if (block <= 3 and self.extra_convnext and self.use_convnext) else 2
         return 1 + self.num_res_blocks * per
 
     @property

@@ -1,11 +1,13 @@
-"""Tokenizer export folders: `save_pretrained` / `from_pretrained` / `load_tokenizer`.
+"""Tokenizer export folders: `save_pretrained` / `from_pretrained` / `load_tokenizer` (docs/export.md).
 
-An export folder holds what a user of the trained tokenizer needs, and nothing that can be rebuilt:
+An export folder holds what a user of the trained tokenizer needs, and nothing that can be rebuilt; it is a
+Hugging Face model repository as ``ModelHubMixin`` writes one (`vfmvae.tokenizer.hub`):
 
-    <dir>/config.json          format tag, `VFMVAEConfig`, VFM record, weights hash, provenance
+    <dir>/config.json          format tag, `VFMVAEConfig`, VFM record, weights hash, provenance, metrics
     <dir>/model.safetensors    head (if any) + decoder weights (the EMA weights when trained:
                                the paper evaluates and releases `G_ema`)
     <dir>/vfm.safetensors      only when the frozen VFM is included (see below)
+    <dir>/README.md            the model card: what it is, the paper, images seen, metrics, provenance hashes
 
 The frozen VFM (1.2 GB for SigLIP2-L) is **not** duplicated by default: `config.json` records its
 preset name, its config overrides, the local path it was loaded from and the sha256 of its
@@ -17,8 +19,12 @@ so it is included automatically; `include_vfm=True` forces inclusion.
 `model.safetensors`; it flows into latent-cache manifests and diffusion checkpoints
 (docs/design.md, "Checkpoints, resume and provenance"). `decoder_only=True` loading never builds the VFM or the head.
 
-`load_tokenizer(path)` accepts an export folder or an official release file
-(`..._legacy.pth`, a dict with `G_ema`) together with its official `generator_kwargs`.
+Format ``vfmvae-tokenizer/2`` adds the card and the ``metrics`` / ``library_name`` / ``paper`` fields to
+``vfmvae-tokenizer/1``; folders of both formats load. The architecture travels as ``VFMVAEConfig.to_dict()``
+and comes back through ``VFMVAEConfig.from_dict`` (fields added to the config need no change here).
+
+`load_tokenizer(path)` accepts an export folder, a Hub repository id (local cache unless allowed online) or an
+official release file (`..._legacy.pth`, a dict with `G_ema`) together with its official `generator_kwargs`.
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ import torch
 from torch import nn
 
 from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.utils.hub import PAPER, metrics_table, model_card, provenance_hashes, resolve_pretrained
 
 from .config import VFMVAEConfig
 from .model import VFMVAE
 
-EXPORT_FORMAT = "vfmvae-tokenizer/1"
+EXPORT_FORMAT = "vfmvae-tokenizer/2"
+SUPPORTED_FORMATS = ("vfmvae-tokenizer/1", EXPORT_FORMAT)  # /1: the same folder without card and metrics
 CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
 VFM_WEIGHTS_NAME = "vfm.safetensors"
 ENCODER_PREFIXES = ("head.",)  # encoder-side keys, skipped by decoder-only loading
@@ -70,16 +79,27 @@ def _weights_state(model: VFMVAE) -> dict[str, torch.Tensor]:
     }
 
 
-def save_pretrained(
+def save_pretrained(model: VFMVAE, directory: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Write `model` as an export folder (`VFMVAE.save_pretrained`, the mixin's flow); returns the record.
+
+    Options (`write_export`): ``vfm_pretrained``, ``include_vfm``, ``weights`` ("ema"/"raw"), ``provenance``,
+    ``metrics``; and the mixin's ``push_to_hub`` / ``repo_id``.
+    """
+    if not isinstance(model, VFMVAE):
+        raise TypeError(f"save_pretrained expects a VFMVAE, got {type(model).__name__}")
+    return model.save_pretrained(directory, **options)
+
+
+def build_record(
     model: VFMVAE,
-    directory: str | os.PathLike,
     *,
     vfm_pretrained: str | os.PathLike | None = None,
     include_vfm: bool | None = None,
     weights: str = "raw",
     provenance: Mapping[str, Any] | None = None,
+    metrics: Any = None,
 ) -> dict[str, Any]:
-    """Write `model` as an export folder; returns the `config.json` record.
+    """The `config.json` record of `model` (hashes included; nothing written).
 
     Args:
         model: a `VFMVAE` (with or without encoder). Pass it with the EMA weights swapped in
@@ -90,46 +110,101 @@ def save_pretrained(
             (a randomly initialised VFM cannot be rebuilt otherwise).
         weights: label recorded in the JSON ("ema" or "raw").
         provenance: extra JSON-able facts (stage, image counters, source checkpoint, ...).
+        metrics: measured metrics, ``{name: value}`` or evaluation records (`vfmvae.utils.hub.metrics_table`).
     """
-    from vfmvae.utils.checkpoint_io import atomic_write
-
-    if not isinstance(model, VFMVAE):
-        raise TypeError(f"save_pretrained expects a VFMVAE, got {type(model).__name__}")
     if weights not in ("ema", "raw"):
         raise ValueError(f"save_pretrained: weights must be 'ema' or 'raw', got {weights!r}")
-    out = Path(directory)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"save_pretrained: {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    state = _weights_state(model)
-    digest = state_dict_sha256(state)
     record: dict[str, Any] = {
         "format": EXPORT_FORMAT,
+        "library_name": "vfmvae",
+        "paper": f"arXiv:{PAPER['arxiv']}",
         "config": model.cfg.to_dict(),
         "has_encoder": model.has_encoder,
         "weights": weights,
-        "weights_sha256": digest,
+        "weights_sha256": state_dict_sha256(_weights_state(model)),
         "parameter_counts": model.parameter_counts(),
         "provenance": to_jsonable(dict(provenance or {})),
+        "metrics": metrics_table(metrics),
     }
     if model.has_encoder:
         vfm_path = vfm_pretrained if vfm_pretrained is not None else getattr(model, "vfm_pretrained", None)
-        include = (vfm_path is None) if include_vfm is None else bool(include_vfm)
-        vfm_state = {k: v.detach().cpu().contiguous().clone() for k, v in model.vfm.state_dict().items()}
         record["vfm"] = {
             "name": model.cfg.vfm_name,
             "config_overrides": _config_overrides(model.vfm, model.cfg.vfm_name),
             "pretrained": None if vfm_path is None else str(Path(vfm_path).expanduser().resolve()),
-            "included": include,
-            "weights_sha256": state_dict_sha256(vfm_state),
+            "included": (vfm_path is None) if include_vfm is None else bool(include_vfm),
+            "weights_sha256": state_dict_sha256(_vfm_state(model)),
         }
-        if include:
-            atomic_write(out / VFM_WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(vfm_state)))
-        elif (out / VFM_WEIGHTS_NAME).exists():
-            (out / VFM_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
+    return record
+
+
+def _vfm_state(model: VFMVAE) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.vfm.state_dict().items()}
+
+
+def write_export(model: VFMVAE, directory: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Write weights, `config.json` and the card `README.md` of `model` (options: `build_record`)."""
+    from vfmvae.utils.checkpoint_io import atomic_write
+
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {out} exists and is not a directory")
+    record = build_record(model, **options)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _weights_state(model)
+    vfm = record.get("vfm")
+    if vfm is not None and vfm["included"]:
+        atomic_write(out / VFM_WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(_vfm_state(model))))
+    elif (out / VFM_WEIGHTS_NAME).exists():
+        (out / VFM_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
+    digest = record["weights_sha256"]
     atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(state, {"weights_sha256": digest})))
+    card = str(tokenizer_model_card(record))
+    atomic_write(out / CARD_NAME, lambda f: f.write(card.encode()))
     atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(record, indent=2).encode()))
     return record
+
+
+def tokenizer_model_card(record: Mapping[str, Any]):
+    """The model card (``huggingface_hub.ModelCard``) of an export record."""
+    cfg, vfm, prov = record["config"], record.get("vfm") or {}, record.get("provenance") or {}
+    side = cfg["img_resolution"] // cfg["compression"]
+    counts = record.get("parameter_counts") or {}
+    trained = sum(v for k, v in counts.items() if k not in ("vfm", "decoder"))  # decoder = its parts' sum
+    files = [CONFIG_NAME, WEIGHTS_NAME, *([VFM_WEIGHTS_NAME] if vfm.get("included") else []), CARD_NAME]
+    kind = "tokenizer" if record.get("has_encoder", True) else "decoder-only tokenizer"
+    return model_card(
+        title=f"VFM-VAE {kind} ({cfg['vfm_name']}, f{cfg['compression']}, {cfg['z_dim']} channels)",
+        summary=(
+            f"An image tokenizer for latent diffusion: a frozen vision foundation model ({cfg['vfm_name']}) "
+            f"encodes an image, a latent head gives a {cfg['z_dim']}x{side}x{side} Gaussian latent at "
+            f"{cfg['img_resolution']} px, and a multi-scale decoder reconstructs the image (paper Sec. 3)."
+        ),
+        model_rows={
+            "latent": f"{cfg['z_dim']} x {side} x {side} at {cfg['img_resolution']} px (f{cfg['compression']})",
+            "frozen VFM": f"{cfg['vfm_name']} ({'included' if vfm.get('included') else 'not included'})",
+            "trained parameters": f"{trained:,}",
+            "weights": record.get("weights"),
+            "format": record.get("format"),
+        },
+        training_rows={
+            "images seen": prov.get("global_nimg"),
+            "stage": prov.get("stage_name", prov.get("stage")),
+            "optimiser steps": prov.get("steps"),
+            "initialised from": prov.get("init_checkpoint"),
+        },
+        metrics=record.get("metrics") or {},
+        hashes={"model.safetensors": record["weights_sha256"], **provenance_hashes(record.get("provenance") or {})}
+        | ({"frozen VFM": vfm["weights_sha256"]} if vfm.get("weights_sha256") else {}),
+        usage=(
+            "from vfmvae.tokenizer import VFMVAE\n\n"
+            'tokenizer = VFMVAE.from_pretrained("this-folder-or-owner/name")  # offline unless local_files_only=False\n'
+            "posterior = tokenizer.encode(images)  # images in [0, 1], (B, 3, H, W)\n"
+            "reconstruction = tokenizer.decode(posterior.sample())  # in [-1, 1]"
+        ),
+        files=files,
+        tags=["vfm-vae", "image-tokenizer", "autoencoder", "latent-diffusion"],
+    )
 
 
 def _safetensors_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -139,13 +214,13 @@ def _safetensors_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str,
 
 
 def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The `config.json` record of an export folder (format checked)."""
+    """The `config.json` record of an export folder (format checked: any of `SUPPORTED_FORMATS`)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a tokenizer export folder: {CONFIG_NAME} is missing")
     record = json.loads(path.read_text())
-    if record.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: unsupported export format {record.get('format')!r} (expected {EXPORT_FORMAT!r})")
+    if record.get("format") not in SUPPORTED_FORMATS:
+        raise ValueError(f"{path}: unsupported export format {record.get('format')!r} (expected {SUPPORTED_FORMATS})")
     return record
 
 
@@ -191,8 +266,11 @@ def from_pretrained(
     vfm_pretrained: str | os.PathLike | None = None,
     verify_vfm: bool = True,
     map_location: str | torch.device = "cpu",
+    *,
+    local_files_only: bool = True,
+    revision: str | None = None,
 ) -> VFMVAE:
-    """Load an export folder as a `VFMVAE` in eval mode.
+    """Load an export folder (or a Hub repository id, `resolve_pretrained`) as a `VFMVAE` in eval mode.
 
     `decoder_only=True` builds only the decoder (no VFM, no head; diffusion decoding).
     `vfm_pretrained` overrides the recorded VFM location; the VFM weights hash is checked unless
@@ -200,7 +278,7 @@ def from_pretrained(
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = resolve_pretrained(directory, what="tokenizer", local_files_only=local_files_only, revision=revision)
     record = read_export_config(directory)
     cfg = VFMVAEConfig.from_dict(record["config"])
     state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
@@ -266,8 +344,9 @@ def load_tokenizer(
     comes from `vfm_pretrained` (a local SigLIP2 folder) unless the file contains it.
     """
     p = Path(path).expanduser()
-    if p.is_dir():
-        return from_pretrained(p, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, verify_vfm=verify_vfm)
+    if p.is_dir() or (not p.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~"))):
+        # an export folder, or a Hub repository id (local cache only: `resolve_pretrained`)
+        return from_pretrained(path, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, verify_vfm=verify_vfm)
     if not p.is_file():
         raise FileNotFoundError(f"load_tokenizer: {p} is neither an export folder nor a checkpoint file")
     if generator_kwargs is None:
@@ -300,6 +379,10 @@ def is_export_dir(path: str | os.PathLike) -> bool:
 
 __all__ = [
     "EXPORT_FORMAT",
+    "SUPPORTED_FORMATS",
+    "build_record",
+    "tokenizer_model_card",
+    "write_export",
     "save_pretrained",
     "from_pretrained",
     "load_tokenizer",

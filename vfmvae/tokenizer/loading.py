@@ -2,7 +2,7 @@
 statistics for decoding, and expand ``${VAR}`` paths of run configs.
 
 Plain PyTorch (no Lightning import); used by `callbacks/sample_grid.py`, `callbacks/joint_alignment.py`,
-`callbacks/se_cknna_probe.py` and `scripts/sample.py` (moved here from `lightning_modules/tokenizer_loading.py`
+`callbacks/se_cknna_probe.py` and `vfmvae sample` (moved here from `lightning_modules/tokenizer_loading.py`
 so that callbacks never import `lightning_modules`).
 
 ``load_decoder(source, preset=..., generator_kwargs=...)`` loads any tokenizer kind through

@@ -21,6 +21,7 @@ from vfmvae.codec import uint8_to_unit
 
 from .config import VFMVAEConfig, get_config
 from .decoder import Decoder, DecoderOutput
+from .hub import TokenizerHubMixin
 from .interface import TokenizerRecordMixin
 from .latent_head import LatentHead
 from .posterior import DiagonalGaussian
@@ -53,7 +54,7 @@ def _build_vfm(cfg: VFMVAEConfig, pretrained=None, config: dict | None = None) -
     return build_vfm(cfg.vfm_name, pretrained=pretrained, config=config)
 
 
-class VFMVAE(TokenizerRecordMixin, nn.Module):
+class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
     """The tokenizer. `VFMVAE(cfg, vfm=None, decoder_only=False, vfm_pretrained=None, vfm_config=None)`.
 
     It implements `vfmvae.tokenizer.interface.Tokenizer` (``kind = "vfmvae"``; the frozen VFM is recorded by
@@ -62,6 +63,8 @@ class VFMVAE(TokenizerRecordMixin, nn.Module):
     - `vfm`: a built frozen VFM (`vfmvae.vfm.FrozenVFM`); if None it is built from `cfg.vfm_name`
       (random weights unless `vfm_pretrained` is a local folder/file).
     - `decoder_only=True`: no VFM and no head are built (diffusion decoding); `encode` then raises.
+    - `save_pretrained(folder)` / `VFMVAE.from_pretrained(folder or Hub id)` / `push_to_hub(repo_id)`: the
+      ``huggingface_hub.ModelHubMixin`` methods over the export folder (`vfmvae.tokenizer.hub`, docs/export.md).
     """
 
     def __init__(
@@ -101,20 +104,6 @@ class VFMVAE(TokenizerRecordMixin, nn.Module):
     @classmethod
     def decoder_only(cls, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2") -> VFMVAE:
         return cls(cfg, decoder_only=True)
-
-    @classmethod
-    def from_pretrained(cls, directory, decoder_only: bool = False, vfm_pretrained=None, **kwargs) -> VFMVAE:
-        """Load an export folder written by `save_pretrained` (`vfmvae.tokenizer.export`); eval mode.
-        `decoder_only=True` never builds the VFM; `vfm_pretrained` overrides the recorded VFM path."""
-        from .export import from_pretrained
-
-        return from_pretrained(directory, decoder_only=decoder_only, vfm_pretrained=vfm_pretrained, **kwargs)
-
-    def save_pretrained(self, directory, **kwargs) -> dict:
-        """Write safetensors + JSON config (+ weights hash) to `directory`; see `vfmvae.tokenizer.export`."""
-        from .export import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
 
     @property
     def has_encoder(self) -> bool:

@@ -24,6 +24,7 @@ from .attention import SelfAttentionBlock
 from .config import VFMVAEConfig
 from .convnext import ModulatedConvNeXtLayer, ModulatedToRGB, SeparableBlurUpsample
 from .fusion import LatentAdapter
+from .plain_conv import plain_layers
 
 
 class SynthesisBlock(nn.Module):
@@ -45,6 +46,9 @@ class SynthesisBlock(nn.Module):
             ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, legacy=cfg.legacy, noise_resolution=8 * 2**index)
             for _ in range(cfg.convnext_layers(index))
         )
+        if not cfg.use_convnext:  # the ablation's baseline layers instead (docs/analyses.md, "Component ablation")
+            # style width: `style_dim` where a conditional decoder widens w, else w_dim
+            self.layers = plain_layers(out_ch, getattr(cfg, "style_dim", cfg.w_dim), cfg.convnext_layers(index))
         self.attention = nn.ModuleList(
             SelfAttentionBlock(out_ch, cfg.attn_heads, cfg.attn_ff_mult) for _ in range(cfg.attn_depth(index))
         )

@@ -1,7 +1,7 @@
 """Sampling any `vfmvae.dit.interface.DiffusionNetwork` with the paper's samplers (docs/design.md,
 "Sampling and guidance"); plain PyTorch.
 
-Shared by the periodic sample grids (`callbacks/sample_grid.py`) and `scripts/sample.py`, so both run
+Shared by the periodic sample grids (`callbacks/sample_grid.py`) and `vfmvae sample`, so both run
 the same code path: ``net.initial_state`` (noise) -> ``net.velocity`` in its native time convention,
 called in the network's parameter dtype -> `vfmvae.transport.sample` (CFG with its interval, the null
 condition from ``net.condition``) -> the latent component of the final state.

@@ -1,5 +1,5 @@
 """The on-disk layout of a sampling run: PNGs, per-chunk records, the ADM ``.npz`` (docs/design.md,
-"Evaluation protocol"). Plain Python / NumPy; used by `scripts/sample.py` through
+"Evaluation protocol"). Plain Python / NumPy; used by `vfmvae sample` through
 `lightning_modules/sampling.py` and `callbacks/sample_writer.py`.
 
 ``OUT/images/{i:06d}.png`` (image i), ``OUT/chunks/chunk_{k:05d}.json`` (written atomically once chunk k's

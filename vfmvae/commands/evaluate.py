@@ -1,6 +1,7 @@
-"""ADM evaluation suite (gFID, sFID, IS, precision, recall) in PyTorch; no TensorFlow, no downloads.
+"""ADM evaluation suite of a sample batch: gFID, sFID, IS, precision, recall (PyTorch, no downloads).
 
-    python scripts/evaluate.py SAMPLES REF [--inception-weights PATH] [--num-samples 50000] [--out results.json]
+    vfmvae evaluate SAMPLES REF [--inception-weights PATH] [--num-samples 50000] [--out results.json]
+    make evaluate SAMPLES=... REF=...
 
 Follows the official ADM evaluator (`openai/guided-diffusion`, `evaluations/evaluator.py`), the reference for
 gFID / IS / precision / recall on ImageNet 256; precision/recall distances are float16 as there
@@ -14,21 +15,17 @@ Prints a table and writes the evaluation record (`vfmvae.metrics.record`).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vfmvae.metrics.adm_suite import evaluate_adm, load_batch  # noqa: E402
-from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path  # noqa: E402
-from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES  # noqa: E402
-from vfmvae.metrics.record import evaluation_record, write_record  # noqa: E402
+from vfmvae.commands._errors import add_progress_argument, run_cli
+from vfmvae.metrics.adm_suite import evaluate_adm, load_batch
+from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path
+from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES
+from vfmvae.metrics.record import evaluation_record, write_record
+from vfmvae.utils.progress import progress_enabled
 
 ROWS = (
     ("fid", "FID"),
@@ -40,7 +37,9 @@ ROWS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vfmvae evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("samples", help="sample batch: .npz with arr_0 (uint8 NHWC) or an image folder")
     p.add_argument("ref", help="reference batch: ADM .npz (mu/sigma/mu_s/sigma_s and/or arr_0) or an image folder")
     p.add_argument(
@@ -59,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision/recall distances: float16 = ADM (float32 fallback on overflow), the paper protocol",
     )
     p.add_argument("--out", default=None, help="JSON output path (default: <samples>_adm.json)")
+    add_progress_argument(p)
     return p
 
 
@@ -70,22 +70,24 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
+    """The evaluation record (raises on bad input; `main` turns that into one line)."""
     args = build_parser().parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     samples, reference = load_batch(args.samples), load_batch(args.ref)
     start = time.time()
-    results = evaluate_adm(
-        samples,
-        reference,
-        extractor,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        device=device,
-        cache_dir=args.cache_dir or None,
-        pr_distance_dtype=args.pr_distance_dtype,
-    )
+    with progress_enabled(not args.no_progress):  # a bar with ETA over the Inception batches
+        results = evaluate_adm(
+            samples,
+            reference,
+            extractor,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            device=device,
+            cache_dir=args.cache_dir or None,
+            pr_distance_dtype=args.pr_distance_dtype,
+        )
     print(format_table(results))
     pr = "float16 blocks, float32 fallback on overflow (as ADM)" if args.pr_distance_dtype == "float16" else None
     record = evaluation_record(
@@ -107,5 +109,5 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae evaluate")

@@ -1,6 +1,8 @@
-"""Offline SE-CKNNA protocol (docs/design.md, "SE-CKNNA"): CSV + PNG.
+"""SE-CKNNA of tokenizers, VFMs and diffusion networks against a reference VFM: CSV + PNG.
 
-    python scripts/se_cknna.py --images DIR --reference dinov2-large[@WEIGHTS] \
+Offline protocol of docs/design.md, "SE-CKNNA"::
+
+    vfmvae se-cknna --images DIR --reference dinov2-large[@WEIGHTS] \
         --model tokenizer:vfmvae-f16d32-siglip2@CKPT --model vfm:siglip2-large-patch16-512@WEIGHTS \
         --model lightningdit:LightningDiT-XL/1@CKPT --tokenizer vfmvae-f16d32-siglip2@CKPT --latent-stats STATS \
         --out-dir outputs/se_cknna
@@ -27,28 +29,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.errors import add_trust_pickle_argument, run_cli  # noqa: E402
-from vfmvae.metrics.cknna import cknna  # noqa: E402
-from vfmvae.metrics.se_cknna import (  # noqa: E402
+from vfmvae.commands._errors import add_progress_argument, add_trust_pickle_argument, run_cli
+from vfmvae.metrics.cknna import cknna
+from vfmvae.metrics.se_cknna import (
     AGGREGATE_NAME,
     TokenizerSEExtractor,
     dit_block_features,
     extract_condition_features,
     se_cknna,
 )
-from vfmvae.metrics.se_models import (  # noqa: E402
+from vfmvae.metrics.se_models import (
     build_dit,
     build_vfm_extractor,
     encode_latents,
@@ -56,8 +51,9 @@ from vfmvae.metrics.se_models import (  # noqa: E402
     latent_stats,
     parse_spec,
 )
-from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images  # noqa: E402
-from vfmvae.utils.safe_load import load_user_file, trusting_pickles  # noqa: E402
+from vfmvae.metrics.se_transforms import NOISE_LEVELS, condition_names, list_images
+from vfmvae.utils.progress import progress_enabled
+from vfmvae.utils.safe_load import load_user_file, trusting_pickles
 
 
 def _state_dict(path: str) -> dict:
@@ -140,7 +136,9 @@ def write_plot(rows: list[dict], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vfmvae se-cknna", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", default=None, help="folder of PNG evaluation images (10k ImageNet-val in the paper)")
     p.add_argument("--demo", type=int, default=None, help="instead of --images: N crops of scikit-image photos")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (error if fewer)")
@@ -167,12 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", default="outputs/se_cknna")
     add_trust_pickle_argument(p)
+    add_progress_argument(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def run(argv: list[str] | None = None) -> list[dict]:
+    """The result rows (raises on bad input; `main` turns that into one line)."""
     args = build_parser().parse_args(argv)
-    with trusting_pickles(args.trust_pickle):
+    with trusting_pickles(args.trust_pickle), progress_enabled(not args.no_progress):
         return _run(args)
 
 
@@ -198,7 +198,10 @@ def _run(args: argparse.Namespace) -> list[dict]:
         noise_levels=args.noise_levels, resolution=args.resolution, seed=args.seed, batch_size=args.batch_size
     )
     needs_se = any(k in ("vfm", "tokenizer") for k, _, _ in specs)
-    ref_feats = extract_condition_features(ref_extractor, paths, conditions if needs_se else ["clean"], **common)
+    ref_conditions = conditions if needs_se else ["clean"]
+    ref_feats = extract_condition_features(
+        ref_extractor, paths, ref_conditions, desc=f"reference {ref_preset}", **common
+    )
     rows: list[dict] = []
     latents = cls_tokens = None
     for kind, preset, weights in specs:
@@ -210,7 +213,7 @@ def _run(args: argparse.Namespace) -> list[dict]:
                 extractor = TokenizerSEExtractor(
                     build_tokenizer(preset, weights, device, official).encode, device=device, seed=args.seed
                 )
-            feats = extract_condition_features(extractor, paths, conditions, **common)
+            feats = extract_condition_features(extractor, paths, conditions, desc=name, **common)
             for cond, value in se_cknna(feats, ref_feats, topk=args.topk).items():
                 rows.append({"model": name, "feature": "pooled", "condition": cond, "cknna": value})
             continue
@@ -275,5 +278,5 @@ def _run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
-    run_cli(main, None, "se_cknna.py")
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae se-cknna")

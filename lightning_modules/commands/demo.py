@@ -1,6 +1,6 @@
-"""`make demo`: the whole VFM-VAE pipeline on the embedded demo photographs, on a CPU, in minutes.
+"""The whole pipeline on the embedded demo photographs, on a CPU, in minutes (`make demo`).
 
-    python scripts/demo.py [--size demo|ci|debug] [--out outputs/demo] [--redo PHASE ...] [--threads 1]
+    vfmvae demo [--size demo|ci|debug] [--out outputs/demo] [--redo PHASE ...] [--threads 1]
 
 Phases (each prints its time, writes ``<out>/.done/<phase>.json`` when finished; a second run reuses
 finished phases and redoes an unfinished one from its start):
@@ -12,19 +12,20 @@ finished phases and redoes an unfinished one from its start):
 3. ``tokenizer_stage2`` a short stage 2 (SSIM fine-tuning of the decoder) from stage 0's checkpoint
                         (``configs/demo/tokenizer_stage2.yaml``); its end-of-fit export is the demo tokenizer;
 4. ``export``           reload the export folder (``load_tokenizer``) and check its weights hash;
-5. ``cache_latents``    ``scripts/cache_latents.py --store-images`` on the train split (ADM crop, image + flip);
+5. ``cache_latents``    ``vfmvae cache-latents --store-images`` on the train split (ADM crop, image + flip);
 6. ``reg``              tiny REG (SiT + class token) on the cache with joint alignment to the tiny random DINOv2
                         and the SE-CKNNA probe (``configs/demo/reg.yaml``); TensorBoard logs + heat-map;
-7. ``sample``           ``scripts/sample.py``, class-balanced: one image per class and seed -> class grid;
+7. ``sample``           ``vfmvae sample``, class-balanced: one image per class and seed -> class grid;
 8. ``evaluate``         reconstruction PSNR/SSIM of the trained vs the untrained tokenizer on the held-out
                         split (paper protocol: sampled latents, 8-bit outputs truncated as the official tools
                         write them), and a demo FID of the samples vs the held-out split (`vfmvae.demo`);
 9. ``summary``          ``metrics.json``, ``summary.txt`` and the self-checks (PASS/FAIL; exit 1 on FAIL when the
-                        size enforces them: ``demo`` does, the CI sizes train too briefly and only report them).
+                        size enforces them: ``demo`` does, the CI sizes train too briefly and only report them),
+                        and the run report ``report.html`` over the three runs (``vfmvae report``).
 
 The sizes are YAML (`vfmvae.demo.size`): ``configs/demo/runner.yaml`` for the phases that are not training
 runs, the run YAMLs for the three training runs, and ``configs/demo/size_<name>/`` overlays stacked last for
-``--size <name>``. Every training phase is ``python -m lightning_modules fit`` over those YAMLs plus the output
+``--size <name>``. Every training phase is ``vfmvae fit`` over those YAMLs plus the output
 paths on the command line (printed, so it can be repeated by hand; the resolved config is saved next to the
 run's logs). Everything is tiny and randomly initialised: no weight file and no network access is needed.
 The numbers show the machinery works, they are not the paper's (README "Reproducing the paper").
@@ -37,25 +38,17 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+import yaml
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from vfmvae.demo import (  # noqa: E402
+from vfmvae.demo import (
     NUM_CLASSES,
     DemoSize,
     available_sizes,
@@ -66,8 +59,12 @@ from vfmvae.demo import (  # noqa: E402
     run_configs,
     size_fingerprint,
 )
-from vfmvae.demo.tb_events import last_image, last_scalars  # noqa: E402
-from vfmvae.utils.image_grid import image_grid  # noqa: E402
+from vfmvae.demo.tb_events import last_image, last_scalars
+from vfmvae.utils.console import quiet_console
+from vfmvae.utils.image_grid import image_grid
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: the demo's YAMLs live in configs/
+CONFIGS = REPO / "configs"
 
 VAL_SEED = 1_000_003  # the held-out split's seed, as ImageNetDataModule.prepare_data derives it
 PHASES = ("data", "tokenizer_stage0", "tokenizer_stage2", "export", "cache_latents", "reg", "sample", "evaluate")
@@ -88,22 +85,22 @@ class Demo:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def run_fit(demo: Demo, run: str, *overrides: str):
-    """``python -m lightning_modules fit`` over the run's YAMLs (+ the size's overlay) and ``overrides``, in this
+    """``vfmvae fit`` over the run's YAMLs (+ the size's overlay) and ``overrides``, in this
     process (imports are paid once per demo); returns the CLI object (its trainer knows the run folder)."""
     from lightning_modules.cli import main as cli_main
 
     args = ["fit", *(f"--config={p}" for p in run_configs(CONFIGS, demo.size.name, run)), *overrides]
-    print(f"  $ DEMO_OUT={demo.out} python -m lightning_modules " + " ".join(args), flush=True)
+    print(f"  $ DEMO_OUT={demo.out} vfmvae " + " ".join(args), flush=True)
     try:
         return cli_main(args)
     except SystemExit as err:  # LightningCLI exits on bad configs
-        raise RuntimeError(f"{run}: `python -m lightning_modules {' '.join(args)}` exited with {err.code}") from err
+        raise RuntimeError(f"{run}: `vfmvae {' '.join(args)}` exited with {err.code}") from err
 
 
-def run_script(main: Callable[[list[str]], Any], script: str, args: list[str]) -> Any:
-    """A project script's ``main(argv)`` in this process, printed as the equivalent command."""
-    print(f"  $ python {script} " + " ".join(args), flush=True)
-    return main(args)
+def run_command(run: Callable[[list[str]], Any], command: str, args: list[str]) -> Any:
+    """A command's ``run(argv)`` in this process, printed as the equivalent ``vfmvae`` command line."""
+    print(f"  $ vfmvae {command} " + " ".join(args), flush=True)
+    return run(args)
 
 
 def save_png(grid_chw: torch.Tensor, path: Path) -> None:
@@ -193,7 +190,7 @@ def phase_export(demo: Demo) -> dict:
 
 
 def phase_cache_latents(demo: Demo) -> dict:
-    from scripts.cache_latents import main as cache_main
+    from lightning_modules.commands.cache_latents import run as cache_run
 
     # Resumable by itself (finished shards are kept), but only for the same tokenizer: a redone export starts over.
     out, tokenizer_sha = demo.path("latents"), demo.records["export"]["weights_sha256"]
@@ -204,7 +201,7 @@ def phase_cache_latents(demo: Demo) -> dict:
     stamp.write_text(tokenizer_sha)
     args = f"--data-root {demo.path('data', 'train')} --tokenizer {demo.path('tokenizer', 'export')} --out {out} "
     args += f"--image-size {demo.size.resolution} --batch-size 32 --num-workers 0 --shard-size 128 --store-images "
-    run_script(cache_main, "scripts/cache_latents.py", (args + "--accelerator cpu --devices 1").split())
+    run_command(cache_run, "cache-latents", (args + "--accelerator cpu --devices 1").split())
     manifest = json.loads((out / "manifest.json").read_text())
     return {
         "root": str(out),
@@ -237,7 +234,7 @@ def phase_reg(demo: Demo) -> dict:
 
 def phase_sample(demo: Demo) -> dict:
     """One class-balanced batch of 15 per seed (the network has 1000 label rows; ``balanced`` gives ids 0..14)."""
-    from scripts.sample import main as sample_main
+    from lightning_modules.commands.sample import run as sample_run
 
     s = demo.size
     shutil.rmtree(demo.path("samples"), ignore_errors=True)  # samples of an earlier REG run would be refused
@@ -251,7 +248,7 @@ def phase_sample(demo: Demo) -> dict:
     for seed in range(s.sample_seeds):
         out = demo.path("samples", f"seed{seed}")
         args = f"--out {out} --seed {seed} {common}".split()
-        npz = run_script(sample_main, "scripts/sample.py", args) or next(out.glob("samples_*.npz"))
+        npz = run_command(sample_run, "sample", args) or next(out.glob("samples_*.npz"))
         with np.load(npz) as data:
             images.append(data["arr_0"])
             labels.append(data["labels"])
@@ -303,7 +300,10 @@ def phase_summary(demo: Demo) -> dict:
     demo.path("metrics.json").write_text(json.dumps(metrics, indent=2))
     text = render_summary(demo.size, demo.out, metrics)
     demo.path("summary.txt").write_text(text + "\n")
-    return {"passed": metrics["passed"], "text": text}
+    from vfmvae.report import write_report  # one page over the demo's runs (docs/report.md)
+
+    page = write_report(demo.out)
+    return {"passed": metrics["passed"], "text": text + f"\nrun report: {page} (open it in a browser)"}
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[Demo], dict]] = {p: globals()[f"phase_{p}"] for p in PHASES}
@@ -359,20 +359,24 @@ def run_demo(size: str = "demo", out: str | Path = "outputs/demo", redo: list[st
     return demo
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vfmvae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", default="demo", choices=available_sizes(CONFIGS), help="demo (make demo), ci (tests)")
     p.add_argument("--out", default="outputs/demo", help="output folder (reused by a second run)")
     p.add_argument(
         "--redo", nargs="*", default=[], metavar="PHASE", help=f"redo these and later phases ({', '.join(PHASES)}, all)"
     )
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads per process (1 is fastest on 2 cores)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    quiet_console()
     if args.threads < 1:
         p.error("--threads must be >= 1")
     demo = run_demo(args.size, args.out, args.redo, args.threads)
     return 0 if demo.records["summary"]["passed"] or not demo.size.enforce_checks else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Sample N images from a diffusion checkpoint with the paper's sampler: PNGs + one ADM-layout `.npz`.
 
-    python scripts/sample.py --ckpt RUN.ckpt --tokenizer TOKENIZER --out outputs/samples/run [--num-images 50000]
+    vfmvae sample --ckpt RUN.ckpt --tokenizer TOKENIZER --out outputs/samples/run [--num-images 50000]
     make sample CKPT=... TOKENIZER=... [STATS=...] [NUM=50000] [OUT=...] [DEVICES=...]
 
 Inputs (docs/design.md, "Evaluation protocol"):
@@ -32,27 +32,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from lightning.pytorch import Trainer
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
-
-from callbacks.sample_writer import SampleWriter  # noqa: E402
-from lightning_modules.sampling import SampleDataModule, SampleModule  # noqa: E402
-from scripts.errors import InputError, add_trust_pickle_argument, run_cli  # noqa: E402
-from vfmvae.dit.loading import load_sampling_network  # noqa: E402
-from vfmvae.dit.registry import network_families  # noqa: E402
-from vfmvae.provenance import state_dict_sha256, to_jsonable  # noqa: E402
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats  # noqa: E402
-from vfmvae.transport.sampling import sampler_config  # noqa: E402
-from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
-from vfmvae.utils.sample_store import SEED_RULE, check_resume  # noqa: E402
+from callbacks.sample_writer import SampleWriter
+from lightning_modules.sampling import SampleDataModule, SampleModule
+from vfmvae.commands._errors import InputError, add_progress_argument, add_trust_pickle_argument, run_cli
+from vfmvae.dit.loading import load_sampling_network
+from vfmvae.dit.registry import network_families
+from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
+from vfmvae.transport.sampling import sampler_config
+from vfmvae.utils.safe_load import trusting_pickles
+from vfmvae.utils.sample_store import SEED_RULE, check_resume
 
 log = logging.getLogger("sample")
 
@@ -60,8 +54,10 @@ log = logging.getLogger("sample")
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "32-true": "32-true", "bf16-mixed": "bf16-mixed"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vfmvae sample", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     ap.add_argument("--ckpt", required=True, help="DiffusionModule .ckpt or an official .pt")
     ap.add_argument("--model", choices=network_families(), help="network family of an official file")
     ap.add_argument("--official-kwargs", help="JSON/YAML constructor kwargs of an official file")
@@ -102,13 +98,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--devices", default="auto")
     ap.add_argument("--num-nodes", type=int, default=1)
     add_trust_pickle_argument(ap)
+    add_progress_argument(ap)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.num_images < 1 or args.chunk_size < 1 or args.batch_size < 1:
         ap.error("--num-images, --chunk-size and --batch-size must be >= 1")
     return args
 
 
-def main(argv: list[str] | None = None) -> Path | None:
+def run(argv: list[str] | None = None) -> Path | None:
+    """The packed ``.npz`` (None on a rank that does not pack); raises on bad input, `main` makes it one line."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     with trusting_pickles(args.trust_pickle):
@@ -186,6 +189,7 @@ def _sample(args, net, decoder, normalizer, config, precision, out, provenance) 
         callbacks=[writer],
         use_distributed_sampler=False,
         enable_model_summary=False,
+        enable_progress_bar=not args.no_progress,  # Lightning's predict bar: batches, rate and time left (rank 0)
         inference_mode=True,
     )
     module = SampleModule(net, decoder, normalizer, config, args.label_mode, args.seed, uint8_mode=args.uint8_mode)
@@ -194,5 +198,5 @@ def _sample(args, net, decoder, normalizer, config, precision, out, provenance) 
     return writer.npz_path
 
 
-if __name__ == "__main__":
-    run_cli(main, None, "sample.py")
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae sample")

@@ -8,9 +8,9 @@ were kept ends the run.
 
 Examples::
 
-    python scripts/make_filter_list.py --source imagefolder --root data/imagenet/train \
+    vfmvae make-filter-list --source imagefolder --root data/imagenet/train \
         --out data/imagenet_train_hr_256.txt --workers 8
-    python scripts/make_filter_list.py --source webdataset --root data/imagenet-1k-wds --split train \
+    vfmvae make-filter-list --source webdataset --root data/imagenet-1k-wds --split train \
         --out data/imagenet_train_hr_256.txt
 
 The keys are file stems / WebDataset ``__key__`` values, so a list built from either source filters both.
@@ -25,10 +25,14 @@ from multiprocessing import Pool
 
 from tqdm import tqdm
 
+# Here rather than in vfmvae/commands/ because it reads through the data layer (docs/design.md,
+# "Layers of the code"); no Trainer runs.
 from datamodules.decoding import image_size
 from datamodules.imagefolder import ImageFolderSource
 from datamodules.key_filter import save_key_list
 from datamodules.webdataset_shards import WebDatasetSource, list_shards
+from vfmvae.commands._errors import add_progress_argument
+from vfmvae.utils.console import quiet_console
 
 
 def _measure(item: tuple[str, str | bytes | None]) -> tuple[str, tuple[int, int] | None]:
@@ -50,9 +54,11 @@ def _records(args: argparse.Namespace) -> tuple[Iterator[tuple[str, str | bytes 
     return ((r.key, r.data) for r in source.iter_records()), None
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vfmvae make-filter-list",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--source", choices=("imagefolder", "webdataset"), required=True)
     p.add_argument("--root", required=True, help="ImageFolder split folder, or the WebDataset shard folder")
@@ -61,14 +67,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output key list (.txt, or .pkl for the official format)")
     p.add_argument("--min-side", type=int, default=256, help="keep images whose shorter side is >= this (px)")
     p.add_argument("--workers", type=int, default=0, help="header-reading processes (0: in this process)")
-    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    add_progress_argument(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.min_side < 1:
         p.error(f"--min-side must be >= 1, got {args.min_side}")
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, int]:
+def run(argv: list[str] | None = None) -> dict[str, int]:
+    """Counts of images seen / kept / unreadable."""
     args = parse_args(argv)
     records, total = _records(args)
     kept: list[str] = []
@@ -102,5 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     return {"seen": seen, "kept": len(kept), "unreadable": unreadable}
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: list[str] | None = None) -> int:
+    quiet_console()
+    run(argv)
+    return 0

@@ -1,6 +1,8 @@
-"""Cache tokenizer latents of an ImageFolder split for diffusion training (docs/design.md, "Latent normalisation").
+"""Cache tokenizer latents of an ImageFolder split for diffusion training (image + flip, resumable).
 
-    python scripts/cache_latents.py --data-root /data/imagenet/train --tokenizer exports/vfmvae \
+See docs/design.md, "Latent normalisation"::
+
+    vfmvae cache-latents --data-root /data/imagenet/train --tokenizer exports/vfmvae \
         --out latents/imagenet256 [--devices 8 --num-nodes 1] [--store-images]
 
 Each image is `adm_center`-cropped; the posterior moments of the image and of its horizontal flip are
@@ -14,26 +16,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from datamodules.key_filter import load_key_list  # noqa: E402
-from datamodules.latent_cache import LatentCacheDataModule  # noqa: E402
-from lightning_modules.latent_cache import LatentShardWriter, cache_latents  # noqa: E402
-from scripts.errors import add_trust_pickle_argument, run_cli  # noqa: E402
-from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record  # noqa: E402
-from vfmvae.utils.safe_load import trusting_pickles  # noqa: E402
+from datamodules.key_filter import load_key_list
+from datamodules.latent_cache import LatentCacheDataModule
+from lightning_modules.latent_cache import LatentShardWriter, cache_latents
+from vfmvae.commands._errors import add_progress_argument, add_trust_pickle_argument, run_cli
+from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
+from vfmvae.utils.safe_load import trusting_pickles
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vfmvae cache-latents", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data-root", required=True, help="ImageFolder split (root/<class>/<image>)")
     p.add_argument(
         "--tokenizer", required=True, help="export folder (any kind), diffusers folder, release file, or 'none'"
@@ -48,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--batch-size", type=int, default=64, help="images per device per step (each is encoded twice)")
     p.add_argument("--num-workers", type=int, default=4)
-    p.add_argument("--filter-keys", help="optional key list (scripts/make_filter_list.py) of images to keep")
+    p.add_argument("--filter-keys", help="optional key list (vfmvae make-filter-list) of images to keep")
     p.add_argument("--store-images", action="store_true", help="also store the uint8 crops (needed by REG)")
     p.add_argument("--moments-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--stats-samples", type=int, default=10_000)
@@ -57,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="auto")
     p.add_argument("--num-nodes", type=int, default=1)
     add_trust_pickle_argument(p)
-    return p.parse_args(argv)
+    add_progress_argument(p)
+    return p
 
 
 def tokenizer_provenance(model: torch.nn.Module, path: str) -> dict:
@@ -66,8 +64,9 @@ def tokenizer_provenance(model: torch.nn.Module, path: str) -> dict:
     return {"path": str(path), **tokenizer_record(model)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run(argv: list[str] | None = None) -> dict:
+    """The manifest's provenance (raises on bad input; `main` turns that into one line)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with trusting_pickles(args.trust_pickle):
         tokenizer = load_any_tokenizer(
@@ -97,9 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator=args.accelerator,
         devices=devices,
         num_nodes=args.num_nodes,
+        enable_progress_bar=not args.no_progress,  # Lightning's predict bar: batches, rate and time left (rank 0)
     )
     return provenance
 
 
-if __name__ == "__main__":
-    run_cli(main, None, "cache_latents.py")
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv, "vfmvae cache-latents")
