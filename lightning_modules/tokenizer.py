@@ -20,7 +20,6 @@ then one generator update**, each with its own equivariance draw (as the officia
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -35,20 +34,22 @@ from datamodules.batch_size import set_per_device_batch_size
 from lightning_modules.parallel import refuse_sharded_strategy
 from vfmvae.codec import uint8_to_unit
 from vfmvae.metrics.reconstruction import ReconstructionMetrics
+from vfmvae.tokenizer.conditioning import batch_images01
 from vfmvae.tokenizer.handoff import merge_ema_state, read_previous_stage
 from vfmvae.tokenizer.stage_networks import build_stage_networks
 from vfmvae.tokenizer.stages import TokenizerStepRule, get_stage
 from vfmvae.tokenizer.training_state import (
     check_resume_record,
     drop_frozen_keys,
+    export_provenance,
     fill_frozen_keys,
-    fit_summary,
     format_metrics,
     frozen_hashes,
     move_legacy_ema,
     restore_training_record,
     summary_line,
     training_record,
+    write_fit_summary,
 )
 from vfmvae.utils.distributed import all_reduce_gradients, grad_norm
 from vfmvae.utils.ema import EMA, EMAConfig
@@ -67,6 +68,8 @@ class TokenizerModule(LightningModule):
         tokenizer / tokenizer_overrides: `vfmvae.tokenizer` preset and field overrides.
         vfm_pretrained: local folder/file of the frozen VFM (None = random init from `seed`: tests/demo).
         vfm_config: VFM config overrides (e.g. `{"compute_dtype": "float32"}` on CPU).
+        text_pretrained / text_tokenizer: conditional decoders (docs/conditional.md): local folders of the SigLIP2
+            text tower and its Hugging Face tokenizer (default: `vfm_pretrained`, which holds both).
         loss_overrides: `TokenizerLossConfig` scalar field overrides (e.g. `{"lpips": 0.0}`).
         equivariance: `EQUIVARIANCE_PRESETS` key replacing the stage's (e.g. "debug" at 64 px).
         discriminator / dino_pretrained: projected-D preset and local DINO ViT-S/16 weights.
@@ -95,6 +98,8 @@ class TokenizerModule(LightningModule):
         tokenizer_overrides: dict[str, Any] | None = None,
         vfm_pretrained: str | None = None,
         vfm_config: dict[str, Any] | None = None,
+        text_pretrained: str | None = None,
+        text_tokenizer: str | None = None,
         loss_overrides: dict[str, Any] | None = None,
         equivariance: str | None = None,
         discriminator: str = "dino-vits16",
@@ -129,6 +134,7 @@ class TokenizerModule(LightningModule):
         self.patchgan = nets.patchgan
         self.lpips = nets.lpips
         self.loss_config, self.g_modules, self.objective = nets.loss_config, nets.g_modules, nets.objective
+        self.conditioner = nets.conditioner  # batch -> decoder condition of a conditional tokenizer, else None
         self.guard_g = NonFiniteGuard(max_consecutive_skips, rule=TokenizerStepRule("G"))
         self.guard_d = NonFiniteGuard(max_consecutive_skips, rule=TokenizerStepRule("D"))
         self.rng = RankRNGStream(seed)
@@ -283,14 +289,14 @@ class TokenizerModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._disable_ddp_reducer()
-        images = _images01(batch)
+        images, cond = batch_images01(batch), self.condition(batch)
         opt_g, opt_d = self.optimizers()
         with self.rng.activate(images.device):
             self._toggle_d(True)
-            d = self.objective.discriminator_phase(self.tokenizer, images)
+            d = self.objective.discriminator_phase(self.tokenizer, images, condition=cond)
             d_norm = self._phase_step(opt_d.optimizer, d.total, d.terms, self.guard_d, self.d_params, "D")
             self._toggle_d(False)  # G phase: gradients reach the fake image through D, not D's weights
-            g = self.objective.generator_phase(self.tokenizer, images, self.global_nimg)
+            g = self.objective.generator_phase(self.tokenizer, images, self.global_nimg, condition=cond)
             g_norm = self._phase_step(opt_g, g.total, g.terms, self.guard_g, self.g_params, "G")
             self._toggle_d(True)
         self.global_nimg += self.global_batch_size
@@ -324,15 +330,20 @@ class TokenizerModule(LightningModule):
         if images.dtype != torch.uint8:
             raise TypeError("validation batches must hold uint8 images (as the data module yields)")
         gen = torch.Generator(device=images.device).manual_seed(self.hparams.seed * 100_003 + batch_idx)
-        self._val_metrics.update_decoded(images, self.reconstruct(uint8_to_unit(images), generator=gen))
+        recon = self.reconstruct(uint8_to_unit(images), generator=gen, condition=self.condition(batch))
+        self._val_metrics.update_decoded(images, recon)
+
+    def condition(self, batch: dict[str, Any] | torch.Tensor) -> dict[str, Any]:
+        """Decoder condition kwargs of a conditional tokenizer (`text=` / `class_labels=`); {} otherwise."""
+        return {} if self.conditioner is None else self.conditioner(self.tokenizer, batch, self.device)
 
     @torch.no_grad()
-    def reconstruct(
-        self, images01: torch.Tensor, generator: torch.Generator | None = None, return_multiscale: bool = False
-    ):
-        """Sampled-latent reconstruction (latents are sampled, never the mean), in [-1, 1]."""
+    def reconstruct(self, images01, generator=None, return_multiscale: bool = False, condition=None):
+        """Sampled-latent reconstruction (latents are sampled, never the mean), in [-1, 1]; a conditional
+        tokenizer needs `condition` (from `self.condition(batch)`)."""
         posterior = self.tokenizer.encode(images01)
-        out = self.tokenizer.decode(posterior.sample(generator=generator), return_multiscale=True)
+        z = posterior.sample(generator=generator)
+        out = self.tokenizer.decode(z, return_multiscale=True, **(condition or {}))
         return out if return_multiscale else out.image
 
     def on_validation_epoch_end(self) -> None:
@@ -354,25 +365,14 @@ class TokenizerModule(LightningModule):
         if self.trainer.global_rank != 0:
             return
         wall = None if self._fit_start_time is None else round(time.time() - self._fit_start_time, 1)
-        summary = fit_summary(self, wall)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "tokenizer_summary.json").write_text(json.dumps(summary, indent=2))
-        rank_zero_info(summary_line(summary))
+        rank_zero_info(summary_line(write_fit_summary(self, log_dir, wall)))
         if self.hparams.export_dir:
             self.export(self.hparams.export_dir)
 
     def export(self, directory: str) -> dict:
         """`save_pretrained` of the EMA tokenizer with the training provenance."""
-        provenance = {
-            "stage": self.stage,
-            "stage_name": self.spec.name,
-            "global_nimg": self.global_nimg,
-            "stage_nimg": self.stage_nimg,
-            "steps": int(self.global_step),
-            "init_checkpoint": self.hparams.init_checkpoint,
-        }
         with self._ema().swap():
-            return self.tokenizer.save_pretrained(directory, weights="ema", provenance=provenance)
+            return self.tokenizer.save_pretrained(directory, weights="ema", provenance=export_provenance(self))
 
     # ------------------------------------------------------------------ checkpoints
     def _hashes(self) -> dict[str, str]:
@@ -394,16 +394,6 @@ class TokenizerModule(LightningModule):
             move_legacy_ema(checkpoint, STATE_KEY, ema_cb.state_key)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         restore_training_record(self, extra, world, rank, self.hparams.seed)
-
-
-def _images01(batch: dict[str, Any] | torch.Tensor) -> torch.Tensor:
-    """Training images in [0, 1]: uint8 batches (the data modules) or float ones (tests)."""
-    images = batch["image"] if isinstance(batch, dict) else batch
-    if images.dtype == torch.uint8:
-        return uint8_to_unit(images)
-    if not images.is_floating_point():
-        raise TypeError(f"tokenizer batches must be uint8 or float images in [0, 1], got {images.dtype}")
-    return images
 
 
 __all__ = ["TokenizerModule"]

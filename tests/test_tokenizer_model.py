@@ -153,7 +153,11 @@ def test_presets_and_config_validation():
     families = {
         f"vfmvae-f16d32-{f}" for f in ("siglip2-large", "dinov2-large", "eva02-large", "mae-large", "qwen2.5-vl")
     }
-    assert set(PRESETS) == {"vfmvae-f16d32-siglip2", "debug"} | families  # families: tests/test_vfm_presets.py
+    conditional = {
+        f"{base}-{mode}" for base in ("vfmvae-f16d32-siglip2", "debug") for mode in ("text", "cls2text", "cls2id")
+    }
+    # families: tests/test_vfm_presets.py; conditional: tests/test_tokenizer_conditional.py
+    assert set(PRESETS) == {"vfmvae-f16d32-siglip2", "debug"} | families | conditional
     paper = get_config("vfmvae-f16d32-siglip2")
     assert paper.block_channels == [512, 512, 512, 512, 256, 128]
     assert paper.block_resolutions == [8, 16, 32, 64, 128, 256]

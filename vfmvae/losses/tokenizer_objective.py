@@ -15,11 +15,15 @@ G phase (per micro-batch, images in [0, 1]):
   hinge G loss on the projected D; PatchGAN LSGAN + feature matching (real features from the same
   D, detached); lambda_vf adaptive from the gradient norms at the head's last layer.
 D phase: the same forward without gradients, then the D losses on (EQ-transformed real, fake).
+A conditional decoder (docs/conditional.md) gets the batch's `condition` (`text=` or `class_labels=`) in
+both phases; it does not depend on the equivariance draw.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -82,10 +86,16 @@ class TokenizerObjective:
         self.projected_d = projected_d
         self.patchgan = patchgan
 
-    def _forward_tokenizer(self, model: nn.Module, images01: torch.Tensor, eq: EquivarianceSample):
+    def _forward_tokenizer(
+        self,
+        model: nn.Module,
+        images01: torch.Tensor,
+        eq: EquivarianceSample,
+        condition: Mapping[str, Any] | None = None,
+    ):
         posterior, feats = model.encode(transform_input(images01, eq), return_features=True)
         z = posterior.sample()
-        decoded = model.decode(transform_latent(z, eq), return_multiscale=True)
+        decoded = model.decode(transform_latent(z, eq), return_multiscale=True, **(condition or {}))
         target = transform_target(images01, eq, self.config.equivariance.interpolation) * 2.0 - 1.0
         return posterior, feats, z, decoded, target
 
@@ -101,12 +111,18 @@ class TokenizerObjective:
         return vf_loss_from_latent(z, feats[layers.index(-1)], projection, self.config.vf)
 
     def generator_phase(
-        self, model: nn.Module, images01: torch.Tensor, global_nimg: int, training: bool = True
+        self,
+        model: nn.Module,
+        images01: torch.Tensor,
+        global_nimg: int,
+        training: bool = True,
+        condition: Mapping[str, Any] | None = None,
     ) -> PhaseResult:
-        """G phase on `(B, 3, H, W)` images in [0, 1]. `global_nimg`: images seen over all stages."""
+        """G phase on `(B, 3, H, W)` images in [0, 1]. `global_nimg`: images seen over all stages;
+        `condition`: decoder condition kwargs of a conditional tokenizer (`text=` / `class_labels=`)."""
         cfg = self.config
         eq = self.sampler.sample(training)
-        posterior, feats, z, decoded, target = self._forward_tokenizer(model, images01, eq)
+        posterior, feats, z, decoded, target = self._forward_tokenizer(model, images01, eq, condition)
         terms = self.reconstruction(decoded.image, target, decoded.multiscale, global_nimg)
         if cfg.kl > 0:
             terms["kl"] = kl_divergence(posterior.mean, posterior.logvar)["kl"]
@@ -128,12 +144,18 @@ class TokenizerObjective:
             terms["vf_weight"] = torch.as_tensor(vf_weight, dtype=torch.float32).detach()
         return PhaseResult(generator_total(terms, cfg, vf_weight), terms, eq)
 
-    def discriminator_phase(self, model: nn.Module, images01: torch.Tensor, training: bool = True) -> PhaseResult:
+    def discriminator_phase(
+        self,
+        model: nn.Module,
+        images01: torch.Tensor,
+        training: bool = True,
+        condition: Mapping[str, Any] | None = None,
+    ) -> PhaseResult:
         """D phase: tokenizer forward without gradients (new EQ draw), D losses on real vs fake."""
         cfg = self.config
         eq = self.sampler.sample(training)
         with torch.no_grad():
-            _, _, _, decoded, target = self._forward_tokenizer(model, images01, eq)
+            _, _, _, decoded, target = self._forward_tokenizer(model, images01, eq, condition)
         fake = decoded.image.detach()
         terms: dict[str, torch.Tensor] = {}
         if cfg.stylegan_t > 0:

@@ -7,8 +7,10 @@ Public entry points:
     LatentHead, DiagonalGaussian                 encoder head and posterior
     SynthesisBlock                               the decoder's FSDP-wrap / activation-checkpoint unit
     from_official, load_official_state_dict      official checkpoints / release files
+    TextCondition, BatchConditioner              conditional decoders (docs/conditional.md)
 """
 
+from .conditioning import BatchConditioner, TextCondition
 from .config import PRESETS, VFMVAEConfig, get_config
 from .convert import config_from_official, load_official_state_dict
 from .decoder import Decoder, DecoderOutput
@@ -32,6 +34,8 @@ __all__ = [
     "load_official_state_dict",
     "config_from_official",
     "SynthesisBlock",
+    "TextCondition",
+    "BatchConditioner",
 ]
 
 # The tokenizer interface and the baseline tokenizers (VA-VAE, SD-VAE; paper Table 1). The baselines are

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+LABEL_TYPES = (None, "text", "cls2text", "cls2id")
+TEXT_LABEL_TYPES = ("text", "cls2text")
+
 
 @dataclass
 class VFMVAEConfig:
@@ -59,6 +62,15 @@ class VFMVAEConfig:
         True  # static noise maps; needed for the released weights (docs/design.md, "Deviations from the official code")
     )
     img_channels: int = 3
+
+    # --- conditioning (docs/conditional.md); official conditional / label_type / label_dim / use_cross_attn ---
+    label_type: str | None = None  # None = unconditional (conditional=False), "text", "cls2text" or "cls2id"
+    text_encoder: str = "siglip2-large-patch16-512"  # text tower preset (`vfmvae.vfm.siglip2_text.TEXT_PRESETS`)
+    text_dim: int = 1024  # text tower width: cross-attention context and pooled embedding (official c_dim)
+    text_max_length: int = 64  # official tokenizer max_length (padding="max_length")
+    cross_attention: bool = False  # official use_cross_attn: attend to the text tokens after the self-attention
+    num_classes: int = 1000  # official label_dim (cls2id)
+    class_embed_dim: int = 1024  # official c_embed_dim (cls2id class embedding)
 
     def __post_init__(self) -> None:
         self.vfm_layers = tuple(self.vfm_layers)
@@ -119,6 +131,15 @@ class VFMVAEConfig:
             self.fusion_activation in ("lrelu", "silu", "gelu"),
             f"fusion_activation must be lrelu, silu or gelu, got {self.fusion_activation!r}",
         )
+        need(
+            self.label_type in LABEL_TYPES,
+            f"label_type must be None (unconditional), 'text', 'cls2text' or 'cls2id', got {self.label_type!r}",
+        )
+        need(
+            not self.cross_attention or self.label_type in TEXT_LABEL_TYPES,
+            "cross_attention needs text tokens: label_type 'text' or 'cls2text'",
+        )
+        need(self.label_type != "cls2id" or self.num_classes > 0, "cls2id needs num_classes > 0")
         for i in self.attn_block_indices:
             need(
                 self.block_channels[i] % self.attn_heads == 0,
@@ -168,6 +189,17 @@ class VFMVAEConfig:
     def num_ws(self) -> int:
         """Style slots: one per ConvNeXt layer + one ToRGB per block (44 in the paper)."""
         return sum(self.convnext_layers(i) + 1 for i in range(self.num_blocks))
+
+    @property
+    def style_dim(self) -> int:
+        """Width of the style vector every modulated layer reads: w_dim, plus the pooled text embedding in the
+        text modes (official w_dim = z_dim_for_mapping_mlp_output + c_dim)."""
+        return self.w_dim + (self.text_dim if self.label_type in TEXT_LABEL_TYPES else 0)
+
+    @property
+    def uses_text(self) -> bool:
+        """Text tower needed ("text": prompts, "cls2text": class names)."""
+        return self.label_type in TEXT_LABEL_TYPES
 
     def attn_depth(self, block: int) -> int:
         if block in self.attn_block_indices:
@@ -223,6 +255,13 @@ def _family(vfm_name: str, patch: int, scale: float, layers: tuple[int, ...], hi
     )
 
 
+def _conditional(base: VFMVAEConfig, label_type: str, **kw) -> VFMVAEConfig:
+    """A conditional decoder on `base` (docs/conditional.md): text modes attend to the text tokens."""
+    return dataclasses.replace(base, label_type=label_type, cross_attention=label_type in TEXT_LABEL_TYPES, **kw)
+
+
+_DEBUG_TEXT = dict(text_encoder="debug-siglip-text", text_dim=32)
+
 PRESETS: dict[str, VFMVAEConfig] = {
     "vfmvae-f16d32-siglip2": VFMVAEConfig(),  # the paper's tokenizer (released weights: legacy decoder)
     "vfmvae-f16d32-siglip2-large": VFMVAEConfig(),  # the same, named like the other families
@@ -236,6 +275,14 @@ PRESETS: dict[str, VFMVAEConfig] = {
     # (-1, 2048 wide, 28 px grid) cannot share the head with them.
     "vfmvae-f16d32-qwen2.5-vl": _family("qwen2.5-vl-3b-vision", 14, 1.75, (0, 16, -2), hidden=1280),
     "debug": _debug(),
+    # Conditional decoders (official conditional=True): SigLIP2 text tower for prompts / class names,
+    # or a learned class embedding (cls2id). New training: legacy=False.
+    "vfmvae-f16d32-siglip2-text": _conditional(VFMVAEConfig(legacy=False), "text"),
+    "vfmvae-f16d32-siglip2-cls2text": _conditional(VFMVAEConfig(legacy=False), "cls2text"),
+    "vfmvae-f16d32-siglip2-cls2id": _conditional(VFMVAEConfig(legacy=False), "cls2id"),
+    "debug-text": _conditional(_debug(), "text", legacy=False, **_DEBUG_TEXT),
+    "debug-cls2text": _conditional(_debug(), "cls2text", legacy=False, **_DEBUG_TEXT),
+    "debug-cls2id": _conditional(_debug(), "cls2id", legacy=False, num_classes=16, class_embed_dim=32),
 }
 
 
@@ -246,4 +293,4 @@ def get_config(name: str, **overrides) -> VFMVAEConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-__all__ = ["VFMVAEConfig", "PRESETS", "get_config"]
+__all__ = ["LABEL_TYPES", "PRESETS", "TEXT_LABEL_TYPES", "VFMVAEConfig", "get_config"]

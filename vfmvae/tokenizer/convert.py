@@ -23,6 +23,9 @@ Key map (official -> ours):
     synthesis.blocks.{i}.conv0 / convs1.{k}           -> decoder.synthesis.blocks.{i}.layers.0 / layers.{k+1}
     synthesis.blocks.{i}.last_upsample_conv.*         -> decoder.synthesis.blocks.{i}.skip_upsample.*
     synthesis.blocks.{i}.self_attns.{k}.*             -> decoder.synthesis.blocks.{i}.attention.{k}.*
+    synthesis.blocks.{i}.cross_attns.{k}.*            -> decoder.synthesis.blocks.{i}.cross_attention.{k}.*
+    mapping.embed.*  (cls2id)                         -> decoder.mapping.embed.*
+    vfm_encoder.encoder.text_model.* (text, cls2text) -> `text_encoder` (by vfmvae.vfm.siglip2_text)
     synthesis.blocks.{i}.torgb.*                      -> decoder.synthesis.blocks.{i}.to_rgb.*
 """
 
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from .config import VFMVAEConfig
+from .official_config import _vfm_geometry, conditioning_from_official, resolve_vfm_family
 
 VFM_OFFICIAL_PREFIX = "vfm_encoder.encoder."  # the frozen VFM; mapped by the VFM module's own loader
 
@@ -56,6 +60,10 @@ _BLOCK_RULES = [  # within synthesis.blocks.{i}.
     (r"^self_attns\.(\d+)\.ff\.1\.", r"attention.\1.ff.fc1."),
     (r"^self_attns\.(\d+)\.ff\.3\.", r"attention.\1.ff.fc2."),
     (r"^self_attns\.(\d+)\.attn\.", r"attention.\1.attn."),
+    (r"^cross_attns\.(\d+)\.ff\.0\.gamma$", r"cross_attention.\1.ff.norm.gamma"),
+    (r"^cross_attns\.(\d+)\.ff\.1\.", r"cross_attention.\1.ff.fc1."),
+    (r"^cross_attns\.(\d+)\.ff\.3\.", r"cross_attention.\1.ff.fc2."),
+    (r"^cross_attns\.(\d+)\.attn\.", r"cross_attention.\1.attn."),
     (r"^torgb\.affine\.proj\.", "to_rgb.style.fc."),
     (r"^torgb\.", "to_rgb."),
 ]
@@ -108,6 +116,7 @@ def map_key(key: str, fusion_slots: Mapping[str, dict[str, str]]) -> str | None:
         (r"^ldm_adapter\.post_quant\.(.*)$", lambda m: f"decoder.lift.{_attnproj(m[1])}"),
         (r"^mapping\.mlp\.(fc\d+\.(weight|bias))$", lambda m: f"decoder.mapping.{m[1]}"),
         (r"^mapping\.x_avg$", lambda m: "decoder.mapping.w_avg"),
+        (r"^mapping\.embed\.(weight|bias)$", lambda m: f"decoder.mapping.embed.{m[1]}"),
         (
             r"^synthesis\.z_convs\.(\d+)\.(\d+)\.(.*)$",
             lambda m: (
@@ -185,7 +194,7 @@ def convert_state_dict(
         mapped[new] = _reshape_like(value, ours_sd[new], new)
     if unknown:
         raise KeyError(f"from_official: {len(unknown)} unknown official keys: {unknown}")
-    missing = sorted(k for k in ours_sd if k not in mapped and not k.startswith("vfm."))
+    missing = sorted(k for k in ours_sd if k not in mapped and not k.startswith(("vfm.", "text_encoder.")))
     if missing:
         raise KeyError(f"from_official: {len(missing)} of our keys have no official counterpart: {missing}")
     return mapped
@@ -255,40 +264,6 @@ OFFICIAL_GENERATOR_KWARGS = frozenset(
 )
 
 
-def resolve_vfm_family(
-    generator_kwargs: Mapping, vfm_config: Mapping | None = None, vfm_name: str | None = None, vfm_family=None
-) -> str:
-    """The official VFM family: `vfm_family` if given, else the official name dispatch on `vfm_name` (ours)
-    or the official `vfm_name`, else what the config dict describes (`vfmvae.vfm.official`)."""
-    from vfmvae.vfm.official import check_official_family, family_of_config, official_family
-
-    if vfm_family is not None:
-        return check_official_family(vfm_family)
-    for name in (vfm_name, generator_kwargs.get("vfm_name")):
-        if name and official_family(name):
-            return official_family(name)
-    family = family_of_config(vfm_config)
-    if family is None:
-        raise ValueError(
-            f"config_from_official: cannot tell the VFM family from vfm_name {generator_kwargs.get('vfm_name')!r}; "
-            "pass vfm_family= (siglip2, siglip2_text, dinov2, eva, mae, qwen2_5_vl)"
-        )
-    return family
-
-
-def _vfm_geometry(family: str, g: Mapping, vfm_config: Mapping | None, vfm_name: str | None) -> tuple[int, int | None]:
-    """(pixels per token, VFM width or None) of the official VFM, from its config or its name."""
-    from vfmvae.vfm.official import official_patch_size, vfm_config_from_official
-
-    layers = list(g["patch_from_layers"])
-    if not vfm_config:
-        return official_patch_size(family, str(vfm_name or g.get("vfm_name", "")), layers), None
-    vcfg = vfm_config_from_official(family, vfm_config)
-    if family == "qwen2_5_vl" and layers and all(i == -1 for i in layers):  # merged output on its own grid
-        return vcfg.patch_size * int(vcfg.extra.get("spatial_merge_size", 2)), int(vcfg.extra["out_hidden_size"])
-    return vcfg.patch_size, vcfg.hidden_size
-
-
 def config_from_official(
     generator_kwargs: Mapping,
     vfm_config: Mapping | None = None,
@@ -313,7 +288,6 @@ def config_from_official(
         if not cond:
             raise ValueError(f"config_from_official: unsupported official setting: {msg}")
 
-    need(not g.get("conditional", False), "conditional=True (only the unconditional tokenizer exists)")
     need(g.get("compression_mode", "continuous") == "continuous", "compression_mode must be 'continuous'")
     need(
         g.get("how_to_compress") == "attnproj" and g.get("how_to_decompress") == "attnproj",
@@ -326,7 +300,6 @@ def config_from_official(
     )
     need(syn.get("architecture", "skip") == "skip", "synthesis architecture must be 'skip'")
     need(g.get("how_to_process_concat_z", "unshuffle") == "unshuffle", "how_to_process_concat_z must be 'unshuffle'")
-    need(not g.get("use_cross_attn", False), "use_cross_attn=True")
     need(g.get("use_self_attn", True), "use_self_attn=False")
     need(g.get("use_convnext", True), "use_convnext=False (StyleGAN2 layers)")
     unused_syn = sorted(set(syn) - {"channel_base", "channel_max", "num_res_blocks", "architecture"})
@@ -336,7 +309,9 @@ def config_from_official(
     family = resolve_vfm_family(g, vfm_config, vfm_name, vfm_family)
     patch, width = _vfm_geometry(family, g, vfm_config, vfm_name)
     need(width is None or width == in_dims[0], f"VFM width {width} != patch_in_dimensions {in_dims[0]}")
+    conditioning = conditioning_from_official(g, family, vfm_config)
     return VFMVAEConfig(
+        **conditioning,
         vfm_name=vfm_name or FAMILY_PRESET[family],
         vfm_hidden_size=in_dims[0],
         vfm_patch_size=patch,

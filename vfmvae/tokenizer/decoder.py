@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attn_projection import AttnProjection
+from .conditioning import check_condition
 from .config import VFMVAEConfig
 from .latent_head import grid_to_tokens, tokens_to_grid
 from .mapping import MappingNetwork
@@ -60,10 +61,13 @@ class Decoder(nn.Module):
                 f"(fixed unshuffle of the first fusion adapter)"
             )
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> DecoderOutput:
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, text=None, class_labels=None) -> DecoderOutput:
+        """`text`: `VFMVAE.encode_text` output (text, cls2text); `class_labels`: int64 (B,) (cls2id)."""
         self._check(z)
+        text, class_labels = check_condition(self.cfg, z.shape[0], text, class_labels, z.device)
         z_lifted = self.lift_latent(z)
         z_pooled = F.adaptive_avg_pool2d(z_lifted, 1).flatten(1)
-        ws = self.mapping(z_pooled, truncation_psi=truncation_psi)
-        image, multiscale = self.synthesis(z_lifted, ws)
+        pooled = None if text is None else text.pooled
+        ws = self.mapping(z_pooled, truncation_psi=truncation_psi, text_pooled=pooled, class_labels=class_labels)
+        image, multiscale = self.synthesis(z_lifted, ws, text)
         return DecoderOutput(image=image, multiscale={m.shape[-2]: m for m in multiscale}, ws=ws, z_lifted=z_lifted)

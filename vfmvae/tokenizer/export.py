@@ -43,6 +43,7 @@ from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.utils.hub import PAPER, metrics_table, model_card, provenance_hashes, resolve_pretrained
 
 from .config import VFMVAEConfig
+from .export_text import load_text_record, text_record, write_text_weights
 from .model import VFMVAE
 
 EXPORT_FORMAT = "vfmvae-tokenizer/2"
@@ -53,6 +54,7 @@ WEIGHTS_NAME = "model.safetensors"
 VFM_WEIGHTS_NAME = "vfm.safetensors"
 ENCODER_PREFIXES = ("head.",)  # encoder-side keys, skipped by decoder-only loading
 VFM_PREFIX = "vfm."
+FROZEN_PREFIXES = (VFM_PREFIX, "text_encoder.")  # the VFM; the text tower of a text decoder (docs/conditional.md)
 
 
 def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
@@ -73,9 +75,11 @@ def _config_overrides(vfm: nn.Module, preset_name: str) -> dict[str, Any]:
 
 
 def _weights_state(model: VFMVAE) -> dict[str, torch.Tensor]:
-    """Everything but the VFM, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
+    """Everything but the frozen towers, as contiguous CPU tensors (safetensors refuses shared/non-contiguous storage)."""
     return {
-        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(VFM_PREFIX)
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith(FROZEN_PREFIXES)
     }
 
 
@@ -135,6 +139,8 @@ def build_record(
             "included": (vfm_path is None) if include_vfm is None else bool(include_vfm),
             "weights_sha256": state_dict_sha256(_vfm_state(model)),
         }
+    if model.text_encoder is not None:
+        record["text_encoder"] = text_record(model)
     return record
 
 
@@ -157,6 +163,7 @@ def write_export(model: VFMVAE, directory: str | os.PathLike, **options: Any) ->
         atomic_write(out / VFM_WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(_vfm_state(model))))
     elif (out / VFM_WEIGHTS_NAME).exists():
         (out / VFM_WEIGHTS_NAME).unlink()  # a stale copy from an earlier export would be misleading
+    write_text_weights(model, record.get("text_encoder"), out, _safetensors_bytes)
     digest = record["weights_sha256"]
     atomic_write(out / WEIGHTS_NAME, lambda f: f.write(_safetensors_bytes(state, {"weights_sha256": digest})))
     card = str(tokenizer_model_card(record))
@@ -266,6 +273,7 @@ def from_pretrained(
     vfm_pretrained: str | os.PathLike | None = None,
     verify_vfm: bool = True,
     map_location: str | torch.device = "cpu",
+    text_pretrained: str | os.PathLike | None = None,
     *,
     local_files_only: bool = True,
     revision: str | None = None,
@@ -274,7 +282,7 @@ def from_pretrained(
 
     `decoder_only=True` builds only the decoder (no VFM, no head; diffusion decoding).
     `vfm_pretrained` overrides the recorded VFM location; the VFM weights hash is checked unless
-    `verify_vfm=False`. The exported weights are checked against `weights_sha256`.
+    `verify_vfm=False`; a text tower likewise (`text_pretrained`). Weights are checked against `weights_sha256`.
     """
     from safetensors.torch import load_file
 
@@ -296,8 +304,9 @@ def from_pretrained(
         source = None
     else:
         vfm, source = _build_vfm(record, directory, vfm_pretrained, verify_vfm)
-        model = VFMVAE(cfg, vfm=vfm)
-    own = {k for k in model.state_dict() if not k.startswith(VFM_PREFIX)}
+        text, text_source = load_text_record(record, directory, text_pretrained, verify_vfm)
+        model = VFMVAE(cfg, vfm=vfm, text_encoder=text, text_pretrained=text_source)
+    own = {k for k in model.state_dict() if not k.startswith(FROZEN_PREFIXES)}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
         raise KeyError(

@@ -126,6 +126,7 @@ class TokenizerHubMixin(
         vfm_pretrained: str | os.PathLike | None = None,
         verify_vfm: bool = True,
         map_location: str = "cpu",
+        text_pretrained: str | os.PathLike | None = None,
         local_files_only: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -136,7 +137,8 @@ class TokenizerHubMixin(
 
         ``decoder_only=True`` never builds the VFM or the head; ``vfm_pretrained`` overrides the recorded VFM
         location (its weights hash is checked unless ``verify_vfm=False``). Folders of the earlier format
-        (``vfmvae-tokenizer/1``, no card) load too. Eval mode.
+        (``vfmvae-tokenizer/1``, no card) load too. Eval mode. A text-conditional tokenizer's text tower is
+        rebuilt the same way (``text_pretrained`` overrides its recorded folder; docs/conditional.md).
         """
         from vfmvae.utils.hub import resolve_pretrained
 
@@ -157,6 +159,7 @@ class TokenizerHubMixin(
             vfm_pretrained=vfm_pretrained,
             verify_vfm=verify_vfm,
             map_location=map_location,
+            text_pretrained=text_pretrained,
         )
 
     @classmethod
@@ -171,10 +174,12 @@ class TokenizerHubMixin(
         token: str | bool | None,
         config: Mapping[str, Any] | None = None,
         vfm: Any = None,  # the mixin passes config.json's "vfm" record (it is an __init__ name); read below again
+        text_encoder: Any = None,  # likewise the "text_encoder" record of a text-conditional tokenizer
         decoder_only: bool = False,
         vfm_pretrained: str | os.PathLike | None = None,
         verify_vfm: bool = True,
         map_location: str = "cpu",
+        text_pretrained: str | os.PathLike | None = None,
     ):
         from .export import from_pretrained
 
@@ -184,4 +189,5 @@ class TokenizerHubMixin(
             vfm_pretrained=vfm_pretrained,
             verify_vfm=verify_vfm,
             map_location=map_location,
+            text_pretrained=text_pretrained,
         )

@@ -44,6 +44,12 @@ class VFMVAEOutput:
     vfm_features: list[torch.Tensor] = field(default_factory=list)
 
 
+def _build_text_encoder(cfg: VFMVAEConfig, pretrained=None) -> nn.Module:
+    from vfmvae.vfm.siglip2_text import build_text_tower
+
+    return build_text_tower(cfg.text_encoder, pretrained=pretrained)
+
+
 def _build_vfm(cfg: VFMVAEConfig, pretrained=None, config: dict | None = None) -> nn.Module:
     try:
         from vfmvae.vfm import build_vfm
@@ -63,6 +69,9 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
     - `vfm`: a built frozen VFM (`vfmvae.vfm.FrozenVFM`); if None it is built from `cfg.vfm_name`
       (random weights unless `vfm_pretrained` is a local folder/file).
     - `decoder_only=True`: no VFM and no head are built (diffusion decoding); `encode` then raises.
+    - Conditional decoders (`cfg.label_type`, docs/conditional.md): "text" / "cls2text" also hold the frozen
+      SigLIP2 text tower `text_encoder` (given, or built from `cfg.text_encoder`, loaded from
+      `text_pretrained`; not built with `decoder_only`, whose `decode` then takes a precomputed condition).
     - `save_pretrained(folder)` / `VFMVAE.from_pretrained(folder or Hub id)` / `push_to_hub(repo_id)`: the
       ``huggingface_hub.ModelHubMixin`` methods over the export folder (`vfmvae.tokenizer.hub`, docs/export.md).
     """
@@ -74,6 +83,8 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
         decoder_only: bool = False,
         vfm_pretrained=None,
         vfm_config: dict | None = None,
+        text_encoder: nn.Module | None = None,
+        text_pretrained=None,
     ):
         super().__init__()
         cfg = get_config(cfg) if isinstance(cfg, str) else cfg
@@ -86,6 +97,17 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
             self.vfm = vfm if vfm is not None else _build_vfm(cfg, vfm_pretrained, vfm_config)
             self.vfm.requires_grad_(False)
             self.vfm.eval()
+        self.text_encoder: nn.Module | None = None
+        self.text_pretrained = None if text_pretrained is None else str(text_pretrained)  # recorded by exports
+        if cfg.uses_text and (text_encoder is not None or not decoder_only):
+            self.text_encoder = text_encoder if text_encoder is not None else _build_text_encoder(cfg, text_pretrained)
+            if getattr(self.text_encoder, "hidden_size", cfg.text_dim) != cfg.text_dim:
+                raise ValueError(
+                    f"the text tower is {self.text_encoder.hidden_size} wide but the tokenizer's text_dim is "
+                    f"{cfg.text_dim}; set tokenizer text_dim to the tower's hidden size"
+                )
+            self.text_encoder.requires_grad_(False)
+            self.text_encoder.eval()
 
     kind = "vfmvae"
     frozen_prefixes = ("vfm.",)
@@ -111,14 +133,16 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
 
     def requires_grad_(self, requires_grad: bool = True) -> VFMVAE:
         super().requires_grad_(requires_grad)
-        if self.vfm is not None:
-            self.vfm.requires_grad_(False)  # `model.requires_grad_(True)` must not unfreeze the VFM
+        for frozen in (self.vfm, self.text_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)  # `model.requires_grad_(True)` must not unfreeze a frozen tower
         return self
 
     def train(self, mode: bool = True) -> VFMVAE:
         super().train(mode)
-        if self.vfm is not None:
-            self.vfm.eval()  # frozen VFM never trains (dropout off, fixed statistics)
+        for frozen in (self.vfm, self.text_encoder):
+            if frozen is not None:
+                frozen.eval()  # frozen towers never train (dropout off, fixed statistics)
         return self
 
     # ------------------------------------------------------------------ encoder
@@ -174,18 +198,40 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
         posterior = self.head(feats, self.token_grid(*images_01.shape[-2:]))
         return (posterior, feats) if return_features else posterior
 
+    # ------------------------------------------------------------------ conditions
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Text condition of a "text" / "cls2text" decoder: `TextCondition(tokens (B, L, C), pooled (B, C),
+        mask (B, L) bool)` from token ids `(B, L)` and their attention mask (pads 0), e.g. from
+        `vfmvae.vfm.siglip2_text.tokenize(tokenizer, prompts)`. Frozen tower: never carries gradients."""
+        if self.text_encoder is None:
+            why = "it is unconditional or cls2id" if not self.cfg.uses_text else "it was built decoder-only"
+            raise RuntimeError(f"this VFMVAE has no text tower ({why})")
+        return self.text_encoder(input_ids, attention_mask)
+
     # ------------------------------------------------------------------ decoder
-    def decode(self, z: torch.Tensor, return_multiscale: bool = False):
+    def decode(self, z: torch.Tensor, text=None, class_labels=None, return_multiscale: bool = False):
         """`(B, z_dim, h, w) -> image (B, 3, 16h, 16w)` in [-1, 1]; with `return_multiscale`, a
-        `DecoderOutput` (image, multiscale {side: image}, ws, z_lifted)."""
-        out: DecoderOutput = self.decoder(z)
+        `DecoderOutput` (image, multiscale {side: image}, ws, z_lifted). Conditional decoders take
+        `text=self.encode_text(...)` ("text", "cls2text") or `class_labels` int64 (B,) ("cls2id")."""
+        if isinstance(text, bool):
+            raise TypeError("decode(z, text, class_labels, return_multiscale): pass return_multiscale by keyword")
+        out: DecoderOutput = self.decoder(z, text=text, class_labels=class_labels)
         return out if return_multiscale else out.image
 
-    def forward(self, images_01: torch.Tensor, eps: torch.Tensor | None = None, sample: bool = True) -> VFMVAEOutput:
-        """Encode, sample z (with `eps` if given; the mean if `sample=False`), decode."""
+    def forward(
+        self,
+        images_01: torch.Tensor,
+        eps: torch.Tensor | None = None,
+        text=None,
+        class_labels=None,
+        sample: bool = True,
+    ) -> VFMVAEOutput:
+        """Encode, sample z (with `eps` if given; the mean if `sample=False`), decode (with the condition)."""
+        if isinstance(text, bool):
+            raise TypeError("forward(images, eps, text, class_labels, sample): pass sample by keyword")
         posterior, feats = self.encode(images_01, return_features=True)
         z = posterior.sample(eps) if sample else posterior.mode()
-        dec = self.decoder(z)
+        dec = self.decoder(z, text=text, class_labels=class_labels)
         return VFMVAEOutput(posterior=posterior, z=z, image=dec.image, multiscale=dec.multiscale, vfm_features=feats)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -224,6 +270,7 @@ class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
         vf = n(self.head.vf_projection) if self.head is not None else 0
         return {
             "vfm": n(self.vfm),
+            "text_encoder": n(self.text_encoder),
             "head": n(self.head) - vf,
             "vf_projection": vf,
             "lift": n(self.decoder.lift),

@@ -20,6 +20,9 @@ from .convert import (
     resolve_vfm_family,
 )
 from .model import VFMVAE
+from .official_config import check_official_cls2id_mapping
+
+TEXT_OFFICIAL_PREFIX = VFM_OFFICIAL_PREFIX + "text_model."
 
 
 def _build_vfm_for(cfg, family: str, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: str | None) -> nn.Module:
@@ -31,6 +34,19 @@ def _build_vfm_for(cfg, family: str, vfm_config: Mapping | None, vfm_pretrained,
     if vfm_config:
         return vfm_from_official_config(family, dict(vfm_config), compute_dtype=dtype)
     return build_vfm(cfg.vfm_name, config={"compute_dtype": dtype})
+
+
+def _build_text_tower_for(cfg, vfm_config: Mapping | None, vfm_pretrained, vfm_dtype: str | None) -> nn.Module:
+    """The SigLIP2 text tower of a "text" / "cls2text" Generator: from the local SigLIP2 folder, else from the
+    full SigLIP config's `text_config` (random weights, filled from the checkpoint), else the preset."""
+    from vfmvae.vfm.siglip2_text import TEXT_PRESETS, SiglipTextTower, build_text_tower
+
+    dtype = vfm_dtype or TEXT_PRESETS[cfg.text_encoder]["compute_dtype"]
+    if vfm_pretrained is not None:
+        return build_text_tower(cfg.text_encoder, pretrained=vfm_pretrained, compute_dtype=dtype)
+    if vfm_config and "text_config" in vfm_config:
+        return SiglipTextTower.from_config(vfm_config["text_config"], dtype, preset=cfg.text_encoder)
+    return build_text_tower(cfg.text_encoder, compute_dtype=dtype)
 
 
 def _check_vfm_fits(vfm: nn.Module, cfg) -> None:
@@ -58,6 +74,7 @@ def from_official(
     vfm_pretrained=None,
     vfm_dtype: str | None = None,
     vfm_family: str | None = None,
+    text_encoder: nn.Module | None = None,
 ) -> VFMVAE:
     """Official `networks.generator.Generator` weights -> `VFMVAE` (eval mode).
 
@@ -76,11 +93,18 @@ def from_official(
         official CUDA autocast). Pass "float32" for exact CPU comparisons.
     vfm_family: "siglip2", "siglip2_text", "dinov2", "eva", "mae" or "qwen2_5_vl"; wins over any
         name. Without it the family is inferred from `vfm_name` / the official `vfm_name` as the
-        official dispatch does, then from `vfm_config`. ("siglip2_text": only the vision side is used.)
+        official dispatch does, then from `vfm_config`. ("siglip2_text": the SigLIP2 vision tower and, for a
+        text-conditional Generator, its text tower.)
+    text_encoder: an already built text tower (conditional "text" / "cls2text" models); otherwise it is
+        loaded from `vfm_pretrained` (the SigLIP2 folder holds both towers) or built from `vfm_config`'s
+        `text_config`, and the checkpoint's `vfm_encoder.encoder.text_model.*` weights are loaded into it.
+    Conditional checkpoints (`conditional=True`; docs/conditional.md) map cross-attention and the class
+    embedding too; the returned model then takes `text=` / `class_labels=` in `decode` and `forward`.
     """
     sd = load_official_state_dict(state_dict)
     family = resolve_vfm_family(generator_kwargs, vfm_config, vfm_name, vfm_family)
     cfg = config_from_official(generator_kwargs, vfm_config, vfm_name, family)
+    check_official_cls2id_mapping(sd, cfg)
     has_vfm_weights = any(k.startswith(VFM_OFFICIAL_PREFIX) for k in sd)
     if decoder_only:
         model = VFMVAE(cfg, decoder_only=True)
@@ -93,11 +117,18 @@ def from_official(
         if vfm is None:
             vfm = _build_vfm_for(cfg, family, vfm_config, vfm_pretrained, vfm_dtype)
         _check_vfm_fits(vfm, cfg)
-        model = VFMVAE(cfg, vfm=vfm)
+        text_source = vfm_pretrained if cfg.uses_text and text_encoder is None else None
+        if cfg.uses_text and text_encoder is None:
+            text_encoder = _build_text_tower_for(cfg, vfm_config, vfm_pretrained, vfm_dtype)
+        model = VFMVAE(cfg, vfm=vfm, text_encoder=text_encoder, text_pretrained=text_source)
     mapped = convert_state_dict(sd, model, decoder_only=decoder_only)
     model.load_state_dict(mapped, strict=False)  # completeness was checked by convert_state_dict
     if not decoder_only and has_vfm_weights:
         from vfmvae.vfm import load_official_vfm_state_dict
 
         load_official_vfm_state_dict(model.vfm, sd, prefix=VFM_OFFICIAL_PREFIX)
+    if model.text_encoder is not None and any(k.startswith(TEXT_OFFICIAL_PREFIX) for k in sd):
+        from vfmvae.vfm.siglip2_text import load_official_text_state_dict
+
+        load_official_text_state_dict(model.text_encoder, sd, prefix=TEXT_OFFICIAL_PREFIX)
     return model.eval()

@@ -7,7 +7,7 @@ the trainable generator modules and the `TokenizerObjective` over them (docs/des
 
 Each network is built under its own seed (`seeded`: a private RNG, the global one is left untouched):
 tokenizer and VFM ``seed``, projected discriminator ``seed + 1``, PatchGAN ``seed + 2``, LPIPS
-``seed + 3``. So a random frozen network (tests, the CPU demo) is the same in every run and every
+``seed + 3``, the text tower of a text-conditional tokenizer ``seed + 4`` (docs/conditional.md). So a random frozen network (tests, the CPU demo) is the same in every run and every
 stage, whatever else the stage builds, and the stage hand-off's hash check accepts it.
 """
 
@@ -23,6 +23,7 @@ from torch import nn
 from vfmvae.losses import EQUIVARIANCE_PRESETS, LPIPS, TokenizerLossConfig, TokenizerObjective, get_loss_config
 from vfmvae.vfm import build_vfm
 
+from .conditioning import BatchConditioner
 from .config import get_config
 from .discriminators import (
     PATCHGAN_PRESETS,
@@ -48,6 +49,7 @@ class StageNetworks:
     lpips: LPIPS | None
     g_modules: dict[str, nn.Module]
     objective: TokenizerObjective  # the stage's G and D phases over these networks
+    conditioner: BatchConditioner | None = None  # batch -> decoder condition (conditional tokenizers)
 
 
 def seeded(seed: int, build: Callable[[], T]) -> T:
@@ -113,7 +115,8 @@ def build_stage_networks(stage: int, args: Mapping[str, Any]) -> StageNetworks:
                 "discriminator DINO ViT", args["discriminator"], dino, "model.dino_pretrained (make: DINO_PATH)"
             )
     vfm = lambda: build_vfm(cfg.vfm_name, pretrained=vfm_pretrained, config=args["vfm_config"])  # noqa: E731
-    model = seeded(seed, lambda: VFMVAE(cfg, vfm=seeded(seed, vfm)))
+    text, text_path, conditioner = _text_side(cfg, args, seed)
+    model = seeded(seed, lambda: VFMVAE(cfg, vfm=seeded(seed, vfm), text_encoder=text, text_pretrained=text_path))
     projected_d = seeded(seed + 1, lambda: _projected_d(loss, args["discriminator"], dino))
     uses_patchgan = loss.patchgan > 0 or loss.feature_matching > 0
     pgan = seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[args["patchgan"]])) if uses_patchgan else None
@@ -125,7 +128,30 @@ def build_stage_networks(stage: int, args: Mapping[str, Any]) -> StageNetworks:
     objective = TokenizerObjective(
         loss, cfg.img_resolution, lpips=lpips, projected_d=projected_d, patchgan=pgan, seed=seed
     )
-    return StageNetworks(loss, model, projected_d, pgan, lpips, g_modules, objective)
+    return StageNetworks(loss, model, projected_d, pgan, lpips, g_modules, objective, conditioner)
+
+
+def _text_side(cfg, args: Mapping[str, Any], seed: int):
+    """(text tower, its folder, batch conditioner) of a conditional tokenizer; the tower and the Hugging Face
+    tokenizer default to the VFM folder (a SigLIP2 folder holds the vision tower, the text tower and the tokenizer)."""
+    if cfg.label_type is None:
+        return None, None, None
+    if not cfg.uses_text:
+        return None, None, BatchConditioner(cfg)
+    from vfmvae.vfm.siglip2_text import build_text_tower
+
+    path = args.get("text_pretrained") or args["vfm_pretrained"]
+    if not args["allow_random_frozen"]:
+        require_weights("text tower", cfg.text_encoder, path, "model.text_pretrained (default: model.vfm_pretrained)")
+    dtype = (args["vfm_config"] or {}).get("compute_dtype")
+    text = seeded(seed + 4, lambda: build_text_tower(cfg.text_encoder, pretrained=path, compute_dtype=dtype))
+    tokenizer_path = args.get("text_tokenizer") or path
+    if tokenizer_path is None:
+        raise ValueError(
+            f"a {cfg.label_type!r} tokenizer needs the text tower's tokenizer: set model.text_tokenizer to a local "
+            "Hugging Face tokenizer folder (default: model.text_pretrained / model.vfm_pretrained)"
+        )
+    return text, path, BatchConditioner(cfg, tokenizer_path)  # loaded at the first batch
 
 
 __all__ = ["StageNetworks", "build_stage_networks", "require_weights", "seeded", "stage_loss_config"]

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttentionBlock
 from .config import VFMVAEConfig
 from .convnext import ModulatedConvNeXtLayer, ModulatedToRGB, SeparableBlurUpsample
+from .cross_attention import CrossAttentionBlock
 from .fusion import LatentAdapter
 from .plain_conv import plain_layers
 
@@ -43,7 +44,7 @@ class SynthesisBlock(nn.Module):
         self.index = index
         self.upsample = SeparableBlurUpsample(in_channels, out_ch, blur, pre_norm=index > 0, use_blur=cfg.use_blur)
         self.layers = nn.ModuleList(
-            ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, legacy=cfg.legacy, noise_resolution=8 * 2**index)
+            ModulatedConvNeXtLayer(out_ch, cfg.style_dim, kernel, legacy=cfg.legacy, noise_resolution=8 * 2**index)
             for _ in range(cfg.convnext_layers(index))
         )
         if not cfg.use_convnext:  # the ablation's baseline layers instead (docs/analyses.md, "Component ablation")
@@ -52,18 +53,25 @@ class SynthesisBlock(nn.Module):
         self.attention = nn.ModuleList(
             SelfAttentionBlock(out_ch, cfg.attn_heads, cfg.attn_ff_mult) for _ in range(cfg.attn_depth(index))
         )
+        # Text-conditional decoders attend to the text tokens after the self-attention (docs/conditional.md).
+        self.cross_attention = nn.ModuleList(
+            CrossAttentionBlock(out_ch, cfg.text_dim, cfg.attn_heads, cfg.attn_ff_mult)
+            for _ in range(cfg.attn_depth(index) if cfg.cross_attention else 0)
+        )
         self.skip_upsample = None
         if prev_ch is not None:
             self.skip_upsample = SeparableBlurUpsample(prev_ch, out_ch, blur, pre_norm=True, use_blur=cfg.use_blur)
-        self.to_rgb = ModulatedToRGB(out_ch, cfg.w_dim, cfg.img_channels)
+        self.to_rgb = ModulatedToRGB(out_ch, cfg.style_dim, cfg.img_channels)
         self.num_ws = len(self.layers) + 1
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, ws: torch.Tensor):
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, ws: torch.Tensor, text=None):
         x = self.upsample(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, ws[:, i])
         for attn in self.attention:
             x = attn(x)
+        for attn in self.cross_attention:  # text: a TextCondition (tokens, pooled, mask)
+            x = attn(x, text.tokens, text.mask)
         skip = x if self.skip_upsample is None else self.skip_upsample(skip) + x
         img = self.to_rgb(skip, ws[:, len(self.layers)]).float()
         return x, skip, img
@@ -99,7 +107,7 @@ class SynthesisNetwork(nn.Module):
         # Runtime knob (not architecture): recompute each block in backward to save activation memory.
         self.activation_checkpointing = False
 
-    def forward(self, z: torch.Tensor, ws: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, z: torch.Tensor, ws: torch.Tensor, text=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if ws.ndim != 3 or ws.shape[1] != self.num_ws:
             raise ValueError(f"SynthesisNetwork: ws must be (B, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
         x = skip = None
@@ -111,9 +119,9 @@ class SynthesisNetwork(nn.Module):
                 x = zi if x is None else torch.cat([x, zi.to(x.dtype)], dim=1)
             block_ws = ws[:, start : start + block.num_ws]
             if self.activation_checkpointing and torch.is_grad_enabled():
-                x, skip, img = checkpoint(block, x, skip, block_ws, use_reentrant=False)
+                x, skip, img = checkpoint(block, x, skip, block_ws, text, use_reentrant=False)
             else:
-                x, skip, img = block(x, skip, block_ws)
+                x, skip, img = block(x, skip, block_ws, text)
             start += block.num_ws
             images.append(img)
         return images[-1], images[-2::-1]

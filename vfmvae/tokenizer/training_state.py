@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 # Keys (in the LightningModule's state dict) of the frozen networks that checkpoints leave out.
 FROZEN_PREFIXES: dict[str, str] = {
     "vfm": "tokenizer.vfm.",
+    "text": "tokenizer.text_encoder.",  # text tower of a text-conditional decoder
     "dino": "projected_d.dino.",
     "lpips": "lpips.",
 }
@@ -193,6 +196,26 @@ def fit_summary(module: Any, wall_seconds: float | None) -> dict[str, Any]:
     return summary
 
 
+def write_fit_summary(module: Any, log_dir: Path, wall_seconds: float | None) -> dict[str, Any]:
+    """Write `fit_summary` to ``<log_dir>/tokenizer_summary.json``; returns it."""
+    summary = fit_summary(module, wall_seconds)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "tokenizer_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export_provenance(module: Any) -> dict[str, Any]:
+    """What an export of a trained stage records about its training (``module``: as `training_record`'s)."""
+    return {
+        "stage": module.stage,
+        "stage_name": module.spec.name,
+        "global_nimg": module.global_nimg,
+        "stage_nimg": module.stage_nimg,
+        "steps": int(module.global_step),
+        "init_checkpoint": module.hparams.init_checkpoint,
+    }
+
+
 def summary_line(summary: Mapping[str, Any]) -> str:
     """One line for the console at the end of a stage."""
     gain = f" (PSNR {summary['psnr_gain_db']:+.2f} dB)" if "psnr_gain_db" in summary else ""
@@ -205,6 +228,8 @@ def summary_line(summary: Mapping[str, Any]) -> str:
 
 __all__ = [
     "FROZEN_PREFIXES",
+    "export_provenance",
+    "write_fit_summary",
     "check_resume_record",
     "drop_frozen_keys",
     "fill_frozen_keys",
