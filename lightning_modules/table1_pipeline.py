@@ -42,7 +42,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "image_size": 64,
     "feature_extractor": "demo",
     "probe_args": ["--protocol", "demo", "--global-batch-size", "20", "--epochs", "20"],
-    "diffusion_config": str(Path(__file__).resolve().parents[1] / "configs" / "analyses" / "table1_diffusion_demo.yaml"),
+    "diffusion_config": str(
+        Path(__file__).resolve().parents[1] / "configs" / "analyses" / "table1_diffusion_demo.yaml"
+    ),
     "diffusion_steps": 60,
     "num_samples": 30,
     "sample_steps": 20,
@@ -124,8 +126,11 @@ def run_table1_pipeline(source: str | None, preset: str | None, data_root: str |
     timed("linear_probe", paths["linear_probe"], lambda: run_command("linear-probe", [
         "--tokenizer", str(tok_dir), "--data-root", str(data), "--image-size", str(size), "--out", str(probe_out),
         "--accelerator", "cpu", "--devices", "1", "--num-workers", "0", *map(str, opt["probe_args"])]))  # fmt: skip
-    timed("generation", paths["generation"],
-          lambda: _generation(tok_dir, probe_out / "latents" / "train", data, out, opt, features, paths["generation"]))
+    timed(
+        "generation",
+        paths["generation"],
+        lambda: _generation(tok_dir, probe_out / "latents" / "train", data, out, opt, features, paths["generation"]),
+    )
     timed("se_cknna", paths["se_cknna"], lambda: run_command("se-cknna", [
         "--demo", str(opt["se_cknna_images"]), "--resolution", str(opt["se_cknna_resolution"]), "--reference", str(opt["reference"]),
         "--model", f"tokenizer:{preset or 'export'}@{tok_dir}", "--batch-size", "8", "--device", "cpu",
@@ -133,7 +138,9 @@ def run_table1_pipeline(source: str | None, preset: str | None, data_root: str |
     return {k: str(v) for k, v in paths.items()}
 
 
-def _generation(tok_dir: Path, latents: Path, data: Path, out: Path, opt: Mapping[str, Any], features, record_path: Path):
+def _generation(
+    tok_dir: Path, latents: Path, data: Path, out: Path, opt: Mapping[str, Any], features, record_path: Path
+):
     from lightning_modules.cli import main as cli_main
 
     start = time.time()

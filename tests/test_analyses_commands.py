@@ -32,7 +32,7 @@ def test_linear_probe_target_names_missing_variables(repo_root, tmp_path):
     assert proc.returncode != 0 and "must hold train/ and val/" in proc.stderr, proc.stderr
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
     proc = make(repo_root, "-n", "linear-probe", "TOKENIZER=t", f"DATA_ROOT={tmp_path}", "TOKENIZER_PRESET=debug-vavae")
-    assert "-m lightning_modules linear-probe --tokenizer \"t\"" in proc.stdout, proc.stdout + proc.stderr
+    assert '-m lightning_modules linear-probe --tokenizer "t"' in proc.stdout, proc.stdout + proc.stderr
     assert "--tokenizer-preset debug-vavae" in proc.stdout
 
 

@@ -8,7 +8,6 @@ predictions over the ranks without padding. Only the order of float additions di
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer-preset", help="preset: of a random ('none') tokenizer, or a baseline preset for a VA-VAE file"
     )
-    p.add_argument("--tokenizer-kwargs", help="official VFM-VAE generator kwargs / VA-VAE config YAML of a release file")
+    p.add_argument(
+        "--tokenizer-kwargs", help="official VFM-VAE generator kwargs / VA-VAE config YAML of a release file"
+    )
     p.add_argument("--vfm-path", help="local SigLIP2 folder, when the tokenizer export does not include its VFM")
     p.add_argument("--out", required=True, help="cache folder (created; reused to resume)")
     p.add_argument("--image-size", type=int, default=256)

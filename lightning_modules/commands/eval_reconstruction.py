@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vfmvae eval-reconstruction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--tokenizer", required=True, help="export folder (any tokenizer kind), diffusers folder, or release file")
+    p.add_argument(
+        "--tokenizer", required=True, help="export folder (any tokenizer kind), diffusers folder, or release file"
+    )
     p.add_argument("--tokenizer-preset", default=None, help="baseline preset of a released VA-VAE file (vavae-f16d32)")
     p.add_argument("--tokenizer-kwargs", default=None, help="official G_kwargs (.json/.yaml) for a release .pth")
     p.add_argument("--vfm-path", default=None, help="local SigLIP2 folder when the export/official file needs one")

@@ -30,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-latents", help="latent cache of the training split")
     p.add_argument("--val-latents", help="latent cache of the validation split")
     p.add_argument("--tokenizer", help="instead of caches: a tokenizer (export folder, release file, or 'none')")
-    p.add_argument("--tokenizer-preset", help="preset of a random ('none') tokenizer, or a baseline preset for a VA-VAE file")
-    p.add_argument("--tokenizer-kwargs", help="official VFM-VAE generator kwargs / VA-VAE config YAML of a release file")
+    p.add_argument(
+        "--tokenizer-preset", help="preset of a random ('none') tokenizer, or a baseline preset for a VA-VAE file"
+    )
+    p.add_argument(
+        "--tokenizer-kwargs", help="official VFM-VAE generator kwargs / VA-VAE config YAML of a release file"
+    )
     p.add_argument("--vfm-path", help="local SigLIP2 folder when a VFM-VAE export does not include its VFM")
     p.add_argument("--data-root", help="with --tokenizer: ImageFolder root holding train/ and val/")
     p.add_argument("--image-size", type=int, default=256, help="with --tokenizer: crop size of the cached images")

@@ -69,7 +69,9 @@ def _paper_row(entry: dict) -> dict:
     paper = entry.get("paper", entry["name"])
     if isinstance(paper, str):
         if paper not in PAPER_TABLE1:
-            _fail(f"tokenizer {entry['name']!r}: paper row {paper!r} unknown; known: {sorted(PAPER_TABLE1)} or a mapping")
+            _fail(
+                f"tokenizer {entry['name']!r}: paper row {paper!r} unknown; known: {sorted(PAPER_TABLE1)} or a mapping"
+            )
         return dict(PAPER_TABLE1[paper])
     return dict(paper or {})
 
@@ -78,8 +80,12 @@ def _write_demo_data(root: Path, spec: dict) -> None:
     from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
 
     size = int(spec.get("resolution", 64))
-    write_demo_imagefolder(root / "train", DemoDataConfig(resolution=size, num_per_class=int(spec.get("train_per_class", 8)), seed=0))
-    write_demo_imagefolder(root / "val", DemoDataConfig(resolution=size, num_per_class=int(spec.get("val_per_class", 4)), seed=1))
+    write_demo_imagefolder(
+        root / "train", DemoDataConfig(resolution=size, num_per_class=int(spec.get("train_per_class", 8)), seed=0)
+    )
+    write_demo_imagefolder(
+        root / "val", DemoDataConfig(resolution=size, num_per_class=int(spec.get("val_per_class", 4)), seed=1)
+    )
 
 
 def collect_rows(config: dict[str, Any], feature_extractor: str | None = None) -> tuple[list[dict], dict[str, float]]:
@@ -127,7 +133,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
     table = format_table1(rows)
     print(table)
     if timings:
-        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {time.time() - start:.1f}")
+        print(
+            "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {time.time() - start:.1f}"
+        )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,9 @@ def read_table1_row(records: Mapping[str, Any], base: str | os.PathLike = ".") -
 def _cell(value: float | None, column: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if column == "linear_probe" else f"{value:.2f}" if column in ("rfid", "gfid") else f"{value:.3f}"
+    return (
+        f"{value:.1f}" if column == "linear_probe" else f"{value:.2f}" if column in ("rfid", "gfid") else f"{value:.3f}"
+    )
 
 
 def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:

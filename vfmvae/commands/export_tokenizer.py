@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--tokenizer", required=True, help="released file or folder (or 'none' with a preset: random)")
     p.add_argument("--tokenizer-preset", help="vavae-f16d32 for a released VA-VAE file; a preset for 'none'")
-    p.add_argument("--tokenizer-kwargs", help="VA-VAE config YAML / official VFM-VAE generator kwargs of a release file")
+    p.add_argument(
+        "--tokenizer-kwargs", help="VA-VAE config YAML / official VFM-VAE generator kwargs of a release file"
+    )
     p.add_argument("--vfm-path", help="local SigLIP2 folder of an official VFM-VAE release")
     p.add_argument("--out", required=True, help="export folder to write")
     return p
@@ -32,13 +34,17 @@ def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
 
-    model = load_any_tokenizer(args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs, vfm_pretrained=args.vfm_path)
+    model = load_any_tokenizer(
+        args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs, vfm_pretrained=args.vfm_path
+    )
     if args.vfm_path is None:
         model.save_pretrained(args.out)
     else:
         model.save_pretrained(args.out, vfm_pretrained=args.vfm_path)  # VFM-VAE: record the VFM by path
     record = {**tokenizer_record(model), "path": args.out}
-    print(json.dumps({k: record[k] for k in ("kind", "weights_sha256", "latent_channels", "downsample_factor", "path")}))
+    print(
+        json.dumps({k: record[k] for k in ("kind", "weights_sha256", "latent_channels", "downsample_factor", "path")})
+    )
     return record
 
 

@@ -38,7 +38,9 @@ class ParameterFreeBatchNorm(nn.Module):
 
     def _batch_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         # float64 sums: the result must not depend on how the rows are split over processes.
-        stats = torch.cat([x.double().sum(0), x.double().pow(2).sum(0), x.new_tensor([x.shape[0]], dtype=torch.float64)])
+        stats = torch.cat(
+            [x.double().sum(0), x.double().pow(2).sum(0), x.new_tensor([x.shape[0]], dtype=torch.float64)]
+        )
         if self.global_stats and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
         d = self.num_features

@@ -17,13 +17,13 @@ __all__ = ["ProbeProtocol", "PROBE_PROTOCOLS", "probe_protocol"]
 @dataclass(frozen=True)
 class ProbeProtocol:
     """Fields:
-        optimizer: ``"lars"`` or ``"sgd"`` (momentum SGD, weight decay on every parameter).
-        base_lr: learning rate per 256 images; the run's peak lr is ``base_lr * global_batch_size / 256``.
-        global_batch_size: images per optimiser step over all processes.
-        epochs, warmup_epochs: schedule length, in passes over the training latents.
-        weight_decay, momentum, min_lr: as named.
-        augmentation: ``"flip"`` (the cached horizontal flip with p = 0.5) or ``"none"``.
-        normalization: ``"batchnorm"`` (parameter-free) or ``"none"``.
+    optimizer: ``"lars"`` or ``"sgd"`` (momentum SGD, weight decay on every parameter).
+    base_lr: learning rate per 256 images; the run's peak lr is ``base_lr * global_batch_size / 256``.
+    global_batch_size: images per optimiser step over all processes.
+    epochs, warmup_epochs: schedule length, in passes over the training latents.
+    weight_decay, momentum, min_lr: as named.
+    augmentation: ``"flip"`` (the cached horizontal flip with p = 0.5) or ``"none"``.
+    normalization: ``"batchnorm"`` (parameter-free) or ``"none"``.
     """
 
     optimizer: str = "lars"
