@@ -177,6 +177,24 @@ push-to-hub: install ## Upload an export folder: FOLDER=dir REPO=owner/name [MET
 commands: install ## List the vfmvae commands (vfmvae --help)
 	@$(PY) -m lightning_modules --help
 
+# ---------------------------------------------------------------- text-to-image (docs/text_to_image.md)
+.PHONY: train-t2i sample-t2i
+train-t2i: install ## Text-to-image training: CONFIG=configs/t2i/tiny.yaml (CPU, no files) or configs/t2i/paper.yaml with LATENTS=dir TEXT_ENCODER=folder [TRAINER_CONFIG=...]
+	@config="$(or $(CONFIG),configs/t2i/tiny.yaml)"; extra=""; \
+	[ -f "$$config" ] || { echo "train-t2i: CONFIG=$$config does not exist" >&2; exit 2; }; \
+	if [ -n "$(LATENTS)" ]; then extra="--data.init_args.latent_root=$(LATENTS)"; fi; \
+	if [ -n "$(TEXT_ENCODER)" ]; then extra="$$extra --model.init_args.network_overrides.text_encoder_path=$(TEXT_ENCODER)"; fi; \
+	set -x; $(PY) -m lightning_modules fit --config $$config $(if $(TRAINER_CONFIG),--config $(TRAINER_CONFIG)) $$extra $(if $(CKPT),--ckpt_path $(CKPT)) $(ARGS)
+
+sample-t2i: install ## Text-to-image samples: CKPT=run.ckpt PROMPTS=prompts.txt TOKENIZER=path|none [TOKENIZER_PRESET] [OUT] [PER_PROMPT=1] [CFG] [STEPS]
+	@[ -n "$(CKPT)" ] || { echo "sample-t2i: CKPT is not set (a text_dit DiffusionModule checkpoint, e.g. after 'make train-t2i': outputs/t2i_tiny/tb/t2i/tiny/checkpoints/last.ckpt TOKENIZER=none TOKENIZER_PRESET=debug)" >&2; exit 2; }
+	@[ -n "$(PROMPTS)" ] || { echo "sample-t2i: PROMPTS is not set (a .txt file with one prompt per line, or a .jsonl with 'prompt')" >&2; exit 2; }
+	@[ -n "$(TOKENIZER)" ] || { echo "sample-t2i: TOKENIZER is not set (the VFM-VAE save_pretrained folder whose latents the run trained on, or 'none' with TOKENIZER_PRESET=debug)" >&2; exit 2; }
+	$(PY) -m lightning_modules sample-t2i --ckpt "$(CKPT)" --prompts "$(PROMPTS)" --tokenizer "$(TOKENIZER)" \
+	  --out "$(or $(OUT),outputs/t2i_samples/$(basename $(notdir $(PROMPTS))))" --per-prompt $(or $(PER_PROMPT),1) \
+	  $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) $(if $(CFG),--cfg-scale $(CFG)) \
+	  $(if $(STEPS),--num-steps $(STEPS)) $(if $(DEVICES),--devices $(DEVICES)) $(SAMPLE_ARGS)
+
 # ---------------------------------------------------------------- analyses: component ablation, representation dynamics (docs/analyses.md)
 .PHONY: train-ablation ablation dynamics
 ABLATION_ROWS := baseline fusion blocks full

@@ -9,6 +9,10 @@ the same `vfmvae.transport.sample_latents` as `vfmvae sample`. Decoded images be
 paper protocol's truncation (`vfmvae.codec.to_uint8(x, "truncate")`, the official `tools/decode`). The grid
 is logged as ``grid/samples`` (image) on rank 0.
 
+Before training, the decoder must be the tokenizer the training latents were made with and explicit
+``latent_stats`` the training cache's own, both by hash (`vfmvae.provenance_checks`, as the sampling command);
+otherwise the grids would decode with wrong weights or colours and nothing would say so.
+
 Every rank samples (a sharded FSDP network needs all ranks in each forward); only rank 0 decodes
 and logs. The decoder is a plain attribute of the callback, never part of the LightningModule, so
 it is not trained, averaged or checkpointed.
@@ -22,8 +26,10 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from datamodules.latent_dataset import find_latent_dataset
 from vfmvae.codec import to_uint8
 from vfmvae.dit.interface import check_network
+from vfmvae.provenance_checks import check_latent_stats, check_tokenizer_hash, export_weights_sha256
 from vfmvae.tokenizer.loading import load_decoder, load_latent_stats, resolve_path
 from vfmvae.transport.sampling import sample_latents, sampler_config
 from vfmvae.utils.image_grid import image_grid
@@ -75,13 +81,40 @@ class SampleGridCallback(Callback):
         self._last_step = -1
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero or self.decoder is not None:
+        if stage != "fit":
             return
         tokenizer = resolve_path(self.tokenizer, "SampleGridCallback.tokenizer")
+        # On every rank (cheap: records only), so that all refuse alike instead of rank 0 alone.
+        self._check_provenance(tokenizer, find_latent_dataset(trainer.datamodule))
+        if not trainer.is_global_zero or self.decoder is not None:
+            return
         kwargs = self.tokenizer_kwargs
         if isinstance(kwargs, str):
             kwargs = resolve_path(kwargs, "SampleGridCallback.tokenizer_kwargs", optional=True)
         self.decoder = load_decoder(tokenizer, self.tokenizer_preset, kwargs)
+
+    def _check_provenance(self, tokenizer: str | None, cache: Any) -> None:
+        """Refuse a decoder or statistics that the training latent cache was not made with (by hash)."""
+        if cache is None:  # no latent cache to compare with
+            return
+        manifest, root = cache.manifest, getattr(cache, "root", "the latent cache")
+        check_tokenizer_hash(
+            (manifest.get("tokenizer") or {}).get("weights_sha256"),
+            export_weights_sha256(tokenizer),
+            subject="the network",
+            tokenizer_source=f"SampleGridCallback.tokenizer {tokenizer}",
+            fix=f"give the tokenizer the latent cache {root} was made with",
+        )
+        path = resolve_path(self.latent_stats, "SampleGridCallback.latent_stats", optional=True)
+        if path is not None:
+            self.normalizer = load_latent_stats(path)
+            check_latent_stats(
+                self.normalizer,
+                (manifest.get("latent_stats") or {}).get("sha256"),
+                stats_source=f"SampleGridCallback.latent_stats {path}",
+                expected_source=f"the training latent cache {root}",
+                fix="remove SampleGridCallback.latent_stats to decode with the training latents' own statistics",
+            )
 
     def _normalizer(self, trainer: Trainer):
         if self.normalizer is None:

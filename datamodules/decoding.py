@@ -15,6 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -30,17 +31,65 @@ def decode_rgb(source: bytes | str | os.PathLike) -> Image.Image:
     ``Image.load()`` forces the whole file to be read here, so a truncated JPEG fails now (and is
     skipped by the caller) instead of later inside a crop. PIL's "truncated file" warnings are
     turned into errors for the same reason. Grey, palette, CMYK and RGBA images become RGB
-    (alpha is dropped, as ``convert('RGB')`` does in the official pipeline).
+    (alpha is dropped, as ``convert('RGB')`` does in the official pipeline). Images of more than 8 bits
+    per sample (PIL modes ``I;16*``, ``I``, ``F``) are scaled to 8 bits first (:func:`to_8bit`).
     """
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(fp) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = to_8bit(img).convert("RGB")
     if rgb.width < 1 or rgb.height < 1:
         raise ValueError(f"empty image ({rgb.width}x{rgb.height})")
     return rgb
+
+
+def _declared_integer_range(img: Image.Image) -> int | None:
+    """The largest value a mode-``I`` image's samples can hold, from the TIFF tags that declare it, or None."""
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # BitsPerSample
+    if not bits:
+        return None
+    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+    sample_format = tags.get(339, 1)  # SampleFormat: 1 unsigned, 2 signed
+    signed = int(sample_format[0] if isinstance(sample_format, tuple) else sample_format) == 2
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """An image whose samples have more than 8 bits (or are floats) as a mode-``L`` image; others unchanged.
+
+    PIL's ``convert("RGB")`` clips such samples to 255 (a 16-bit PNG turns all white), so they are scaled
+    here by the range the format declares: ``I;16*`` by 65535; ``I`` by the TIFF bit depth when the file
+    declares one, else by 65535 (a 16-bit file PIL widened) when every value fits; ``F`` from [0, 1]. A range
+    that cannot be known is an error (the caller counts and names the image) instead of a guess.
+    """
+    if img.mode.startswith("I;16"):
+        top = 65535
+    elif img.mode == "I":
+        top = _declared_integer_range(img) or 65535
+    elif img.mode == "F":
+        top = None
+    else:
+        return img
+    values = np.asarray(img)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if top is None:
+        if lo < 0.0 or hi > 1.0 or not np.isfinite(values).all():
+            raise ValueError(
+                f"floating-point image with values in [{lo}, {hi}]: only [0, 1] has a known scale; "
+                "convert it to 8- or 16-bit"
+            )
+        scaled = np.floor(values.astype(np.float64) * 255.0 + 0.5)
+    else:
+        if lo < 0 or hi > top:
+            raise ValueError(
+                f"{img.mode}-mode image with values in [{lo:.0f}, {hi:.0f}], outside its range [0, {top}]; "
+                "convert it to 8- or 16-bit"
+            )
+        scaled = (values.astype(np.float64) * (255.0 / top) + 0.5).astype(np.int64)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def image_size(source: bytes | str | os.PathLike) -> tuple[int, int]:

@@ -38,7 +38,7 @@ from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
 from datamodules.image_mode import EpochDataLoader, ImageTransform, MappedImages, StreamedImages, collate_images
 from datamodules.imagefolder import ImageFolderSource, find_classes
 from datamodules.key_filter import load_key_list
-from datamodules.latent_dataset import LatentDataset
+from datamodules.latent_dataset import LatentDataset, latent_split
 from datamodules.samplers import ResumableDistributedSampler
 from datamodules.webdataset_shards import WebDatasetSource, list_shards
 
@@ -92,6 +92,7 @@ class ImageNetDataConfig:
     return_images: bool = False  # also yield the cached uint8 crops (REG's DINOv2 targets)
     expected_latent_shape: tuple[int, int, int] | None = None
     expected_tokenizer_hash: str | None = None
+    latent_verify: bool = False  # check every shard's sha256 and values against the manifest (reads the whole cache)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -234,18 +235,9 @@ class ImageNetDataModule(L.LightningDataModule):
     def _build_latents(self, train: bool) -> _Split | None:
         """Latents mode: the cache folder's `LatentDataset` and the rank's resumable sampler."""
         cfg = self.config
-        root = cfg.latent_root if train else cfg.latent_val_root
-        if root is None:
+        dataset = latent_split(cfg, train)
+        if dataset is None:
             return None
-        dataset = LatentDataset(
-            root,
-            policy=cfg.latent_policy,
-            stats_path=cfg.latent_stats_path,
-            return_images=cfg.return_images,
-            seed=cfg.seed,
-            expected_latent_shape=cfg.expected_latent_shape,
-            expected_tokenizer_hash=cfg.expected_tokenizer_hash,
-        )
         rank, world = self._rank_world()
         sampler = ResumableDistributedSampler(
             dataset,

@@ -37,6 +37,7 @@ from datamodules.latent_shards import (
     write_json_atomic,
 )
 from vfmvae.provenance import to_jsonable
+from vfmvae.provenance_checks import latent_stats_sha256
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class LatentCacheDataModule(LightningDataModule):
 def finalize_cache(
     dm: LatentCacheDataModule, store_images: bool, stats_samples: int, seed: int, provenance: dict[str, Any]
 ) -> dict[str, Any]:
-    """Verify every shard, write `manifest.json` and `latents_stats.pt` (rank 0 only)."""
+    """Verify every shard, write `latents_stats.pt` and `manifest.json` (with the statistics' hash; rank 0 only)."""
     records = []
     for k in range(dm.num_shards):
         if not shard_is_finished(dm.out_dir, k):
@@ -148,8 +149,12 @@ def finalize_cache(
         "shards": [{k: v for k, v in r.to_json().items()} for r in records],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    # Statistics first, then the manifest with their hash: the manifest is what marks the cache finished, so a
+    # crash in between leaves an unfinished cache (finalised again by the next run), never an unchecked pair.
+    stats = compute_latent_stats(dm.out_dir, stats_samples, seed, manifest=manifest)
+    stats.save(dm.out_dir / STATS)
+    manifest["latent_stats"] = {"file": STATS, "sha256": latent_stats_sha256(stats)}
     write_json_atomic(dm.out_dir / MANIFEST, manifest)
-    compute_latent_stats(dm.out_dir, stats_samples, seed).save(dm.out_dir / STATS)
     log.info(
         "latent cache: %d latents in %d shards, %d bad images -> %s",
         manifest["num_written"],

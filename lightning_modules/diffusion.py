@@ -183,6 +183,10 @@ class DiffusionModule(LightningModule):
                     f"the latent cache holds latents of shape {tuple(shape)}, the network takes {self.latent_shape} "
                     "(network_overrides: in_channels / input_size)"
                 )
+            # Class ids the network has no row for (or its null class) would train silently wrong (a cache method).
+            cache, condition = _find_latent_dataset(dm), self.net.condition
+            if hasattr(cache, "check_labels") and hasattr(condition, "num_classes"):
+                cache.check_labels(condition.num_classes, getattr(condition, "null_id", None))
 
     def configure_model(self) -> None:
         # FSDP2 (configs/trainer/fsdp_bf16.yaml): shard per DiT block; a no-op on one device or under DDP.

@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from datamodules.latent_cache import LatentCacheDataModule, finalize_cache
-from datamodules.latent_shards import write_shard
+from datamodules.latent_shards import MOMENT_KEYS, write_shard
 from vfmvae.codec import uint8_to_unit
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,21 @@ class LatentShardWriter(BasePredictionWriter):
 
     def _flush(self, dm: LatentCacheDataModule, k: int) -> None:
         rows = sorted(self._buffers.pop(k), key=lambda r: int(r["index"]))
+        for r in rows:
+            # Non-finite moments would poison the statistics and every step that draws them; caching again would
+            # write them again, so such an image is skipped and named like an unreadable one.
+            if bool(r["ok"]) and not all(bool(torch.isfinite(r[name]).all()) for name in MOMENT_KEYS):
+                r["ok"], r["reason"] = False, "the tokenizer gave non-finite posterior moments (NaN or inf)"
         good = [r for r in rows if bool(r["ok"])]
         bad = [{"key": r["key"], "reason": r["reason"]} for r in rows if not bool(r["ok"])]
         for b in bad:
-            log.warning("latent cache: skipped unreadable image %s (%s)", b["key"], b["reason"])
-        names = ["mean", "logvar", "mean_flip", "logvar_flip"] + (["image"] if self.store_images else [])
+            log.warning("latent cache: skipped image %s (%s)", b["key"], b["reason"])
+        names = [*MOMENT_KEYS] + (["image"] if self.store_images else [])
         tensors = {name: _stack([r[name] for r in good], rows[0][name]) for name in names}
         tensors["label"] = torch.tensor([int(r["label"]) for r in good], dtype=torch.int64)
-        write_shard(dm.out_dir, k, tensors, [r["key"] for r in good], bad)
+        tokenizer = (self.provenance.get("tokenizer") or {}).get("weights_sha256")
+        metadata = {"tokenizer_sha256": str(tokenizer)} if tokenizer else None
+        write_shard(dm.out_dir, k, tensors, [r["key"] for r in good], bad, metadata)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._buffers:

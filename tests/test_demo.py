@@ -173,8 +173,8 @@ def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
 
     metrics = json.loads((out / "metrics.json").read_text())
     # The CI size trains too briefly to enforce the >= 3 dB / class checks (the demo size does); it must still
-    # report both, and training must already help.
-    assert len(metrics["checks"]) == 2 and all(isinstance(c["passed"], bool) for c in metrics["checks"])
+    # report all three (the t2i phase adds the prompt check), and training must already help.
+    assert len(metrics["checks"]) == 3 and all(isinstance(c["passed"], bool) for c in metrics["checks"])
     rec = metrics["reconstruction"]
     assert rec["trained"]["psnr"] > rec["untrained"]["psnr"]
     ci = load_size(demo_mod.CONFIGS, "ci")
@@ -197,7 +197,8 @@ def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     assert page.is_file() and f"run report: {page}" in first.stdout
     assert "<img" in page.read_text()
     summary = (out / "summary.txt").read_text()
-    assert summary.count("PASS") + summary.count("FAIL") == 2 and len(summary.splitlines()) <= 25
+    assert summary.count("PASS") + summary.count("FAIL") == 3 and len(summary.splitlines()) <= 25
+    assert (out / "t2i_samples.png").is_file() and json.loads((out / ".done" / "t2i.json").read_text())["num_samples"] == 2 * NUM_CLASSES
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -41,11 +41,14 @@ def trained(tmp_path_factory):
         enable_model_summary=False,
         callbacks=[ema],
     )
-    trainer.fit(module, datamodule=TinyLatentDataModule(n=8, batch_size=4))
+    dm = TinyLatentDataModule(n=8, batch_size=4)
+    # The checkpoint records these statistics; sample.py refuses any other --latent-stats.
+    dm.dataset.normalizer = LatentNormalizer(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 1.5, 8))
+    trainer.fit(module, datamodule=dm)
     ckpt = root / "run.ckpt"
     trainer.save_checkpoint(ckpt)
     stats = root / "latents_stats.pt"
-    LatentNormalizer(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 1.5, 8)).save(stats)
+    dm.dataset.normalizer.save(stats)
     return root, ckpt, stats, module, ema
 
 

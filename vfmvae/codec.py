@@ -121,6 +121,8 @@ class LatentNormalizer(nn.Module):
         std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         if mean.shape != std.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same channels")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("latent statistics must be finite (NaN or inf in mean or std)")
         if not torch.all(std > 0):
             raise ValueError("latent std must be positive in every channel")
         self.register_buffer("mean", mean)
@@ -184,7 +186,10 @@ class LatentNormalizer(nn.Module):
         missing = {"mean", "std"} - set(stats)
         if missing:
             raise KeyError(f"{source}: latent statistics need keys 'mean' and 'std', missing {sorted(missing)}")
-        return cls(stats["mean"], stats["std"], multiplier)
+        try:
+            return cls(stats["mean"], stats["std"], multiplier)
+        except ValueError as err:  # name the file (or record) the numbers came from
+            raise ValueError(f"{source}: {err}") from err
 
 
 class LatentCodec(nn.Module):

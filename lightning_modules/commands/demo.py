@@ -68,7 +68,7 @@ CONFIGS = REPO / "configs"
 
 VAL_SEED = 1_000_003  # the held-out split's seed, as ImageNetDataModule.prepare_data derives it
 PHASES = ("data", "tokenizer_stage0", "tokenizer_stage2", "export", "cache_latents", "reg", "sample", "evaluate")
-PHASES += ("summary",)
+PHASES += ("t2i", "summary")  # t2i: lightning_modules/demo_t2i.py
 
 
 @dataclass
@@ -304,6 +304,12 @@ def phase_summary(demo: Demo) -> dict:
 
     page = write_report(demo.out)
     return {"passed": metrics["passed"], "text": text + f"\nrun report: {page} (open it in a browser)"}
+
+
+def phase_t2i(demo: Demo) -> dict:
+    from lightning_modules.demo_t2i import phase_t2i as run_phase
+
+    return run_phase(demo, run_fit, run_command, grid_of, save_png)
 
 
 PHASE_FUNCTIONS: dict[str, Callable[[Demo], dict]] = {p: globals()[f"phase_{p}"] for p in PHASES}

@@ -43,7 +43,8 @@ from vfmvae.commands._errors import InputError, add_progress_argument, add_trust
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.dit.registry import network_families
 from vfmvae.provenance import state_dict_sha256, to_jsonable
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
+from vfmvae.provenance_checks import sampling_inputs
+from vfmvae.tokenizer.loading import load_decoder
 from vfmvae.transport.sampling import sampler_config
 from vfmvae.utils.safe_load import trusting_pickles
 from vfmvae.utils.sample_store import SEED_RULE, check_resume
@@ -129,14 +130,9 @@ def _load_inputs(args: argparse.Namespace):
     )
     tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
     decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
-    export_hash = (getattr(decoder, "export_record", None) or {}).get("weights_sha256")
-    cache_hash = (train_prov.get("tokenizer") or {}).get("weights_sha256")
-    if export_hash and cache_hash and export_hash != cache_hash and not args.allow_tokenizer_mismatch:
-        raise ValueError(
-            f"the network was trained on latents of tokenizer {cache_hash[:12]}, but --tokenizer is {export_hash[:12]}; "
-            "decode with the same tokenizer (or pass --allow-tokenizer-mismatch)"
-        )
-    normalizer = load_latent_stats(args.latent_stats, train_prov.get("latent_stats"))
+    normalizer, export_hash, cache_hash = sampling_inputs(
+        decoder, train_prov, args.latent_stats, args.allow_tokenizer_mismatch
+    )
     if normalizer.num_channels != net.latent_shape[0]:
         raise ValueError(
             f"latent statistics have {normalizer.num_channels} channels, the network {net.latent_shape[0]}"

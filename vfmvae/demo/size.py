@@ -19,6 +19,7 @@ RUNS: dict[str, tuple[str, ...]] = {
     "tokenizer_stage0": ("tokenizer/demo.yaml", "demo/tokenizer_stage0.yaml"),
     "tokenizer_stage2": ("demo/tokenizer_stage2.yaml",),
     "reg": ("demo/reg.yaml",),
+    "t2i": ("demo/t2i.yaml",),  # text-to-image phase (docs/text_to_image.md)
 }
 
 

@@ -34,6 +34,8 @@ def run_checks(records: Records) -> list[dict[str, Any]]:
             checks.append({"check": name, "passed": bool(ok(records)), "detail": detail(records)})
         except (KeyError, TypeError) as err:
             checks.append({"check": name, "passed": False, "detail": f"no result ({err!r})"})
+    # Phases added beside the core ones (e.g. t2i) state their own check in their record.
+    checks += [dict(r["self_check"]) for r in records.values() if isinstance(r, Mapping) and "self_check" in r]
     return checks
 
 

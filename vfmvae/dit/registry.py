@@ -126,3 +126,4 @@ def _load_builtin() -> None:
     """Import the built-in families (they register on import)."""
     import vfmvae.dit.lightningdit_repa  # noqa: F401
     import vfmvae.dit.sit_reg_family  # noqa: F401
+    import vfmvae.dit.text_dit  # noqa: F401

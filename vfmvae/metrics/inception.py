@@ -78,6 +78,11 @@ class AdmInceptionFeatures(nn.Module):
                 "its path (or place it under $TORCH_HOME/hub/checkpoints/); this project never downloads weights."
             )
         self.weights_path = path
+        # torch-fidelity reads the file with weights_only=False: our loader reads it first and refuses any object
+        # that could run code (what passes it unpickles to the same plain tensors and containers).
+        from vfmvae.utils.safe_load import load_user_file
+
+        load_user_file(path, what="Inception weights", mmap=True)
         self.net = _tf_inception_class()("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         self.net.requires_grad_(False).eval()
         self._spatial: torch.Tensor | None = None
