@@ -34,7 +34,13 @@ from .interface import check_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_any_tokenizer", "tokenizer_presets", "is_baseline_preset", "tokenizer_record"]
+__all__ = [
+    "load_any_tokenizer",
+    "tokenizer_presets",
+    "is_baseline_preset",
+    "tokenizer_record",
+    "recorded_weights_sha256",
+]
 
 
 def is_baseline_preset(preset: str | None) -> bool:
@@ -139,3 +145,19 @@ def tokenizer_record(model: torch.nn.Module) -> dict[str, Any]:
     if exported:
         record["weights_sha256"] = exported
     return record
+
+
+def recorded_weights_sha256(folder: str | os.PathLike) -> str | None:
+    """The ``weights_sha256`` an export folder of any kind records in its ``config.json`` (no weights read); None for
+    a folder without one (a diffusers folder). A VFM-VAE export's config is read and checked by its own reader."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return None
+    from vfmvae.baselines.export import BASELINE_EXPORT_FORMAT
+
+    record = json.loads((path / "config.json").read_text())
+    if record.get("format") == BASELINE_EXPORT_FORMAT or record.get("_class_name") == "AutoencoderKL":
+        return record.get("weights_sha256")
+    from .export import read_export_config
+
+    return read_export_config(path).get("weights_sha256")
