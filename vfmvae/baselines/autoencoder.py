@@ -151,6 +151,12 @@ class KLAutoencoder(TokenizerRecordMixin, nn.Module):
     def config_record(self) -> dict:
         return self.cfg.to_dict()
 
+    def save_pretrained(self, directory, **kwargs) -> dict:
+        """Export folder (`vfmvae.baselines.export`): config.json + model.safetensors with the weights hash."""
+        from .export import save_baseline
+
+        return save_baseline(self, directory, **kwargs)
+
     def _signed_input(self, images: torch.Tensor) -> torch.Tensor:
         """Check ``(B, C, H, W)`` images in [0, 1] (or uint8) and map them to the network's [-1, 1]."""
         name = type(self).__name__
