@@ -81,7 +81,7 @@ cache-latents: install ## Cache latents: DATA_ROOT=split TOKENIZER=export OUT=di
 	  --batch-size $(or $(BATCH),64) $(if $(STORE_IMAGES),--store-images) $(if $(FILTER),--filter-keys "$(FILTER)") \
 	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") $(CACHE_ARGS)
 
-# ---------------------------------------------------------------- benchmarks (issue 15, docs/benchmarks.md)
+# ---------------------------------------------------------------- benchmarks (docs/benchmarks.md)
 .PHONY: bench
 # One CPU thread: on a shared 2-core machine OpenMP threads under contention ran ~8x slower.
 BENCH_ARGS ?= --suite cpu --threads 1 --max-seconds 200
@@ -227,6 +227,29 @@ dynamics: install ## SE-CKNNA per diffusion block over training: CKPTS="a.ckpt b
 	$(PY) -m lightning_modules dynamics --config configs/analyses/dynamics.yaml --checkpoints $(CKPTS) \
 	  --images "$(IMAGES)" --tokenizer "$(TOKENIZER)" --reference "$(REF)" $(if $(CLS_VFM),--cls-vfm "$(CLS_VFM)") \
 	  $(if $(STATS),--latent-stats "$(STATS)") $(if $(NUM),--num-images $(NUM)) $(if $(OUT),--out-dir "$(OUT)") $(DYNAMICS_ARGS)
+
+# ---------------------------------------------------------------- analyses: linear probe, Table 1 (docs/analyses.md)
+.PHONY: linear-probe table1 demo-analyses export-tokenizer
+export-tokenizer: install ## Released VA-VAE / SD-VAE / VFM-VAE -> export folder every command takes: TOKENIZER=file|folder OUT=dir [TOKENIZER_PRESET=vavae-f16d32] [TOKENIZER_KWARGS]
+	@[ -n "$(TOKENIZER)" ] || { echo "export-tokenizer: TOKENIZER is not set (a released VA-VAE .pt with TOKENIZER_PRESET=vavae-f16d32, a diffusers SD-VAE folder, or a VFM-VAE .pth with TOKENIZER_KWARGS)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "export-tokenizer: OUT is not set (the export folder to write)" >&2; exit 2; }
+	$(PY) -m lightning_modules export-tokenizer --tokenizer "$(TOKENIZER)" --out "$(OUT)" \
+	  $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)")
+
+linear-probe: install ## Linear probe of tokenizer latents (paper Table 1): TOKENIZER=export folder|file|none DATA_ROOT=dir with train/ val/ [TOKENIZER_PRESET] [TOKENIZER_KWARGS] [IMAGE_SIZE=256] [DEVICES] [OUT] [PROBE_ARGS]
+	@[ -n "$(TOKENIZER)" ] || { echo "linear-probe: TOKENIZER is not set (an export folder of any tokenizer, a released file with TOKENIZER_PRESET/TOKENIZER_KWARGS, or none with TOKENIZER_PRESET=debug for a random one); demo: make demo-analyses" >&2; exit 2; }
+	@[ -n "$(DATA_ROOT)" ] || { echo "linear-probe: DATA_ROOT is not set (an ImageFolder root with train/ and val/ class folders, e.g. ImageNet)" >&2; exit 2; }
+	@[ -d "$(DATA_ROOT)/train" ] && [ -d "$(DATA_ROOT)/val" ] || { echo "linear-probe: DATA_ROOT=$(DATA_ROOT) must hold train/ and val/" >&2; exit 2; }
+	$(PY) -m lightning_modules linear-probe --tokenizer "$(TOKENIZER)" --data-root "$(DATA_ROOT)" \
+	  $(if $(TOKENIZER_PRESET),--tokenizer-preset $(TOKENIZER_PRESET)) $(if $(TOKENIZER_KWARGS),--tokenizer-kwargs "$(TOKENIZER_KWARGS)") \
+	  $(if $(VFM_PATH),--vfm-path "$(VFM_PATH)") --image-size $(or $(IMAGE_SIZE),256) $(if $(DEVICES),--devices $(DEVICES)) \
+	  --out $(or $(OUT),outputs/linear_probe) $(PROBE_ARGS)
+
+table1: install ## Paper Table 1 from your metric records beside the paper's numbers [CONFIG=configs/analyses/table1.yaml] [OUT=table1.md]
+	$(PY) -m lightning_modules table1 --config $(or $(CONFIG),configs/analyses/table1.yaml) $(if $(OUT),--out $(OUT))
+
+demo-analyses: install ## Table 1 at demo size for a tiny random VFM-VAE and VA-VAE, every column (CPU, minutes): outputs/demo_analyses
+	$(PY) -m lightning_modules table1 --config configs/analyses/table1_demo.yaml --out outputs/demo_analyses/table1.md
 
 # ---------------------------------------------------------------- 512 px, reference statistics, VFM comparison (docs/resolution_512.md, docs/vfm_comparison.md)
 .PHONY: train-tokenizer-512 cache-latents-512 reference-stats vfm-comparison

@@ -107,91 +107,50 @@ def _cpu_suite() -> list[BenchCase]:
     ]
 
 
+# The GPU training rows: the paper's XL networks and the 256 px tokenizer, bf16 autocast, fused AdamW.
+_LDIT_XL = BenchCase(
+    "LightningDiT-XL/1",
+    "dit_train",
+    "lightningdit",
+    "LightningDiT-XL/1",
+    batch_size=32,
+    dtype="bf16",
+    fused_optimizer=True,
+    warmup=3,
+    iters=10,
+)
+_REG_XL = _LDIT_XL.replace(name="REG SiT-XL/1", family="reg", preset="SiT-XL/1-REG", transport="reg")
+_TOKENIZER_256 = BenchCase(
+    "Tokenizer 256px (stage 0)",
+    "tokenizer_train",
+    preset="vfmvae-f16d32-siglip2",
+    batch_size=8,
+    dtype="bf16",
+    discriminator="dino-vits16",
+    loss_preset="stage0",
+    fused_optimizer=True,
+    warmup=2,
+    iters=5,
+)
+
+
 def _gpu_suite() -> list[BenchCase]:
-    ldit = BenchCase(
-        "LightningDiT-XL/1",
-        "dit_train",
-        "lightningdit",
-        "LightningDiT-XL/1",
-        batch_size=32,
-        dtype="bf16",
-        fused_optimizer=True,
-        warmup=3,
-        iters=10,
-    )
-    reg = BenchCase(
-        "REG SiT-XL/1",
-        "dit_train",
-        "reg",
-        "SiT-XL/1-REG",
-        batch_size=32,
-        dtype="bf16",
-        fused_optimizer=True,
-        transport="reg",
-        warmup=3,
-        iters=10,
-    )
     return [
-        ldit,
-        ldit.replace(name="LightningDiT-XL/1 compiled", compile=True, warmup=4),
-        reg,
-        reg.replace(name="REG SiT-XL/1 compiled", compile=True, warmup=4),
-        BenchCase(
-            "Tokenizer 256px (stage 0)",
-            "tokenizer_train",
-            preset="vfmvae-f16d32-siglip2",
-            batch_size=8,
-            dtype="bf16",
-            discriminator="dino-vits16",
-            loss_preset="stage0",
-            fused_optimizer=True,
-            warmup=2,
-            iters=5,
-        ),
+        _LDIT_XL,
+        _LDIT_XL.replace(name="LightningDiT-XL/1 compiled", compile=True, warmup=4),
+        _REG_XL,
+        _REG_XL.replace(name="REG SiT-XL/1 compiled", compile=True, warmup=4),
+        _TOKENIZER_256,
     ]
 
 
 def _gpu_extra_suite() -> list[BenchCase]:
-    ldit = BenchCase(
-        "LightningDiT-XL/1",
-        "dit_train",
-        "lightningdit",
-        "LightningDiT-XL/1",
-        batch_size=32,
-        dtype="bf16",
-        fused_optimizer=True,
-        warmup=3,
-        iters=10,
-    )
+    ldit = _LDIT_XL
     return [
         ldit.replace(name="LightningDiT-XL/1 compiled ckpt", compile=True, activation_checkpointing=True, warmup=4),
         ldit.replace(name="LightningDiT-XL/1 fp32", dtype="fp32", iters=5),
-        BenchCase(
-            "Tokenizer 256px (stage 0) channels-last",
-            "tokenizer_train",
-            preset="vfmvae-f16d32-siglip2",
-            batch_size=8,
-            dtype="bf16",
-            discriminator="dino-vits16",
-            loss_preset="stage0",
-            fused_optimizer=True,
-            channels_last=True,
-            warmup=2,
-            iters=5,
-        ),
-        BenchCase(
-            "REG SiT-XL/1 online DINOv2",
-            "dit_train",
-            "reg",
-            "SiT-XL/1-REG",
-            batch_size=32,
-            dtype="bf16",
-            fused_optimizer=True,
-            reg_target="online",
-            transport="reg",
-            warmup=3,
-            iters=10,
-        ),
+        _TOKENIZER_256.replace(name="Tokenizer 256px (stage 0) channels-last", channels_last=True),
+        _REG_XL.replace(name="REG SiT-XL/1 online DINOv2", reg_target="online"),
         BenchCase(
             "Sampling LightningDiT-XL/1 CFG",
             "sampling",

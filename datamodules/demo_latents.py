@@ -6,8 +6,8 @@ run, `lightning_modules.latent_cache.cache_latents`: the same shards, manifest a
 images stored for the alignment callback) and serves it through `datamodules.latent_dataset.LatentDataset`,
 so the demo exercises the production latent path end to end. A second run reuses the cache.
 
-The tokenizer is a `VFMVAE.save_pretrained` folder when given, else the ``debug`` preset with random
-weights seeded by ``seed`` (a random encoder still maps photographs to structured latents, which is
+The tokenizer is any export folder when given (`vfmvae.tokenizer.sources.load_any_tokenizer`), else
+``tokenizer_preset`` (``debug``, or ``debug-vavae`` for a tiny VA-VAE) with random weights (a random encoder still maps photographs to structured latents, which is
 all a loss-falls demo needs; decoded grids then show noise-like images).
 
 Batches: ``{"latent": (B, C, h, w) float32 normalised, "label": int64, "key": list[str], "index",
@@ -27,7 +27,6 @@ from datamodules.demo_data import DemoDataConfig, write_demo_imagefolder
 from datamodules.latent_cache import LatentCacheDataModule
 from datamodules.latent_dataset import LatentDataset
 from datamodules.latent_shards import MANIFEST
-from vfmvae.provenance import state_dict_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +49,19 @@ def build_demo_latent_cache(
     )
     # The encoding run lives one layer up (a LightningModule + prediction writer): imported on first use.
     from lightning_modules.latent_cache import LatentShardWriter, cache_latents
-    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
 
     if tokenizer is None:
         torch.manual_seed(seed)
-        model = VFMVAE(tokenizer_preset, vfm_config={"compute_dtype": "float32"})
-    else:
-        model = VFMVAE.from_pretrained(tokenizer)
-    model = model.float().eval()
+    # Any tokenizer kind (an export folder, or a random preset: VFM-VAE `debug`, VA-VAE `debug-vavae`).
+    model = load_any_tokenizer(tokenizer, tokenizer_preset, vfm_config={"compute_dtype": "float32"})
     # The production caching path (Lightning predict + shard writer), on one CPU process.
     cache = LatentCacheDataModule(
         str(root / "images"), str(out), image_size=resolution, shard_size=64, batch_size=16, num_workers=0
     )
     provenance = {
         "tokenizer": {
-            "weights_sha256": state_dict_sha256(model),
+            **tokenizer_record(model),
             "preset": tokenizer_preset,
             "path": tokenizer,
             "random_weights": tokenizer is None,

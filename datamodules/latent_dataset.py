@@ -43,7 +43,11 @@ from datamodules.latent_shards import (
 from vfmvae.codec import LatentNormalizer, channel_stats
 from vfmvae.provenance_checks import check_latent_stats, warn_once
 
-POLICIES = ("lightningdit", "reg")
+# Latent sampling policies, named after the official pipelines they reproduce: True = one fixed posterior sample
+# per (image, flip) and the stored flip with p = 0.5 (LightningDiT); False = a fresh sample of the unflipped image
+# at every access (REG). A table, so that no code branches on a name (docs/design.md, "Latent normalisation").
+FIXED_SAMPLE_AND_FLIP = {"lightningdit": True, "reg": False}
+POLICIES = tuple(FIXED_SAMPLE_AND_FLIP)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -215,7 +219,7 @@ class LatentDataset(_EpochMixin, Dataset):
     def raw_latent(self, index: int) -> tuple[torch.Tensor, bool]:
         """Un-normalised latent `(C, h, w)` drawn per the policy, and whether it is the flipped image's."""
         g = _generator(self.seed, self.epoch, index)
-        if self.policy == "lightningdit":
+        if FIXED_SAMPLE_AND_FLIP[self.policy]:
             flip = bool(torch.rand((), generator=g) < 0.5)
             mean, logvar = self.moments(index, flip)
             z = fixed_posterior_sample(mean, logvar, self.seed, index, flip)

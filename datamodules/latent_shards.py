@@ -21,7 +21,6 @@ naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vfmvae.provenance import file_sha256
 from vfmvae.utils.checkpoint_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -57,12 +57,7 @@ def sidecar_name(index: int) -> str:
     return f"shard-{index:05d}.json"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256  # the cache's name for it
 
 
 def _atomic_write_bytes(path: Path, write) -> None:

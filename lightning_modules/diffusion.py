@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 
+from datamodules.latent_dataset import find_latent_dataset
 from vfmvae.dit.parallelize import shard_diffusion_network
 from vfmvae.dit.registry import build_from_hparams
 from vfmvae.provenance import state_dict_sha256, to_jsonable
@@ -156,7 +157,7 @@ class DiffusionModule(LightningModule):
 
     def latent_normalizer(self):
         """The training latents' `LatentNormalizer` (for decoding samples), or None without a latent cache."""
-        ds = _find_latent_dataset(self.trainer.datamodule) if self._trainer is not None else None
+        ds = find_latent_dataset(self.trainer.datamodule) if self._trainer is not None else None
         return getattr(ds, "normalizer", None)
 
     def setup(self, stage: str) -> None:
@@ -184,7 +185,7 @@ class DiffusionModule(LightningModule):
                     "(network_overrides: in_channels / input_size)"
                 )
             # Class ids the network has no row for (or its null class) would train silently wrong (a cache method).
-            cache, condition = _find_latent_dataset(dm), self.net.condition
+            cache, condition = find_latent_dataset(dm), self.net.condition
             if hasattr(cache, "check_labels") and hasattr(condition, "num_classes"):
                 cache.check_labels(condition.num_classes, getattr(condition, "null_id", None))
 
@@ -299,21 +300,10 @@ def _set_batch_size(dm: Any, micro_batch_size: int) -> None:
     log.warning("the DataModule exposes no batch_size; its batches must hold %d latents", micro_batch_size)
 
 
-def _find_latent_dataset(dm: Any) -> Any:
-    for name in ("latent_dataset", "dataset"):
-        try:
-            ds = getattr(dm, name, None)
-        except AttributeError:  # ImageNetDataModule in the images mode
-            continue
-        if ds is not None and hasattr(ds, "manifest"):
-            return ds
-    return None
-
-
 def _data_provenance(dm: Any) -> dict[str, Any]:
     """Tokenizer record of the latent cache and the latent statistics used (docs/design.md, "Checkpoints,
     resume and provenance")."""
-    ds = _find_latent_dataset(dm) if dm is not None else None
+    ds = find_latent_dataset(dm) if dm is not None else None
     if ds is None:
         return {}
     out: dict[str, Any] = {

@@ -147,4 +147,29 @@ def cache_latents(
     trainer.predict(LatentCacheModule(tokenizer, moments_dtype), datamodule=data, return_predictions=False)
 
 
-__all__ = ["LatentCacheModule", "LatentShardWriter", "cache_latents"]
+def cache_image_folder(
+    tokenizer: torch.nn.Module,
+    data_root: str,
+    out_dir: str,
+    image_size: int = 256,
+    batch_size: int = 64,
+    store_images: bool = False,
+    provenance: dict[str, Any] | None = None,
+    **trainer_kwargs: Any,
+) -> dict[str, Any]:
+    """Cache an ImageFolder split with ``tokenizer`` (any kind: `vfmvae.tokenizer.interface.Tokenizer`) into
+    ``out_dir``, recording its provenance (`vfmvae.tokenizer.sources.tokenizer_record`); a finished cache is kept.
+    Returns the manifest."""
+    from datamodules.latent_shards import load_manifest
+    from vfmvae.tokenizer.sources import tokenizer_record
+
+    dm = LatentCacheDataModule(data_root, out_dir, image_size=image_size, batch_size=batch_size, num_workers=0)
+    dm.setup()
+    record = {"tokenizer": {**tokenizer_record(tokenizer), **(provenance or {})}, "num_classes": len(dm.source.classes)}
+    writer = LatentShardWriter(store_images=store_images, provenance=record)
+    trainer_kwargs.setdefault("enable_progress_bar", False)
+    cache_latents(tokenizer, dm, writer, **trainer_kwargs)
+    return load_manifest(out_dir)
+
+
+__all__ = ["LatentCacheModule", "LatentShardWriter", "cache_latents", "cache_image_folder"]

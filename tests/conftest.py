@@ -1,10 +1,12 @@
 """Shared pytest setup.
 
 The hub variables must be set before transformers/timm/huggingface_hub are imported, otherwise
-the hub client retries HEAD requests for about a minute before failing (see ecosystem.md §1.2).
+the hub client retries HEAD requests for about a minute before failing (docs/design.md, "Frozen networks").
 """
 
+import json
 import os
+import subprocess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,6 +26,19 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures" / "official"
 torch.set_num_threads(1)
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Every test starts on one intra-op thread, and a thread count a test sets (e.g. `cpu_threads`) is undone.
+
+    Tiny models are dominated by per-op overhead: OpenMP threads only add spin contention on the shared 2-core
+    CI machine (runs were up to 20x slower with them).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +93,106 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def repo_files(root: Path = REPO_ROOT) -> list[Path]:
+    """The repository's files: tracked ones and new ones git does not ignore (what a commit would hold)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [root / n for n in out.decode().split("\0") if n and (root / n).is_file() and not (root / n).is_symlink()]
+
+
+def official_fixture(name: str) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:
+    """``(tensors, meta, state_dict)`` of ``tests/fixtures/official/<name>.{safetensors,json}``.
+
+    ``state_dict`` holds the ``state_dict.*`` tensors with that prefix removed (the official module's weights).
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(FIXTURES / f"{name}.safetensors")
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    return tensors, meta, {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+
+
+def official_fixtures(name: str, build, fixture: str = "fx", model: str = "model"):
+    """Two module-scoped fixtures for tests against an official fixture: ``fixture`` -> `official_fixture(name)`
+    and ``model`` -> ``build(meta, state_dict)`` (our network loaded from the official weights).
+
+    Use as ``fx, model = official_fixtures("sdvae_tiny", lambda meta, sd: ...)`` at module level.
+    """
+
+    @pytest.fixture(scope="module", name=fixture)
+    def _fixture(fixtures_dir):
+        return official_fixture(name)
+
+    @pytest.fixture(scope="module", name=model)
+    def _model(request):
+        _, meta, state = request.getfixturevalue(fixture)
+        return build(meta, state)
+
+    return _fixture, _model
+
+
+def close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 0.0) -> None:
+    """``torch.testing.assert_close`` whose message starts with ``name`` (official-fixture comparisons: 1e-5)."""
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def cpu_trainer(**overrides):
+    """A quiet single-process CPU Lightning `Trainer` for tiny test runs; ``overrides`` replace any default.
+
+    Defaults: no logger, no checkpointing, no progress bar or model summary, no sanity validation.
+    """
+    from lightning.pytorch import Trainer
+
+    kw = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(**{**kw, **overrides})
+
+
+def print_config(capsys, *configs, extra: tuple[str, ...] = ()) -> dict:
+    """The config ``vfmvae fit --config ... --print_config`` resolves from ``configs`` (stacked in order) and
+    ``extra`` arguments, parsed back from its output (the run itself never starts)."""
+    import yaml
+
+    from lightning_modules.cli import main
+
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", str(config)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *extra, "--print_config"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code in (0, None), err
+    return yaml.safe_load(out)
+
+
+def build_cli(*configs, extra: tuple[str, ...] = ()):
+    """A `VFMVAECLI` over the stacked ``configs`` (+ ``extra`` arguments) that builds the model, data module and
+    trainer without running them (``cli.model``, ``cli.datamodule``, ``cli.trainer``)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from lightning_modules.cli import VFMVAECLI
+
+    args = [a for config in configs for a in ("--config", str(config))]
+    return VFMVAECLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=[*args, *extra],
+    )

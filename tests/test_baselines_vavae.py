@@ -6,12 +6,10 @@ the official posterior, sampled latent, decoded image and uint8 conversion in fp
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import close, official_fixtures
 from PIL import Image
-from safetensors.torch import load_file
 
 from datamodules.crops import adm_center_crop
 from vfmvae.baselines import decode_to_images, encode_images, sample_cpu_rng
@@ -21,30 +19,7 @@ from vfmvae.tokenizer import DiagonalGaussian, from_official_vavae
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(actual, expected, name, atol=ATOL, rtol=0.0):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
-
-
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    tensors = load_file(fixtures_dir / "vavae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vavae_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
-    return tensors, meta, sd
-
-
-@pytest.fixture(scope="module")
-def model(fx):
-    _, meta, sd = fx
-    return from_official_vavae(sd, meta["ddconfig"])
+fx, model = official_fixtures("vavae_tiny", lambda meta, sd: from_official_vavae(sd, meta["ddconfig"]))
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +49,6 @@ def test_img_transform_is_our_adm_center_crop(fx):
         close(ours, T["inputs.img"][i], f"img_transform[{i}]", atol=1e-6)
 
 
-def test_posterior_and_kl(fx, model, images01):
-    T, _, _ = fx
-    with torch.no_grad():
-        posterior = model.encode(images01)
-        close(model.encoder(T["inputs.img"]), T["intermediates.encoder_out"], "encoder_out")
-    close(posterior.moments, T["outputs.moments"], "moments")
-    close(posterior.mean, T["outputs.mean"], "mean")
-    close(posterior.logvar, T["outputs.logvar"], "logvar")
-    close(posterior.kl(), T["outputs.kl"], "kl", rtol=1e-6)  # a sum of 2048 terms (~160): relative
-
-
 def test_sample_from_stored_eps_and_official_cpu_rng(fx, model, images01):
     T, meta, _ = fx
     with torch.no_grad():
@@ -92,20 +56,6 @@ def test_sample_from_stored_eps_and_official_cpu_rng(fx, model, images01):
     close(posterior.sample(eps=T["inputs.eps"]), T["outputs.z"], "z (stored eps)")
     torch.manual_seed(meta["seed_S"])
     close(encode_images(model, images01), T["outputs.z"], "z (official encode_images: samples, CPU global RNG)")
-
-
-def test_decode_intermediates_and_image(fx, model):
-    T, _, _ = fx
-    captured = {}
-    hook = model.decoder.mid.register_forward_hook(lambda m, i, o: captured.setdefault("mid", o))
-    try:
-        with torch.no_grad():
-            image = model.decode(T["outputs.z"])
-            close(model.post_quant_conv(T["outputs.z"]), T["intermediates.post_quant"], "post_quant")
-    finally:
-        hook.remove()
-    close(captured["mid"], T["intermediates.decoder_mid"], "decoder_mid")
-    close(image, T["outputs.img"], "img")
 
 
 def test_uint8_conversion(fx, model):

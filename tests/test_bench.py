@@ -1,8 +1,9 @@
-"""Benchmarks (issue 15): FLOP counts against a hand count and FlopCounterMode; a smoke run.
+"""Benchmarks (docs/benchmarks.md, "Speed, memory and MFU"): FLOP counts against a hand count and
+FlopCounterMode; a smoke run.
 
-The hand count below is written out term by term from the architecture (diffusion spec §3.1), not
-from `benchmarks.flops`, so a wrong formula there fails here; `FlopCounterMode` is the independent
-machine count.
+The hand count below is written out term by term from the architecture (docs/design.md, "Diffusion networks
+and the network interface"), not from `benchmarks.flops`, so a wrong formula there fails here;
+`FlopCounterMode` is the independent machine count.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def test_sit_reg_debug_hand_count():
 
 
 def test_xl_anchor():
-    # 500 images/s of LightningDiT-XL/1 on a 989 TFLOP/s GPU is ~36% MFU (issue 15's stated goal).
+    # 500 images/s of LightningDiT-XL/1 on a 989 TFLOP/s GPU is ~36% MFU (the target in docs/benchmarks.md, "Speed,
+    # memory and MFU").
     per_image = dit_train_flops_per_image(LIGHTNINGDIT_PRESETS["LightningDiT-XL/1"])
     assert 500 * per_image / 989.4e12 == pytest.approx(0.36, abs=0.005)
 

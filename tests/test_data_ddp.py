@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_data_helpers import make_samples, write_imagefolder, write_shards
-
-from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
+from test_data_helpers import make_datamodule, make_samples, write_imagefolder, write_shards
 
 
 def _run(rank: int, world: int, port: int, root: str, out: str) -> None:
@@ -21,19 +19,15 @@ def _run(rank: int, world: int, port: int, root: str, out: str) -> None:
     try:
         result = {}
         for source, crop in (("imagefolder", "tokenizer_train"), ("webdataset", "adm_center")):
-            dm = ImageNetDataModule(
-                ImageNetDataConfig(
-                    source=source,
-                    root=str(Path(root) / source),
-                    val_split=None,
-                    resolution=8,
-                    train_crop=crop,
-                    batch_size=3,
-                    num_workers=2,
-                    pin_memory=False,
-                    drop_last_train=False,
-                    infinite_train=False,
-                )
+            dm = make_datamodule(
+                Path(root) / source,
+                source=source,
+                resolution=8,
+                train_crop=crop,
+                batch_size=3,
+                num_workers=2,
+                shuffle_train=True,
+                infinite_train=False,
             )
             dm.setup("fit")  # no Trainer: rank and world size come from the process group
             result[source] = [k for b in dm.train_dataloader() for k in dm.on_before_batch_transfer(b, 0)["key"]]

@@ -72,3 +72,20 @@ def write_shards(root: Path, samples: list[dict], num_shards: int, split: str = 
     for w in writers:
         w.close()
     return paths
+
+
+def make_datamodule(root, **overrides):
+    """An `ImageNetDataModule` over ``root`` for single-process tests: no validation split, 16 px, no workers,
+    no pinning, no shuffling, no dropped last batch; ``overrides`` replace any `ImageNetDataConfig` field."""
+    from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
+
+    cfg = dict(
+        root=str(root),
+        val_split=None,
+        resolution=16,
+        num_workers=0,
+        pin_memory=False,
+        shuffle_train=False,
+        drop_last_train=False,
+    )
+    return ImageNetDataModule(ImageNetDataConfig(**{**cfg, **overrides}))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_helpers import SYNSETS, make_samples, write_imagefolder
+from test_data_helpers import SYNSETS, make_datamodule, make_samples, write_imagefolder
 from torchvision import transforms
 
 from datamodules.decoding import TooManyBadImagesError
@@ -19,19 +19,7 @@ from datamodules.key_filter import save_key_list
 
 
 def make_dm(root, **kw) -> ImageNetDataModule:
-    cfg = dict(
-        root=str(root),
-        val_split=None,
-        resolution=16,
-        train_crop="resize_center",
-        batch_size=5,
-        num_workers=0,
-        pin_memory=False,
-        shuffle_train=False,
-        drop_last_train=False,
-    )
-    cfg.update(kw)
-    return ImageNetDataModule(ImageNetDataConfig(**cfg))
+    return make_datamodule(root, **{"train_crop": "resize_center", "batch_size": 5, **kw})
 
 
 def all_batches(dm: ImageNetDataModule, loader) -> list[dict]:

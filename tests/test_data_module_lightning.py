@@ -5,7 +5,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_data_helpers import SYNSETS, make_samples, write_imagefolder, write_shards
+from conftest import cpu_trainer
+from test_data_helpers import SYNSETS, make_datamodule, make_samples, write_imagefolder, write_shards
 
 from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
 
@@ -30,36 +31,15 @@ class Recorder(L.LightningModule):
 
 
 def trainer(**kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
-    args.update(kw)
-    return L.Trainer(**args)
+    return cpu_trainer(use_distributed_sampler=False, **kw)
 
 
 def test_imagefolder_epochs_in_trainer(tmp_path):
     samples = make_samples(per_class=2, sizes=[(20, 16)])
     write_imagefolder(tmp_path / "train", samples)
     (tmp_path / "train" / SYNSETS[0] / "corrupt.JPEG").write_bytes(b"broken")
-    dm = ImageNetDataModule(
-        ImageNetDataConfig(
-            root=str(tmp_path),
-            val_split=None,
-            resolution=8,
-            batch_size=2,
-            num_workers=0,
-            pin_memory=False,
-            drop_last_train=False,
-            max_bad_fraction=0.5,
-            min_seen_for_bad_check=1,
-        )
+    dm = make_datamodule(
+        tmp_path, resolution=8, batch_size=2, shuffle_train=True, max_bad_fraction=0.5, min_seen_for_bad_check=1
     )
     model = Recorder()
     trainer(max_epochs=2).fit(model, datamodule=dm)
@@ -79,17 +59,16 @@ def test_imagefolder_epochs_in_trainer(tmp_path):
 def test_webdataset_stream_with_max_steps_and_resume_state(tmp_path):
     samples = make_samples(per_class=3, sizes=[(12, 12)])
     write_shards(tmp_path, samples, num_shards=2)
-    cfg = ImageNetDataConfig(
+    dm = make_datamodule(
+        tmp_path,
         source="webdataset",
-        root=str(tmp_path),
-        val_split=None,
         resolution=8,
         batch_size=2,
-        num_workers=0,
-        pin_memory=False,
+        shuffle_train=True,
+        drop_last_train=True,
         shuffle_buffer=3,
     )
-    dm = ImageNetDataModule(cfg)
+    cfg = dm.config
     model = Recorder()
     trainer(max_steps=7).fit(model, datamodule=dm)  # infinite stream: more steps than one pass
     assert len(model.seen) == 7

@@ -10,32 +10,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_helpers import SYNSETS, make_samples, write_imagefolder, write_shards
+from test_data_helpers import SYNSETS, make_datamodule, make_samples, write_imagefolder, write_shards
 from torch.utils.data import DataLoader
 
 from datamodules.crops import adm_center_crop
 from datamodules.decoding import BadImageTracker
 from datamodules.image_mode import ImageTransform, StreamedImages, collate_images
-from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
+from datamodules.imagenet import ImageNetDataModule
 from datamodules.webdataset_shards import WebDatasetSource, list_shards
 
 
 def make_dm(root, **kw) -> ImageNetDataModule:
-    cfg = dict(
-        source="webdataset",
-        root=str(root),
-        val_split=None,
-        resolution=16,
-        train_crop="adm_center",
-        batch_size=4,
-        num_workers=0,
-        pin_memory=False,
-        shuffle_train=False,
-        infinite_train=False,
-        drop_last_train=False,
-    )
-    cfg.update(kw)
-    return ImageNetDataModule(ImageNetDataConfig(**cfg))
+    defaults = {"source": "webdataset", "train_crop": "adm_center", "batch_size": 4, "infinite_train": False}
+    return make_datamodule(root, **{**defaults, **kw})
 
 
 def keys_of(dm: ImageNetDataModule, loader) -> list[str]:

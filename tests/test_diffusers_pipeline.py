@@ -23,14 +23,6 @@ STEPS = 6  # Euler steps = grid points - 1
 LABELS = [3, 917]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def parts():
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from vfmvae.tokenizer import VFMVAE, get_config
 from vfmvae.tokenizer.export import VFM_WEIGHTS_NAME, load_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     torch.manual_seed(0)

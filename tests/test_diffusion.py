@@ -1,5 +1,5 @@
 """DiffusionModule: batch plan, paper configs (meta), a few steps of each model, lognorm switch, EMA scope,
-gradient clipping, guard (issue 11)."""
+gradient clipping, guard (docs/design.md, "Diffusion training")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _instantiate(spec):
     return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
-# Trainable parameter counts of the official classes (diffusion.md §3.1, measured on the official code).
+# Trainable parameter counts of the official classes (docs/design.md, "Diffusion networks and the network interface";
+# measured on the official code).
 PAPER = {
     "lightningdit_xl1_vfmvae.yaml": dict(params=674_965_856, steps=700_000, clip=None, switch=600_000),
     "reg_sitxl1_vfmvae.yaml": dict(params=684_766_240, steps=800_000, clip=1.0, switch=None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from conftest import cpu_trainer
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
@@ -82,17 +83,6 @@ class Recorder(Callback):
 
 
 def fit(module, datamodule, callbacks=(), max_steps: int = 2, ckpt_path=None, **trainer_kw) -> Trainer:
-    kw = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    kw.update(trainer_kw)
-    trainer = Trainer(callbacks=list(callbacks), **kw)
+    trainer = cpu_trainer(max_steps=max_steps, callbacks=list(callbacks), **trainer_kw)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer

@@ -1,4 +1,5 @@
-"""Discriminators (issue 6, spec tokenizer.md §4.5): parameter counts, gradient paths, DiffAugment, local BN."""
+"""Discriminators (docs/design.md, "Tokenizer stages and losses"): parameter counts, gradient paths,
+DiffAugment, local BN."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# ----------------------------------------------------------------------------- parameter counts (spec §3.4)
+# ----------------------------------------------------------------------------- parameter counts (measured on the
+# official code)
 
 
 def test_parameter_counts_match_the_official_measurements():

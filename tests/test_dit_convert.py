@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
-from vfmvae.dit import from_official_lightningdit, from_official_reg, unwrap_checkpoint
+from vfmvae.dit import LightningDiT, SiTREG, from_official_lightningdit, from_official_reg, unwrap_checkpoint
 
 ATOL = dict(atol=1e-5, rtol=0)
 
 
 def _load(fixtures_dir, name):
-    tensors = load_file(str(fixtures_dir / f"{name}.safetensors"))
-    meta = json.loads((fixtures_dir / f"{name}.json").read_text())
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, state = official_fixture(name)
     return tensors, meta["constructor_kwargs"], state
 
 
@@ -101,3 +98,36 @@ def test_non_tensor_entries_and_bad_types_raise():
         unwrap_checkpoint(42)
     with pytest.raises(FileNotFoundError):
         unwrap_checkpoint("/nonexistent/ckpt.pt")
+
+
+# fixture -> (converter, class, official velocity of the fixture's inputs, the fixture's output key)
+META_BUILD = {
+    "lightningdit_tiny": (
+        from_official_lightningdit,
+        LightningDiT,
+        lambda m, T: m(T["inputs.x"], T["inputs.t"], T["inputs.y"]),
+        "outputs.forward",
+    ),
+    "sit_reg_tiny": (
+        from_official_reg,
+        SiTREG,
+        lambda m, T: m(T["inputs.x"], T["inputs.t"], T["inputs.y"], T["inputs.cls_token"]).velocity,
+        "outputs.velocity",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(META_BUILD))
+def test_meta_build_to_empty_reset_buffers_then_load(fixtures_dir, name):
+    """A `meta` build (how FSDP2 runs build the network) materialised with `to_empty` and `reset_buffers` takes the
+    converted weights and gives the official output: the non-persistent tables are rebuilt, not left empty."""
+    convert, cls, forward, key = META_BUILD[name]
+    T, kwargs, state = _load(fixtures_dir, name)
+    reference = convert(state, kwargs)
+    with torch.device("meta"):
+        model = cls(reference.config)
+    model.to_empty(device="cpu")
+    model.reset_buffers()
+    model.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(forward(model.eval(), T), T[key], **ATOL)

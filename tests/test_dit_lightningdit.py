@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixtures
 
-from vfmvae.dit import LIGHTNINGDIT_PRESETS, LightningDiT, build_lightningdit, from_official_lightningdit
+from vfmvae.dit import LIGHTNINGDIT_PRESETS, build_lightningdit, from_official_lightningdit
 
 ATOL = dict(atol=1e-5, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def official(fixtures_dir):
-    tensors = load_file(str(fixtures_dir / "lightningdit_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "lightningdit_tiny.json").read_text())
-    state = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
-    return tensors, meta, state
-
-
-@pytest.fixture(scope="module")
-def model(official):
-    _, meta, state = official
-    return from_official_lightningdit(state, meta["constructor_kwargs"])
+official, model = official_fixtures(
+    "lightningdit_tiny", lambda meta, sd: from_official_lightningdit(sd, meta["constructor_kwargs"]), "official"
+)
 
 
 def test_forward_and_every_intermediate_match_official(official, model):
@@ -58,7 +47,8 @@ def test_fixed_tables_equal_the_stored_official_ones(official, model):
 
 
 def _official_forward_with_cfg(model, x, t, y, scale, cfg_interval=None, cfg_interval_start=None):
-    """Test-side restatement of the official quirk: guidance on channels 0-2 only (diffusion spec §6.3)."""
+    """Test-side restatement of the official quirk: guidance on channels 0-2 only
+    (docs/design.md, "Sampling and guidance")."""
     half = x[: len(x) // 2]
     out = model(torch.cat([half, half]), t, y)
     eps, rest = out[:, :3], out[:, 3:]
@@ -82,20 +72,6 @@ def test_official_cfg_semantics_reproducible_from_forward(official, model, tag, 
     torch.testing.assert_close(out, T[name], **ATOL)
 
 
-def test_meta_build_to_empty_reset_buffers_then_load(official):
-    T, meta, state = official
-    reference = from_official_lightningdit(state, meta["constructor_kwargs"])
-    with torch.device("meta"):
-        model = LightningDiT(reference.config)
-    model.to_empty(device="cpu")
-    model.reset_buffers()
-    model.load_state_dict(reference.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(
-            model.eval()(T["inputs.x"], T["inputs.t"], T["inputs.y"]), T["outputs.forward"], **ATOL
-        )
-
-
 def _independent_param_count(cfg) -> int:
     """Closed-form trainable-parameter count of a LightningDiT config (SwiGLU/RMSNorm/QK-norm on)."""
     D, hd, p = cfg.hidden_size, cfg.head_dim, cfg.patch_size
@@ -115,7 +91,7 @@ def test_xl1_parameter_count_on_meta():
         model = build_lightningdit("LightningDiT-XL/1")
     assert (model.config.in_channels, model.config.input_size) == (32, 16)
     assert _trainable(model) == 674_965_856
-    # 675.26 M including the frozen position table (diffusion spec §3.1).
+    # 675.26 M including the frozen position table (docs/design.md, "Diffusion networks and the network interface").
     assert _trainable(model) + model.pos_embed.numel() == 675_260_768
 
 
@@ -178,7 +154,7 @@ def test_zero_init_outputs_zero():
     model = build_lightningdit("debug").eval()
     x, t, y = _debug_batch(model)
     with torch.no_grad():
-        assert model(x, t, y).abs().max() == 0  # adaLN-Zero + zeroed head (DiT §3.2)
+        assert model(x, t, y).abs().max() == 0  # adaLN-Zero + zeroed head: the output is zero at initialisation
 
 
 def test_scalar_time_is_broadcast(model):

@@ -27,7 +27,7 @@ def _set_params(module: nn.Module, value: float) -> None:
 
 
 def test_halflife_rampup_matches_hand_computation():
-    # Official rule (tokenizer.md §5, StyleGAN): ema_nimg = min(H, cur_nimg * r),
+    # Official rule (docs/design.md, "EMA"; StyleGAN): ema_nimg = min(H, cur_nimg * r),
     # beta = 0.5 ** (B / max(ema_nimg, 1e-8)), cur_nimg counted before the step.
     H, r, B = 40.0, 0.5, 8
     model = nn.Linear(3, 1)
@@ -54,7 +54,7 @@ def test_halflife_rampup_matches_hand_computation():
 
 
 def test_paper_beta_at_batch_512():
-    # tokenizer.md §5: beta = 0.99778 at batch 512 once ramped up (160k half-life).
+    # (docs/design.md, "EMA"): beta = 0.99778 at batch 512 once ramped up (160k half-life).
     beta = ema_beta(EMA_PRESETS["tokenizer"], 512, cur_nimg=10_000_000)
     assert beta == pytest.approx(0.5 ** (512 / 160_000)) and round(beta, 5) == 0.99778
     # Ramp-up: at 1M images ema_nimg = min(160k, 50k) = 50k.

@@ -16,14 +16,6 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from vfmvae.metrics.reconstruction import ReconstructionMetrics, psnr_per_image, ssim_per_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pair(seed: int = 0, n: int = 4, size: int = 32):
     g = torch.Generator().manual_seed(seed)
     real = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

@@ -7,18 +7,11 @@ import json
 
 import pytest
 import torch
+from conftest import official_fixture
 from safetensors.torch import load_file
 
 from vfmvae.tokenizer import VFMVAE, from_official, get_config
 from vfmvae.tokenizer.export import CONFIG_NAME, VFM_WEIGHTS_NAME, WEIGHTS_NAME, load_tokenizer, save_pretrained
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +105,7 @@ def test_corrupted_weights_and_bad_folders_are_errors(model, tmp_path):
 
 
 def test_official_release_file_and_export_reproduce_the_fixture(fixtures_dir, tmp_path):
-    tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, sd = official_fixture("vfmvae_tiny")
     release = tmp_path / "release.pth"
     torch.save({"G_ema": sd}, release)
     kwargs_file = tmp_path / "kwargs.json"

@@ -1,5 +1,5 @@
-"""JointAlignmentCallback (issue 13): targets, REG losses falling on an overfit, on/off window, checkpoint state,
-LightningDiT REPA option, shape errors."""
+"""JointAlignmentCallback (docs/design.md, "Diffusion training"): targets, REG losses falling on an overfit,
+on/off window, checkpoint state, LightningDiT REPA option, shape errors."""
 
 from __future__ import annotations
 

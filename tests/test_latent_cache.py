@@ -1,4 +1,5 @@
-"""Latent cache: shards, resume, manifest, statistics and the latents-mode dataset (issue 8)."""
+"""Latent cache: shards, resume, manifest, statistics and the latents-mode dataset
+(docs/design.md, "Latent normalisation")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tokenizer objectives (issue 6, spec tokenizer.md §4) against independent formulas and the official fixture."""
+"""Tokenizer objectives (docs/design.md, "Tokenizer stages and losses") against independent formulas and the
+official fixture."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """CKNNA vs the official fixtures (tianciB/VFM-VAE metrics.py) and an independent dense NumPy formula."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.metrics import cknna
 from vfmvae.metrics.cknna import prepare_features
@@ -13,13 +11,13 @@ from vfmvae.metrics.cknna import prepare_features
 
 @pytest.fixture(scope="module")
 def cases(fixtures_dir):
-    tensors = load_file(str(fixtures_dir / "cknna_cases.safetensors"))
-    meta = json.loads((fixtures_dir / "cknna_cases.json").read_text())
+    tensors, meta, _ = official_fixture("cknna_cases")
     return tensors, meta["cases"]
 
 
 def _dense_cknna_numpy(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """Spec diffusion.md §1.3 steps 3-7 written densely in float64 (independent of the sparse implementation)."""
+    """The CKNNA of (docs/design.md, "SE-CKNNA") written densely in float64 (independent of the sparse
+    implementation)."""
     n = a.shape[0]
     K, L = a @ a.T, b @ b.T
 

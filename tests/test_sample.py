@@ -1,4 +1,5 @@
-"""`vfmvae sample` and `make sample`: PNGs + ADM `.npz`, provenance, EMA weights, resume (issue 11)."""
+"""`vfmvae sample` and `make sample`: PNGs + ADM `.npz`, provenance, EMA weights, resume
+(docs/design.md, "Sampling and guidance")."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import cpu_trainer
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
@@ -72,17 +73,12 @@ def _trainer(tmp_path, max_steps, ckpt_cb=None):
     callbacks = [EMACallback(["net"], preset="debug"), SamplerStateCallback()]
     if ckpt_cb is not None:
         callbacks.append(ckpt_cb)
-    return Trainer(
+    return cpu_trainer(
         default_root_dir=tmp_path,
         max_steps=max_steps,
         max_epochs=-1,
-        accelerator="cpu",
-        devices=1,
         precision="32-true",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+        enable_checkpointing=True,
         limit_val_batches=1,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
@@ -160,27 +156,12 @@ def test_without_sampler_callback_lightning_replays_epoch_start(tmp_path):
     Lightning learned to skip batches itself and the callback's re-iteration must be revisited)."""
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     model_a = Tiny()
-    trainer_a = Trainer(
-        default_root_dir=tmp_path / "a",
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[ckpt],
+    trainer_a = cpu_trainer(
+        default_root_dir=tmp_path / "a", max_steps=6, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt]
     )
     trainer_a.fit(model_a)
     model_b = Tiny()
-    trainer_b = Trainer(
-        default_root_dir=tmp_path / "b",
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer_b = cpu_trainer(default_root_dir=tmp_path / "b", max_steps=6, limit_val_batches=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer_b.fit(model_b, ckpt_path=next((tmp_path / "ck").glob("step=2*.ckpt")))

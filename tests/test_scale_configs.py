@@ -1,5 +1,5 @@
-"""Trainer/strategy YAMLs (issue 14): parsed by the real CLI, pieces instantiated (never run on GPU);
-the checkpoint policy (keep the last K, "best" only with a metric); one test per config error message."""
+"""Trainer/strategy YAMLs (docs/scale.md, "1. Strategies (`configs/trainer/`)"): parsed by the real CLI,
+pieces instantiated (never run on GPU); the checkpoint policy (keep the last K, "best" only with a metric); one test per config error message."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import print_config
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
@@ -26,17 +27,6 @@ def _instantiate(spec):
     return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
-def _print_config(capsys, *configs: str | Path, extra: tuple[str, ...] = ()) -> dict:
-    args = ["fit"]
-    for c in configs:
-        args += ["--config", str(c)]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, *extra, "--print_config"])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code in (0, None), err
-    return yaml.safe_load(out)
-
-
 def _cli_error(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
@@ -48,7 +38,7 @@ def _cli_error(capsys, *args: str) -> str:
 # ---------------------------------------------------------------------- strategy YAMLs
 @pytest.mark.parametrize("run", ["lightningdit_xl1_vfmvae.yaml", "reg_sitxl1_vfmvae.yaml"])
 def test_fsdp_bf16_stacks_on_the_paper_diffusion_runs(capsys, repo_root, run):
-    cfg = _print_config(capsys, repo_root / "configs/diffusion" / run, repo_root / "configs/trainer/fsdp_bf16.yaml")
+    cfg = print_config(capsys, repo_root / "configs/diffusion" / run, repo_root / "configs/trainer/fsdp_bf16.yaml")
     t = cfg["trainer"]
     assert (t["accelerator"], t["precision"]) == ("gpu", "bf16-mixed")
     assert t["strategy"]["class_path"] == "lightning_modules.parallel.FSDP2Strategy"
@@ -63,8 +53,8 @@ def test_fsdp_bf16_stacks_on_the_paper_diffusion_runs(capsys, repo_root, run):
 
 
 def test_fsdp_cpu_twin_is_the_same_strategy(capsys, repo_root):
-    gpu = _print_config(capsys, repo_root / "configs/diffusion/demo.yaml", repo_root / "configs/trainer/fsdp_bf16.yaml")
-    cpu = _print_config(capsys, repo_root / "configs/diffusion/demo.yaml", repo_root / "configs/trainer/fsdp_cpu.yaml")
+    gpu = print_config(capsys, repo_root / "configs/diffusion/demo.yaml", repo_root / "configs/trainer/fsdp_bf16.yaml")
+    cpu = print_config(capsys, repo_root / "configs/diffusion/demo.yaml", repo_root / "configs/trainer/fsdp_cpu.yaml")
     assert gpu["trainer"]["strategy"]["class_path"] == cpu["trainer"]["strategy"]["class_path"]
     assert (cpu["trainer"]["accelerator"], cpu["trainer"]["precision"], cpu["trainer"]["devices"]) == (
         "cpu",
@@ -78,7 +68,7 @@ def test_ddp_bf16_stacks_on_a_tokenizer_stage(capsys, repo_root):
     ddp = repo_root / "configs/trainer/ddp_bf16.yaml"
     if not stage0.is_file() or not ddp.is_file():
         pytest.skip("tokenizer stage configs not in the tree yet")
-    cfg = _print_config(capsys, stage0, ddp)
+    cfg = print_config(capsys, stage0, ddp)
     t = cfg["trainer"]
     assert (t["accelerator"], t["precision"], t["use_distributed_sampler"]) == ("gpu", "bf16-mixed", False)
     strategy = _instantiate(t["strategy"])
@@ -90,7 +80,7 @@ def test_ddp_bf16_stacks_on_a_tokenizer_stage(capsys, repo_root):
 def test_multinode_slurm_stacks_and_instantiates(capsys, repo_root):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    cfg = _print_config(
+    cfg = print_config(
         capsys,
         repo_root / "configs/diffusion/reg_sitxl1_vfmvae.yaml",
         repo_root / "configs/trainer/fsdp_bf16.yaml",

@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) per test, launched like torchrun does (RANK / LOCAL_RANK / WORLD_SIZE in the
-environment, so Lightning joins instead of spawning), issue 14:
+environment, so Lightning joins instead of spawning); docs/scale.md, "3. Exact resume":
 
 * DiffusionModule (REG + joint alignment + clipping + EMA) under DDP and under FSDP2
   (`lightning_modules.parallel.FSDP2Strategy`, the path `configs/trainer/fsdp_bf16.yaml` runs on GPUs):

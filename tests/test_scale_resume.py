@@ -1,4 +1,5 @@
-"""Exact resume and the non-finite guard (issue 14), single process, CPU fp32.
+"""Exact resume and the non-finite guard (docs/scale.md, "3. Exact resume" and "6. Non-finite guard"),
+single process, CPU fp32.
 
 Resume: a run stopped after step k (mid-epoch) and resumed from its checkpoint must end with the
 same weights, EMA, optimiser state, guard / RNG state and data order as the uninterrupted run,
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cpu_trainer
 from lightning.pytorch import Callback, Trainer
 
 from callbacks.atomic_checkpoint import AtomicModelCheckpoint
@@ -72,18 +74,27 @@ def _module(**kw) -> DiffusionModule:
     return DiffusionModule(**args)
 
 
-def _fit(module, dm, tmp: Path, max_steps: int, ckpt_every: int | None = None, ckpt_path=None, extra=()):
-    recorder = KeyRecorder()
-    callbacks = [EMACallback(["net"], preset="dit", decay=0.9), SamplerStateCallback(), recorder, *extra]
+def _trainer(tmp: Path, max_steps: int, ckpt_every: int | None, callbacks: list, **kw):
+    """fp32 CPU trainer; with ``ckpt_every`` an atomic checkpoint every that many steps into ``tmp/ck``."""
     if ckpt_every:
         callbacks.append(
             AtomicModelCheckpoint(dirpath=tmp / "ck", every_n_train_steps=ckpt_every, save_top_k=-1, filename="{step}")
         )
-    trainer = Trainer(
-        default_root_dir=tmp, accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        enable_checkpointing=bool(ckpt_every), use_distributed_sampler=False, callbacks=callbacks,
-    )  # fmt: skip
+    return cpu_trainer(
+        default_root_dir=tmp,
+        precision="32-true",
+        max_steps=max_steps,
+        enable_checkpointing=bool(ckpt_every),
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+        **kw,
+    )
+
+
+def _fit(module, dm, tmp: Path, max_steps: int, ckpt_every: int | None = None, ckpt_path=None, extra=()):
+    recorder = KeyRecorder()
+    callbacks = [EMACallback(["net"], preset="dit", decay=0.9), SamplerStateCallback(), recorder, *extra]
+    trainer = _trainer(tmp, max_steps, ckpt_every, callbacks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "dataloader is not resumable" (the sampler callback handles it)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -186,16 +197,7 @@ def _tokenizer_fit(tmp: Path, data: Path, max_steps: int, ckpt_every: int | None
     keys = KeyRecorder()
     keys.on_train_batch_end = lambda *a, **k: None  # keys only (the tokenizer has no `net`)
     callbacks = [SamplerStateCallback(), keys]
-    if ckpt_every:
-        callbacks.append(
-            AtomicModelCheckpoint(dirpath=tmp / "ck", every_n_train_steps=ckpt_every, save_top_k=-1, filename="{step}")
-        )
-    trainer = Trainer(
-        default_root_dir=tmp, accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, enable_checkpointing=bool(ckpt_every), use_distributed_sampler=False,
-        callbacks=callbacks,
-    )  # fmt: skip
+    trainer = _trainer(tmp, max_steps, ckpt_every, callbacks, limit_val_batches=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

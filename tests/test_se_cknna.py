@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import official_fixture
 from PIL import Image
 
 from vfmvae.dit.conditions import ClassLabels
@@ -343,14 +344,9 @@ def test_script_dit_blocks_and_errors(repo_root, image_dir, tmp_path):
 
 def test_script_loads_released_tokenizer_through_converter(fixtures_dir, repo_root, tmp_path):
     """`tokenizer:official@file.pth` + `--tokenizer-kwargs` builds the official model (checked on the fixture)."""
-    import json
-
-    from safetensors.torch import load_file
-
     from vfmvae.commands import se_cknna as script
 
-    tensors = load_file(str(fixtures_dir / "vfmvae_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
+    tensors, meta, _ = official_fixture("vfmvae_tiny")
     torch.save({"G_ema": {k[11:]: v for k, v in tensors.items() if k.startswith("state_dict.")}}, tmp_path / "g.pth")
     official = {"generator_kwargs": meta["generator_kwargs"], "vfm_config": meta["siglip_vision_config"]}
     model = script.build_tokenizer("official", str(tmp_path / "g.pth"), "cpu", official)

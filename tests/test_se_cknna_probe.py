@@ -1,5 +1,5 @@
-"""SE-CKNNA probe callback (issue 13): per-block CKNNA of REG / LightningDiT on a fixed probe set, tokenizer
-SE-CKNNA per condition, TensorBoard scalars + heat-map read back from the event file, checkpoint restore.
+"""SE-CKNNA probe callback (docs/design.md, "SE-CKNNA"): per-block CKNNA of REG / LightningDiT on a fixed
+probe set, tokenizer SE-CKNNA per condition, TensorBoard scalars + heat-map read back from the event file, checkpoint restore.
 
 Expected values are recomputed independently: the networks are run by hand (hooks-free `return_hidden`) at the
 probe's noise level 0 (x_t = x, so no noise draw is involved; REG time 0, LightningDiT time 1), the reference
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from conftest import cpu_trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -41,18 +42,8 @@ def _events(log_dir: Path):
 
 def _trainer(tmp_path, callbacks, max_steps, name="run", **kw):
     logger = TensorBoardLogger(str(tmp_path / "tb"), name=name, version="v")
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1000,
-        **kw,
-    )
+    kw.setdefault("enable_checkpointing", True)
+    return cpu_trainer(max_steps=max_steps, logger=logger, callbacks=callbacks, log_every_n_steps=1000, **kw)
 
 
 def _probe(**overrides):

@@ -1,5 +1,5 @@
-"""TensorBoard layout helper (issue 13) and the probe's data plumbing: naming rule, custom-scalar layout written
-to the event file, run names per stage, heat-map rendering, probe set from a real latent cache, and two gloo
+"""TensorBoard layout helper (docs/design.md, "SE-CKNNA") and the probe's data plumbing: naming rule,
+custom-scalar layout written to the event file, run names per stage, heat-map rendering, probe set from a real latent cache, and two gloo
 ranks giving the same probe numbers as one process (features gathered by all ranks, rank 0 logs)."""
 
 from __future__ import annotations

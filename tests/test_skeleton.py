@@ -1,41 +1,10 @@
-"""Project-level invariants: layout rules and the CLI entry point."""
+"""The CLI entry point and `make help` (the layout rules are in tests/test_repo_layout.py)."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_vfmvae_never_imports_lightning():
-    """Numerics stay plain PyTorch (style.md principle 1): no file under vfmvae/ imports Lightning."""
-    offenders = []
-    files = sorted((REPO / "vfmvae").rglob("*.py"))
-    assert files, "vfmvae/ has no Python files"
-    for f in files:
-        bad = _imported_modules(f) & {"lightning", "pytorch_lightning", "lightning_fabric"}
-        if bad:
-            offenders.append(f"{f.relative_to(REPO)}: {sorted(bad)}")
-    assert not offenders, "vfmvae/ must not import Lightning:\n" + "\n".join(offenders)
-
-
-def test_import_check_detects_lightning(tmp_path):
-    """The checker above can fail: a file importing lightning is detected."""
-    f = tmp_path / "bad.py"
-    f.write_text("import os\nfrom lightning.pytorch import Trainer\n")
-    assert "lightning" in _imported_modules(f)
 
 
 def test_cli_help():

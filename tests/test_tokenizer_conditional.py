@@ -9,13 +9,12 @@ mapping output is compared with the formula written out here.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.tokenizer import VFMVAE, from_official, get_config
 from vfmvae.vfm.siglip2_text import TEXT_PRESETS, tokenize, write_word_level_tokenizer
@@ -23,19 +22,9 @@ from vfmvae.vfm.siglip2_text import TEXT_PRESETS, tokenize, write_word_level_tok
 NUM_CLASSES, EMBED = 10, 1024
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cls2id_official(fixtures_dir, width: int):
     """The `vfmvae_tiny` Generator as an official cls2id checkpoint whose mapping MLP is `width` wide."""
-    T = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in T.items() if k.startswith("state_dict.")}
+    T, meta, sd = official_fixture("vfmvae_tiny")
     g = dict(meta["generator_kwargs"], conditional=True, label_type="cls2id", label_dim=NUM_CLASSES)
     gen = torch.Generator().manual_seed(0)
     w_dim = g["z_dim_for_mapping_mlp_output"]

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from conftest import close, official_fixture
 from safetensors.torch import load_file
 
 from vfmvae.tokenizer import VFMVAE, config_from_official, from_official
@@ -23,23 +24,9 @@ ATOL = 1e-5
 NAME = "vfmvae_cond_text_tiny"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(actual, expected, name):
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
-
-
 @pytest.fixture(scope="module")
 def fixture(fixtures_dir):
-    T = load_file(fixtures_dir / f"{NAME}.safetensors")
-    meta = json.loads((fixtures_dir / f"{NAME}.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in T.items() if k.startswith("state_dict.")}
+    T, meta, sd = official_fixture(NAME)
     model = from_official(sd, meta["generator_kwargs"], meta["vfm_config"], vfm_dtype="float32")
     return T, meta, model
 

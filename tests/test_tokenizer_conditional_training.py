@@ -15,21 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
+from conftest import build_cli, print_config
 
 from datamodules.text_conditions import ConditionalImageDataModule, load_captions, load_class_names
-from lightning_modules.cli import VFMVAECLI
 
 BATCH = 2
 DEMO = "configs/tokenizer/demo_text_conditional.yaml"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _override(tmp: Path, tokenizer: str, condition: str, stage: int, steps: int) -> Path:
@@ -79,16 +70,7 @@ def _override(tmp: Path, tokenizer: str, condition: str, stage: int, steps: int)
 
 
 def _fit(repo_root: Path, tmp: Path, tokenizer: str, condition: str, stage: int = 0, steps: int = 2):
-    cli = VFMVAECLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=["--config", str(repo_root / DEMO), "--config", str(_override(tmp, tokenizer, condition, stage, steps))],
-    )
+    cli = build_cli(repo_root / DEMO, _override(tmp, tokenizer, condition, stage, steps))
     module = cli.model
     before = {k: v.detach().clone() for k, v in module.tokenizer.state_dict().items()}
     losses = []
@@ -175,25 +157,10 @@ def test_data_module_errors_name_the_problem(tmp_path):
 
 
 def test_paper_size_config_parses_with_the_gpu_trainer(repo_root, capsys):
-    args = [
-        "fit",
-        "--config",
-        str(repo_root / "configs" / "tokenizer" / "stage1_text_conditional.yaml"),
-        "--config",
-        str(repo_root / "configs" / "trainer" / "ddp_bf16.yaml"),
-        "--print_config",
-    ]
-    with pytest.raises(SystemExit) as exit_info:
-        VFMVAECLI(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            args=args,
-        )
-    assert exit_info.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
+    configs = repo_root / "configs"
+    printed = print_config(
+        capsys, configs / "tokenizer" / "stage1_text_conditional.yaml", configs / "trainer" / "ddp_bf16.yaml"
+    )
     assert printed["trainer"]["precision"] == "bf16-mixed"
     assert printed["model"]["init_args"]["tokenizer"] == "vfmvae-f16d32-siglip2-text"
     assert printed["data"]["init_args"]["condition"] == "captions"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from conftest import close, official_fixtures
 
 from vfmvae.tokenizer import VFMVAE, config_from_official, from_official, load_official_state_dict
 from vfmvae.tokenizer.convert import convert_state_dict
@@ -15,31 +13,11 @@ from vfmvae.tokenizer.convert import convert_state_dict
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CI machine (20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(actual, expected, name):
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
-
-
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    tensors = load_file(fixtures_dir / "vfmvae_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vfmvae_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
-    return tensors, meta, sd
-
-
-@pytest.fixture(scope="module")
-def full_model(fx):
-    _, meta, sd = fx
-    return from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32")
+fx, full_model = official_fixtures(
+    "vfmvae_tiny",
+    lambda meta, sd: from_official(sd, meta["generator_kwargs"], meta["siglip_vision_config"], vfm_dtype="float32"),
+    model="full_model",
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +65,8 @@ def test_decoded_image_and_every_multiscale_output(fx, full_out):
 
 
 def test_vf_projection_reproduces_official_vf_loss(fx, full_model, full_out):
-    """VF loss recomputed here from its definition (spec §4.4, margins 0) on our linear_proj(z)."""
+    """VF loss recomputed here from its definition (docs/design.md, "Tokenizer stages and losses": margins 0) on our
+    linear_proj(z)."""
     T, _, _ = fx
     feats = full_out.vfm_features[-1]
     B, N, D = feats.shape

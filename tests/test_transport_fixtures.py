@@ -5,10 +5,9 @@ The fixture was produced by running LightningDiT's `transport/` and `Sampler.sam
 that network through our converter and replay the same t, noise and initial states.
 """
 
-import json
-
 import pytest
 import torch
+from conftest import official_fixture
 from safetensors.torch import load_file
 
 from vfmvae.transport import (
@@ -26,19 +25,9 @@ from vfmvae.transport import (
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def case(fixtures_dir):
-    tensors = load_file(str(fixtures_dir / "transport_cases.safetensors"))
-    meta = json.loads((fixtures_dir / "transport_cases.json").read_text())
+    tensors, meta, _ = official_fixture("transport_cases")
     return tensors, meta
 
 

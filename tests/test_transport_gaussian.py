@@ -69,15 +69,6 @@ def moments(x):
 N = 8000  # Monte Carlo size: 4-sigma tolerances below stay well under the errors of a wrong sampler
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def law():
     return gaussian(3, seed=0)

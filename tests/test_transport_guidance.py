@@ -15,15 +15,6 @@ from vfmvae.transport import (
 NULL = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class ToyVelocity:
     """v = x * a(y) + b(y) * t, channel-dependent; records every batch it sees."""
 

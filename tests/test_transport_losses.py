@@ -22,15 +22,6 @@ from vfmvae.transport import (
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("convention", ["data_at_one", "noise_at_one"])
 def test_path_endpoints_and_velocity_is_time_derivative(convention):
     path = LinearPath(convention)

@@ -1,7 +1,7 @@
 """REG Euler-Maruyama sampler against an independent transcription of the published algorithm.
 
-The reference below follows diffusion.md §3.4 literally: float64 state (latent, class token),
-grid linspace(1, 0.04, N) ++ [0], per step first the latent noise then the class-token noise
+The reference below follows REG's published sampler literally (docs/design.md, "Sampling and guidance"):
+float64 state (latent, class token), grid linspace(1, 0.04, N) ++ [0], per step first the latent noise then the class-token noise
 from the global RNG, score s = -((1-t) v + x) / t, drift d = v - (1/2)(2t) s, guidance on the
 *drift* of a doubled [cond; null] batch while guidance_low <= t <= guidance_high (class token
 with its own scale, conditional if that scale is <= 0), update x + d dt + sqrt(2t) sqrt(|dt|) xi,
@@ -9,24 +9,13 @@ then one deterministic step. Our sampler guides the *velocity* through the wrapp
 linear path the two agree, which this test checks together with the noise order and grid.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import official_fixture
 
 from vfmvae.transport import SAMPLER_PRESETS, cast_velocity_fn, euler_maruyama_sde, reg_velocity_fn, sample
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def reference_reg_sde(model_fn, z, cls, y, num_steps, cfg, cls_cfg, low, high, null=1000):
@@ -103,9 +92,7 @@ def test_reg_sde_with_official_tiny_sit(fixtures_dir):
     """The tiny official REG SiT (loaded through our converter) as velocity, guided, 12 grid points."""
     from vfmvae.dit import from_official_reg
 
-    tensors = load_file(str(fixtures_dir / "sit_reg_tiny.safetensors"))
-    meta = json.loads((fixtures_dir / "sit_reg_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    tensors, meta, sd = official_fixture("sit_reg_tiny")
     model = from_official_reg(sd, meta["constructor_kwargs"]).eval()
     fn = lambda x, t, y, c: tuple(model(x, t, y, c))
     g = torch.Generator().manual_seed(0)

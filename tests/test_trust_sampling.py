@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from test_diffusion_helpers import LATENT, TinyLatentDataModule, tiny_module
+from test_diffusion_helpers import LATENT, TinyLatentDataModule, fit, tiny_module
 
 from callbacks.sample_grid import SampleGridCallback
 from vfmvae.codec import LatentNormalizer
@@ -17,18 +17,8 @@ def _stats_hash(normalizer: LatentNormalizer) -> str:
 
 
 def _fit(datamodule, callbacks=(), max_steps: int = 1) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
-    trainer.fit(tiny_module("lightningdit"), datamodule=datamodule)
-    return trainer
+    # Lightning's default sanity steps, as this test was written with (the shared helper turns them off)
+    return fit(tiny_module("lightningdit"), datamodule, callbacks, max_steps, num_sanity_val_steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,8 @@ def _images(b, side, seed=1):
 
 # --------------------------------------------------------------------------- layer convention
 def test_resolve_layer_table():
-    # Independent restatement of tokenizer.md §1 for L = 3: -k (k >= 2) is hidden_states[-k + 1].
+    # Independent restatement of the rule in (docs/design.md, "Frozen networks") for L = 3: -k (k >= 2) is
+    # hidden_states[-k + 1].
     hidden = list(range(4))  # stand-ins for hidden_states[0..3]
     for idx in range(0, 4):
         assert resolve_layer(idx, 3) == hidden[idx]

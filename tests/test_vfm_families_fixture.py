@@ -10,12 +10,10 @@ reproduced only through the test-only `reproduce_official_token_shuffle`.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from conftest import close, official_fixture
 
 from vfmvae.tokenizer import config_from_official, from_official
 from vfmvae.tokenizer.convert import resolve_vfm_family
@@ -24,25 +22,11 @@ ATOL = 1e-5
 FAMILIES = ("dinov2", "eva", "mae")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(actual, expected, name):
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
-
-
 @pytest.fixture(scope="module")
 def fixtures(fixtures_dir):
     out = {}
     for family in FAMILIES:
-        tensors = load_file(fixtures_dir / f"vfmvae_{family}_tiny.safetensors")
-        meta = json.loads((fixtures_dir / f"vfmvae_{family}_tiny.json").read_text())
-        sd = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+        tensors, meta, sd = official_fixture(f"vfmvae_{family}_tiny")
         model = from_official(sd, meta["generator_kwargs"], meta["vfm_config"], vfm_family=family, vfm_dtype="float32")
         out[family] = (tensors, meta, sd, model)
     return out
@@ -154,9 +138,7 @@ def test_siglip2_text_family_builds_its_vision_side(fixtures_dir):
     official features; the text tower's keys are recognised and left to the conditional decoder."""
     from vfmvae.vfm import load_official_vfm_state_dict, vfm_from_official_config
 
-    T = load_file(fixtures_dir / "vfmvae_cond_text_tiny.safetensors")
-    meta = json.loads((fixtures_dir / "vfmvae_cond_text_tiny.json").read_text())
-    sd = {k[len("state_dict.") :]: v for k, v in T.items() if k.startswith("state_dict.")}
+    T, meta, sd = official_fixture("vfmvae_cond_text_tiny")
     vfm = vfm_from_official_config("siglip2_text", meta["vfm_config"])
     ignored = load_official_vfm_state_dict(vfm, sd)
     assert ignored and all(".text_model." in k or ".head." in k for k in ignored)

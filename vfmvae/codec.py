@@ -1,9 +1,10 @@
 """The one place that converts between pixels, raw latents and normalised latents.
 
-Conventions (`spec/conventions.md`): data loaders yield `uint8` images `(B, 3, H, W)`; the tokenizer
-encodes float images in [0, 1] and its decoder returns images in [-1, 1]; diffusion models see
-*normalised* latents `x = (z - mu_c) / sigma_c * multiplier` (diffusion.md §4), where `mu_c`, `sigma_c` are
-per-channel statistics of posterior samples over the training set.
+Conventions (docs/design.md, "Value ranges and pixel conversion"): data loaders yield `uint8` images
+`(B, 3, H, W)`; the tokenizer encodes float images in [0, 1] and its decoder returns images in [-1, 1];
+diffusion models see *normalised* latents `x = (z - mu_c) / sigma_c * multiplier`
+(docs/design.md, "Latent normalisation"), where `mu_c`, `sigma_c` are per-channel statistics of posterior
+samples over the training set.
 
 `LatentNormalizer` holds those statistics; `LatentCodec` chains tokenizer and normaliser so that callers
 (latent caching, sampling, the diffusion module's image grids) never re-implement the arithmetic.
@@ -28,11 +29,12 @@ __all__ = [
     "uint8_to_signed",
     "signed_to_unit",
     "unit_to_signed",
+    "as_unit",
     "signed_to_uint8",
     "channel_stats",
 ]
 
-# How a float image becomes 8-bit pixels (docs/design.md, "Value ranges"):
+# How a float image becomes 8-bit pixels (docs/design.md, "Value ranges and pixel conversion"):
 # - "truncate": clamp to [0, 1], x 255, truncate. The official VFM-VAE tools (`tools/decode`,
 #   `tools/reconstruct`) write images with torchvision's `to_pil_image`, i.e. `x.mul(255).byte()`.
 #   This is the paper protocol.
@@ -54,6 +56,19 @@ def uint8_to_signed(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     return images.float() / 127.5 - 1.0
+
+
+def as_unit(images: torch.Tensor, who: str = "images") -> torch.Tensor:
+    """`(B, 3, H, W)` uint8 -> float32 in [0, 1]; float images are taken as already in [0, 1] and returned as is.
+
+    The tokenizer-facing entry points accept both (loaders yield uint8, tests and tools pass floats); ``who`` names
+    the caller in the error for any other dtype.
+    """
+    if images.dtype == torch.uint8:
+        return uint8_to_unit(images)
+    if not images.is_floating_point():
+        raise TypeError(f"{who} must be float in [0, 1] or uint8, got {images.dtype}")
+    return images
 
 
 def signed_to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -97,8 +112,8 @@ def signed_to_uint8(images: torch.Tensor) -> torch.Tensor:
 def channel_stats(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and *unbiased* std of latents `(N, C, h, w)`, pooled over N, h, w.
 
-    This is the official `latents_stats.pt` protocol (diffusion.md §4): returns two `(1, C, 1, 1)` float32
-    tensors. Computed in float64 so that 10,000 x 16 x 16 samples do not lose precision.
+    This is the official `latents_stats.pt` protocol (docs/design.md, "Latent normalisation"): returns two
+    `(1, C, 1, 1)` float32 tensors. Computed in float64 so that 10,000 x 16 x 16 samples do not lose precision.
     """
     if samples.ndim != 4:
         raise ValueError(f"expected latents (N, C, h, w), got shape {tuple(samples.shape)}")
@@ -109,7 +124,7 @@ def channel_stats(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class LatentNormalizer(nn.Module):
-    """Per-channel affine normalisation of tokenizer latents (diffusion.md §4).
+    """Per-channel affine normalisation of tokenizer latents (docs/design.md, "Latent normalisation").
 
     `normalize(z) = (z - mean) / std * multiplier`, `denormalize(x) = x / multiplier * std + mean`;
     `mean`, `std` are `(1, C, 1, 1)` buffers, so they travel with checkpoints and devices.

@@ -1,6 +1,6 @@
 """Provenance of artefacts: a content hash of a module's weights and a JSON-safe config record.
 
-Conventions ("Training state"): the tokenizer's config and weights hash flow into the latent-cache
+(docs/design.md, "Checkpoints, resume and provenance"): the tokenizer's config and weights hash flow into the latent-cache
 manifest, then into the diffusion checkpoint and the sample `.npz`, so any number can be traced back to
 the exact weights that produced it.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,27 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+def check_sha256(state: nn.Module | Mapping[str, torch.Tensor], expected: str, mismatch: str) -> None:
+    """Raise ``ValueError(mismatch)`` when `state_dict_sha256(state)` is not ``expected``.
+
+    ``{got}`` and ``{expected}`` in ``mismatch`` become the first 12 hex digits of each (plain replacement, so
+    braces in a path are safe); every caller names its own file and fix (a replaced export file, a VFM or text
+    tower other than the one trained with).
+    """
+    got = state_dict_sha256(state)
+    if got != expected:
+        raise ValueError(mismatch.replace("{got}", got[:12]).replace("{expected}", expected[:12]))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 hex digest of a file's bytes, read in chunks (cache shards, network weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def config_sha256(config: Any) -> str:

@@ -111,9 +111,9 @@ def export_weights_sha256(source: str | os.PathLike | None) -> str | None:
     """
     if source is None or not Path(source).is_dir():
         return None
-    from vfmvae.tokenizer.export import read_export_config
+    from vfmvae.tokenizer.sources import recorded_weights_sha256
 
-    return read_export_config(source).get("weights_sha256")
+    return recorded_weights_sha256(source)  # any tokenizer kind's export folder
 
 
 def check_tokenizer_hash(

@@ -23,8 +23,7 @@ from datamodules.key_filter import load_key_list
 from datamodules.latent_cache import LatentCacheDataModule
 from lightning_modules.latent_cache import LatentShardWriter, cache_latents
 from vfmvae.commands._errors import add_progress_argument, add_trust_pickle_argument, run_cli
-from vfmvae.provenance import state_dict_sha256
-from vfmvae.tokenizer.export import load_tokenizer
+from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
 from vfmvae.utils.safe_load import trusting_pickles
 
 
@@ -33,8 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vfmvae cache-latents", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data-root", required=True, help="ImageFolder split (root/<class>/<image>)")
-    p.add_argument("--tokenizer", required=True, help="save_pretrained folder, or an official release file")
-    p.add_argument("--tokenizer-kwargs", help="official generator kwargs (YAML/JSON) for an official release file")
+    p.add_argument(
+        "--tokenizer", required=True, help="export folder (any kind), diffusers folder, release file, or 'none'"
+    )
+    p.add_argument(
+        "--tokenizer-preset", help="preset: of a random ('none') tokenizer, or a baseline preset for a VA-VAE file"
+    )
+    p.add_argument(
+        "--tokenizer-kwargs", help="official VFM-VAE generator kwargs / VA-VAE config YAML of a release file"
+    )
     p.add_argument("--vfm-path", help="local SigLIP2 folder, when the tokenizer export does not include its VFM")
     p.add_argument("--out", required=True, help="cache folder (created; reused to resume)")
     p.add_argument("--image-size", type=int, default=256)
@@ -55,12 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tokenizer_provenance(model: torch.nn.Module, path: str) -> dict:
-    """Config and weights hash recorded in the manifest; an export's own hash is reused when present."""
-    record = getattr(model, "export_record", None) or {}
-    weights = record.get("weights_sha256")
-    if weights is None:  # official file: hash what the tokenizer itself trains (the VFM is recorded by name)
-        weights = state_dict_sha256({k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")})
-    return {"path": str(path), "weights_sha256": weights, "config": record.get("config") or model.cfg.to_dict()}
+    """The tokenizer's record (`vfmvae.tokenizer.sources.tokenizer_record`: kind, weights hash, config, latent
+    channels, downsampling factor) and the path it was given as."""
+    return {"path": str(path), **tokenizer_record(model)}
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -68,7 +71,9 @@ def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     with trusting_pickles(args.trust_pickle):
-        tokenizer = load_tokenizer(args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs)
+        tokenizer = load_any_tokenizer(
+            args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs, vfm_pretrained=args.vfm_path
+        )
         keep = load_key_list(args.filter_keys) if args.filter_keys else None
     dm = LatentCacheDataModule(
         args.data_root,

@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vfmvae eval-reconstruction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--tokenizer", required=True, help="save_pretrained export folder or an official release .pth")
+    p.add_argument(
+        "--tokenizer", required=True, help="export folder (any tokenizer kind), diffusers folder, or release file"
+    )
+    p.add_argument("--tokenizer-preset", default=None, help="baseline preset of a released VA-VAE file (vavae-f16d32)")
     p.add_argument("--tokenizer-kwargs", default=None, help="official G_kwargs (.json/.yaml) for a release .pth")
     p.add_argument("--vfm-path", default=None, help="local SigLIP2 folder when the export/official file needs one")
     p.add_argument("--data-root", required=True, help="folder of images (searched recursively)")
@@ -92,27 +95,23 @@ def load_batch(paths: list[Path], resolution: int) -> torch.Tensor:
 
 
 def load_model(args: argparse.Namespace, device: torch.device):
-    from vfmvae.tokenizer.export import load_tokenizer
+    """Any tokenizer kind (`vfmvae.tokenizer.sources.load_any_tokenizer`): VFM-VAE, VA-VAE, SD-VAE (paper Table 1)."""
+    from vfmvae.tokenizer.sources import load_any_tokenizer
 
-    model = load_tokenizer(
-        args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs, vfm_dtype="float32"
+    model = load_any_tokenizer(
+        args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs, vfm_pretrained=args.vfm_path, vfm_dtype="float32"
     )
     return model.to(device).eval().float()
 
 
 def tokenizer_provenance(model, path: str) -> dict:
-    from vfmvae.provenance import state_dict_sha256
+    """The tokenizer's record (kind, weights hash, config; an export's own hash) and how its weights were given."""
+    from vfmvae.tokenizer.sources import tokenizer_record
 
     record = getattr(model, "export_record", None)
-    if record is not None:
-        return {
-            "path": str(path),
-            "weights_sha256": record["weights_sha256"],
-            "weights": record["weights"],
-            "provenance": record.get("provenance", {}),
-        }
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("vfm.")}
-    return {"path": str(path), "weights_sha256": state_dict_sha256(own), "weights": "official file"}
+    weights = record.get("weights", "export") if record is not None else "official file"
+    provenance = record.get("provenance", {}) if record is not None else {}
+    return {"path": str(path), **tokenizer_record(model), "weights": weights, "provenance": provenance}
 
 
 def format_table(results: dict) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vfmvae.codec import LatentNormalizer, unit_to_signed
+from vfmvae.codec import LatentNormalizer, as_unit, unit_to_signed
 from vfmvae.tokenizer.interface import TokenizerRecordMixin
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 
@@ -151,6 +151,12 @@ class KLAutoencoder(TokenizerRecordMixin, nn.Module):
     def config_record(self) -> dict:
         return self.cfg.to_dict()
 
+    def save_pretrained(self, directory, **kwargs) -> dict:
+        """Export folder (`vfmvae.baselines.export`): config.json + model.safetensors with the weights hash."""
+        from .export import save_baseline
+
+        return save_baseline(self, directory, **kwargs)
+
     def _signed_input(self, images: torch.Tensor) -> torch.Tensor:
         """Check ``(B, C, H, W)`` images in [0, 1] (or uint8) and map them to the network's [-1, 1]."""
         name = type(self).__name__
@@ -158,10 +164,7 @@ class KLAutoencoder(TokenizerRecordMixin, nn.Module):
             raise ValueError(
                 f"{name}.encode: images must be (B, {self.cfg.in_channels}, H, W), got {tuple(images.shape)}"
             )
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        elif not images.is_floating_point():
-            raise TypeError(f"{name}.encode: images must be float in [0, 1] or uint8, got {images.dtype}")
+        images = as_unit(images, f"{name}.encode: images")
         self.latent_shape(*images.shape[-2:])  # raises on a size that is not a multiple of f
         if images.device.type == "cpu":
             lo, hi = (t.item() for t in torch.aminmax(images))

@@ -237,9 +237,15 @@ SD_VAE_FT_EMA_CONFIG = {
     "scaling_factor": 0.18215,
 }
 
+# A tiny VA-VAE layout for tests and the CPU demo (random weights): f16 like the release, 8 latent channels, so a
+# 64 px image has the same 8x4x4 latent as the `debug` VFM-VAE.
+DEBUG_VAVAE_DDCONFIG = {"ch": 32, "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": 1, "z_channels": 8,
+                        "resolution": 64, "attn_resolutions": []}  # fmt: skip
+
 BASELINE_PRESETS: dict[str, KLAutoencoderConfig] = {
     "vavae-f16d32": from_ldm_ddconfig(VAVAE_F16D32_DDCONFIG, embed_dim=32, kind="vavae"),
     "sd-vae-ft-ema": from_diffusers_config(SD_VAE_FT_EMA_CONFIG, kind="sdvae"),
+    "debug-vavae": from_ldm_ddconfig(DEBUG_VAVAE_DDCONFIG, kind="vavae"),
 }
 
 

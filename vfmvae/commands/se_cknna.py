@@ -10,7 +10,8 @@ Offline protocol of docs/design.md, "SE-CKNNA"::
 Images: PNGs in DIR, sorted by stem (index i -> transform seed 42 + i), Lanczos-resized to --resolution if needed.
 Models (`KIND:PRESET[@WEIGHTS]`, repeatable):
 - `vfm:<vfmvae.vfm preset>`  DINOv2 or SigLIP rules by family; `tokenizer:<vfmvae.tokenizer preset>` (weights: a
-  state dict of our `VFMVAE`, optionally wrapped in `state_dict`/`G_ema`/`ema`);
+  state dict of our `VFMVAE`, optionally wrapped in `state_dict`/`G_ema`/`ema`; or an export folder of any tokenizer
+  kind, or a baseline preset such as `vavae-f16d32` with a released VA-VAE file);
 - `<diffusion family>:<preset>` (any registered network: `lightningdit:...`, `reg:...`): block features at
   t = 0.5 (own time convention), null condition, on clean images encoded by `--tokenizer` and normalised by
   `--latent-stats` (a `latents_stats.pt` with `mean`/`std`; if omitted, per-channel statistics of these latents
@@ -64,8 +65,10 @@ def _state_dict(path: str) -> dict:
 
 
 def build_tokenizer(preset: str, weights: str | None, device: str, official: dict | None = None):
-    """Our preset (+ our state dict), or PRESET `official`: a released `.pth` through `from_official`."""
+    """Our preset (+ our state dict), PRESET `official`: a released `.pth` through `from_official`, or any
+    tokenizer kind given as a folder or a baseline preset (`vfmvae.tokenizer.sources.load_any_tokenizer`)."""
     from vfmvae.tokenizer import VFMVAE, from_official
+    from vfmvae.tokenizer.sources import is_baseline_preset, load_any_tokenizer
 
     if preset == "official":
         if not weights or not official:
@@ -78,6 +81,10 @@ def build_tokenizer(preset: str, weights: str | None, device: str, official: dic
             vfm_dtype="float32",
         )
         return model.to(device).eval()
+    if (weights and Path(weights).is_dir()) or is_baseline_preset(preset):
+        # Any tokenizer kind through the interface: an export folder (VFM-VAE, VA-VAE, SD-VAE), a diffusers
+        # folder, a released VA-VAE file with a baseline preset, or a random baseline preset.
+        return load_any_tokenizer(weights, preset, vfm_config={"compute_dtype": "float32"}).to(device)
     model = VFMVAE(preset, vfm_config={"compute_dtype": "float32"})
     if weights:
         model.load_state_dict(_state_dict(weights), strict=True)

@@ -28,7 +28,7 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from vfmvae.dit.registry import build_from_hparams
-from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.provenance import check_sha256, state_dict_sha256, to_jsonable
 from vfmvae.utils.hub import PAPER, metrics_table, model_card, provenance_hashes, resolve_pretrained
 
 __all__ = ["EXPORT_FORMAT", "DiffusionNetworkExport", "load_diffusion_network"]
@@ -160,12 +160,10 @@ class DiffusionNetworkExport(ModelHubMixin, library_name="vfmvae", paper_url=PAP
                 f"expected {EXPORT_FORMAT!r})"
             )
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-        digest = state_dict_sha256(state)
-        if digest != record["weights_sha256"]:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME}: weights hash {digest[:12]} != recorded {record['weights_sha256'][:12]} "
-                "(file corrupted or replaced)"
-            )
+        mismatch = (
+            f"{folder / WEIGHTS_NAME}: weights hash {{got}} != recorded {{expected}} (file corrupted or replaced)"
+        )
+        check_sha256(state, record["weights_sha256"], mismatch)
         network = build_from_hparams(record["build"])
         network.load_state_dict(state, strict=True)
         export = cls(

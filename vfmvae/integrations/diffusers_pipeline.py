@@ -1,4 +1,4 @@
-"""`VFMVAELatentDiffusionPipeline`: class-conditional sampling with a diffusers scheduler (paper §4.1 setup).
+"""`VFMVAELatentDiffusionPipeline`: class-conditional sampling with a diffusers scheduler (paper Sec. 4.1 setup).
 
 Components: `vae` (`AutoencoderKLVFMVAE`), `transformer` (`LightningDiTTransformer2DModel`, a velocity network
 `transformer(x, t, y)` with t = 1 at data; a bare `vfmvae.dit.LightningDiT` is wrapped on construction) and

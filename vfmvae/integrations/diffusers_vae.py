@@ -84,7 +84,7 @@ def _stats_lists(latents_stats) -> tuple[list[float], list[float], float]:
 
 
 class AutoencoderKLVFMVAE(ModelMixin, ConfigMixin):
-    """VFM-VAE (paper §3, Fig. 2) as a diffusers autoencoder; see the module docstring for the conventions.
+    """VFM-VAE (paper Sec. 3, Fig. 2) as a diffusers autoencoder; see the module docstring for the conventions.
 
     Build it with `from_tokenizer(VFMVAE, latents_stats=...)` or `from_pretrained(local folder)`; the plain
     constructor builds a randomly initialised tokenizer from `vfmvae_config` (a preset name or a

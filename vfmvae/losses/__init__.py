@@ -1,16 +1,16 @@
 """Tokenizer objectives (docs/design.md, "Tokenizer stages and losses"). Every loss returns a dict of named terms.
 
 Public entry points:
-    kl_divergence                                   KL of the diagonal Gaussian (§4.3)
-    l1_loss, l2_loss, ssim_loss, MultiScalePixelLoss pixel terms (§4.2)
-    LPIPS                                           LPIPS-VGG (§4.2)
-    vf_loss, vf_loss_from_latent, adaptive_vf_weight VF alignment (§4.4)
-    EquivarianceSampler, transform_*                equivariance regularisation (§4.1)
-    hinge_*, lsgan_*, feature_matching_loss         adversarial terms (§4.5)
-    safe_loss_rule, TokenizerSafeLossRule           safe-loss rule (§4.7); the latter plugs into utils.guard
+    kl_divergence                                   KL of the diagonal Gaussian
+    l1_loss, l2_loss, ssim_loss, MultiScalePixelLoss pixel terms
+    LPIPS                                           LPIPS-VGG
+    vf_loss, vf_loss_from_latent, adaptive_vf_weight VF alignment
+    EquivarianceSampler, transform_*                equivariance regularisation
+    hinge_*, lsgan_*, feature_matching_loss         adversarial terms
+    safe_loss_rule, TokenizerSafeLossRule           safe-loss rule; the latter plugs into utils.guard
     TokenizerLossConfig, TOKENIZER_LOSS_PRESETS,
     ReconstructionLoss, generator_total,
-    discriminator_total                             per-stage objectives (§4.6)
+    discriminator_total                             per-stage objectives
     TokenizerObjective                              one G / D phase on a VFMVAE + discriminators
 """
 

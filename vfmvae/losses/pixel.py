@@ -1,7 +1,8 @@
 """Pixel-space reconstruction losses: L1 / L2, SSIM and the multi-scale L1 (docs/design.md, "Tokenizer stages and losses").
 
 All images are in [-1, 1] (project convention). The ground truth handed to these functions is
-already transformed like the reconstruction (equivariance regularisation, §4.1).
+already transformed like the reconstruction (equivariance regularisation, docs/design.md, "Tokenizer stages and
+losses").
 
 Multi-scale L1 ("Progressive Resolution Reconstruction"): every intermediate RGB output of the
 decoder (official order largest first: 128, 64, 32, 16, 8 px at 256 px) gets an L1 against the

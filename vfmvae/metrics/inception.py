@@ -17,7 +17,6 @@ All features are fp32 and computed per sample (eval-mode BatchNorm), so they do 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vfmvae.provenance import file_sha256
 from vfmvae.utils.progress import progress
 
 from .numerics import full_fp32
@@ -47,14 +47,6 @@ FEATURE_KEYS = ("pool", "logits", "spatial")
 def default_inception_weights_path() -> Path:
     """Where torch.hub would cache torch-fidelity's weights: `$TORCH_HOME/hub/checkpoints/<file>`."""
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILENAME
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tf_inception_class():

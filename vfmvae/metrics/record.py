@@ -3,7 +3,8 @@
 Every record has the same top-level keys, so results of different runs can be compared and traced
 (docs/design.md, "Checkpoints, resume and provenance"):
 
-- ``kind``: ``"adm"`` (gFID/sFID/IS/precision/recall of samples) or ``"reconstruction"`` (rFID/rIS/PSNR/SSIM/LPIPS);
+- ``kind``: ``"adm"`` (gFID/sFID/IS/precision/recall of samples), ``"reconstruction"`` (rFID/rIS/PSNR/SSIM/LPIPS)
+  or ``"linear_probe"`` (top-1 of a linear classifier on tokenizer latents, `lightning_modules.linear_probe`);
 - ``results``: the metrics, a flat ``{name: number or null}`` (null = not computable, e.g. rIS from fewer than
   10 images; a NaN never reaches the file);
 - ``protocol``: how they were computed, including the official tool the run follows;
@@ -34,7 +35,7 @@ __all__ = ["RECORD_KINDS", "evaluation_record", "write_record"]
 
 log = logging.getLogger(__name__)
 
-RECORD_KINDS = ("adm", "reconstruction")
+RECORD_KINDS = ("adm", "reconstruction", "linear_probe")
 
 
 def evaluation_record(

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vfmvae.codec import uint8_to_unit
+from vfmvae.codec import as_unit
 from vfmvae.vfm.siglip2_text import TextCondition, load_text_tokenizer, tokenize
 
 from .config import VFMVAEConfig
@@ -107,12 +107,7 @@ def check_condition(
 
 def batch_images01(batch: Mapping[str, Any] | torch.Tensor) -> torch.Tensor:
     """Training images in [0, 1]: uint8 batches (the data modules) or float ones (tests)."""
-    images = batch["image"] if isinstance(batch, Mapping) else batch
-    if images.dtype == torch.uint8:
-        return uint8_to_unit(images)
-    if not images.is_floating_point():
-        raise TypeError(f"tokenizer batches must be uint8 or float images in [0, 1], got {images.dtype}")
-    return images
+    return as_unit(batch["image"] if isinstance(batch, Mapping) else batch, "tokenizer batches")
 
 
 class BatchConditioner:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.provenance import check_sha256, state_dict_sha256, to_jsonable
 from vfmvae.utils.hub import PAPER, metrics_table, model_card, provenance_hashes, resolve_pretrained
 
 from .config import VFMVAEConfig
@@ -258,12 +258,8 @@ def _build_vfm(
         )
     vfm = build_vfm(info["name"], pretrained=source, config=overrides)
     if verify_vfm and info.get("weights_sha256"):
-        got = state_dict_sha256(vfm)
-        if got != info["weights_sha256"]:
-            raise ValueError(
-                f"VFM weights at {source} (sha256 {got[:12]}) differ from the ones the tokenizer was "
-                f"trained with ({info['weights_sha256'][:12]}); pass verify_vfm=False to override"
-            )
+        mismatch = f"VFM weights at {source} (sha256 {{got}}) differ from the ones the tokenizer was trained with "
+        check_sha256(vfm, info["weights_sha256"], mismatch + "({expected}); pass verify_vfm=False to override")
     return vfm, str(source)
 
 
@@ -290,12 +286,8 @@ def from_pretrained(
     record = read_export_config(directory)
     cfg = VFMVAEConfig.from_dict(record["config"])
     state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-    digest = state_dict_sha256(state)
-    if digest != record["weights_sha256"]:
-        raise ValueError(
-            f"{directory / WEIGHTS_NAME}: weights hash {digest[:12]} != recorded {record['weights_sha256'][:12]} "
-            "(file corrupted or replaced)"
-        )
+    mismatch = f"{directory / WEIGHTS_NAME}: weights hash {{got}} != recorded {{expected}} (file corrupted or replaced)"
+    check_sha256(state, record["weights_sha256"], mismatch)
     if decoder_only or not record.get("has_encoder", True):
         if not decoder_only:
             raise ValueError(f"{directory} is a decoder-only export; load it with decoder_only=True")

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from vfmvae.provenance import state_dict_sha256
+from vfmvae.provenance import check_sha256, state_dict_sha256
 
 TEXT_WEIGHTS_NAME = "text_encoder.safetensors"
 
@@ -73,12 +73,8 @@ def load_text_record(
         )
     tower = SiglipTextTower.from_pretrained(source, dtype, preset=info.get("preset"))
     if verify and info.get("weights_sha256"):
-        got = state_dict_sha256(tower)
-        if got != info["weights_sha256"]:
-            raise ValueError(
-                f"text tower weights at {source} (sha256 {got[:12]}) differ from the ones the tokenizer was "
-                f"trained with ({info['weights_sha256'][:12]}); pass verify_vfm=False to override"
-            )
+        mismatch = f"text tower weights at {source} (sha256 {{got}}) differ from the ones the tokenizer was trained "
+        check_sha256(tower, info["weights_sha256"], mismatch + "with ({expected}); pass verify_vfm=False to override")
     return tower, str(source)
 
 

@@ -5,13 +5,11 @@ Plain PyTorch (no Lightning import); used by `callbacks/sample_grid.py`, `callba
 `callbacks/se_cknna_probe.py` and `vfmvae sample` (moved here from `lightning_modules/tokenizer_loading.py`
 so that callbacks never import `lightning_modules`).
 
-``load_decoder(source, preset=..., generator_kwargs=...)``:
-
-* a folder written by ``VFMVAE.save_pretrained`` -> ``VFMVAE.from_pretrained(folder, decoder_only=True)``;
-* a released official ``.pth``/``.pt`` (``G_ema`` wrapper or plain state dict) -> ``from_official(...,
-  decoder_only=True)``; the official generator kwargs (the stage YAML's ``G_kwargs``) come from
-  ``generator_kwargs`` (a dict, or a ``.json``/``.yaml`` file);
-* ``None`` -> a decoder of ``preset`` with **random weights** (tests and the CPU demo only; logged).
+``load_decoder(source, preset=..., generator_kwargs=...)`` loads any tokenizer kind through
+`vfmvae.tokenizer.sources.load_any_tokenizer` (a VFM-VAE export folder or release file, a baseline export,
+a diffusers SD-VAE folder, a released VA-VAE file with a baseline preset, or ``None`` = **random weights** of
+``preset``: tests and the CPU demo only; logged). VFM-VAE is built decoder-only; the official generator kwargs
+(the stage YAML's ``G_kwargs``) come from ``generator_kwargs`` (a dict, or a ``.json``/``.yaml`` file).
 
 The decoder is built unconditionally (the release is class-agnostic), runs in fp32 and stays in eval().
 """
@@ -60,28 +58,20 @@ def load_decoder(
     preset: str = "vfmvae-f16d32-siglip2",
     generator_kwargs: dict[str, Any] | str | os.PathLike | None = None,
 ) -> nn.Module:
-    """A decoder-only `VFMVAE` in eval mode, fp32, frozen (see the module docstring)."""
-    from vfmvae.tokenizer import VFMVAE, from_official
+    """A tokenizer for decoding, in eval mode, fp32, frozen: any kind (`vfmvae.tokenizer.sources.load_any_tokenizer`;
+    a VFM-VAE is built decoder-only)."""
+    from .sources import load_any_tokenizer
 
-    if source is None:
-        log.warning("tokenizer decoder %r with RANDOM weights (no tokenizer path given): demo/tests only", preset)
-        with torch.random.fork_rng(devices=[]):  # seeded: two runs (and a resumed one) decode alike
-            torch.manual_seed(0)
-            model = VFMVAE(preset, decoder_only=True)
-    else:
-        path = Path(os.path.expanduser(str(source)))
-        if path.is_dir():
-            if not hasattr(VFMVAE, "from_pretrained"):
-                raise RuntimeError(
-                    f"{path} is a folder, but this build has no VFMVAE.from_pretrained yet; give the "
-                    "official release file instead"
-                )
-            model = VFMVAE.from_pretrained(path, decoder_only=True)
-        elif path.is_file():
-            model = from_official(str(path), _read_kwargs(generator_kwargs), decoder_only=True)
-        else:
-            raise FileNotFoundError(f"tokenizer not found: {path} (a save_pretrained folder or the official .pth)")
-    return model.float().eval().requires_grad_(False)
+    kwargs = generator_kwargs
+    if kwargs is not None and not isinstance(kwargs, dict) and not (source and _is_baseline(preset)):
+        kwargs = _read_kwargs(kwargs)
+    return load_any_tokenizer(source, preset, kwargs, decoder_only=True)
+
+
+def _is_baseline(preset: str | None) -> bool:
+    from .sources import is_baseline_preset
+
+    return is_baseline_preset(preset)
 
 
 def load_latent_stats(path: str | os.PathLike | None, stats: dict[str, Any] | None = None):

@@ -22,6 +22,7 @@ from vfmvae.codec import uint8_to_unit
 from .config import VFMVAEConfig, get_config
 from .decoder import Decoder, DecoderOutput
 from .hub import TokenizerHubMixin
+from .interface import TokenizerRecordMixin
 from .latent_head import LatentHead
 from .posterior import DiagonalGaussian
 
@@ -59,8 +60,11 @@ def _build_vfm(cfg: VFMVAEConfig, pretrained=None, config: dict | None = None) -
     return build_vfm(cfg.vfm_name, pretrained=pretrained, config=config)
 
 
-class VFMVAE(nn.Module, TokenizerHubMixin):
+class VFMVAE(TokenizerRecordMixin, nn.Module, TokenizerHubMixin):
     """The tokenizer. `VFMVAE(cfg, vfm=None, decoder_only=False, vfm_pretrained=None, vfm_config=None)`.
+
+    It implements `vfmvae.tokenizer.interface.Tokenizer` (``kind = "vfmvae"``; the frozen VFM is recorded by
+    name, not hashed: ``frozen_prefixes = ("vfm.",)``).
 
     - `vfm`: a built frozen VFM (`vfmvae.vfm.FrozenVFM`); if None it is built from `cfg.vfm_name`
       (random weights unless `vfm_pretrained` is a local folder/file).
@@ -104,6 +108,20 @@ class VFMVAE(nn.Module, TokenizerHubMixin):
                 )
             self.text_encoder.requires_grad_(False)
             self.text_encoder.eval()
+
+    kind = "vfmvae"
+    frozen_prefixes = ("vfm.",)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.cfg.z_dim
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.cfg.compression
+
+    def config_record(self) -> dict:
+        return self.cfg.to_dict()
 
     @classmethod
     def decoder_only(cls, cfg: VFMVAEConfig | str = "vfmvae-f16d32-siglip2") -> VFMVAE:

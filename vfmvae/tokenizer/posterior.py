@@ -2,7 +2,7 @@
 
 Moments `(B, 2*z_dim, h, w)` split on channels into (mean, logvar); logvar is clamped to
 [-30, 20] as in LDM's `DiagonalGaussianDistribution`. The official tokenizer always *samples*
-(also when caching diffusion latents, §8.7); `mode()` is offered for analysis.
+(also when caching diffusion latents: docs/design.md, "Latent normalisation"); `mode()` is offered for analysis.
 """
 
 from __future__ import annotations

@@ -63,27 +63,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open only supports write modes 'wb' and 'w', got {mode!r}")
-    path = Path(os.fspath(path))
-    if path.is_dir():
+    if Path(os.fspath(path)).is_dir():
         raise IsADirectoryError(f"atomic checkpoint target {str(path)!r} is a directory")
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    # Same directory => same filesystem => os.replace is a rename, not a copy.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # BaseException: KeyboardInterrupt / SystemExit must not leave the temp file either.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(directory)
+    with atomic_path(path) as tmp_name, open(tmp_name, mode) as f:
+        yield f
 
 
 @contextlib.contextmanager
@@ -97,6 +80,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = Path(os.fspath(path))
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
+    # Same directory => same filesystem => os.replace is a rename, not a copy.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.close(fd)
@@ -106,6 +90,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
+        # BaseException: KeyboardInterrupt / SystemExit must not leave the temp file either.
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise

@@ -1,13 +1,13 @@
 """Non-finite / safe-loss guard: decide per step, from named loss terms, whether to update.
 
-Losses in this project return dicts of named terms (style.md principle 4) so that this
+Losses in this project return dicts of named terms (docs/design.md, "Layers of the code") so that this
 guard sees every term. Each step the caller asks :meth:`NonFiniteGuard.check` whether the
 step is safe; on an unsafe step the caller does **not** call ``optimizer.step()`` (so no
 parameter and no optimiser-state change), the guard counts it, and after
 ``max_consecutive_skips`` unsafe steps in a row it raises :class:`NonFiniteLossError` that
 names the offending terms.
 
-Deviation from the official code (tokenizer.md §4.7): the official loop backprops
+Deviation from the official code (docs/design.md, "Tokenizer stages and losses"): the official loop backprops
 ``nan_to_num(loss) * 0`` and still calls Adam's ``step`` (with beta1 = 0 the weights stay put
 but the second moment decays). We skip the step entirely, which is what "no parameter
 change" means for any optimiser (the caller neither backprops nor steps; the graph is freed

@@ -3,7 +3,7 @@
 Used by the tokenizer and the diffusion modules alike: the step's randomness (posterior sampling,
 DiffAugment, discriminator crops, diffusion times, noise, label dropout) runs on a generator state the
 module owns and saves in its checkpoints, so a resumed run draws exactly what an uninterrupted one would
-(docs/design.md, "Checkpoints and resume").
+(docs/design.md, "Checkpoints, resume and provenance").
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Families narrow or reinterpret it exactly as their official wrappers do (EVA: -1
 block *without* a norm; EVA and MAE accept no other negative index; Qwen2.5-VL: -1 is the
 2x2-merged output on its own grid); see `resolve_layer` of each wrapper.
 
-The paper's tokenizer uses `[0, 12, -1]` on SigLIP2-L (paper §3).
+The paper's tokenizer uses `[0, 12, -1]` on SigLIP2-L (paper Sec. 3).
 
 Each wrapper class also states its official capabilities: `resize_mode` (interpolation of the
 tokenizer's `scale_factor` resize), `eq_prior_resize` (how the official wrapper downsizes the

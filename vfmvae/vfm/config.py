@@ -3,7 +3,7 @@
 Shapes only: which backbone, how wide and deep, which preprocessing it expects. Runtime choices
 (resize size/scale, interpolation, which layers) are per call, see `FrozenVFM.forward`.
 
-Paper: VFM-VAE (arXiv 2510.18457) encodes with a frozen SigLIP2-L/16-512 (paper §3) and compares
+Paper: VFM-VAE (arXiv 2510.18457) encodes with a frozen SigLIP2-L/16-512 (paper Sec. 3) and compares
 frozen EVA-CLIP-L, DINOv2-L and SigLIP2-L tokenizers (the paper's VFM table); the official code also
 runs MAE-L/16 and the Qwen2.5-VL vision tower behind the same interface. The projected
 discriminator uses a frozen DINO ViT-S/16; REG/REPA alignment and SE-CKNNA use DINOv2-B/L

@@ -35,7 +35,13 @@ from transformers import Dinov2Config, Dinov2Model
 
 from vfmvae.vfm.base import FrozenVFM
 from vfmvae.vfm.config import VFMConfig
-from vfmvae.vfm.hf_utils import check_same_architecture, load_kwargs, raise_on_missing
+from vfmvae.vfm.hf_utils import (
+    check_same_architecture,
+    load_kwargs,
+    raise_on_missing,
+    vit_config_fields,
+    vit_config_kwargs,
+)
 from vfmvae.vfm.timm_vit import TimmViTVFM
 
 
@@ -95,17 +101,10 @@ class HFDinov2VFM(FrozenVFM):
                 f"{cfg.mlp_hidden_size} / {cfg.hidden_size}"
             )
         return Dinov2Config(
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
+            **vit_config_kwargs(cfg, skip=("mlp_hidden_size",)),
             mlp_ratio=cfg.mlp_hidden_size // cfg.hidden_size,
-            patch_size=cfg.patch_size,
-            image_size=cfg.image_size,
             layerscale_value=cfg.layerscale_value,
-            layer_norm_eps=cfg.layer_norm_eps,
-            hidden_act=cfg.hidden_act,
             use_swiglu_ffn=False,
-            attn_implementation=cfg.attn_implementation,
             **cfg.extra,
         )
 
@@ -113,14 +112,8 @@ class HFDinov2VFM(FrozenVFM):
     def config_from_hf(hf: Dinov2Config, base: VFMConfig) -> VFMConfig:
         return base.replace(
             backend="hf",
-            hidden_size=hf.hidden_size,
-            num_layers=hf.num_hidden_layers,
-            num_heads=hf.num_attention_heads,
+            **vit_config_fields(hf, skip=("mlp_hidden_size",)),
             mlp_hidden_size=int(hf.hidden_size * hf.mlp_ratio),
-            patch_size=hf.patch_size,
-            image_size=hf.image_size,
-            layer_norm_eps=hf.layer_norm_eps,
-            hidden_act=hf.hidden_act,
         )
 
     @classmethod

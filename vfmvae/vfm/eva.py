@@ -35,7 +35,7 @@ from timm.models.eva import checkpoint_filter_fn
 from vfmvae.vfm.base import FINAL, FrozenVFM, resolve_layer
 from vfmvae.vfm.config import VFMConfig
 from vfmvae.vfm.hf_utils import check_same_architecture
-from vfmvae.vfm.timm_vit import load_state_dict_file
+from vfmvae.vfm.timm_vit import load_exact_state_dict, load_state_dict_file
 
 _WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 # Arguments of a timm `config.json` that VFMConfig holds in its own fields.
@@ -134,14 +134,7 @@ class EVAVFM(FrozenVFM):
         # timm converts OpenCLIP (`visual.trunk.`) and original EVA layouts and resamples the table.
         sd = checkpoint_filter_fn(dict(raw), model)
         sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}  # unused CLIP head
-        try:
-            result = model.load_state_dict(sd, strict=False)
-        except RuntimeError as err:
-            raise ValueError(f"{path} does not fit {cfg.timm_arch} (width {cfg.hidden_size}): {err}") from err
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"{path}: missing keys {result.missing_keys[:20]}, unexpected keys {result.unexpected_keys[:20]}"
-            )
+        load_exact_state_dict(model, sd, path, f"{cfg.timm_arch} (width {cfg.hidden_size})")
         return cls(model, cfg)
 
     @classmethod

@@ -9,6 +9,32 @@ import torch
 
 from vfmvae.vfm.config import VFMConfig
 
+# `VFMConfig` field -> attribute of a transformers ViT-style vision config (SigLIP, ViT-MAE; DINOv2 but for
+# the MLP width, which it stores as `mlp_ratio`). The same names both ways, so a wrapper cannot map one way only.
+VIT_CONFIG_FIELDS = {
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "mlp_hidden_size": "intermediate_size",
+    "patch_size": "patch_size",
+    "image_size": "image_size",
+    "hidden_act": "hidden_act",
+    "layer_norm_eps": "layer_norm_eps",
+}
+
+
+def vit_config_kwargs(cfg: VFMConfig, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments of a transformers ViT-style config for ``cfg`` (plus its attention implementation);
+    ``skip`` leaves out `VFMConfig` fields the family stores otherwise."""
+    kw = {hf: getattr(cfg, ours) for ours, hf in VIT_CONFIG_FIELDS.items() if ours not in skip}
+    return {**kw, "attn_implementation": cfg.attn_implementation}
+
+
+def vit_config_fields(hf: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The `VFMConfig` fields read back from a transformers ViT-style config (the inverse of `vit_config_kwargs`)."""
+    return {ours: getattr(hf, name) for ours, name in VIT_CONFIG_FIELDS.items() if ours not in skip}
+
+
 # Architecture fields that must agree between a preset and a loaded checkpoint.
 ARCH_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_hidden_size", "patch_size", "image_size")
 

@@ -35,7 +35,13 @@ from transformers.models.vit_mae.modeling_vit_mae import ViTMAEEmbeddings
 
 from vfmvae.vfm.base import FrozenVFM, resolve_layer
 from vfmvae.vfm.config import VFMConfig
-from vfmvae.vfm.hf_utils import check_same_architecture, load_kwargs, raise_on_missing
+from vfmvae.vfm.hf_utils import (
+    check_same_architecture,
+    load_kwargs,
+    raise_on_missing,
+    vit_config_fields,
+    vit_config_kwargs,
+)
 
 log = logging.getLogger(__name__)
 _POSITION_KEY = "embeddings.position_embeddings"
@@ -66,32 +72,11 @@ class MAEVFM(FrozenVFM):
     # ----------------------------------------------------------------- building
     @staticmethod
     def hf_config(cfg: VFMConfig) -> ViTMAEConfig:
-        return ViTMAEConfig(
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            intermediate_size=cfg.mlp_hidden_size,
-            patch_size=cfg.patch_size,
-            image_size=cfg.image_size,
-            hidden_act=cfg.hidden_act,
-            layer_norm_eps=cfg.layer_norm_eps,
-            mask_ratio=0.0,
-            attn_implementation=cfg.attn_implementation,
-            **cfg.extra,
-        )
+        return ViTMAEConfig(**vit_config_kwargs(cfg), mask_ratio=0.0, **cfg.extra)
 
     @staticmethod
     def config_from_hf(hf: ViTMAEConfig, base: VFMConfig) -> VFMConfig:
-        return base.replace(
-            hidden_size=hf.hidden_size,
-            num_layers=hf.num_hidden_layers,
-            num_heads=hf.num_attention_heads,
-            mlp_hidden_size=hf.intermediate_size,
-            patch_size=hf.patch_size,
-            image_size=hf.image_size,
-            hidden_act=hf.hidden_act,
-            layer_norm_eps=hf.layer_norm_eps,
-        )
+        return base.replace(**vit_config_fields(hf))
 
     @staticmethod
     def sincos_table(hf_cfg: ViTMAEConfig) -> torch.Tensor:

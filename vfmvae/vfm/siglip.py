@@ -19,7 +19,13 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from vfmvae.vfm.base import FrozenVFM
 from vfmvae.vfm.config import VFMConfig
-from vfmvae.vfm.hf_utils import check_same_architecture, load_kwargs, raise_on_missing
+from vfmvae.vfm.hf_utils import (
+    check_same_architecture,
+    load_kwargs,
+    raise_on_missing,
+    vit_config_fields,
+    vit_config_kwargs,
+)
 
 
 class SiglipVFM(FrozenVFM):
@@ -41,35 +47,13 @@ class SiglipVFM(FrozenVFM):
     @staticmethod
     def hf_config(cfg: VFMConfig) -> SiglipVisionConfig:
         return SiglipVisionConfig(
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.mlp_hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_channels=3,
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            hidden_act=cfg.hidden_act,
-            layer_norm_eps=cfg.layer_norm_eps,
-            attention_dropout=0.0,
-            vision_use_head=cfg.keep_head,
-            attn_implementation=cfg.attn_implementation,
-            **cfg.extra,
+            **vit_config_kwargs(cfg), num_channels=3, attention_dropout=0.0, vision_use_head=cfg.keep_head, **cfg.extra
         )
 
     @staticmethod
     def config_from_hf(hf: SiglipVisionConfig, base: VFMConfig) -> VFMConfig:
         """A `VFMConfig` describing an existing HF SigLIP vision config (preprocessing from `base`)."""
-        return base.replace(
-            hidden_size=hf.hidden_size,
-            num_layers=hf.num_hidden_layers,
-            num_heads=hf.num_attention_heads,
-            mlp_hidden_size=hf.intermediate_size,
-            patch_size=hf.patch_size,
-            image_size=hf.image_size,
-            hidden_act=hf.hidden_act,
-            layer_norm_eps=hf.layer_norm_eps,
-            keep_head=bool(getattr(hf, "vision_use_head", True)),
-        )
+        return base.replace(**vit_config_fields(hf), keep_head=bool(getattr(hf, "vision_use_head", True)))
 
     @classmethod
     def from_config(cls, cfg: VFMConfig) -> SiglipVFM:

@@ -38,6 +38,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def load_exact_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], path: Any, arch: str) -> None:
+    """Load ``sd`` into a timm ``model`` with no key missing or left over; a shape mismatch (the wrong preset for
+    this file) and any key difference are one-line errors naming ``path`` and ``arch``."""
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit {arch}: {err}") from err
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: missing keys {result.missing_keys[:20]}, unexpected keys {result.unexpected_keys[:20]}"
+        )
+
+
 def unwrap_vit_state_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Peel `{"model": ...}`-style wrappers and common prefixes; drop classifier/projection heads."""
     for key in _WRAPPER_KEYS:
@@ -98,16 +111,8 @@ class TimmViTVFM(FrozenVFM):
         sd = unwrap_vit_state_dict(load_state_dict_file(path))
         # timm's filter mutates its input (pops `mask_token`): hand it a copy.
         sd = checkpoint_filter_fn(dict(sd), model)
-        try:
-            result = model.load_state_dict(sd, strict=False)
-        except RuntimeError as err:  # shape mismatch: wrong preset for this file
-            raise ValueError(
-                f"{path} does not fit preset {cfg.timm_arch} (hidden {cfg.hidden_size}, depth {cfg.num_layers}): {err}"
-            ) from err
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"{path}: missing keys {result.missing_keys[:20]}, unexpected keys {result.unexpected_keys[:20]}"
-            )
+        arch = f"preset {cfg.timm_arch} (hidden {cfg.hidden_size}, depth {cfg.num_layers})"
+        load_exact_state_dict(model, sd, path, arch)
         return cls(model, cfg)
 
     @classmethod

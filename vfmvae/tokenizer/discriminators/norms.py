@@ -24,11 +24,8 @@ def _groups(batch: int, virtual_batch: int) -> int:
     return groups
 
 
-class BatchNormLocal(nn.Module):
-    """Group-wise batch norm over `(B, C, L)` token maps (projected-discriminator heads).
-
-    Statistics per group and channel over (samples in the group, L).
-    """
+class _LocalNorm(nn.Module):
+    """Settings and per-channel affine shared by the token-map and image-map variants below."""
 
     def __init__(self, num_features: int, virtual_batch: int = 8, affine: bool = True, eps: float = 1e-5):
         super().__init__()
@@ -38,6 +35,13 @@ class BatchNormLocal(nn.Module):
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             self.bias = nn.Parameter(torch.zeros(num_features))
+
+
+class BatchNormLocal(_LocalNorm):
+    """Group-wise batch norm over `(B, C, L)` token maps (projected-discriminator heads).
+
+    Statistics per group and channel over (samples in the group, L).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, length = x.shape
@@ -53,17 +57,8 @@ class BatchNormLocal(nn.Module):
         return y
 
 
-class BatchNormLocal2d(nn.Module):
+class BatchNormLocal2d(_LocalNorm):
     """Group-wise batch norm over `(B, C, H, W)` maps (PatchGAN). Statistics over (group, H, W)."""
-
-    def __init__(self, num_features: int, virtual_batch: int = 8, affine: bool = True, eps: float = 1e-5):
-        super().__init__()
-        self.virtual_batch = virtual_batch
-        self.eps = eps
-        self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
