@@ -150,8 +150,8 @@ eval-reconstruction: install ## rFID/rIS/PSNR/SSIM/LPIPS (official tools/reconst
 
 # ---------------------------------------------------------------- demo (docs/demo.md)
 .PHONY: demo
-demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci REDO=phase DEMO_ARGS=...]
-	$(PY) -m lightning_modules demo --size $(or $(SIZE),demo) --out $(or $(OUT),outputs/demo) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
+demo: install ## Whole pipeline on embedded photos, CPU, minutes: outputs/demo [SIZE=demo|ci VFM=siglip2|dinov2|eva|mae|qwen2_5_vl (outputs/demo_<VFM>) REDO=phase DEMO_ARGS=...]
+	$(PY) -m lightning_modules demo --size $(or $(SIZE),demo)$(if $(VFM),+$(VFM)) --out $(or $(OUT),outputs/demo$(if $(VFM),_$(VFM))) $(if $(REDO),--redo $(REDO)) $(DEMO_ARGS)
 
 # ---------------------------------------------------------------- commands (docs/commands.md)
 .PHONY: report filter-list export-dit push-to-hub commands
@@ -250,3 +250,34 @@ table1: install ## Paper Table 1 from your metric records beside the paper's num
 
 demo-analyses: install ## Table 1 at demo size for a tiny random VFM-VAE and VA-VAE, every column (CPU, minutes): outputs/demo_analyses
 	$(PY) -m lightning_modules table1 --config configs/analyses/table1_demo.yaml --out outputs/demo_analyses/table1.md
+
+# ---------------------------------------------------------------- 512 px, reference statistics, VFM comparison (docs/resolution_512.md, docs/vfm_comparison.md)
+.PHONY: train-tokenizer-512 cache-latents-512 reference-stats vfm-comparison
+# The `args:` mapping of a step YAML (configs/latent_cache/*.yaml, configs/vfm_comparison/*/{cache_latents,evaluate}.yaml)
+# as command-line options: `key: value` -> --key value, `key: true` -> --key, null/false left out.
+step_args = $(shell $(STEP_ARGS_PY) -c 'import sys, yaml; a = yaml.safe_load(open(sys.argv[1]))["args"]; print(" ".join("--" + k + ("" if v is True else " " + str(v)) for k, v in a.items() if v is not None and v is not False))' $(1))
+VFM_COMPARISON := configs/vfm_comparison
+STEP_ARGS_PY ?= $(PY)
+
+train-tokenizer-512: install ## Tokenizer stage at 512 px (configs/tokenizer/*_512.yaml): STAGE=0|1|2|3 and the train-tokenizer variables
+	@case "$(STAGE)" in 0|1|2|3) ;; *) echo "train-tokenizer-512: set STAGE=0|1|2|3 (the 512 px twins of the paper stages); the variables are train-tokenizer's (make help)" >&2; exit 2 ;; esac
+	$(MAKE) --no-print-directory train-tokenizer STAGE=$(STAGE) TOKENIZER_STAGE_CONFIG_$(STAGE)=$(patsubst %.yaml,%_512.yaml,$(TOKENIZER_STAGE_CONFIG_$(STAGE)))
+
+cache-latents-512: install ## Latent cache at 512 px (32x32x32; configs/latent_cache/imagenet512.yaml): DATA_ROOT TOKENIZER OUT [DEVICES STORE_IMAGES=1]
+	$(MAKE) --no-print-directory cache-latents IMAGE_SIZE=512 CACHE_ARGS="$(call step_args,configs/latent_cache/imagenet512.yaml) $(CACHE_ARGS)"
+
+reference-stats: install ## ADM reference statistics of an image folder: DATA_ROOT=dir OUT=ref.npz [IMAGE_SIZE=256|512 INCEPTION=weights.pth STORE_IMAGES=1 REF_ARGS=...]
+	@[ -n "$(DATA_ROOT)" ] || { echo "reference-stats: DATA_ROOT is not set (a folder of reference images, e.g. /data/imagenet/train; searched at any depth)" >&2; exit 2; }
+	@[ -n "$(OUT)" ] || { echo "reference-stats: OUT is not set (the .npz to write, ADM reference-batch layout; e.g. OUT=data/imagenet512_ref.npz)" >&2; exit 2; }
+	$(PY) -m lightning_modules reference-stats --data-root "$(DATA_ROOT)" --out "$(OUT)" --image-size $(or $(IMAGE_SIZE),256) \
+	  $(if $(INCEPTION),--inception-weights "$(INCEPTION)") $(if $(STORE_IMAGES),--store-images) $(REF_ARGS)
+
+vfm-comparison: install ## Paper's VFM table (configs/vfm_comparison/VFM): VFM=siglip2|dinov2|eva STEP=tokenizer (STAGE=0..3)|cache|diffusion|sample|evaluate + that step's variables
+	@[ -d "$(VFM_COMPARISON)/$(VFM)" ] && [ -n "$(VFM)" ] || { echo "vfm-comparison: set VFM to one of: $$(ls $(VFM_COMPARISON) | tr '\n' ' ')(the paper's VFM table; docs/vfm_comparison.md)" >&2; exit 2; }
+	@case "$(STEP)" in tokenizer|cache|diffusion|sample|evaluate) ;; *) echo "vfm-comparison: set STEP=tokenizer (with STAGE=0..3), cache, diffusion, sample or evaluate, in this order (docs/vfm_comparison.md)" >&2; exit 2 ;; esac
+	@if [ "$(STEP)" = tokenizer ]; then case "$(STAGE)" in 0|1|2|3) ;; *) echo "vfm-comparison: STEP=tokenizer needs STAGE=0|1|2|3" >&2; exit 2 ;; esac; fi
+	$(MAKE) --no-print-directory $(if $(filter tokenizer,$(STEP)),train-tokenizer STAGE=$(STAGE) TOKENIZER_STAGE_CONFIG_$(STAGE)=$(wildcard $(VFM_COMPARISON)/$(VFM)/tokenizer_stage$(STAGE)_*.yaml)) \
+	  $(if $(filter cache,$(STEP)),cache-latents CACHE_ARGS="$(call step_args,$(VFM_COMPARISON)/$(VFM)/cache_latents.yaml) $(CACHE_ARGS)") \
+	  $(if $(filter diffusion,$(STEP)),train-diffusion CONFIG=$(VFM_COMPARISON)/$(VFM)/lightningdit_l1_100k.yaml) \
+	  $(if $(filter sample,$(STEP)),sample SAMPLE_ARGS="$(call step_args,$(VFM_COMPARISON)/$(VFM)/sample.yaml) $(SAMPLE_ARGS)") \
+	  $(if $(filter evaluate,$(STEP)),evaluate EVAL_ARGS="$(call step_args,$(VFM_COMPARISON)/$(VFM)/evaluate.yaml) $(EVAL_ARGS)")

@@ -172,3 +172,23 @@ def test_reg_checkpoint_takes_class_tokens_from_the_cls_vfm(run_dir, tmp_path):
     features = [r["feature"] for r in rows]
     assert features[0] == "embedder" and "projector_0" in features
     assert all(np.isfinite(r["cknna"]) for r in rows)
+
+
+def test_dynamics_reads_any_tokenizer_kind(run_dir):
+    # paper Table 1 compares tokenizers under the same diffusion training: a VA-VAE (here a seeded random one of
+    # the same latent shape) encodes the probe images through the same command.
+    common = [
+        *("--checkpoints", str(run_dir / "a.ckpt"), "--images", str(run_dir / "images"), "--num-images", "12"),
+        *("--resolution", "64", "--topk", "3", "--batch-size", "6", "--device", "cpu"),
+    ]
+    vavae = command.run(
+        [*common, "--tokenizer", "none", "--tokenizer-preset", "debug-vavae", "--out-dir", str(run_dir / "o1")],
+        reference_extractor=TinyReference(),
+    )
+    ours = command.run(
+        [*common, "--tokenizer", str(run_dir / "tokenizer"), "--out-dir", str(run_dir / "o2")],
+        reference_extractor=TinyReference(),
+    )
+    assert [r["feature"] for r in vavae] == [r["feature"] for r in ours]
+    assert all(np.isfinite(r["cknna"]) for r in vavae)
+    assert [r["cknna"] for r in vavae] != pytest.approx([r["cknna"] for r in ours], abs=1e-6)

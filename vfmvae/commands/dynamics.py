@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="folder of PNG probe images (10k ImageNet val in the paper)")
     p.add_argument("--num-images", type=int, default=None, help="the first N images (stem order)")
     p.add_argument("--tokenizer", default=None, help="export folder or official release file that encodes the images")
-    p.add_argument("--tokenizer-kwargs", default=None, help="official G_kwargs for a release file")
+    p.add_argument(
+        "--tokenizer-preset",
+        default=None,
+        help="preset of a released baseline file (e.g. vavae-f16d32), or of a random one",
+    )
+    p.add_argument("--tokenizer-kwargs", default=None, help="official G_kwargs / ddconfig YAML of a release file")
     p.add_argument("--vfm-path", default=None, help="local VFM folder when the tokenizer needs one")
     p.add_argument("--latent-stats", default=None, help="latents_stats.pt of the diffusion run's latents")
     p.add_argument("--reference", help="reference VFM: PRESET[@WEIGHTS] (DINOv2 or SigLIP)")
@@ -114,8 +119,8 @@ def _run(args: argparse.Namespace, reference_extractor) -> list[dict]:
     from vfmvae.metrics.se_cknna import extract_condition_features
     from vfmvae.metrics.se_models import build_vfm_extractor, encode_latents, parse_spec
     from vfmvae.metrics.se_transforms import list_images
-    from vfmvae.tokenizer.export import load_tokenizer
     from vfmvae.tokenizer.loading import load_latent_stats
+    from vfmvae.tokenizer.sources import load_any_tokenizer
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     for ckpt in args.checkpoints:
@@ -139,8 +144,9 @@ def _run(args: argparse.Namespace, reference_extractor) -> list[dict]:
         reference_extractor, _ = build_vfm_extractor(ref_preset, ref_weights, device, config)
     common = dict(resolution=args.resolution, seed=args.seed, batch_size=args.batch_size)
     reference = extract_condition_features(reference_extractor, paths, ["clean"], **common)["clean"]
-    tokenizer = load_tokenizer(
-        args.tokenizer, vfm_pretrained=args.vfm_path, generator_kwargs=args.tokenizer_kwargs, vfm_dtype="float32"
+    # Any tokenizer kind (paper Table 1 compares VFM-VAE, VA-VAE and SD-VAE latents under the same training).
+    tokenizer = load_any_tokenizer(
+        args.tokenizer, args.tokenizer_preset, args.tokenizer_kwargs, vfm_pretrained=args.vfm_path, vfm_dtype="float32"
     )
     latents = encode_latents(
         tokenizer.to(device).eval().float(), paths, args.resolution, device, args.batch_size, args.seed

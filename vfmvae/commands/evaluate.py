@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vfmvae.commands._errors import add_progress_argument, run_cli
-from vfmvae.metrics.adm_suite import evaluate_adm, load_batch
+from vfmvae.commands._errors import InputError, add_progress_argument, run_cli
+from vfmvae.metrics.adm_suite import check_resolutions, evaluate_adm, load_batch
 from vfmvae.metrics.inception import AdmInceptionFeatures, default_inception_weights_path
 from vfmvae.metrics.precision_recall import PR_DISTANCE_DTYPES
 from vfmvae.metrics.record import evaluation_record, write_record
@@ -74,8 +74,12 @@ def run(argv: list[str] | None = None) -> dict:
     """The evaluation record (raises on bad input; `main` turns that into one line)."""
     args = build_parser().parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     samples, reference = load_batch(args.samples), load_batch(args.ref)
+    try:  # before the Inception network loads: a 256 px reference for 512 px samples is one line, not a number
+        check_resolutions(samples, reference)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    extractor = AdmInceptionFeatures(args.inception_weights).to(device)
     start = time.time()
     with progress_enabled(not args.no_progress):  # a bar with ETA over the Inception batches
         results = evaluate_adm(

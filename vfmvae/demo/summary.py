@@ -78,7 +78,7 @@ def render_summary(size: DemoSize, out: Path, m: Mapping[str, Any]) -> str:
     rec, fid = m["reconstruction"], m["demo_fid"]
     lines = [
         "=" * 78,
-        f"VFM-VAE demo ({size.name}) - outputs in {out}",
+        f"VFM-VAE demo ({size.name}; tokenizer VFM family {size.vfm_family}) - outputs in {out}",
         "-" * 78,
         "phase wall [s] " + ", ".join(f"{k} {v:.0f}" for k, v in m["phase_seconds"].items() if v is not None),
         f"total {m['total_seconds']:.0f} s wall, {m['total_cpu_seconds']:.0f} s CPU (target < {size.budget_s:.0f} s;"

@@ -49,6 +49,8 @@ class EquivarianceConfig:
 
 EQUIVARIANCE_PRESETS: dict[str, EquivarianceConfig] = {
     "paper-256": EquivarianceConfig(),
+    # 512 px (32x32 latent): the same official sets, every scale valid (latent sides 8, 16, 24, 32).
+    "paper-512": EquivarianceConfig(),
     # 128 px: 0.25 and 0.75 give 2x2 / 6x6 latents the fusion adapters cannot take.
     "res-128": EquivarianceConfig(latent_scales=(0.5, 1.0), input_scales=(0.5,)),
     # 64 px (4x4 latent): only rotations and the identity scale are possible.

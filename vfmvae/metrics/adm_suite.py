@@ -28,7 +28,15 @@ from .inception import extract_features
 from .inception_score import ADM_IS_SPLIT_SIZE, inception_score
 from .precision_recall import precision_recall
 
-__all__ = ["load_images", "ImageBatch", "load_batch", "BatchActivations", "compute_activations", "evaluate_adm"]
+__all__ = [
+    "load_images",
+    "ImageBatch",
+    "load_batch",
+    "check_resolutions",
+    "BatchActivations",
+    "compute_activations",
+    "evaluate_adm",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = "adm-suite-v1"
@@ -72,12 +80,25 @@ def load_images(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
 
 @dataclass
 class ImageBatch:
-    """A sample or reference batch: images (optional for a stats-only reference) and precomputed statistics."""
+    """A sample or reference batch: images (optional for a stats-only reference) and precomputed statistics.
+
+    `pool`: precomputed pool_3 features `(N, 2048)` of reference images (precision/recall without the images,
+    `vfmvae reference-stats`); `resolution`: the images' side when the file states it without images.
+    """
 
     source: str
     images: np.ndarray | None = None
     stats: FeatureStatistics | None = None
     stats_spatial: FeatureStatistics | None = None
+    pool: np.ndarray | None = None
+    resolution: int | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the images, or (resolution, resolution) for a statistics-only file that records it."""
+        if self.images is not None:
+            return (int(self.images.shape[1]), int(self.images.shape[2]))
+        return None if self.resolution is None else (self.resolution, self.resolution)
 
 
 def load_batch(path: str | os.PathLike) -> ImageBatch:
@@ -92,10 +113,27 @@ def load_batch(path: str | os.PathLike) -> ImageBatch:
             if {"mu_s", "sigma_s"} <= files:
                 stats_s = FeatureStatistics(data["mu_s"].astype(np.float64), data["sigma_s"].astype(np.float64))
             images = _check_images(data["arr_0"], str(path)) if "arr_0" in files else None
+            pool = data["pool"].astype(np.float32) if "pool" in files else None
+            resolution = int(data["resolution"]) if "resolution" in files else None
         if images is None and stats is None:
             raise KeyError(f"{path} holds neither images ('arr_0') nor statistics ('mu', 'sigma'): {sorted(files)}")
-        return ImageBatch(str(path), images, stats, stats_s)
+        return ImageBatch(str(path), images, stats, stats_s, pool, resolution)
     return ImageBatch(str(path), load_images(path))
+
+
+def check_resolutions(samples: ImageBatch, reference: ImageBatch) -> None:
+    """Refuse samples and a reference batch of different image sizes (e.g. 512 px samples, a 256 px reference).
+
+    Inception resizes everything to 299 px, so a mismatch gives numbers, only wrong ones. A reference that
+    states no size (statistics only, no `resolution` key: ADM's files always hold images) cannot be checked.
+    """
+    got, ref = samples.image_size, reference.image_size
+    if got is not None and ref is not None and got != ref:
+        raise ValueError(
+            f"the samples ({samples.source}) are {got[0]}x{got[1]} but the reference batch ({reference.source}) is "
+            f"{ref[0]}x{ref[1]}: compare with the reference of the samples' resolution (ADM's "
+            f"VIRTUAL_imagenet{got[0]}.npz, or `vfmvae reference-stats --image-size {got[0]}`)"
+        )
 
 
 def images_content_hash(images: np.ndarray) -> str:
@@ -189,6 +227,7 @@ def evaluate_adm(
     """
     if samples.images is None:
         raise ValueError(f"{samples.source}: the sample batch needs images ('arr_0'), not only statistics")
+    check_resolutions(samples, reference)
     images = samples.images
     if num_samples is not None:
         if num_samples < 2:
@@ -215,7 +254,8 @@ def evaluate_adm(
     }
     if ref_stats_s is not None:
         results["sfid"] = acts.stats_spatial.frechet_distance(ref_stats_s)
-    if ref_acts is not None:
-        results["num_reference"] = float(len(ref_acts.pool))
-        results.update(precision_recall(ref_acts.pool, acts.pool, k=prc_k, dtype=pr_distance_dtype, device=device))
+    ref_pool = ref_acts.pool if ref_acts is not None else reference.pool  # images win over stored features
+    if ref_pool is not None:
+        results["num_reference"] = float(len(ref_pool))
+        results.update(precision_recall(ref_pool, acts.pool, k=prc_k, dtype=pr_distance_dtype, device=device))
     return results

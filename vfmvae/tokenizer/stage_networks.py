@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vfmvae.losses import EQUIVARIANCE_PRESETS, LPIPS, TokenizerLossConfig, TokenizerObjective, get_loss_config
-from vfmvae.vfm import build_vfm
+from vfmvae.vfm import build_vfm, check_equivariance_supported
 
 from .conditioning import BatchConditioner
 from .config import get_config
@@ -117,6 +117,15 @@ def build_stage_networks(stage: int, args: Mapping[str, Any]) -> StageNetworks:
     vfm = lambda: build_vfm(cfg.vfm_name, pretrained=vfm_pretrained, config=args["vfm_config"])  # noqa: E731
     text, text_path, conditioner = _text_side(cfg, args, seed)
     model = seeded(seed, lambda: VFMVAE(cfg, vfm=seeded(seed, vfm), text_encoder=text, text_pretrained=text_path))
+    # A VFM without dynamic resolution (MAE) cannot take the input branch's resized images (official README).
+    check_equivariance_supported(model.vfm, loss.equivariance)
+    # The losses resize ground truth with the VFM's interpolation (official loss.py: VFM2INTERPOLATION by name).
+    interp = model.vfm.config.interpolation
+    loss = replace(
+        loss,
+        equivariance=replace(loss.equivariance, interpolation=interp),
+        multiscale=replace(loss.multiscale, interpolation=interp),
+    )
     projected_d = seeded(seed + 1, lambda: _projected_d(loss, args["discriminator"], dino))
     uses_patchgan = loss.patchgan > 0 or loss.feature_matching > 0
     pgan = seeded(seed + 2, lambda: MultiScalePatchGAN(PATCHGAN_PRESETS[args["patchgan"]])) if uses_patchgan else None
