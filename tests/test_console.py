@@ -23,7 +23,7 @@ from vfmvae.utils import console
 # Every line a tiny demo `fit` may print: our own lines, Lightning's run facts and its progress bar.
 ALLOWED = (
     r"Seed set to \d+",  # Lightning: the seed of the run (reproducibility)
-    r"tokenizer decoder 'debug' with RANDOM weights .*",  # ours: the sample grids use a random decoder
+    r"tokenizer 'debug' with RANDOM weights .*",  # ours: the sample grids use a random decoder
     r"`Trainer\.fit` stopped: `max_steps=4` reached\.",  # Lightning: why the run ended
     r"Steps +━+ 4/4 .*",  # the progress bar, in steps of max_steps
     r"loss: [\d.]+",  # the bar's metrics, wrapped onto a second line on narrow terminals
