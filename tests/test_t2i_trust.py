@@ -16,8 +16,10 @@ from callbacks.ema import EMACallback
 from datamodules.captions_demo import DemoCaptionDataModule
 from lightning_modules.diffusion import DiffusionModule
 from vfmvae.codec import LatentNormalizer
+from vfmvae.dit.loading import load_sampling_network
 from vfmvae.provenance import state_dict_sha256
 from vfmvae.text import debug_tokenizer
+from vfmvae.text.weights_record import check_text_encoders
 
 OVERRIDES = {"input_size": 4, "num_queries": 3, "text_max_length": 12}
 
@@ -134,8 +136,6 @@ def test_text_encoder_hash_is_recorded_and_checked(trained, tmp_path, capsys, ca
     torch.save(state, tmp_path / "old.ckpt")
     caplog.set_level(logging.WARNING)
     assert main(_sample_argv(tmp_path / "old.ckpt", tmp_path / "b", "--tokenizer", "none")) == 0
-    from vfmvae.text.weights_record import check_text_encoders
-    from vfmvae.dit.loading import load_sampling_network
 
     net = load_sampling_network(tmp_path / "old.ckpt", None, "raw")[0]
     check_text_encoders(net, None, source=f"the checkpoint {tmp_path / 'old.ckpt'}")
