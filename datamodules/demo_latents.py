@@ -49,12 +49,14 @@ def build_demo_latent_cache(
     )
     # The encoding run lives one layer up (a LightningModule + prediction writer): imported on first use.
     from lightning_modules.latent_cache import LatentShardWriter, cache_latents
-    from vfmvae.tokenizer.sources import load_any_tokenizer, tokenizer_record
+    from vfmvae.tokenizer.sources import build_random_tokenizer, load_any_tokenizer, tokenizer_record
 
-    if tokenizer is None:
-        torch.manual_seed(seed)
     # Any tokenizer kind (an export folder, or a random preset: VFM-VAE `debug`, VA-VAE `debug-vavae`).
-    model = load_any_tokenizer(tokenizer, tokenizer_preset, vfm_config={"compute_dtype": "float32"})
+    if tokenizer is None:  # drawn from the run's seed, on the global RNG the rest of the run continues from
+        torch.manual_seed(seed)
+        model = build_random_tokenizer(tokenizer_preset, vfm_config={"compute_dtype": "float32"}).float().eval()
+    else:
+        model = load_any_tokenizer(tokenizer, tokenizer_preset, vfm_config={"compute_dtype": "float32"})
     # The production caching path (Lightning predict + shard writer), on one CPU process.
     cache = LatentCacheDataModule(
         str(root / "images"), str(out), image_size=resolution, shard_size=64, batch_size=16, num_workers=0

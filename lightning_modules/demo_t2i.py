@@ -50,8 +50,12 @@ def phase_t2i(demo: Any, run_fit, run_command, grid_of, save_png) -> dict:
     s, cache = demo.size, demo.path("latents")
     captioned = _write_captions(cache)
     shutil.rmtree(demo.path("t2i"), ignore_errors=True)
-    cli = run_fit(demo, "t2i", f"--trainer.logger.init_args.save_dir={demo.path('t2i', 'tb')}",
-                  f"--data.init_args.latent_root={cache}")
+    cli = run_fit(
+        demo,
+        "t2i",
+        f"--trainer.logger.init_args.save_dir={demo.path('t2i', 'tb')}",
+        f"--data.init_args.latent_root={cache}",
+    )
     run_dir = Path(cli.trainer.log_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():

@@ -198,7 +198,9 @@ def test_demo_ci_size_runs_every_phase_end_to_end_and_reuses_them(tmp_path):
     assert "<img" in page.read_text()
     summary = (out / "summary.txt").read_text()
     assert summary.count("PASS") + summary.count("FAIL") == 3 and len(summary.splitlines()) <= 25
-    assert (out / "t2i_samples.png").is_file() and json.loads((out / ".done" / "t2i.json").read_text())["num_samples"] == 2 * NUM_CLASSES
+    assert (out / "t2i_samples.png").is_file() and json.loads((out / ".done" / "t2i.json").read_text())[
+        "num_samples"
+    ] == 2 * NUM_CLASSES
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

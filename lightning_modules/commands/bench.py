@@ -21,7 +21,9 @@ PROG = "vfmvae bench"
 def _benchmarks_run():
     # benchmarks/ is installed with the package; a broken install gets a one-line error instead of an ImportError.
     if importlib.util.find_spec("benchmarks") is None:
-        raise SystemExit(f"{PROG}: error: the benchmarks package is not importable; reinstall the project (make install)")
+        raise SystemExit(
+            f"{PROG}: error: the benchmarks package is not importable; reinstall the project (make install)"
+        )
     from benchmarks import run
 
     return run

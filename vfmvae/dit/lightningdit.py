@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vfmvae.dit.conditions import ClassLabels
 from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
+from vfmvae.dit.latent_grid import LatentGridMixin
 from vfmvae.dit.layers import (
     Attention,
     GeluMlp,
@@ -155,7 +156,7 @@ class LightningDiTFinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class LightningDiT(nn.Module):
+class LightningDiT(LatentGridMixin, nn.Module):
     """Velocity network `v(x, t, y)`: `x (B, C, H, W)`, `t (B,)` in [0, 1] (1 = data), `y (B,)`.
 
     `activation_checkpointing` recomputes each block in the backward pass (runtime knob, not a
@@ -245,25 +246,7 @@ class LightningDiT(nn.Module):
         return out if return_hidden is None else (out, hidden)
 
     # ------------------------------------------------------------------ DiffusionNetwork
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.config.in_channels, self.config.input_size, self.config.input_size)
-
-    @property
-    def token_grid(self) -> int:
-        return self.config.grid_size
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-    def initial_state(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        """The latent noise `(n, C, h, w)` ~ N(0, I), float32 (the state is the latent alone)."""
-        return torch.randn((n, *self.latent_shape), generator=generator, device=device)
-
-    def velocity(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self(state, t, condition)
-
+    # latent_shape, token_grid, num_blocks, initial_state, velocity: `LatentGridMixin`
     def training_state(self, latents: torch.Tensor, alignment) -> TrainingState:
         return vfm_class_token_state(latents, alignment, None, self.alignment_dim)
 

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vfmvae.dit.conditions import ClassLabels
 from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
+from vfmvae.dit.latent_grid import LatentGridMixin
 from vfmvae.dit.layers import (
     Attention,
     GeluMlp,
@@ -179,7 +180,7 @@ class REGOutput(NamedTuple):
     cls_velocity: torch.Tensor
 
 
-class SiTREG(nn.Module):
+class SiTREG(LatentGridMixin, nn.Module):
     """REG velocity network on the joint state (latent, class token); t = 1 is noise.
 
     The `DiffusionNetwork` members follow `forward`.
@@ -281,18 +282,7 @@ class SiTREG(nn.Module):
         return out if return_hidden is None else (out, hidden)
 
     # ------------------------------------------------------------------ DiffusionNetwork
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.config.in_channels, self.config.input_size, self.config.input_size)
-
-    @property
-    def token_grid(self) -> int:
-        return self.config.grid_size
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
+    # latent_shape, token_grid, num_blocks: `LatentGridMixin`; the state adds the class token
     @property
     def alignment_dim(self) -> int:
         return int(self.config.z_dims[0])

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
+from vfmvae.dit.latent_grid import LatentGridMixin
 from vfmvae.dit.layers import PatchEmbed, TimestepEmbedder, unpatchify
 from vfmvae.dit.lightningdit import LightningDiTFinalLayer
 from vfmvae.dit.pos_embed import AxialRoPE2d, sincos_2d_pos_embed
@@ -103,12 +104,13 @@ TEXT_DIT_PRESETS: dict[str, TextDiTConfig] = {
     "TextDiT-B/1": TextDiTConfig(depth=12, hidden_size=768, num_heads=12),
     "TextDiT-L/1": TextDiTConfig(depth=24, hidden_size=1024, num_heads=16),
     "TextDiT-XL/1": TextDiTConfig(),
-    "debug": TextDiTConfig(input_size=8, in_channels=8, hidden_size=64, depth=2, num_heads=4, num_queries=4,
-                           text_max_length=16),
+    "debug": TextDiTConfig(
+        input_size=8, in_channels=8, hidden_size=64, depth=2, num_heads=4, num_queries=4, text_max_length=16
+    ),
 }
 
 
-class TextDiT(nn.Module):
+class TextDiT(LatentGridMixin, nn.Module):
     """Velocity network ``v(x, t, text)``: ``x (B, C, H, W)``, ``t (B,)`` (1 = data), ``text`` ids ``(B, L)``
     int64 or stored features ``(B, L_t, D_t)``. Implements `vfmvae.dit.interface.DiffusionNetwork`."""
 
@@ -137,8 +139,13 @@ class TextDiT(nn.Module):
         self.blocks = nn.ModuleList(TextDiTBlock(cfg) for _ in range(cfg.depth))
         self.final_layer = LightningDiTFinalLayer(cfg)
         self.text_encoder, tokenizer = build_text_encoder(
-            cfg.text_encoder, cfg.text_encoder_path, cfg.text_encoder_preset, num_queries=cfg.num_queries,
-            kv_cache=cfg.kv_cache, dtype=cfg.text_encoder_dtype, allow_random=cfg.allow_random_text_encoder,
+            cfg.text_encoder,
+            cfg.text_encoder_path,
+            cfg.text_encoder_preset,
+            num_queries=cfg.num_queries,
+            kv_cache=cfg.kv_cache,
+            dtype=cfg.text_encoder_dtype,
+            allow_random=cfg.allow_random_text_encoder,
         )
         self.context_embedder = ContextEmbedder(self.text_encoder.feature_dim, D)
         self.pooled_embedder = nn.Linear(D, D) if cfg.pooled_condition else None
@@ -242,24 +249,7 @@ class TextDiT(nn.Module):
         return out if return_hidden is None else (out, hidden)
 
     # ------------------------------------------------------------------ DiffusionNetwork
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.config.in_channels, self.config.input_size, self.config.input_size)
-
-    @property
-    def token_grid(self) -> int:
-        return self.config.grid_size
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-    def initial_state(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        return torch.randn((n, *self.latent_shape), generator=generator, device=device)
-
-    def velocity(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self(state, t, condition)
-
+    # latent_shape, token_grid, num_blocks, initial_state, velocity: `LatentGridMixin`
     def training_state(self, latents: torch.Tensor, alignment: Mapping[str, Any] | None) -> TrainingState:
         return vfm_class_token_state(latents, alignment, None, self.alignment_dim)
 
@@ -296,7 +286,9 @@ def build_text_dit(
     fields = dict(overrides or {})
     unknown = sorted(set(fields) - set(TextDiTConfig.__dataclass_fields__))
     if unknown:
-        raise ValueError(f"unknown text_dit network_overrides {unknown}; fields: {sorted(TextDiTConfig.__dataclass_fields__)}")
+        raise ValueError(
+            f"unknown text_dit network_overrides {unknown}; fields: {sorted(TextDiTConfig.__dataclass_fields__)}"
+        )
     if "sample_prompts" in fields:
         fields["sample_prompts"] = tuple(fields["sample_prompts"])
     if fields.get("text_encoder_path") is not None:

@@ -34,12 +34,23 @@ __all__ = ["CAUSAL_LM_PRESETS", "QueryTokenEncoder", "build_causal_lm"]
 # `meta`-device parameter counts of paper-scale configs (real runs load the weights from a folder).
 CAUSAL_LM_PRESETS = {
     "debug": dict(
-        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     ),
     "qwen2.5-3b": dict(
-        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-        num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
     ),
 }
 
@@ -127,17 +138,22 @@ class QueryTokenEncoder(FrozenTextModule):
             with torch.no_grad():
                 cache = self.frozen(input_ids=prefix, attention_mask=mask, position_ids=pos, use_cache=True)
             out = self.frozen(
-                inputs_embeds=queries, attention_mask=full_mask, position_ids=q_pos,
-                cache=_cache_of(cache), use_cache=False,
+                inputs_embeds=queries,
+                attention_mask=full_mask,
+                position_ids=q_pos,
+                cache=_cache_of(cache),
+                use_cache=False,
             )
         else:
             with torch.no_grad():
                 prompt = embed(prefix)
             out = self.frozen(
-                inputs_embeds=torch.cat([prompt, queries], 1), attention_mask=full_mask,
-                position_ids=torch.cat([pos, q_pos], 1), use_cache=False,
+                inputs_embeds=torch.cat([prompt, queries], 1),
+                attention_mask=full_mask,
+                position_ids=torch.cat([pos, q_pos], 1),
+                use_cache=False,
             )
-        return out.last_hidden_state[:, -self.num_queries:].float()
+        return out.last_hidden_state[:, -self.num_queries :].float()
 
 
 def _cache_of(output):

@@ -19,12 +19,26 @@ from vfmvae.text.tokens import PAD
 __all__ = ["SIGLIP_TEXT_PRESETS", "SiglipTextEncoder", "build_siglip_text"]
 
 SIGLIP_TEXT_PRESETS = {
-    "debug": dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
-                  eos_token_id=3),
+    "debug": dict(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    ),
     # SigLIP2-L/16 text tower shapes (meta-device counts only; real runs load the weights).
-    "siglip2-large": dict(vocab_size=256000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                          num_attention_heads=16, max_position_embeddings=64),
+    "siglip2-large": dict(
+        vocab_size=256000,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        max_position_embeddings=64,
+    ),
 }
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "load_any_tokenizer",
     "tokenizer_presets",
+    "build_random_tokenizer",
     "is_baseline_preset",
     "tokenizer_record",
     "recorded_weights_sha256",
@@ -57,21 +58,26 @@ def tokenizer_presets() -> list[str]:
     return sorted([*PRESETS, *BASELINE_PRESETS])
 
 
-def _random(preset: str, decoder_only: bool, vfm_config: dict | None) -> torch.nn.Module:
+def build_random_tokenizer(preset: str, decoder_only: bool = False, vfm_config: dict | None = None) -> torch.nn.Module:
+    """A tokenizer of ``preset`` initialised from the *current* global RNG (the caller seeds it), any kind."""
     from .config import PRESETS
 
+    if is_baseline_preset(preset):
+        from vfmvae.baselines import KLAutoencoder
+
+        return KLAutoencoder(preset)
+    if preset not in PRESETS:
+        raise KeyError(f"unknown tokenizer preset {preset!r}; known: {tokenizer_presets()}")
+    from .model import VFMVAE
+
+    return VFMVAE(preset, decoder_only=decoder_only, vfm_config=vfm_config)
+
+
+def _random(preset: str, decoder_only: bool, vfm_config: dict | None) -> torch.nn.Module:
     log.warning("tokenizer %r with RANDOM weights (no tokenizer path given): demo/tests only", preset)
     with torch.random.fork_rng(devices=[]):  # seeded: two runs (and a resumed one) get the same tokenizer
         torch.manual_seed(0)
-        if is_baseline_preset(preset):
-            from vfmvae.baselines import KLAutoencoder
-
-            return KLAutoencoder(preset)
-        if preset not in PRESETS:
-            raise KeyError(f"unknown tokenizer preset {preset!r}; known: {tokenizer_presets()}")
-        from .model import VFMVAE
-
-        return VFMVAE(preset, decoder_only=decoder_only, vfm_config=vfm_config)
+        return build_random_tokenizer(preset, decoder_only, vfm_config)
 
 
 def _folder(path: Path, decoder_only: bool, vfm_pretrained, vfm_config) -> torch.nn.Module:
