@@ -281,3 +281,19 @@ vfm-comparison: install ## Paper's VFM table (configs/vfm_comparison/VFM): VFM=s
 	  $(if $(filter diffusion,$(STEP)),train-diffusion CONFIG=$(VFM_COMPARISON)/$(VFM)/lightningdit_l1_100k.yaml) \
 	  $(if $(filter sample,$(STEP)),sample SAMPLE_ARGS="$(call step_args,$(VFM_COMPARISON)/$(VFM)/sample.yaml) $(SAMPLE_ARGS)") \
 	  $(if $(filter evaluate,$(STEP)),evaluate EVAL_ARGS="$(call step_args,$(VFM_COMPARISON)/$(VFM)/evaluate.yaml) $(EVAL_ARGS)")
+
+# ---- text-to-image data and evaluation (docs/text_to_image.md)
+.PHONY: cache-captions evaluate-t2i
+cache-captions: install ## Captions (and SigLIP2 text features) beside a latent cache: CACHE=latent cache DATA_ROOT=caption folder|shards [SOURCE=folder|webdataset] [EMPTY_CAPTION=skip|null|error] [TEXT_FEATURES=1 TEXT_ENCODER=folder] [CAPTIONS_ARGS]
+	@[ -n "$(CACHE)" ] || { echo "cache-captions: CACHE is not set (the latent cache folder of 'make cache-latents' whose images the captions describe)" >&2; exit 2; }
+	@[ -n "$(DATA_ROOT)" ] || { echo "cache-captions: DATA_ROOT is not set (a caption folder with captions.jsonl, or a folder/glob of WebDataset shards with SOURCE=webdataset)" >&2; exit 2; }
+	$(PY) -m lightning_modules cache-captions --cache "$(CACHE)" --data-root "$(DATA_ROOT)" --source $(or $(SOURCE),folder) \
+	  $(if $(EMPTY_CAPTION),--empty-caption $(EMPTY_CAPTION)) $(if $(TEXT_FEATURES),--text-features) \
+	  $(if $(TEXT_ENCODER),--text-encoder-path "$(TEXT_ENCODER)") $(CAPTIONS_ARGS)
+
+evaluate-t2i: install ## FID and CLIP score of sample-t2i output: SAMPLES=dir [REFERENCE=dir INCEPTION=weights.pth] [CLIP=folder] [OUT=metrics.json] [EVAL_ARGS]
+	@[ -n "$(SAMPLES)" ] || { echo "evaluate-t2i: SAMPLES is not set (a 'make sample-t2i' output folder with images/ and prompts.jsonl)" >&2; exit 2; }
+	@[ -n "$(REFERENCE)$(CLIP)" ] || { echo "evaluate-t2i: set REFERENCE=dir with INCEPTION=weights.pth (FID) and/or CLIP=folder (CLIP score)" >&2; exit 2; }
+	@[ -z "$(REFERENCE)" ] || [ -n "$(INCEPTION)" ] || { echo "evaluate-t2i: INCEPTION is not set (torch-fidelity Inception weights .pth, needed for FID with REFERENCE)" >&2; exit 2; }
+	$(PY) -m lightning_modules evaluate-t2i --samples "$(SAMPLES)" $(if $(REFERENCE),--reference "$(REFERENCE)" --inception-weights "$(INCEPTION)") \
+	  $(if $(CLIP),--clip "$(CLIP)") $(if $(OUT),--out "$(OUT)") $(EVAL_ARGS)

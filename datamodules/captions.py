@@ -91,7 +91,7 @@ def read_captions_jsonl(path: str | Path) -> dict[str, str]:
                 raise ValueError(f'{path}:{lineno}: expected an object with "key" (or "file") and "caption"')
             key = str(obj["key"]) if "key" in obj else Path(str(obj["file"])).stem
             if key in out:
-                raise ValueError(f"{path}:{lineno}: duplicate caption for key {key!r}")
+                raise ValueError(f"{path}:{lineno}: a second caption for key {key!r} (one line per image)")
             out[key] = _caption_of(obj)
     return out
 

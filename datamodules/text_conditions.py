@@ -7,10 +7,13 @@ decoder is conditioned on, looked up in the main process per batch:
 |---|---|---|---|
 | ``class_ids`` | nothing (``label`` is already there) | the sorted class folders | ``cls2id`` |
 | ``class_names`` | ``"class_name": list[str]`` | ``class_names_path``: one name per line (line i = class id i), a JSON list, or the official ``{"<id>": text}`` JSON | ``cls2text`` |
-| ``captions`` | ``"caption": list[str]`` | ``captions.jsonl`` in each split folder: one ``{"file": <path relative to the split folder>, "caption": <text>}`` per line | ``text`` |
+| ``captions`` | ``"caption": list[str]`` | ``captions.jsonl`` in each split folder, the text-to-image format (`datamodules.captions.read_captions_jsonl`): one ``{"key": <file stem>, "caption": <text>}`` per line (``"file"`` may replace ``"key"``, ``"text"``/``"prompt"`` may replace ``"caption"``) | ``text`` |
 
-A caption is found by the image's key (its file stem, unique in an ImageFolder split) in the table of the
-split being read (validation batches: the val split's), so every image of a split needs exactly one caption: a missing or duplicated one is an error at setup, naming the file.
+Captions are cleaned as for text-to-image (`datamodules.captions.clean_caption`). A caption is found by the
+image's key (its file stem, unique in an ImageFolder split) in the table of the split being read (validation
+batches: the val split's), so every image of a split needs exactly one caption: a missing or duplicated one is
+an error at setup, naming the file. A caption empty after cleaning is an error (``empty_caption: error``) or
+the empty prompt (``null``); the tokenizer's image batches cannot leave images out (``skip``).
 Captions need the ImageFolder source (a WebDataset shard would carry its own ``txt``, not read here).
 
 With the embedded demo photographs (``config.demo``), ``prepare_data`` also writes the conditions: a caption
@@ -25,6 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from datamodules.captions import apply_policy, read_captions_jsonl
 from datamodules.imagefolder import IMAGE_EXTENSIONS, ImageFolderSource
 from datamodules.imagenet import ImageNetDataConfig, ImageNetDataModule
 
@@ -50,29 +54,14 @@ def load_class_names(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def load_captions(path: str | Path) -> dict[str, str]:
-    """``{image key: caption}`` from a ``captions.jsonl`` (``{"file": relative path, "caption": text}`` per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"captions file {path} does not exist: put a captions.jsonl in the split folder, one "
-            '{"file": "<class>/<image>.jpg", "caption": "..."} per line'
-        )
-    captions: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            key, caption = Path(row["file"]).stem, row["caption"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{n}: expected {{'file': ..., 'caption': ...}} ({err})") from err
-        if not isinstance(caption, str):
-            raise ValueError(f"{path}:{n}: the caption must be a string")
-        if key in captions:
-            raise ValueError(f"{path}:{n}: a second caption for image key {key!r}")
-        captions[key] = caption
-    return captions
+def load_captions(path: str | Path, empty_caption: str = "error") -> dict[str, str]:
+    """``{image key: cleaned caption}`` of a ``captions.jsonl``: the text-to-image reader
+    (`datamodules.captions.read_captions_jsonl`, one format for both) and its cleaning and ``empty_caption``
+    policy (``error`` or ``null``)."""
+    if empty_caption == "skip":
+        raise ValueError("empty_caption 'skip' would leave images out of the tokenizer's batches: use error or null")
+    counts: dict[str, int] = {}
+    return {key: apply_policy(key, raw, empty_caption, counts) for key, raw in read_captions_jsonl(path).items()}
 
 
 def demo_caption(class_name: str) -> str:
@@ -91,6 +80,7 @@ class ConditionalImageDataModule(ImageNetDataModule):
         condition: ``class_ids``, ``class_names`` or ``captions``.
         class_names_path: the class names file (``class_names``).
         captions_file: the captions file name inside each split folder (``captions``).
+        empty_caption: a caption empty after cleaning is an ``error`` or the empty prompt (``null``).
         demo_tokenizer_dir: demo data only: write a word-level tokenizer of the demo captions here.
     """
 
@@ -101,6 +91,7 @@ class ConditionalImageDataModule(ImageNetDataModule):
         class_names_path: str | None = None,
         captions_file: str = "captions.jsonl",
         demo_tokenizer_dir: str | None = None,
+        empty_caption: str = "error",
     ):
         super().__init__(config)
         if condition not in CONDITIONS:
@@ -115,6 +106,9 @@ class ConditionalImageDataModule(ImageNetDataModule):
             )
         self.condition, self.class_names_path, self.captions_file = condition, class_names_path, captions_file
         self.demo_tokenizer_dir = demo_tokenizer_dir
+        if empty_caption not in ("error", "null"):
+            raise ValueError(f"empty_caption must be 'error' or 'null' for tokenizer batches, got {empty_caption!r}")
+        self.empty_caption = empty_caption
         self.class_names: list[str] | None = None
         self.captions: dict[str, dict[str, str]] = {}  # split ("train" / "val") -> {image key: caption}
 
@@ -125,7 +119,7 @@ class ConditionalImageDataModule(ImageNetDataModule):
         splits = [self.split_path(s) for s in (self.config.train_split, self.config.val_split) if s is not None]
         texts = []
         for split in splits:
-            rows = [{"file": str(p.relative_to(split)), "caption": demo_caption(p.parent.name)} for p in _images(split)]
+            rows = [{"key": p.stem, "caption": demo_caption(p.parent.name)} for p in _images(split)]
             (split / self.captions_file).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             texts += [r["caption"] for r in rows]
         classes = sorted(p.name for p in splits[0].iterdir() if p.is_dir())
@@ -152,7 +146,7 @@ class ConditionalImageDataModule(ImageNetDataModule):
                 f"{len(source.classes)} class folders"
             )
         if self.condition == "captions":
-            table = load_captions(source.root / self.captions_file)
+            table = load_captions(source.root / self.captions_file, self.empty_caption)
             missing = [k for k in source.keys if k not in table]
             if missing:
                 raise ValueError(

@@ -35,6 +35,7 @@ from datamodules.latent_dataset import find_latent_dataset
 from vfmvae.dit.parallelize import shard_diffusion_network
 from vfmvae.dit.registry import build_from_hparams
 from vfmvae.provenance import state_dict_sha256, to_jsonable
+from vfmvae.text.weights_record import check_text_encoders, text_encoder_records
 from vfmvae.transport import TRANSPORT_PRESETS, DiffusionObjective, TransportConfig, parse_convention
 from vfmvae.utils.guard import NonFiniteGuard
 from vfmvae.utils.rng import RankRNGStream
@@ -84,8 +85,9 @@ class DiffusionModule(LightningModule):
         network: a registered family (``"lightningdit"``, ``"reg"``, see `vfmvae.dit.network_families`);
             ``preset`` a key of that family's presets (``"LightningDiT-XL/1"``, ``"SiT-XL/1-REG"``,
             ``"debug"``); ``network_overrides`` shape fields.
-        repa_encoder_depth / repa_projector_dim / repa_z_dim: LightningDiT only, a REPA projector on
-            block ``repa_encoder_depth`` (1-based) predicting ``repa_z_dim`` features (beyond the paper).
+        repa_encoder_depth / repa_projector_dim / repa_z_dim: networks that take them (LightningDiT and the
+            text-to-image ``text_dit``): a REPA projector on block ``repa_encoder_depth`` (1-based) predicting
+            ``repa_z_dim`` features (beyond the paper).
         transport / transport_overrides: a `vfmvae.transport.TRANSPORT_PRESETS` key and field overrides
             (e.g. ``{"uniform_from_step": 600000}``); its convention must be the network's own.
         lr, betas, weight_decay, adam_eps, fused: AdamW (constant lr); ``fused=None`` = fused on CUDA.
@@ -146,6 +148,7 @@ class DiffusionModule(LightningModule):
         # Times, noise and label dropout come from a per-rank checkpointed stream (exact resume).
         self.rng = RankRNGStream(seed)
         self.last_time_distribution: str | None = None
+        self._text_encoders: dict[str, dict[str, Any]] | None = None  # frozen text encoders' weights records
         if compile_blocks:
             for block in self.net.blocks:  # in place: parameter names and state_dict keys unchanged
                 block.compile()
@@ -161,6 +164,9 @@ class DiffusionModule(LightningModule):
         return getattr(ds, "normalizer", None)
 
     def setup(self, stage: str) -> None:
+        # Hash the frozen text encoders once, before FSDP shards or a precision plugin casts the network
+        # (setup runs before both); recorded in every checkpoint, checked on resume (`vfmvae.text.weights_record`).
+        self._text_encoders = text_encoder_records(self.net)
         if stage != "fit":
             return
         trainer = self.trainer
@@ -271,14 +277,26 @@ class DiffusionModule(LightningModule):
             "batch_plan": to_jsonable(self.plan) if self.plan else None,
             "provenance": _data_provenance(self.trainer.datamodule if self._trainer else None),
         }
+        if self._frozen_text_records():
+            checkpoint["diffusion"]["provenance"]["text_encoders"] = self._frozen_text_records()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("diffusion")
         if state:
+            # A frozen text encoder rebuilt from other weights than the run trained with: refuse (one line).
+            check_text_encoders(
+                self.net, (state.get("provenance") or {}).get("text_encoders"),
+                source="the checkpoint being resumed", current=self._frozen_text_records(),
+            )
             self.guard.load_state_dict(state["guard"])
             self._micro_step = int(state.get("micro_step", 0))
             if "rng" in state:
                 self.rng.load_state_dict(state["rng"])
+
+    def _frozen_text_records(self) -> dict[str, dict[str, Any]]:
+        if self._text_encoders is None:  # no setup (a bare load_from_checkpoint): the network is not sharded
+            self._text_encoders = text_encoder_records(self.net)
+        return self._text_encoders
 
     def network_sha256(self) -> str:
         return state_dict_sha256(self.net)

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -51,7 +54,17 @@ def test_cache_captions_command(tmp_path):
         (data / "g" / f"{key}.png").write_bytes((tmp_path / "demo" / "images").rglob(f"{key}.png").__next__().read_bytes())
     lines = [json.dumps({"key": k, "caption": f"photo &amp; {i}" if i else ""}) for i, k in enumerate(keys)]
     (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    assert run(["--cache", str(cache), "--data-root", str(data), "--text-features"]) == 0
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
+    make = ["make", "--no-print-directory", "cache-captions", f"PY={sys.executable}"]
+    done = subprocess.run([*make, f"CACHE={cache}", f"DATA_ROOT={data}", "TEXT_FEATURES=1"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     ds = CaptionLatentDataset(cache, use_text_features=True)
     assert len(ds) == len(keys) - 1 and ds[0]["caption"] == "photo & 1" and ds[0]["text_features"].shape == (16, 32)
     assert json.loads((cache / "captions_manifest.json").read_text())["skipped"] == [keys[0]]
+    # The command itself (no make) and the target's one-line errors for missing variables.
+    assert run(["--cache", str(cache), "--data-root", str(data), "--empty-caption", "null"]) == 0
+    assert len(CaptionLatentDataset(cache)) == len(keys)
+    for given, missing in (([], "CACHE"), ([f"CACHE={cache}"], "DATA_ROOT")):
+        done = subprocess.run([*make, *given], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(f"cache-captions: {missing} is not set ("), done.stderr

@@ -4,7 +4,10 @@ local CLIP (checked against the CLIP model's own embeddings), FID against a refe
 from __future__ import annotations
 
 import json
+import os
 import string
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,3 +96,25 @@ def test_fid_against_a_reference_folder(tmp_path):
     assert abs(fids[0]) < 1e-3 and fids[1] > 1.0
     with pytest.raises(InputError, match="both --reference and --inception-weights"):
         evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--reference", str(same)])
+
+
+def test_make_evaluate_t2i(tmp_path):
+    """`make evaluate-t2i` gives the command's CLIP score; missing variables are one-line errors."""
+    clip = _tiny_clip(tmp_path / "clip")
+    images = np.random.default_rng(3).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    _samples(tmp_path / "s", images, ["a red cat", "the moon"])
+    assert evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--clip", str(clip)]) == 0
+    direct = json.loads((tmp_path / "s" / "metrics_t2i.json").read_text())["clip_score"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
+    make = ["make", "--no-print-directory", "evaluate-t2i", f"PY={sys.executable}"]
+    done = subprocess.run([*make, f"SAMPLES={tmp_path / 's'}", f"CLIP={clip}", f"OUT={tmp_path / 'm.json'}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "m.json").read_text())["clip_score"] == pytest.approx(direct, abs=1e-6)
+    for given, message in (
+        ([], "evaluate-t2i: SAMPLES is not set ("),
+        ([f"SAMPLES={tmp_path}"], "evaluate-t2i: set REFERENCE=dir with INCEPTION=weights.pth"),
+        ([f"SAMPLES={tmp_path}", f"REFERENCE={tmp_path}"], "evaluate-t2i: INCEPTION is not set ("),
+    ):
+        done = subprocess.run([*make, *given], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr

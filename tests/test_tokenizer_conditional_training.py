@@ -164,3 +164,25 @@ def test_paper_size_config_parses_with_the_gpu_trainer(repo_root, capsys):
     assert printed["trainer"]["precision"] == "bf16-mixed"
     assert printed["model"]["init_args"]["tokenizer"] == "vfmvae-f16d32-siglip2-text"
     assert printed["data"]["init_args"]["condition"] == "captions"
+
+
+def test_one_captions_format_for_the_tokenizer_and_text_to_image(tmp_path):
+    """A ``{"key", "caption"}`` captions.jsonl (the text-to-image format) conditions the tokenizer too, with the
+    same cleaning, and both readers give the same captions."""
+    from datamodules.captions import CaptionFolderSource
+    from datamodules.imagenet import data_preset
+
+    cfg = data_preset("debug", root=str(tmp_path / "d"), resolution=32)
+    ConditionalImageDataModule(cfg, "captions").prepare_data()
+    split = tmp_path / "d" / "train"
+    rows = [json.loads(x) for x in (split / "captions.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"key", "caption"} for r in rows)  # the demo writes the one format
+    keyed = [{"key": r["key"], "text": f"  {r['caption']} &amp; <b>more</b>"} for r in rows]
+    (split / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keyed))
+    dm = ConditionalImageDataModule(cfg, "captions")
+    dm.setup("fit")
+    expected = {r["key"]: f"{r['caption']} & more" for r in rows}
+    assert dm.captions["train"] == expected
+    assert CaptionFolderSource(split).captions() == expected
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["caption"] == [expected[k] for k in batch["key"]]

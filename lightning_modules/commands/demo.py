@@ -19,12 +19,16 @@ finished phases and redoes an unfinished one from its start):
 8. ``evaluate``         reconstruction PSNR/SSIM of the trained vs the untrained tokenizer on the held-out
                         split (paper protocol: sampled latents, 8-bit outputs truncated as the official tools
                         write them), and a demo FID of the samples vs the held-out split (`vfmvae.demo`);
-9. ``summary``          ``metrics.json``, ``summary.txt`` and the self-checks (PASS/FAIL; exit 1 on FAIL when the
+9. ``t2i``              a tiny text-to-image run (debug TextDiT, query tokens through a tiny random causal LM)
+                        on the same latents with the photographs' captions, ``vfmvae sample-t2i`` for every
+                        caption, and the check that the prompt matters (`lightning_modules/demo_t2i.py`,
+                        ``configs/demo/t2i.yaml``);
+10. ``summary``         ``metrics.json``, ``summary.txt`` and the self-checks (PASS/FAIL; exit 1 on FAIL when the
                         size enforces them: ``demo`` does, the CI sizes train too briefly and only report them),
-                        and the run report ``report.html`` over the three runs (``vfmvae report``).
+                        and the run report ``report.html`` over the four training runs (``vfmvae report``).
 
 The sizes are YAML (`vfmvae.demo.size`): ``configs/demo/runner.yaml`` for the phases that are not training
-runs, the run YAMLs for the three training runs, and ``configs/demo/size_<name>/`` overlays stacked last for
+runs, the run YAMLs for the four training runs (tokenizer stages 0 and 2, REG, text-to-image), and ``configs/demo/size_<name>/`` overlays stacked last for
 ``--size <name>``. Every training phase is ``vfmvae fit`` over those YAMLs plus the output
 paths on the command line (printed, so it can be repeated by hand; the resolved config is saved next to the
 run's logs). Everything is tiny and randomly initialised: no weight file and no network access is needed.

@@ -11,6 +11,11 @@ every channel where t >= 0.125; ``--cfg-scale 1`` without CFG) through the same 
 run as `vfmvae sample` (`lightning_modules.sampling`): chunks, seeds from (seed, first image index),
 a second run with the same settings resumes and redoes nothing finished (docs/design.md, "Sampling and
 guidance"; docs/text_to_image.md, "Training and sampling").
+
+Inputs are checked as by `vfmvae sample` (`vfmvae.provenance_checks.sampling_inputs`): ``--tokenizer`` must be
+the tokenizer the latent cache was made with (``--allow-tokenizer-mismatch`` opts out), ``--latent-stats``
+the statistics the checkpoint trained with, and the frozen text encoder rebuilt from ``text_encoder_path``
+the one whose weights hash the checkpoint records (`vfmvae.text.weights_record`); each refusal is one line.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from lightning_modules.sampling import SampleDataModule, SampleModule
 from vfmvae.commands._errors import InputError, run_cli
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.provenance import state_dict_sha256, to_jsonable
-from vfmvae.tokenizer.loading import load_decoder, load_latent_stats
+from vfmvae.provenance_checks import sampling_inputs
+from vfmvae.text.weights_record import check_text_encoders
+from vfmvae.tokenizer.loading import load_decoder
 from vfmvae.transport.sampling import sampler_config
 from vfmvae.utils.safe_load import trusting_pickles
 from vfmvae.utils.sample_store import SEED_RULE, check_resume, write_json_atomic
@@ -64,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer", required=True, help="VFM-VAE save_pretrained folder, or 'none' (random decoder)")
     ap.add_argument("--tokenizer-preset", default="vfmvae-f16d32-siglip2", help="preset of a random ('none') decoder")
     ap.add_argument("--tokenizer-kwargs", help="official generator kwargs (JSON/YAML) for an official .pth")
+    ap.add_argument(
+        "--allow-tokenizer-mismatch", action="store_true", help="decode with another tokenizer than the cache's"
+    )
     ap.add_argument("--latent-stats", help="latents_stats.pt (default: the statistics recorded in the checkpoint)")
     ap.add_argument("--out", required=True, help="output folder (images/, chunks/, prompts.jsonl, the .npz)")
     ap.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
@@ -87,14 +97,25 @@ def run(argv: list[str] | None = None) -> int:
     if min(args.per_prompt, args.chunk_size, args.batch_size) < 1:
         raise InputError("--per-prompt, --chunk-size and --batch-size must be >= 1")
     prompts = read_prompts(args.prompts)
-    with trusting_pickles(args.trust_pickle):
-        net, family, net_record, train_prov = load_sampling_network(args.ckpt, None, args.weights)
-    if not hasattr(net.condition, "prompts"):
-        raise InputError(f"{args.ckpt} holds a {family} network, not a text-conditioned one")
-    net.condition.prompts = tuple(prompts)  # "balanced" draws: image i gets prompt i mod P
     tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
-    decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
-    normalizer = load_latent_stats(args.latent_stats, train_prov.get("latent_stats"))
+    try:  # the inputs must be the run's own (as `vfmvae sample`): one line, nothing written
+        with trusting_pickles(args.trust_pickle):
+            net, family, net_record, train_prov = load_sampling_network(args.ckpt, None, args.weights)
+        if not hasattr(net.condition, "prompts"):
+            raise InputError(f"{args.ckpt} holds a {family} network, not a text-conditioned one")
+        if train_prov:  # an export or training checkpoint: its frozen text encoder must be the one trained with
+            check_text_encoders(net, train_prov.get("text_encoders"), source=f"the checkpoint {args.ckpt}")
+        decoder = load_decoder(tokenizer, args.tokenizer_preset, args.tokenizer_kwargs)
+        normalizer, export_hash, cache_hash = sampling_inputs(
+            decoder, train_prov, args.latent_stats, args.allow_tokenizer_mismatch
+        )
+        if normalizer.num_channels != net.latent_shape[0]:
+            raise InputError(
+                f"latent statistics have {normalizer.num_channels} channels, the network {net.latent_shape[0]}"
+            )
+    except (ValueError, KeyError) as err:
+        raise InputError(str(err).strip("'\"")) from err
+    net.condition.prompts = tuple(prompts)  # "balanced" draws: image i gets prompt i mod P
     config = sampler_config(net, args.sampler, cfg_scale=args.cfg_scale, num_steps=args.num_steps)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -104,7 +125,8 @@ def run(argv: list[str] | None = None) -> int:
         "label_mode": "prompts", "prompts_file": str(args.prompts), "prompts": prompts,
         "sampler": to_jsonable(config), "precision": args.precision, "uint8_mode": "truncate",
         "family": family, "network": net_record, "network_sha256": state_dict_sha256(net),
-        "tokenizer": {"source": tokenizer, "preset": args.tokenizer_preset if tokenizer is None else None},
+        "tokenizer": {"source": tokenizer, "preset": args.tokenizer_preset if tokenizer is None else None,
+                      "export_sha256": export_hash, "latent_cache_sha256": cache_hash},
         "tokenizer_sha256": state_dict_sha256(decoder), "training_provenance": train_prov,
     }
     check_resume(out, to_jsonable(provenance))

@@ -49,6 +49,9 @@ def build_text_encoder(
     if kind == "causal_lm":
         lm = build_causal_lm(path, preset, dtype)
         start = _special_id(tokenizer, "bos", "eos", "pad")
-        return QueryTokenEncoder(lm, num_queries, start, kv_cache=kv_cache), tokenizer
-    tower = build_siglip_text(path, preset, dtype)
-    return SiglipTextEncoder(tower, _special_id(tokenizer, "pad", "eos")), tokenizer
+        encoder = QueryTokenEncoder(lm, num_queries, start, kv_cache=kv_cache)
+    else:
+        encoder = SiglipTextEncoder(build_siglip_text(path, preset, dtype), _special_id(tokenizer, "pad", "eos"))
+    # Where the frozen weights came from, recorded beside their hash (`vfmvae.text.weights_record`).
+    encoder.source = {"kind": kind, "path": path, "preset": None if path is not None else preset, "dtype": dtype}
+    return encoder, tokenizer

@@ -38,7 +38,23 @@ def seeded_random(build, seed: int = 0):
 
 
 class FrozenTextModule(nn.Module):
-    """Base of the text encoders: ``self.frozen`` is the HF model; ``train()`` keeps it in eval mode."""
+    """Base of the text encoders: ``self.frozen`` is the HF model; ``train()`` keeps it in eval mode.
+
+    ``source``: where the frozen model came from (``kind``, ``path``, ``preset``, ``dtype``; set by
+    `vfmvae.text.encoders.build_text_encoder`), recorded with its weights hash (`vfmvae.text.weights_record`).
+    """
+
+    source: dict | None = None
+    _weights_sha256: str | None = None
+
+    def weights_sha256(self) -> str:
+        """sha256 of the frozen model's weights (`vfmvae.provenance.state_dict_sha256`), computed once: the
+        model never trains, and the first call comes before any sharding or cast."""
+        if self._weights_sha256 is None:
+            from vfmvae.provenance import state_dict_sha256
+
+            self._weights_sha256 = state_dict_sha256(self.frozen)
+        return self._weights_sha256
 
     def _freeze(self) -> None:
         self.frozen.requires_grad_(False)
