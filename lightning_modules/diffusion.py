@@ -285,8 +285,10 @@ class DiffusionModule(LightningModule):
         if state:
             # A frozen text encoder rebuilt from other weights than the run trained with: refuse (one line).
             check_text_encoders(
-                self.net, (state.get("provenance") or {}).get("text_encoders"),
-                source="the checkpoint being resumed", current=self._frozen_text_records(),
+                self.net,
+                (state.get("provenance") or {}).get("text_encoders"),
+                source="the checkpoint being resumed",
+                current=self._frozen_text_records(),
             )
             self.guard.load_state_dict(state["guard"])
             self._micro_step = int(state.get("micro_step", 0))

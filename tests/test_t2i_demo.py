@@ -51,13 +51,20 @@ def test_cache_captions_command(tmp_path):
     data = tmp_path / "pairs"
     (data / "g").mkdir(parents=True)
     for key in keys:  # the caption folder's keys are the cache's (file stems)
-        (data / "g" / f"{key}.png").write_bytes((tmp_path / "demo" / "images").rglob(f"{key}.png").__next__().read_bytes())
+        (data / "g" / f"{key}.png").write_bytes(
+            (tmp_path / "demo" / "images").rglob(f"{key}.png").__next__().read_bytes()
+        )
     lines = [json.dumps({"key": k, "caption": f"photo &amp; {i}" if i else ""}) for i, k in enumerate(keys)]
     (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
     make = ["make", "--no-print-directory", "cache-captions", f"PY={sys.executable}"]
-    done = subprocess.run([*make, f"CACHE={cache}", f"DATA_ROOT={data}", "TEXT_FEATURES=1"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*make, f"CACHE={cache}", f"DATA_ROOT={data}", "TEXT_FEATURES=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ds = CaptionLatentDataset(cache, use_text_features=True)
     assert len(ds) == len(keys) - 1 and ds[0]["caption"] == "photo & 1" and ds[0]["text_features"].shape == (16, 32)

@@ -29,14 +29,31 @@ def _tiny_clip(folder):
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    )
     n = len(vocab)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=77, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -60,8 +77,14 @@ def test_clip_score_matches_the_clip_embeddings(tmp_path):
 
     def mean_cos(images):
         with torch.no_grad():
-            out = model(**proc(text=prompts, images=list(torch.from_numpy(images).permute(0, 3, 1, 2)),
-                               return_tensors="pt", padding=True))
+            out = model(
+                **proc(
+                    text=prompts,
+                    images=list(torch.from_numpy(images).permute(0, 3, 1, 2)),
+                    return_tensors="pt",
+                    padding=True,
+                )
+            )
         return float(torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).mean())
 
     # torchmetrics' definition: max(100 * mean cos(E_I, E_C), 0); pick images where it is not clamped.
@@ -90,8 +113,18 @@ def test_fid_against_a_reference_folder(tmp_path):
         Image.fromarray(rng.integers(0, 60, (40, 64, 3), dtype=np.uint8)).save(other / f"{i}.jpg")
     fids = []
     for ref in (same, other.parent):
-        evaluate_t2i.run(["--samples", str(tmp_path / "s"), "--reference", str(ref), "--inception-weights",
-                           str(weights), "--batch-size", "3"])
+        evaluate_t2i.run(
+            [
+                "--samples",
+                str(tmp_path / "s"),
+                "--reference",
+                str(ref),
+                "--inception-weights",
+                str(weights),
+                "--batch-size",
+                "3",
+            ]
+        )
         fids.append(json.loads((tmp_path / "s" / "metrics_t2i.json").read_text())["fid"])
     assert abs(fids[0]) < 1e-3 and fids[1] > 1.0
     with pytest.raises(InputError, match="both --reference and --inception-weights"):
@@ -107,8 +140,13 @@ def test_make_evaluate_t2i(tmp_path):
     direct = json.loads((tmp_path / "s" / "metrics_t2i.json").read_text())["clip_score"]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
     make = ["make", "--no-print-directory", "evaluate-t2i", f"PY={sys.executable}"]
-    done = subprocess.run([*make, f"SAMPLES={tmp_path / 's'}", f"CLIP={clip}", f"OUT={tmp_path / 'm.json'}"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*make, f"SAMPLES={tmp_path / 's'}", f"CLIP={clip}", f"OUT={tmp_path / 'm.json'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "m.json").read_text())["clip_score"] == pytest.approx(direct, abs=1e-6)
     for given, message in (

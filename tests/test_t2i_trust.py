@@ -26,8 +26,15 @@ OVERRIDES = {"input_size": 4, "num_queries": 3, "text_max_length": 12}
 
 def _save_tiny_lm(folder, seed):
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     Qwen2Model(cfg).save_pretrained(folder)
     debug_tokenizer().save_pretrained(folder)
     return folder
@@ -35,13 +42,24 @@ def _save_tiny_lm(folder, seed):
 
 def _fit(root, lm, steps=1, ckpt=None, save=None):
     torch.manual_seed(0)
-    module = DiffusionModule(network="text_dit", preset="debug", global_batch_size=4,
-                             network_overrides={**OVERRIDES, "text_encoder_path": str(lm)})
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, use_distributed_sampler=False, enable_model_summary=False,
-                      callbacks=[EMACallback(attributes=["net"], preset="dit")], num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=DemoCaptionDataModule(root=str(root), num_per_class=1, batch_size=4),
-                ckpt_path=ckpt)
+    module = DiffusionModule(
+        network="text_dit",
+        preset="debug",
+        global_batch_size=4,
+        network_overrides={**OVERRIDES, "text_encoder_path": str(lm)},
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        callbacks=[EMACallback(attributes=["net"], preset="dit")],
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=DemoCaptionDataModule(root=str(root), num_per_class=1, batch_size=4), ckpt_path=ckpt)
     if save:
         trainer.save_checkpoint(save)
 
@@ -56,8 +74,23 @@ def trained(tmp_path_factory):
 
 
 def _sample_argv(ckpt, out, *extra):
-    return ["--ckpt", str(ckpt), "--prompts", str(out.parent / "prompts.txt"), "--out", str(out), "--weights", "raw",
-            "--num-steps", "2", "--accelerator", "cpu", "--tokenizer-preset", "debug", *extra]
+    return [
+        "--ckpt",
+        str(ckpt),
+        "--prompts",
+        str(out.parent / "prompts.txt"),
+        "--out",
+        str(out),
+        "--weights",
+        "raw",
+        "--num-steps",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--tokenizer-preset",
+        "debug",
+        *extra,
+    ]
 
 
 def _error_line(capsys) -> str:
@@ -91,12 +124,15 @@ def test_sample_t2i_refuses_another_tokenizer_and_other_statistics(trained, tmp_
     LatentNormalizer(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 1.5, 8)).save(other)
     with pytest.raises(SystemExit):
         main(_sample_argv(ckpt, tmp_path / "b", "--tokenizer", "none", "--latent-stats", str(other)))
-    trained_hash = state_dict_sha256({k: torch.tensor(recorded["latent_stats"][k]).reshape(1, -1, 1, 1)
-                                      for k in ("mean", "std")})
+    trained_hash = state_dict_sha256(
+        {k: torch.tensor(recorded["latent_stats"][k]).reshape(1, -1, 1, 1) for k in ("mean", "std")}
+    )
     line = _error_line(capsys)
     assert line.startswith(f"vfmvae sample-t2i: error: latent statistics --latent-stats {other} (sha256 ")
-    assert f"are not the ones recorded by the checkpoint (trained on {recorded['latent_root']}) " \
-           f"(sha256 {trained_hash[:12]})" in line
+    assert (
+        f"are not the ones recorded by the checkpoint (trained on {recorded['latent_root']}) "
+        f"(sha256 {trained_hash[:12]})" in line
+    )
 
     # The explicit opt-out samples with the other decoder.
     argv = _sample_argv(ckpt, tmp_path / "c", "--tokenizer", str(tmp_path / "export"), "--allow-tokenizer-mismatch")
@@ -120,8 +156,10 @@ def test_text_encoder_hash_is_recorded_and_checked(trained, tmp_path, capsys, ca
     torch.save(state, tmp_path / "moved.ckpt")
     with pytest.raises(SystemExit):
         main(_sample_argv(tmp_path / "moved.ckpt", tmp_path / "a", "--tokenizer", "none"))
-    expected = (f"text encoder text_encoder at {other} has weights sha256 {other_hash[:12]}, but the run was "
-                f"trained with {lm_hash[:12]} (at {lm}); point text_encoder_path at the weights it was trained with")
+    expected = (
+        f"text encoder text_encoder at {other} has weights sha256 {other_hash[:12]}, but the run was "
+        f"trained with {lm_hash[:12]} (at {lm}); point text_encoder_path at the weights it was trained with"
+    )
     assert _error_line(capsys) == f"vfmvae sample-t2i: error: {expected}"
     assert not (tmp_path / "a").exists()
 

@@ -121,34 +121,57 @@ def run(argv: list[str] | None = None) -> int:
     (out / "images").mkdir(parents=True, exist_ok=True)
     num_images = len(prompts) * args.per_prompt
     provenance = {
-        "num_images": num_images, "chunk_size": args.chunk_size, "seed": args.seed, "seed_rule": SEED_RULE,
-        "label_mode": "prompts", "prompts_file": str(args.prompts), "prompts": prompts,
-        "sampler": to_jsonable(config), "precision": args.precision, "uint8_mode": "truncate",
-        "family": family, "network": net_record, "network_sha256": state_dict_sha256(net),
-        "tokenizer": {"source": tokenizer, "preset": args.tokenizer_preset if tokenizer is None else None,
-                      "export_sha256": export_hash, "latent_cache_sha256": cache_hash},
-        "tokenizer_sha256": state_dict_sha256(decoder), "training_provenance": train_prov,
+        "num_images": num_images,
+        "chunk_size": args.chunk_size,
+        "seed": args.seed,
+        "seed_rule": SEED_RULE,
+        "label_mode": "prompts",
+        "prompts_file": str(args.prompts),
+        "prompts": prompts,
+        "sampler": to_jsonable(config),
+        "precision": args.precision,
+        "uint8_mode": "truncate",
+        "family": family,
+        "network": net_record,
+        "network_sha256": state_dict_sha256(net),
+        "tokenizer": {
+            "source": tokenizer,
+            "preset": args.tokenizer_preset if tokenizer is None else None,
+            "export_sha256": export_hash,
+            "latent_cache_sha256": cache_hash,
+        },
+        "tokenizer_sha256": state_dict_sha256(decoder),
+        "training_provenance": train_prov,
     }
     check_resume(out, to_jsonable(provenance))
     if json.loads((out / "sampling.json").read_text()).get("prompts") != prompts:
         raise InputError(f"{out} holds samples of other prompts; use a new --out")
     listing = out / "prompts.jsonl"
     if not listing.is_file():
-        rows = [{"index": i, "prompt_index": i % len(prompts), "prompt": prompts[i % len(prompts)]}
-                for i in range(num_images)]
+        rows = [
+            {"index": i, "prompt_index": i % len(prompts), "prompt": prompts[i % len(prompts)]}
+            for i in range(num_images)
+        ]
         write_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         write_json_atomic(out / "prompts.json", {"prompts": prompts, "per_prompt": args.per_prompt})
         listing.write_text(write_text, encoding="utf-8")
     devices = args.devices if args.devices == "auto" else int(args.devices)
     writer = SampleWriter(out, provenance)
     trainer = Trainer(
-        accelerator=args.accelerator, devices=devices, precision="32-true" if args.precision == "fp32" else "bf16-mixed",
-        logger=False, callbacks=[writer], use_distributed_sampler=False, enable_model_summary=False,
-        inference_mode=True, enable_progress_bar=False,
+        accelerator=args.accelerator,
+        devices=devices,
+        precision="32-true" if args.precision == "fp32" else "bf16-mixed",
+        logger=False,
+        callbacks=[writer],
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        inference_mode=True,
+        enable_progress_bar=False,
     )
     module = SampleModule(net, decoder, normalizer, config, "balanced", args.seed)
-    trainer.predict(module, datamodule=SampleDataModule(out, num_images, args.chunk_size, args.batch_size),
-                    return_predictions=False)
+    trainer.predict(
+        module, datamodule=SampleDataModule(out, num_images, args.chunk_size, args.batch_size), return_predictions=False
+    )
     if writer.npz_path is not None:
         print(f"sample-t2i: {num_images} images for {len(prompts)} prompts -> {writer.npz_path}")
     return 0
