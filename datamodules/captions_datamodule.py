@@ -38,8 +38,11 @@ SOURCES = ("folder", "webdataset")
 
 def _pair(record: CaptionRecord, crop: str, size: int) -> dict[str, Any]:
     image = get_crop(crop)(decode_rgb(record.data), size, None)
-    return {"image": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), "caption": record.caption,
-            "key": record.key}
+    return {
+        "image": torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
+        "caption": record.caption,
+        "key": record.key,
+    }
 
 
 class CaptionImages(Dataset):
@@ -112,7 +115,9 @@ class CaptionDataModule(LightningDataModule):
             raise ValueError(f"CaptionDataModule: mode must be one of {MODES}, source one of {SOURCES}")
         root = latent_root if mode == "latents" else data_root
         if root is None:
-            raise ValueError(f"CaptionDataModule in {mode!r} mode needs {'latent_root' if mode == 'latents' else 'data_root'}")
+            raise ValueError(
+                f"CaptionDataModule in {mode!r} mode needs {'latent_root' if mode == 'latents' else 'data_root'}"
+            )
         self.mode, self.latent_root, self.latent_policy = mode, latent_root, latent_policy
         self.return_images, self.use_text_features = return_images, use_text_features
         self.source, self.data_root, self.crop, self.image_size = source, data_root, crop, image_size
@@ -131,15 +136,20 @@ class CaptionDataModule(LightningDataModule):
         rank, world = self._rank_world()
         if self.mode == "latents":
             self.dataset = CaptionLatentDataset(
-                self.latent_root, use_text_features=self.use_text_features, policy=self.latent_policy,
-                return_images=self.return_images, seed=self.seed,
+                self.latent_root,
+                use_text_features=self.use_text_features,
+                policy=self.latent_policy,
+                return_images=self.return_images,
+                seed=self.seed,
             )
         elif self.source == "folder":
-            self.dataset = CaptionImages(CaptionFolderSource(self.data_root, self.empty_caption), self.crop,
-                                         self.image_size)
+            self.dataset = CaptionImages(
+                CaptionFolderSource(self.data_root, self.empty_caption), self.crop, self.image_size
+            )
         else:
-            self.dataset = StreamedCaptionImages(_shards(self.data_root), self.crop, self.image_size,
-                                                 self.empty_caption, rank, world)
+            self.dataset = StreamedCaptionImages(
+                _shards(self.data_root), self.crop, self.image_size, self.empty_caption, rank, world
+            )
             return
         self.sampler = ResumableDistributedSampler(
             self.dataset, num_replicas=world, rank=rank, shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last
@@ -163,9 +173,14 @@ class CaptionDataModule(LightningDataModule):
         if self.sampler is not None and len(self.dataset) < self.batch_size * self.sampler.num_replicas:
             raise ValueError(f"{len(self.dataset)} captioned samples are fewer than one batch of {self.batch_size}")
         return EpochDataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
-            collate_fn=default_collate, drop_last=self.drop_last and self.sampler is not None,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
+            collate_fn=default_collate,
+            drop_last=self.drop_last and self.sampler is not None,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def predict_dataloader(self) -> EpochDataLoader:

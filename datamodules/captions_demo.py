@@ -60,8 +60,12 @@ class DemoCaptionDataModule(CaptionDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            mode="latents", latent_root=str(Path(root) / "latents"), latent_policy=latent_policy,
-            batch_size=batch_size, num_workers=num_workers, seed=seed,
+            mode="latents",
+            latent_root=str(Path(root) / "latents"),
+            latent_policy=latent_policy,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
         )
         self.root, self.tokenizer, self.tokenizer_preset = Path(root), tokenizer, tokenizer_preset
         self.num_per_class, self.resolution = num_per_class, resolution

@@ -38,8 +38,12 @@ def _folder(tmp_path):
     (root / "g1").mkdir(parents=True)
     for i, key in enumerate(["k0", "k1", "k2", "k3"]):
         (root / "g1" / f"{key}.png").write_bytes(_png(i))
-    lines = [{"key": "k0", "caption": "a red cat"}, {"file": "g1/k1.png", "text": "  a <i>blue</i> dog "},
-             {"key": "k2", "caption": "<br>   "}, {"key": "zz", "caption": "no image"}]  # k3: no entry
+    lines = [
+        {"key": "k0", "caption": "a red cat"},
+        {"file": "g1/k1.png", "text": "  a <i>blue</i> dog "},
+        {"key": "k2", "caption": "<br>   "},
+        {"key": "zz", "caption": "no image"},
+    ]  # k3: no entry
     (root / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return root
 
@@ -58,25 +62,43 @@ def test_caption_folder_policies(tmp_path):
 
 
 def test_caption_datamodule_images_both_layouts(tmp_path):
-    dm = CaptionDataModule(mode="images", source="folder", data_root=str(_folder(tmp_path)), image_size=32,
-                           batch_size=2, num_workers=0, shuffle=False)
+    dm = CaptionDataModule(
+        mode="images",
+        source="folder",
+        data_root=str(_folder(tmp_path)),
+        image_size=32,
+        batch_size=2,
+        num_workers=0,
+        shuffle=False,
+    )
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.uint8
     assert batch["caption"] == ["a red cat", "a blue dog"]
     shard = tmp_path / "shard-000.tar"
     with tarfile.open(shard, "w") as tar:
-        members = [("s0.jpg", _png(0)), ("s0.txt", b"a cat &amp; a dog"), ("s1.png", _png(1)),
-                   ("s1.json", json.dumps({"caption": "a sunset"}).encode()), ("s2.png", _png(2)),
-                   ("s2.json", b"{broken"), ("s3.txt", b"caption without image"), ("s4.png", _png(4)),
-                   ("s4.txt", b"   ")]
+        members = [
+            ("s0.jpg", _png(0)),
+            ("s0.txt", b"a cat &amp; a dog"),
+            ("s1.png", _png(1)),
+            ("s1.json", json.dumps({"caption": "a sunset"}).encode()),
+            ("s2.png", _png(2)),
+            ("s2.json", b"{broken"),
+            ("s3.txt", b"caption without image"),
+            ("s4.png", _png(4)),
+            ("s4.txt", b"   "),
+        ]
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    assert [(r.key, r.caption) for r in iter_caption_shards([str(shard)])] == [("s0", "a cat & a dog"), ("s1", "a sunset")]
+    assert [(r.key, r.caption) for r in iter_caption_shards([str(shard)])] == [
+        ("s0", "a cat & a dog"),
+        ("s1", "a sunset"),
+    ]
     assert [r.caption for r in iter_caption_shards([str(shard)], "null")] == ["a cat & a dog", "a sunset", "", ""]
-    dm = CaptionDataModule(mode="images", source="webdataset", data_root=str(tmp_path), image_size=32,
-                           batch_size=2, num_workers=0)
+    dm = CaptionDataModule(
+        mode="images", source="webdataset", data_root=str(tmp_path), image_size=32, batch_size=2, num_workers=0
+    )
     batch = next(iter(dm.train_dataloader()))
     assert batch["caption"] == ["a cat & a dog", "a sunset"] and batch["image"].shape == (2, 3, 32, 32)
 
@@ -105,8 +127,13 @@ def test_cache_with_captions_and_features(demo_cache):
     captions[keys[3]] = "   "
     enc, tok = build_text_encoder("siglip_text")
     cond = TextCondition(tok, 8)
-    manifest = write_caption_sidecar(root, captions, text_encoder=enc, encode_prompts=cond.encode,
-                                     encoder_record={"kind": "siglip_text", "preset": "debug"})
+    manifest = write_caption_sidecar(
+        root,
+        captions,
+        text_encoder=enc,
+        encode_prompts=cond.encode,
+        encoder_record={"kind": "siglip_text", "preset": "debug"},
+    )
     assert manifest["num_kept"] == len(keys) - 1 and manifest["skipped"] == [keys[3]]
     with_feats = CaptionLatentDataset(root, use_text_features=True)
     assert len(with_feats) == len(keys) - 1 and with_feats[3]["key"] == keys[4]

@@ -20,8 +20,15 @@ WORLD = 2
 
 
 def _entry(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0", HF_HUB_OFFLINE="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        HF_HUB_OFFLINE="1",
+    )
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     try:
@@ -42,16 +49,35 @@ def _fit(tmp: Path, strategy):
     from lightning_modules.diffusion import DiffusionModule
 
     torch.manual_seed(0)
-    module = DiffusionModule(network="text_dit", preset="debug", global_batch_size=6, lr=1e-3, seed=3,
-                             network_overrides={"input_size": 4, "num_queries": 3, "text_max_length": 12})
+    module = DiffusionModule(
+        network="text_dit",
+        preset="debug",
+        global_batch_size=6,
+        lr=1e-3,
+        seed=3,
+        network_overrides={"input_size": 4, "num_queries": 3, "text_max_length": 12},
+    )
     dm = DemoCaptionDataModule(root=str(tmp.parent / "data"), num_per_class=1, batch_size=3)
-    trainer = Trainer(accelerator="cpu", devices=WORLD, strategy=strategy, precision="32-true", max_steps=2,
-                      logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                      enable_checkpointing=False, callbacks=[EMACallback(["net"], preset="dit", decay=0.5)],
-                      default_root_dir=tmp)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=WORLD,
+        strategy=strategy,
+        precision="32-true",
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        enable_checkpointing=False,
+        callbacks=[EMACallback(["net"], preset="dit", decay=0.5)],
+        default_root_dir=tmp,
+    )
     trainer.fit(module, datamodule=dm)
-    full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone())
-            for n, p in module.net.named_parameters() if p.requires_grad}
+    full = {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone())
+        for n, p in module.net.named_parameters()
+        if p.requires_grad
+    }
     return module, full
 
 
@@ -81,5 +107,6 @@ def test_text_dit_fsdp2_matches_ddp_on_two_cpu_processes(tmp_path):
     from datamodules.captions_demo import DemoCaptionDataModule
 
     DemoCaptionDataModule(root=str(tmp_path / "data"), num_per_class=1, batch_size=3).prepare_data()
-    mp.start_processes(_entry, args=(_free_port(), str(tmp_path / "run")), nprocs=WORLD, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _entry, args=(_free_port(), str(tmp_path / "run")), nprocs=WORLD, join=True, start_method="spawn"
+    )

@@ -67,7 +67,9 @@ def test_cfg_through_the_shared_guidance():
     net = _net().eval()
     x, t = torch.randn(2, 8, 4, 4), torch.full((2,), 0.5)
     ids = net.condition.encode(["a cat", "a red flower"])
-    cfg = ClassifierFreeGuidance(net.velocity, 3.0, convention=net.time_convention, null_condition=net.condition.null_like)
+    cfg = ClassifierFreeGuidance(
+        net.velocity, 3.0, convention=net.time_convention, null_condition=net.condition.null_like
+    )
     with torch.no_grad():
         guided = cfg(x, t, ids)
         cond, uncond = net(x, t, ids), net(x, t, net.condition.null(2, "cpu"))
@@ -112,8 +114,14 @@ def test_repa_projector_for_the_alignment_callback():
     from vfmvae.transport import DiffusionObjective, TransportConfig
 
     torch.manual_seed(0)
-    net = build_diffusion_network("text_dit", "debug", {"input_size": 4, "num_queries": 3}, repa_encoder_depth=1,
-                                  repa_projector_dim=32, repa_z_dim=24).train()
+    net = build_diffusion_network(
+        "text_dit",
+        "debug",
+        {"input_size": 4, "num_queries": 3},
+        repa_encoder_depth=1,
+        repa_projector_dim=32,
+        repa_z_dim=24,
+    ).train()
     assert net.alignment_dim == 24
     targets = torch.randn(2, 16, 24)  # what the joint-alignment callback writes: one target per patch token
     alignment = {"proj_targets": [targets], "cls_target": None, "proj_weight": 0.5, "cls_weight": 0.0}

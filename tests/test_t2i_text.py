@@ -11,8 +11,15 @@ from vfmvae.text import PAD, TextCondition, build_text_encoder, debug_tokenizer,
 
 def _save_tiny_lm(folder):
     torch.manual_seed(3)
-    cfg = Qwen2Config(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     Qwen2Model(cfg).save_pretrained(folder)
     debug_tokenizer().save_pretrained(folder)
     return folder
@@ -71,8 +78,15 @@ def test_gradient_reaches_only_the_trainable_parts(tmp_path):
 
 def test_siglip_text_tower_and_null_prompt(tmp_path):
     torch.manual_seed(1)
-    cfg = SiglipTextConfig(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=4, max_position_embeddings=12, pad_token_id=0)
+    cfg = SiglipTextConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=12,
+        pad_token_id=0,
+    )
     SiglipTextModel(cfg).save_pretrained(tmp_path / "sig")
     debug_tokenizer().save_pretrained(tmp_path / "sig")
     enc, tok = build_text_encoder("siglip_text", str(tmp_path / "sig"))

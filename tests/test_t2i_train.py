@@ -31,16 +31,27 @@ class _Losses(Callback):
 
 def _fit(root, steps, ckpt=None, save=None, lr=1e-3, batch=4, ckpt_dir=None):
     torch.manual_seed(0)
-    module = DiffusionModule(network="text_dit", preset="debug", network_overrides=OVERRIDES, lr=lr,
-                             global_batch_size=batch)
+    module = DiffusionModule(
+        network="text_dit", preset="debug", network_overrides=OVERRIDES, lr=lr, global_batch_size=batch
+    )
     dm = DemoCaptionDataModule(root=str(root), num_per_class=1, batch_size=batch)
     losses = _Losses()
     callbacks = [EMACallback(attributes=["net"], preset="dit"), SamplerStateCallback(), losses]
     if ckpt_dir is not None:
-        callbacks.append(AtomicModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}"))
-    trainer = Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=ckpt_dir is not None, use_distributed_sampler=False,
-                      enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0)
+        callbacks.append(
+            AtomicModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=ckpt_dir is not None,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if save:
         trainer.save_checkpoint(save)
@@ -73,9 +84,21 @@ def test_sample_t2i_end_to_end(data_root, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a close up of a brown cat\n\na grey brick wall\n")
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
-    cmd = ["make", "--no-print-directory", "sample-t2i", f"PY={sys.executable}", f"CKPT={tmp_path / 'run.ckpt'}",
-           f"PROMPTS={prompts}", "TOKENIZER=none", "TOKENIZER_PRESET=debug", f"OUT={tmp_path / 'out'}",
-           "PER_PROMPT=2", "STEPS=4", "CFG=3", "SAMPLE_ARGS=--accelerator cpu --chunk-size 3"]
+    cmd = [
+        "make",
+        "--no-print-directory",
+        "sample-t2i",
+        f"PY={sys.executable}",
+        f"CKPT={tmp_path / 'run.ckpt'}",
+        f"PROMPTS={prompts}",
+        "TOKENIZER=none",
+        "TOKENIZER_PRESET=debug",
+        f"OUT={tmp_path / 'out'}",
+        "PER_PROMPT=2",
+        "STEPS=4",
+        "CFG=3",
+        "SAMPLE_ARGS=--accelerator cpu --chunk-size 3",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
@@ -89,14 +112,24 @@ def test_sample_t2i_end_to_end(data_root, tmp_path):
     before = (out / "images" / "000000.png").stat().st_mtime_ns
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (out / "images" / "000000.png").stat().st_mtime_ns == before
-    missing = subprocess.run(["make", "--no-print-directory", "sample-t2i", f"PY={sys.executable}", "CKPT=x"],
-                             env=env, capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        ["make", "--no-print-directory", "sample-t2i", f"PY={sys.executable}", "CKPT=x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "PROMPTS is not set" in missing.stderr
 
 
 def test_commands_help():
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
     for name, flag in (("sample-t2i", "--prompts"), ("cache-captions", "--text-features"), ("evaluate-t2i", "--clip")):
-        done = subprocess.run([sys.executable, "-m", "lightning_modules", name, "--help"], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "lightning_modules", name, "--help"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0 and flag in done.stdout, done.stderr

@@ -50,9 +50,14 @@ def run(argv: list[str] | None = None) -> int:
     if args.text_features:
         encoder, tokenizer = build_text_encoder("siglip_text", args.text_encoder_path, args.text_encoder_preset)
         kwargs = dict(
-            text_encoder=encoder, encode_prompts=TextCondition(tokenizer, args.max_length or encoder.length).encode,
-            encoder_record={"kind": "siglip_text", "path": args.text_encoder_path, "preset": args.text_encoder_preset,
-                            "max_length": args.max_length or encoder.length},
+            text_encoder=encoder,
+            encode_prompts=TextCondition(tokenizer, args.max_length or encoder.length).encode,
+            encoder_record={
+                "kind": "siglip_text",
+                "path": args.text_encoder_path,
+                "preset": args.text_encoder_preset,
+                "max_length": args.max_length or encoder.length,
+            },
         )
     manifest = write_caption_sidecar(args.cache, captions, empty_caption=args.empty_caption, **kwargs)
     print(f"cache-captions: {manifest['num_kept']} of {manifest['num_latents']} latents captioned -> {args.cache}")

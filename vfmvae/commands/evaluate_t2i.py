@@ -77,15 +77,18 @@ def run(argv: list[str] | None = None) -> int:
     if args.reference is not None:
         reference = load_reference(Path(args.reference), images.shape[1])
         extractor = AdmInceptionFeatures(args.inception_weights).eval()
-        feats = [extract_features(x, extractor, args.batch_size, args.device, keys=("pool",))["pool"]
-                 for x in (images, reference)]
+        feats = [
+            extract_features(x, extractor, args.batch_size, args.device, keys=("pool",))["pool"]
+            for x in (images, reference)
+        ]
         result["fid"] = compute_statistics(feats[0]).frechet_distance(compute_statistics(feats[1]))
         result.update(num_reference=len(reference), reference=str(args.reference))
     if args.clip is not None:
         from vfmvae.text.clip_score import clip_score
 
-        result["clip_score"] = clip_score(args.clip, torch.from_numpy(images).permute(0, 3, 1, 2), prompts,
-                                          args.batch_size)
+        result["clip_score"] = clip_score(
+            args.clip, torch.from_numpy(images).permute(0, 3, 1, 2), prompts, args.batch_size
+        )
     if len(result) == 2:
         raise InputError("nothing to compute: give --reference + --inception-weights and/or --clip")
     out = Path(args.out) if args.out else samples_dir / "metrics_t2i.json"
