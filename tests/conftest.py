@@ -196,3 +196,19 @@ def build_cli(*configs, extra: tuple[str, ...] = ()):
         auto_configure_optimizers=False,
         args=[*args, *extra],
     )
+
+
+def stacked_yaml(files) -> dict:
+    """What LightningCLI makes of stacked YAML configs (dicts merge, lists and scalars replace)."""
+    import yaml
+
+    def merge(a, b):
+        return {
+            k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            for k, v in {**a, **b}.items()
+        }
+
+    out: dict = {}
+    for f in files:
+        out = merge(out, yaml.safe_load(Path(f).read_text()))
+    return out

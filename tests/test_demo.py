@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import stacked_yaml
 
 from lightning_modules.commands import demo as demo_mod
 from vfmvae.demo import NUM_CLASSES, class_difference_test, load_size
@@ -83,21 +84,6 @@ def test_sizes_are_yaml_and_bad_input_is_named(tmp_path):
         load_size(tmp_path, "bad")
 
 
-def _stacked(files) -> dict:
-    """What LightningCLI makes of stacked configs for the keys checked below (dicts merge, lists replace)."""
-
-    def merge(a, b):
-        return {
-            k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-            for k, v in {**a, **b}.items()
-        }
-
-    out: dict = {}
-    for f in files:
-        out = merge(out, yaml.safe_load(f.read_text()))
-    return out
-
-
 @pytest.mark.parametrize("size", ["demo", "ci", "debug"])
 def test_the_size_numbers_agree_across_files(size):
     """The numbers the old runner derived from one another, now written in several YAMLs, still agree."""
@@ -106,7 +92,7 @@ def test_the_size_numbers_agree_across_files(size):
     s = load_size(demo_mod.CONFIGS, size)
     train_images = s.train_per_class * NUM_CLASSES
     for run in ("tokenizer_stage0", "tokenizer_stage2"):
-        cfg = _stacked(run_configs(demo_mod.CONFIGS, size, run))
+        cfg = stacked_yaml(run_configs(demo_mod.CONFIGS, size, run))
         t, data = cfg["trainer"], cfg["data"]["init_args"]["config"]
         assert t["limit_val_batches"] == max(1, s.recon_images // data["val_batch_size"]), run  # held-out images
         assert data["min_seen_for_bad_check"] == min(50, train_images), run
@@ -117,7 +103,7 @@ def test_the_size_numbers_agree_across_files(size):
         assert callbacks["AtomicModelCheckpoint"]["every_n_train_steps"] == t["max_steps"], run  # last.ckpt at the end
         assert callbacks["ReconstructionGridCallback"]["every_n_steps"] <= t["max_steps"], run
         assert t["val_check_interval"] <= t["max_steps"], run
-    reg = _stacked(run_configs(demo_mod.CONFIGS, size, "reg"))
+    reg = stacked_yaml(run_configs(demo_mod.CONFIGS, size, "reg"))
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in reg["trainer"]["callbacks"]}
     probe = callbacks["SECKNNAProbeCallback"]["overrides"]
     assert max(4, probe["topk"] + 1) <= probe["num_images"] <= train_images  # the probe set comes from the cache

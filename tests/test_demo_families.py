@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import stacked_yaml
 
 from lightning_modules.tokenizer import TokenizerModule
 from vfmvae.demo import available_sizes, load_size, run_configs, size_fingerprint
@@ -19,21 +20,6 @@ from vfmvae.vfm import EVAVFM, MAEVFM, HFDinov2VFM, Qwen25VLVisionVFM, SiglipVFM
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-
-
-def _stacked(files) -> dict:
-    """What LightningCLI makes of stacked configs for the keys checked here (dicts merge, lists replace)."""
-
-    def merge(a, b):
-        return {
-            k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-            for k, v in {**a, **b}.items()
-        }
-
-    out: dict = {}
-    for f in files:
-        out = merge(out, yaml.safe_load(f.read_text()))
-    return out
 
 
 WRAPPERS = {"siglip2": SiglipVFM, "dinov2": HFDinov2VFM, "eva": EVAVFM, "mae": MAEVFM, "qwen2_5_vl": Qwen25VLVisionVFM}
@@ -57,7 +43,7 @@ def test_every_official_family_has_a_demo_and_names_are_checked():
 @pytest.mark.parametrize("family", ["siglip2", "dinov2", "eva", "mae", "qwen2_5_vl"])
 def test_both_tokenizer_stages_build_the_family_and_encode_to_the_demo_latent(family):
     stage0, stage2 = (
-        _stacked(run_configs(CONFIGS, f"ci+{family}", run)) for run in ("tokenizer_stage0", "tokenizer_stage2")
+        stacked_yaml(run_configs(CONFIGS, f"ci+{family}", run)) for run in ("tokenizer_stage0", "tokenizer_stage2")
     )
     args0, args2 = stage0["model"]["init_args"], stage2["model"]["init_args"]
     # Stage 2 loads stage 0's checkpoint: the same tokenizer and the same frozen VFM.
