@@ -212,3 +212,24 @@ def stacked_yaml(files) -> dict:
     for f in files:
         out = merge(out, yaml.safe_load(Path(f).read_text()))
     return out
+
+
+def save_tiny_causal_lm(folder, seed: int = 3):
+    """A tiny random Qwen2 language model and the debug tokenizer saved to ``folder`` (text-to-image tests)."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    from vfmvae.text import debug_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    Qwen2Model(cfg).save_pretrained(folder)
+    debug_tokenizer().save_pretrained(folder)
+    return folder

@@ -4,25 +4,10 @@ prompt key/value cache, SigLIP's text tower, prompt tokenisation."""
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2Model, SiglipTextConfig, SiglipTextModel
+from conftest import save_tiny_causal_lm
+from transformers import Qwen2Model, SiglipTextConfig, SiglipTextModel
 
 from vfmvae.text import PAD, TextCondition, build_text_encoder, debug_tokenizer, tokenize_prompts
-
-
-def _save_tiny_lm(folder):
-    torch.manual_seed(3)
-    cfg = Qwen2Config(
-        vocab_size=400,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    Qwen2Model(cfg).save_pretrained(folder)
-    debug_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_tokenize_pads_truncates_and_empty_is_null():
@@ -36,7 +21,7 @@ def test_tokenize_pads_truncates_and_empty_is_null():
 
 
 def test_query_tokens_through_frozen_lm_from_disk(tmp_path):
-    folder = _save_tiny_lm(tmp_path / "lm")
+    folder = save_tiny_causal_lm(tmp_path / "lm")
     enc, tok = build_text_encoder("causal_lm", str(folder), num_queries=3, kv_cache=True)
     cond = TextCondition(tok, 8)
     ids = cond.encode(["a cat", "a grey brick wall on the moon", ""])

@@ -9,8 +9,9 @@ import logging
 
 import pytest
 import torch
+from conftest import save_tiny_causal_lm
 from lightning.pytorch import Trainer
-from transformers import Qwen2Config, Qwen2Model
+from transformers import Qwen2Model
 
 from callbacks.ema import EMACallback
 from datamodules.captions_demo import DemoCaptionDataModule
@@ -18,26 +19,9 @@ from lightning_modules.diffusion import DiffusionModule
 from vfmvae.codec import LatentNormalizer
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.provenance import state_dict_sha256
-from vfmvae.text import debug_tokenizer
 from vfmvae.text.weights_record import check_text_encoders
 
 OVERRIDES = {"input_size": 4, "num_queries": 3, "text_max_length": 12}
-
-
-def _save_tiny_lm(folder, seed):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=400,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    Qwen2Model(cfg).save_pretrained(folder)
-    debug_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _fit(root, lm, steps=1, ckpt=None, save=None):
@@ -68,7 +52,7 @@ def _fit(root, lm, steps=1, ckpt=None, save=None):
 def trained(tmp_path_factory):
     """(data root, LM folder, other LM folder, a 1-step checkpoint trained with the first LM)."""
     root = tmp_path_factory.mktemp("t2i_trust")
-    lm, other = _save_tiny_lm(root / "lm", 3), _save_tiny_lm(root / "lm_other", 4)
+    lm, other = save_tiny_causal_lm(root / "lm", 3), save_tiny_causal_lm(root / "lm_other", 4)
     _fit(root / "data", lm, save=root / "run.ckpt")
     return root / "data", lm, other, root / "run.ckpt"
 
