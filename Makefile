@@ -39,7 +39,7 @@ format: install ## Ruff autofix and format
 	$(PY) -m ruff format .
 
 clean: ## Remove caches and demo outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache outputs/demo
+	rm -rf .pytest_cache .ruff_cache outputs/demo outputs/demo_* outputs/demo_analyses
 
 # ---------------------------------------------------------------- diffusion (configs/diffusion/*.yaml)
 .PHONY: train-diffusion sample
