@@ -5,7 +5,7 @@
 #                                           # steps (batch 32, fused AdamW, EMA) with and without
 #                                           # torch.compile, and one tokenizer G+D step at 256 px;
 #                                           # suite "gpu-sampling": sampling both XL nets at the paper
-#                                           # protocol's fp32 (+TF32) vs bf16 (scripts/sample.py --precision)
+#                                           # protocol's fp32 (+TF32) vs bf16 (vfmvae sample --precision)
 #   EXTRA=1 bash benchmarks/gpu_check.sh    # + suite "gpu-extra" (sampling at 250 steps, latent caching,
 #                                           #   CKNNA n=10,000, fp32 and checkpointing rows): ~5 more minutes
 #
@@ -31,7 +31,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cu
 PY
 
 "$PY" -m benchmarks --suite gpu --sync-debug --out-dir "$OUT" "$@" 2> >(tee "$OUT/gpu.log" >&2) | tee "$OUT/gpu-table.md"
-# Sampling precision: the fp32 (+TF32) paper protocol against opt-in bf16 (scripts/sample.py --precision fp32|bf16).
+# Sampling precision: the fp32 (+TF32) paper protocol against opt-in bf16 (vfmvae sample --precision fp32|bf16).
 "$PY" -m benchmarks --suite gpu-sampling --out-dir "$OUT" "$@" 2> >(tee "$OUT/gpu-sampling.log" >&2) \
   | tee "$OUT/gpu-sampling-table.md"
 if [ -n "${EXTRA:-}" ]; then
