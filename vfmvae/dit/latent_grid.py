@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LatentGridMixin"]
+__all__ = ["LatentGridMixin", "LightningDiTShape"]
 
 
 class LatentGridMixin:
@@ -36,3 +36,27 @@ class LatentGridMixin:
 
     def velocity(self, state: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self(state, t, condition)
+
+
+class LightningDiTShape:
+    """Derived sizes of a LightningDiT-style config (fields ``hidden_size``, ``num_heads``, ``input_size``,
+    ``patch_size``, ``mlp_ratio``, ``use_swiglu``, ``in_channels``, ``learn_sigma``); a base of the frozen config
+    dataclasses of LightningDiT and of the text DiT built from its blocks."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def mlp_hidden(self) -> int:
+        # SwiGLU keeps the parameter count of a GELU MLP of the same ratio: 2/3 of the hidden width.
+        hidden = int(self.hidden_size * self.mlp_ratio)
+        return int(2 / 3 * hidden) if self.use_swiglu else hidden
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vfmvae.dit.conditions import ClassLabels
 from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
-from vfmvae.dit.latent_grid import LatentGridMixin
+from vfmvae.dit.latent_grid import LatentGridMixin, LightningDiTShape
 from vfmvae.dit.layers import (
     Attention,
     GeluMlp,
@@ -41,7 +41,7 @@ from vfmvae.transport.paths import TimeConvention
 
 
 @dataclass(frozen=True)
-class LightningDiTConfig:
+class LightningDiTConfig(LightningDiTShape):
     """Shapes of a LightningDiT. Defaults are the VFM-VAE run: XL/1 on 32x16x16 latents."""
 
     input_size: int = 16  # latent side h = w
@@ -74,23 +74,6 @@ class LightningDiTConfig:
             raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {self.head_dim}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def grid_size(self) -> int:
-        return self.input_size // self.patch_size
-
-    @property
-    def mlp_hidden(self) -> int:
-        hidden = int(self.hidden_size * self.mlp_ratio)
-        return int(2 / 3 * hidden) if self.use_swiglu else hidden
-
-    @property
-    def out_channels(self) -> int:
-        return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
 
 def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> LightningDiTConfig:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vfmvae.dit.interface import NetworkOutput, SamplerPresets, TrainingState, vfm_class_token_state
-from vfmvae.dit.latent_grid import LatentGridMixin
+from vfmvae.dit.latent_grid import LatentGridMixin, LightningDiTShape
 from vfmvae.dit.layers import PatchEmbed, TimestepEmbedder, unpatchify
 from vfmvae.dit.lightningdit import LightningDiTFinalLayer
 from vfmvae.dit.pos_embed import AxialRoPE2d, sincos_2d_pos_embed
@@ -41,7 +41,7 @@ __all__ = ["TEXT_DIT_PRESETS", "TextDiT", "TextDiTConfig", "build_text_dit"]
 
 
 @dataclass(frozen=True)
-class TextDiTConfig:
+class TextDiTConfig(LightningDiTShape):
     """Shapes of the DiT (LightningDiT's fields) and of its text path. Defaults: XL/1 on 32x16x16 latents
     with 64 query tokens through a causal LM."""
 
@@ -81,23 +81,6 @@ class TextDiTConfig:
             raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {self.head_dim}")
         if not 0.0 <= self.text_dropout_prob < 1.0:
             raise ValueError(f"text_dropout_prob must be in [0, 1), got {self.text_dropout_prob}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def grid_size(self) -> int:
-        return self.input_size // self.patch_size
-
-    @property
-    def mlp_hidden(self) -> int:
-        hidden = int(self.hidden_size * self.mlp_ratio)
-        return int(2 / 3 * hidden) if self.use_swiglu else hidden
-
-    @property
-    def out_channels(self) -> int:
-        return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
 
 TEXT_DIT_PRESETS: dict[str, TextDiTConfig] = {
