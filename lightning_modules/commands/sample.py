@@ -40,6 +40,7 @@ from lightning.pytorch import Trainer
 from callbacks.sample_writer import SampleWriter
 from lightning_modules.sampling import SampleDataModule, SampleModule
 from vfmvae.commands._errors import InputError, add_progress_argument, add_trust_pickle_argument, run_cli
+from vfmvae.commands._sampling_args import add_decoder_arguments, add_sampler_arguments
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.dit.registry import network_families
 from vfmvae.provenance import state_dict_sha256, to_jsonable
@@ -65,22 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="training checkpoints: EMA or live weights"
     )
-    ap.add_argument("--tokenizer", required=True, help="save_pretrained folder, official .pth, or 'none' (random)")
-    ap.add_argument("--tokenizer-preset", default="vfmvae-f16d32-siglip2", help="preset of a random ('none') decoder")
-    ap.add_argument("--tokenizer-kwargs", help="official generator kwargs (JSON/YAML) for an official .pth")
-    ap.add_argument(
-        "--allow-tokenizer-mismatch", action="store_true", help="decode with another tokenizer than the cache's"
-    )
-    ap.add_argument("--latent-stats", help="latents_stats.pt (default: the statistics recorded in the checkpoint)")
+    add_decoder_arguments(ap)
     ap.add_argument("--out", required=True, help="output folder (images/, chunks/, the .npz)")
     ap.add_argument("--num-images", type=int, default=50_000)
     ap.add_argument("--chunk-size", type=int, default=1_000)
     ap.add_argument("--batch-size", type=int, default=64, help="images per forward batch per process")
     ap.add_argument("--label-mode", choices=("random", "balanced"), default="random")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampler", help="a vfmvae.transport.SAMPLER_PRESETS key (default: the network's paper sampler)")
-    ap.add_argument("--cfg-scale", type=float, help="CFG scale (1 = no CFG; default: the preset's 4.0)")
-    ap.add_argument("--num-steps", type=int, help="sampler grid points (default: the preset's 250)")
+    add_sampler_arguments(ap)
     ap.add_argument("--cfg-channels", default="preset", help="'preset', 'all' or a number (LightningDiT quirk: 3)")
     ap.add_argument(
         "--uint8-mode",

@@ -30,6 +30,7 @@ from lightning.pytorch import Trainer
 from callbacks.sample_writer import SampleWriter
 from lightning_modules.sampling import SampleDataModule, SampleModule
 from vfmvae.commands._errors import InputError, run_cli
+from vfmvae.commands._sampling_args import add_decoder_arguments, add_sampler_arguments
 from vfmvae.dit.loading import load_sampling_network
 from vfmvae.provenance import state_dict_sha256, to_jsonable
 from vfmvae.provenance_checks import sampling_inputs
@@ -68,22 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vfmvae sample-t2i", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="DiffusionModule checkpoint of a text_dit network")
     ap.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl")
-    ap.add_argument("--tokenizer", required=True, help="VFM-VAE save_pretrained folder, or 'none' (random decoder)")
-    ap.add_argument("--tokenizer-preset", default="vfmvae-f16d32-siglip2", help="preset of a random ('none') decoder")
-    ap.add_argument("--tokenizer-kwargs", help="official generator kwargs (JSON/YAML) for an official .pth")
-    ap.add_argument(
-        "--allow-tokenizer-mismatch", action="store_true", help="decode with another tokenizer than the cache's"
-    )
-    ap.add_argument("--latent-stats", help="latents_stats.pt (default: the statistics recorded in the checkpoint)")
+    add_decoder_arguments(ap)
     ap.add_argument("--out", required=True, help="output folder (images/, chunks/, prompts.jsonl, the .npz)")
     ap.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
     ap.add_argument("--chunk-size", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", choices=("ema", "raw"), default="ema")
-    ap.add_argument("--sampler", help="a vfmvae.transport.SAMPLER_PRESETS key (default: the network's)")
-    ap.add_argument("--cfg-scale", type=float, help="CFG scale (1 = no CFG; default: the preset's 4.0)")
-    ap.add_argument("--num-steps", type=int, help="sampler grid points (default: the preset's 250)")
+    add_sampler_arguments(ap)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--devices", default="auto")
